@@ -1,0 +1,73 @@
+"""The channel interface: one class per way of delivering a notification."""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Notification:
+    """What a channel needs to deliver one attempt of one job."""
+
+    job_id: uuid.UUID
+    recipient: str
+    message: str
+    subject: str | None = None
+    metadata: dict[str, Any] | None = None
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Settings shared by the channels; built once from the environment by `actors.settings`."""
+
+    #: Longest a single delivery call may take, in seconds; kept below the visibility timeout.
+    timeout_cap: float = 50.0
+    smtp_url: str | None = None
+    email_from: str = "notifications@localhost"
+    outbox_dir: Path = field(default_factory=lambda: Path("var/outbox"))
+    webhook_timeout: float = 10.0
+    webhook_secret: str | None = None
+    webhook_allow_private: bool = False
+    sms_url: str | None = None
+    sms_account: str | None = None
+    sms_token: str | None = None
+    sms_from: str | None = None
+
+
+class DeliveryError(Exception):
+    """A delivery attempt did not succeed; the subclass says whether trying again can help."""
+
+
+class TransientError(DeliveryError):
+    """Worth retrying: timeouts, connection errors, 5xx/408/429, SMTP 4xx."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        #: The provider's own Retry-After, in seconds: the next attempt waits at least this long.
+        self.retry_after = retry_after
+
+
+class PermanentError(DeliveryError):
+    """Retrying cannot help: 4xx, SMTP 5xx, a refused or invalid recipient."""
+
+
+class Channel(ABC):
+    """Delivers notifications of one kind. Instances are shared by worker threads."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: ChannelConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def check_recipient(self, recipient: str) -> str | None:
+        """Return why `recipient` cannot be used with this channel, or None when it fits."""
+
+    @abstractmethod
+    def deliver(self, notification: Notification) -> str:
+        """Deliver one attempt and return a short receipt, or raise a `DeliveryError`."""

@@ -1,0 +1,1 @@
+"""The ledger: the authoritative SQL record of every notification job and each of its attempts."""

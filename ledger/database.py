@@ -1,0 +1,116 @@
+"""Engines for the ledger's database, and the one place that turns driver failures into ledger errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+
+from ledger.errors import LedgerUnavailable
+
+T = TypeVar("T")
+
+#: Seconds a SQLite writer waits for the lock before giving up (then the API answers 503).
+SQLITE_BUSY_TIMEOUT = 10.0
+#: Seconds to wait for a PostgreSQL connection before the ledger counts as unreachable.
+CONNECT_TIMEOUT = 5
+
+
+def normalize_url(url: str) -> str:
+    """Accept `postgres://` and `postgresql://` (driven by psycopg 3) and SQLAlchemy URLs; raise ValueError."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL: {url!r}") from exc
+    if parsed.get_backend_name() not in ("postgresql", "sqlite"):
+        raise ValueError(f"unsupported database {parsed.get_backend_name()!r}; use postgresql:// or sqlite://")
+    return url
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """Create an engine for `url`; SQLite files get WAL mode so readers never block the writer."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False})
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT},
+    )
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Database:
+    """The ledger's connections. `run` executes one unit of work and maps outages to `LedgerUnavailable`."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.engine = make_engine(url, pool_size=pool_size)
+        # Single statements need no BEGIN/COMMIT round trips: each one is atomic on its own.
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def run(self, operation: Callable[[Connection], T], *, transaction: bool = False) -> T:
+        """Run `operation` on a connection (in one transaction when asked), retrying once on a dropped one.
+
+        A pooled connection that died with its server fails on first use; the retry then gets a
+        fresh one, so a database restart costs callers nothing once the server is back.
+        """
+        for attempt in (1, 2):
+            try:
+                with self.connect(transaction=transaction) as conn:
+                    return operation(conn)
+            except DBAPIError as exc:
+                if exc.connection_invalidated and attempt == 1:
+                    continue
+                if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+                    raise LedgerUnavailable(_first_line(exc.orig)) from exc
+                raise
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def connect(self, *, transaction: bool = False) -> Iterator[Connection]:
+        """A connection that commits when the block ends (transaction) or after each statement."""
+        if transaction:
+            with self.engine.begin() as conn:
+                yield conn
+        else:
+            with self._autocommit.connect() as conn:
+                yield conn
+
+    def ping(self) -> None:
+        """Raise `LedgerUnavailable` unless the database answers a trivial query."""
+        self.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error or "database error").strip()
+    return text.splitlines()[0] if text else "database error"

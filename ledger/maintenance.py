@@ -1,0 +1,62 @@
+"""The reconciler's and pruner's queries: bounded batches over partial indexes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, and_, delete, or_, select, tuple_
+
+from ledger.schema import jobs, status_in
+from ledger.states import FINISHED, WAITING, Status
+
+#: However old the jobs to prune, an idempotency key is remembered at least this long.
+KEY_RETENTION = timedelta(hours=24)
+
+
+def expired_claims(conn: Connection, *, cutoff: datetime, limit: int) -> list[tuple[uuid.UUID, int]]:
+    """PROCESSING jobs claimed before `cutoff`, as (id, attempt), oldest claim first."""
+    rows = conn.execute(
+        select(jobs.c.id, jobs.c.attempts)
+        .where(status_in({Status.PROCESSING}), jobs.c.claimed_at < cutoff)
+        .order_by(jobs.c.claimed_at)
+        .limit(limit)
+    ).all()
+    return [(row.id, row.attempts) for row in rows]
+
+
+def waiting_candidates(
+    conn: Connection,
+    *,
+    overdue_before: datetime,
+    schedule_until: datetime,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[tuple[uuid.UUID, int, datetime]]:
+    """Waiting jobs that should have a message in Redis: dispatched and overdue, or never dispatched
+    and due before `schedule_until`. Keyset-paged on (next_attempt_at, id) from `after`."""
+    waiting = status_in(WAITING)
+    overdue = and_(jobs.c.dispatch_seq > 0, jobs.c.next_attempt_at < overdue_before)
+    scheduled = and_(jobs.c.dispatch_seq == 0, jobs.c.next_attempt_at <= schedule_until)
+    query = select(jobs.c.id, jobs.c.dispatch_seq, jobs.c.next_attempt_at).where(
+        waiting, jobs.c.next_attempt_at <= max(overdue_before, schedule_until), or_(overdue, scheduled)
+    )
+    if after is not None:
+        query = query.where(tuple_(jobs.c.next_attempt_at, jobs.c.id) > after)
+    rows = conn.execute(query.order_by(jobs.c.next_attempt_at, jobs.c.id).limit(limit)).all()
+    return [(row.id, row.dispatch_seq, row.next_attempt_at) for row in rows]
+
+
+def prune(conn: Connection, *, finished_before: datetime, now: datetime, limit: int) -> int:
+    """Delete up to `limit` finished jobs (and, by cascade, their attempts) finished before the cutoff."""
+    victims = (
+        select(jobs.c.id)
+        .where(
+            status_in(FINISHED),
+            jobs.c.completed_at.is_not(None),
+            jobs.c.completed_at < finished_before,
+            jobs.c.created_at < now - KEY_RETENTION,
+        )
+        .limit(limit)
+    )
+    return conn.execute(delete(jobs).where(jobs.c.id.in_(victims.scalar_subquery()))).rowcount

@@ -1,0 +1,136 @@
+"""Read-only views of the ledger: one job, its attempts, and the queue statistics."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from ledger.schema import attempts, job_counts, jobs, status_in
+from ledger.states import WAITING, Status
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: uuid.UUID
+    status: Status
+    recipient: str
+    channel: str
+    idempotency_key: str
+    subject: str | None
+    metadata: dict[str, Any] | None
+    send_at: datetime | None
+    attempts: int
+    max_attempts: int
+    #: When the next attempt is due; None once no attempt is waiting.
+    next_attempt_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    number: int
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    error: str | None
+    worker: str | None
+
+
+def get_job(conn: Connection, job_id: uuid.UUID, *, scope: str) -> JobView | None:
+    """The job `job_id` if it exists and belongs to `scope`."""
+    row = conn.execute(
+        select(
+            jobs.c.id,
+            jobs.c.status,
+            jobs.c.recipient,
+            jobs.c.channel,
+            jobs.c.idempotency_key,
+            jobs.c.subject,
+            jobs.c.metadata,
+            jobs.c.send_at,
+            jobs.c.attempts,
+            jobs.c.max_attempts,
+            jobs.c.next_attempt_at,
+            jobs.c.last_error,
+            jobs.c.created_at,
+            jobs.c.updated_at,
+            jobs.c.completed_at,
+        ).where(jobs.c.id == job_id, jobs.c.scope == scope)
+    ).first()
+    if row is None:
+        return None
+    status = Status(row.status)
+    return JobView(
+        id=row.id,
+        status=status,
+        recipient=row.recipient,
+        channel=row.channel,
+        idempotency_key=row.idempotency_key,
+        subject=row.subject,
+        metadata=row.metadata,
+        send_at=row.send_at,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        next_attempt_at=row.next_attempt_at if status in WAITING else None,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        completed_at=row.completed_at,
+    )
+
+
+def list_attempts(conn: Connection, job_id: uuid.UUID) -> list[AttemptView]:
+    """Every attempt of a job, oldest first."""
+    rows = conn.execute(
+        select(
+            attempts.c.number,
+            attempts.c.started_at,
+            attempts.c.finished_at,
+            attempts.c.outcome,
+            attempts.c.error,
+            attempts.c.worker,
+        )
+        .where(attempts.c.job_id == job_id)
+        .order_by(attempts.c.number)
+    ).all()
+    return [AttemptView(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    counts: dict[Status, int]
+    avg_attempts_success: float
+    #: Seconds the oldest due, waiting job has been due; 0 when none is.
+    oldest_due_age: float
+
+
+def queue_stats(conn: Connection, *, now: datetime) -> QueueStats:
+    """Counts per status from the trigger-maintained counters: constant time on any ledger size."""
+    columns = [func.coalesce(func.sum(job_counts.c[s.lower()]), 0) for s in Status]
+    row = conn.execute(select(*columns, func.coalesce(func.sum(job_counts.c.success_attempts), 0))).one()
+    counts = {status: int(value) for status, value in zip(Status, row[:-1], strict=True)}
+    success = counts[Status.SUCCESS]
+    oldest_due = conn.execute(
+        select(func.min(jobs.c.next_attempt_at)).where(status_in(WAITING), jobs.c.next_attempt_at <= now)
+    ).scalar()
+    if isinstance(oldest_due, str):  # SQLite's MIN() returns the stored text
+        oldest_due = datetime.fromisoformat(oldest_due + "+00:00")
+    return QueueStats(
+        counts=counts,
+        avg_attempts_success=round(int(row[-1]) / success, 4) if success else 0.0,
+        oldest_due_age=max(0.0, (now - oldest_due).total_seconds()) if oldest_due else 0.0,
+    )
+
+
+def count_by_status(conn: Connection) -> dict[Status, int]:
+    """`SELECT status, count(*)` over the whole table: slow on a big ledger, used to check the counters."""
+    rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)).all()
+    found = {Status(status): int(n) for status, n in rows}
+    return {status: found.get(status, 0) for status in Status}

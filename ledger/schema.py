@@ -1,0 +1,130 @@
+"""The ledger's tables: jobs (the truth), one row per delivery attempt, and status counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ColumnElement,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    literal_column,
+    text,
+)
+
+from ledger.states import Status
+from ledger.timestamps import UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: Slots of the status counters. Each write transaction updates one slot (chosen by its
+#: transaction id), so concurrent writers rarely wait on the same counter row.
+COUNTER_SLOTS = 32
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    # The API key that created the job ('' before any key exists); idempotency is per scope.
+    Column("scope", String(64), nullable=False, server_default=""),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("payload_hash", String(64), nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("channel", String(32), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("subject", String(255)),
+    Column("metadata", JSON),
+    Column("send_at", UTCDateTime),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False),
+    # When the job is due: created_at or send_at at intake, then the backoff's due time.
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    # Bumped at every dispatch; the Redis message id is "<id>.<dispatch_seq>", so a claim can
+    # tell the job's current message from a stale copy, and the reconciler can look it up in O(1).
+    Column("dispatch_seq", Integer, nullable=False, server_default="0"),
+    Column("claimed_at", UTCDateTime),
+    Column("worker", String(200)),
+    Column("last_outcome", String(20)),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("completed_at", UTCDateTime),
+    UniqueConstraint("scope", "idempotency_key"),
+    # Partial indexes hold only the few live rows, so the reconciler's and the stats' queries
+    # cost what the candidates cost, not what the whole ledger costs.
+    Index(
+        "ix_jobs_processing_claimed_at",
+        "claimed_at",
+        postgresql_where=text("status = 'PROCESSING'"),
+        sqlite_where=text("status = 'PROCESSING'"),
+    ),
+    Index(
+        "ix_jobs_waiting_next_attempt_at",
+        "next_attempt_at",
+        postgresql_where=text("status IN ('PENDING', 'RETRY')"),
+        sqlite_where=text("status IN ('PENDING', 'RETRY')"),
+    ),
+    Index(
+        "ix_jobs_finished_completed_at",
+        "completed_at",
+        postgresql_where=text("completed_at IS NOT NULL"),
+        sqlite_where=text("completed_at IS NOT NULL"),
+    ),
+)
+
+# Written by triggers on `jobs` (see migrations): the claim opens an attempt, leaving
+# PROCESSING closes it with the outcome and error the transition wrote on the job.
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("job_id", Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("outcome", String(20)),
+    Column("error", Text),
+    Column("worker", String(200)),
+)
+
+# Maintained by triggers on `jobs`; the sum over slots equals `SELECT status, count(*)`.
+job_counts = Table(
+    "job_counts",
+    metadata,
+    Column("slot", Integer, primary_key=True, autoincrement=False),
+    *(Column(status.lower(), BigInteger, nullable=False, server_default="0") for status in Status),
+    Column("success_attempts", BigInteger, nullable=False, server_default="0"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+)
+
+
+def status_in(statuses: Iterable[Status]) -> ColumnElement[bool]:
+    """`jobs.status IN ('A', 'B')` with literal values: only a literal predicate lets the PostgreSQL and
+    SQLite planners use the partial indexes above (a bound parameter would hide the value)."""
+    return jobs.c.status.in_([literal_column(f"'{Status(s).value}'") for s in sorted(statuses)])

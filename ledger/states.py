@@ -1,0 +1,47 @@
+"""The job lifecycle: every status and every allowed transition, in one table."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    RETRY = "RETRY"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class Outcome(StrEnum):
+    """How one delivery attempt ended."""
+
+    SUCCESS = "success"
+    TRANSIENT_ERROR = "transient_error"
+    PERMANENT_ERROR = "permanent_error"
+    TIMED_OUT = "timed_out"
+
+
+#: Statuses a worker may claim from, and that a producer may still cancel.
+WAITING = frozenset({Status.PENDING, Status.RETRY})
+#: Statuses that end a job; only a manual retry leaves one of them (FAILED).
+FINISHED = frozenset({Status.SUCCESS, Status.FAILED, Status.CANCELLED})
+
+#: name → (statuses the row must be in, status it moves to). Each transition in `transitions.py`
+#: is one guarded UPDATE built from this table; nothing else writes a status.
+TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
+    "claim": (WAITING, Status.PROCESSING),
+    "succeed": (frozenset({Status.PROCESSING}), Status.SUCCESS),
+    "schedule_retry": (frozenset({Status.PROCESSING}), Status.RETRY),
+    "fail": (frozenset({Status.PROCESSING}), Status.FAILED),
+    "expire_to_retry": (frozenset({Status.PROCESSING}), Status.RETRY),
+    "expire_to_failed": (frozenset({Status.PROCESSING}), Status.FAILED),
+    "cancel": (WAITING, Status.CANCELLED),
+    "manual_retry": (frozenset({Status.FAILED}), Status.PENDING),
+}
+
+
+def allowed(source: Status, target: Status) -> bool:
+    """Whether some transition moves a job from `source` to `target`."""
+    return any(source in sources and target == dest for sources, dest in TRANSITIONS.values())

@@ -1,0 +1,217 @@
+"""Every change of a job's status: one guarded UPDATE each, built from the table in `states.py`.
+
+Each function says whether it took effect. A guard that no longer holds (another worker, a
+concurrent reconciler pass, a cancellation) makes the statement match nothing, and the caller
+drops its stale intent instead of overwriting newer state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, tuple_, update
+
+from ledger.schema import jobs, status_in
+from ledger.states import TRANSITIONS, WAITING, Outcome, Status
+
+#: A message may arrive this much before its due time (clocks of different hosts) and still claim.
+EARLY_CLAIM_TOLERANCE = timedelta(milliseconds=500)
+
+
+def _transition(name: str) -> tuple[Any, Status]:
+    sources, target = TRANSITIONS[name]
+    return status_in(sources), target
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this worker now holds for attempt number `attempt`."""
+
+    id: uuid.UUID
+    recipient: str
+    channel: str
+    message: str
+    subject: str | None
+    metadata: dict[str, Any] | None
+    attempt: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A message to send to Redis for a job: its Redis id is derived from `seq`."""
+
+    job_id: uuid.UUID
+    seq: int
+    due_at: datetime
+
+
+def claim(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, worker: str) -> ClaimedJob | None:
+    """PENDING/RETRY and due, and `seq` is the job's current dispatch → PROCESSING with attempts + 1."""
+    guard, target = _transition("claim")
+    row = conn.execute(
+        update(jobs)
+        .where(
+            jobs.c.id == job_id,
+            guard,
+            jobs.c.dispatch_seq == seq,
+            jobs.c.next_attempt_at <= now + EARLY_CLAIM_TOLERANCE,
+        )
+        .values(
+            status=target,
+            attempts=jobs.c.attempts + 1,
+            claimed_at=now,
+            worker=worker,
+            updated_at=now,
+            last_outcome=None,
+        )
+        .returning(
+            jobs.c.id,
+            jobs.c.recipient,
+            jobs.c.channel,
+            jobs.c.message,
+            jobs.c.subject,
+            jobs.c.metadata,
+            jobs.c.attempts,
+            jobs.c.max_attempts,
+        )
+    ).first()
+    if row is None:
+        return None
+    return ClaimedJob(
+        row.id, row.recipient, row.channel, row.message, row.subject, row.metadata, row.attempts, row.max_attempts
+    )
+
+
+def succeed(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime) -> bool:
+    """PROCESSING at `attempt` → SUCCESS."""
+    return _finish(conn, "succeed", job_id, attempt, now=now, outcome=Outcome.SUCCESS, error=None)
+
+
+def fail(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime, outcome: Outcome, error: str) -> bool:
+    """PROCESSING at `attempt` → FAILED (a permanent error, or the last attempt failed)."""
+    return _finish(conn, "fail", job_id, attempt, now=now, outcome=outcome, error=error)
+
+
+def _finish(
+    conn: Connection,
+    name: str,
+    job_id: uuid.UUID,
+    attempt: int,
+    *,
+    now: datetime,
+    outcome: Outcome,
+    error: str | None,
+) -> bool:
+    guard, target = _transition(name)
+    result = conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, guard, jobs.c.attempts == attempt)
+        .values(
+            status=target,
+            last_outcome=outcome,
+            last_error=error,
+            updated_at=now,
+            completed_at=now,
+            claimed_at=None,
+        )
+    )
+    return result.rowcount == 1
+
+
+def schedule_retry(
+    conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime, due_at: datetime, error: str
+) -> Dispatch | None:
+    """PROCESSING at `attempt` → RETRY due at `due_at`, with a new dispatch to send after commit."""
+    guard, target = _transition("schedule_retry")
+    row = conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, guard, jobs.c.attempts == attempt)
+        .values(
+            status=target,
+            next_attempt_at=due_at,
+            dispatch_seq=jobs.c.dispatch_seq + 1,
+            last_outcome=Outcome.TRANSIENT_ERROR,
+            last_error=error,
+            updated_at=now,
+            claimed_at=None,
+        )
+        .returning(jobs.c.dispatch_seq)
+    ).first()
+    return None if row is None else Dispatch(job_id, row.dispatch_seq, due_at)
+
+
+def cancel(conn: Connection, job_id: uuid.UUID, *, scope: str, now: datetime) -> bool:
+    """PENDING/RETRY → CANCELLED: no worker holds it, and no message of it will claim it any more."""
+    guard, target = _transition("cancel")
+    result = conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.scope == scope, guard)
+        .values(status=target, updated_at=now, completed_at=now)
+    )
+    return result.rowcount == 1
+
+
+def manual_retry(conn: Connection, job_id: uuid.UUID, *, now: datetime, extra_attempts: int) -> Dispatch | None:
+    """FAILED → PENDING with `extra_attempts` more attempts, due now; the history is kept."""
+    guard, target = _transition("manual_retry")
+    row = conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, guard)
+        .values(
+            status=target,
+            max_attempts=jobs.c.attempts + extra_attempts,
+            next_attempt_at=now,
+            dispatch_seq=jobs.c.dispatch_seq + 1,
+            updated_at=now,
+            completed_at=None,
+        )
+        .returning(jobs.c.dispatch_seq)
+    ).first()
+    return None if row is None else Dispatch(job_id, row.dispatch_seq, now)
+
+
+def expire(
+    conn: Connection, claims: list[tuple[uuid.UUID, int]], *, now: datetime, cutoff: datetime, error: str
+) -> tuple[list[Dispatch], list[uuid.UUID]]:
+    """Take back claims `(job_id, attempt)` made before `cutoff`: → RETRY due now, or FAILED when none remain.
+
+    Guarded on the status and attempt that were read, so a job that completed or was claimed
+    again meanwhile is left alone. Returns the dispatches to send and the jobs that failed.
+    """
+    if not claims:
+        return [], []
+    held = tuple_(jobs.c.id, jobs.c.attempts).in_(claims)
+    common = {"last_outcome": Outcome.TIMED_OUT, "last_error": error, "updated_at": now, "claimed_at": None}
+    guard, target = _transition("expire_to_retry")
+    retried = conn.execute(
+        update(jobs)
+        .where(held, guard, jobs.c.claimed_at < cutoff, jobs.c.attempts < jobs.c.max_attempts)
+        .values(status=target, next_attempt_at=now, dispatch_seq=jobs.c.dispatch_seq + 1, **common)
+        .returning(jobs.c.id, jobs.c.dispatch_seq)
+    ).all()
+    guard, target = _transition("expire_to_failed")
+    failed = conn.execute(
+        update(jobs)
+        .where(held, guard, jobs.c.claimed_at < cutoff, jobs.c.attempts >= jobs.c.max_attempts)
+        .values(status=target, completed_at=now, **common)
+        .returning(jobs.c.id)
+    ).all()
+    return [Dispatch(r.id, r.dispatch_seq, now) for r in retried], [r.id for r in failed]
+
+
+def redispatch(conn: Connection, lost: list[tuple[uuid.UUID, int]], *, now: datetime) -> list[Dispatch]:
+    """Give waiting jobs `(job_id, seq)` whose message is gone a new dispatch; guarded on the seq read,
+    so of two overlapping reconciler passes only one re-dispatches each job."""
+    if not lost:
+        return []
+    rows = conn.execute(
+        update(jobs)
+        .where(tuple_(jobs.c.id, jobs.c.dispatch_seq).in_(lost), status_in(WAITING))
+        .values(dispatch_seq=jobs.c.dispatch_seq + 1, updated_at=now)
+        .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.next_attempt_at)
+    ).all()
+    return [Dispatch(r.id, r.dispatch_seq, r.next_attempt_at) for r in rows]
