@@ -6,6 +6,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection
 
 from ledger.database import Database
 
@@ -20,15 +22,15 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(database: Database, revision: str = "head") -> None:
-    """Bring the ledger's schema to `revision` (the latest by default)."""
+    """Bring the ledger's schema to `revision` (the latest by default), in one transaction."""
     config = alembic_config(database.engine.url.render_as_string(hide_password=False))
-    with database.engine.begin() as conn:
+
+    def migrate(conn: Connection) -> None:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
 
+    database.run(migrate, transaction=True)
+
 
 def current_revision(database: Database) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with database.engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    return database.run(lambda conn: MigrationContext.configure(conn).get_current_revision())

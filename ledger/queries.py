@@ -43,8 +43,8 @@ class AttemptView:
     worker: str | None
 
 
-def get_job(conn: Connection, job_id: uuid.UUID, *, scope: str) -> JobView | None:
-    """The job `job_id` if it exists and belongs to `scope`."""
+def get_job(conn: Connection, job_id: uuid.UUID, *, scope: str | None) -> JobView | None:
+    """The job `job_id` if it exists and belongs to `scope` (any scope when None: operators)."""
     row = conn.execute(
         select(
             jobs.c.id,
@@ -62,7 +62,9 @@ def get_job(conn: Connection, job_id: uuid.UUID, *, scope: str) -> JobView | Non
             jobs.c.created_at,
             jobs.c.updated_at,
             jobs.c.completed_at,
-        ).where(jobs.c.id == job_id, jobs.c.scope == scope)
+        )
+        .where(jobs.c.id == job_id)
+        .where(jobs.c.scope == scope if scope is not None else jobs.c.id.is_not(None))
     ).first()
     if row is None:
         return None
@@ -134,3 +136,18 @@ def count_by_status(conn: Connection) -> dict[Status, int]:
     rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)).all()
     found = {Status(status): int(n) for status, n in rows}
     return {status: found.get(status, 0) for status in Status}
+
+
+@dataclass(frozen=True)
+class DispatchState:
+    status: Status
+    dispatch_seq: int
+    next_attempt_at: datetime
+
+
+def dispatch_state(conn: Connection, job_id: uuid.UUID) -> DispatchState | None:
+    """What a worker needs to tell why a claim did not take: status, current dispatch and due time."""
+    row = conn.execute(
+        select(jobs.c.status, jobs.c.dispatch_seq, jobs.c.next_attempt_at).where(jobs.c.id == job_id)
+    ).first()
+    return None if row is None else DispatchState(Status(row.status), row.dispatch_seq, row.next_attempt_at)

@@ -1,0 +1,195 @@
+"""The delivery actor: claim the job in the ledger, deliver it through its channel, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
+
+from actors.backoff import Verdict, decide
+from actors.broker import ACTOR_NAME, RID_OPTION, BrokerUnavailable, Dispatcher, parse_redis_message_id
+from actors.channels.base import Channel, DeliveryError, Notification, PermanentError, TransientError
+from actors.settings import Settings
+from ledger import queries, transitions
+from ledger.database import Database
+from ledger.errors import LedgerUnavailable
+from ledger.states import WAITING, Outcome
+from ledger.timestamps import utcnow
+from ledger.transitions import ClaimedJob, Dispatch
+
+log = logging.getLogger("wjp.worker")
+T = TypeVar("T")
+
+#: Longest error text kept in the ledger; provider answers can be long.
+MAX_ERROR_LENGTH = 2000
+
+
+def worker_name() -> str:
+    """Who holds a claim: host, process and thread, as recorded on each attempt."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+
+
+class Delivery:
+    """Runs one delivery attempt for a message. Shared by all worker threads of a process."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        dispatcher: Dispatcher,
+        channels: dict[str, Channel],
+        settings: Settings,
+        clock: Callable[[], datetime] = utcnow,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.database = database
+        self.dispatcher = dispatcher
+        self.channels = channels
+        self.settings = settings
+        self.clock = clock
+        self.rand = rand
+
+    def __call__(self, job_id: str, rid: str) -> None:
+        try:
+            message_job_id, seq = parse_redis_message_id(rid)
+        except ValueError:
+            log.error("dropping a message with a malformed id %r (job %s)", rid, job_id)
+            return
+        claimed_at = self.clock()
+        job = self.database.run(
+            lambda conn: transitions.claim(conn, message_job_id, seq, now=claimed_at, worker=worker_name())
+        )
+        if job is None:
+            self._handle_unclaimed(Dispatch(message_job_id, seq, claimed_at))
+            return
+        error = self._attempt(job)
+        self._record(job, error, started=claimed_at)
+
+    def _attempt(self, job: ClaimedJob) -> DeliveryError | None:
+        channel = self.channels.get(job.channel)
+        if channel is None:
+            return PermanentError(f"channel {job.channel!r} is not enabled on this worker")
+        notification = Notification(job.id, job.recipient, job.message, job.subject, job.metadata, job.attempt)
+        try:
+            channel.deliver(notification)
+        except DeliveryError as exc:
+            return exc
+        except TimeLimitExceeded:
+            return TransientError(f"attempt exceeded the time limit of {self.settings.attempt_time_limit:g}s")
+        except Exception as exc:
+            # A channel bug must not lose the job: count it as a failed attempt and keep the trace.
+            log.exception("channel %s raised unexpectedly for job %s", job.channel, job.id)
+            return TransientError(f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _record(self, job: ClaimedJob, error: DeliveryError | None, *, started: datetime) -> None:
+        now = self.clock()
+        decision = decide(
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            failed=error is not None,
+            permanent=isinstance(error, PermanentError),
+            retry_after=getattr(error, "retry_after", None),
+            policy=self.settings.backoff,
+            now=now,
+            rand=self.rand,
+        )
+        elapsed_ms = (now - started).total_seconds() * 1000
+        text = _error_text(error)
+        if decision.verdict is Verdict.SUCCEED:
+            done = self._write(lambda conn: transitions.succeed(conn, job.id, job.attempt, now=now))
+            if done:
+                log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms)
+        elif decision.verdict is Verdict.RETRY:
+            assert decision.due_at is not None
+            dispatch = self._write(
+                lambda conn: transitions.schedule_retry(
+                    conn, job.id, job.attempt, now=now, due_at=decision.due_at, error=text
+                )
+            )
+            if dispatch is not None:
+                log.info("🔁 Job %s retry in %.1fs (attempt %d: %s)", job.id, decision.delay, job.attempt, text)
+                self._send(dispatch)
+            done = dispatch is not None
+        else:
+            outcome = Outcome.PERMANENT_ERROR if isinstance(error, PermanentError) else Outcome.TRANSIENT_ERROR
+            done = self._write(
+                lambda conn: transitions.fail(conn, job.id, job.attempt, now=now, outcome=outcome, error=text)
+            )
+            if done:
+                log.warning("⚠️ Job %s marked as FAILED after attempt %d: %s", job.id, job.attempt, text)
+        if not done:
+            log.warning("Job %s: attempt %d was taken back meanwhile; its result is dropped", job.id, job.attempt)
+
+    def _handle_unclaimed(self, dispatch: Dispatch) -> None:
+        """A message that did not claim is dropped, unless it is the job's current one and merely early."""
+        state = self.database.run(lambda conn: queries.dispatch_state(conn, dispatch.job_id))
+        if state is None or state.status not in WAITING or state.dispatch_seq != dispatch.seq:
+            log.debug("dropping stale message %s.%s", dispatch.job_id, dispatch.seq)
+            return
+        # Early (the sender's clock runs ahead): wait in the delay queue for the rest of the time.
+        self._send(Dispatch(dispatch.job_id, dispatch.seq, state.next_attempt_at))
+
+    def _send(self, dispatch: Dispatch) -> None:
+        try:
+            self.dispatcher.send([dispatch], now=self.clock())
+        except BrokerUnavailable as exc:
+            # The ledger already says RETRY and when; a reconciler pass sends it once Redis is back.
+            log.warning("Job %s: could not enqueue its next attempt (%s); the reconciler will", dispatch.job_id, exc)
+
+    def _write(self, operation: Callable[..., T]) -> T:
+        """Record an outcome, riding out a short ledger outage: the delivery has happened, and losing its
+        result would mean delivering it again once the reconciler takes the claim back."""
+        deadline = time.monotonic() + self.settings.visibility_timeout * 0.5
+        pause = 0.2
+        while True:
+            try:
+                return self.database.run(operation)
+            except LedgerUnavailable:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("ledger unavailable while recording an outcome; trying again in %.1fs", pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+
+def _error_text(error: DeliveryError | None) -> str:
+    if error is None:
+        return ""
+    text = str(error) or type(error).__name__
+    return text[:MAX_ERROR_LENGTH]
+
+
+def _retry_ledger_outages(retries: int, exception: BaseException) -> bool:
+    # Only an unreachable ledger is worth Dramatiq's own retry: the claim never happened, so the
+    # message must come back. Anything else is a bug, and the reconciler owns the job's fate.
+    return isinstance(exception, LedgerUnavailable)
+
+
+def declare_actor(broker: RedisBroker, delivery: Delivery, settings: Settings) -> dramatiq.Actor:
+    """Register the delivery actor on `broker` for the configured queue."""
+
+    def deliver(job_id: str) -> None:
+        message = CurrentMessage.get_current_message()
+        delivery(job_id, message.options.get(RID_OPTION, "") if message else "")
+
+    return dramatiq.actor(
+        deliver,
+        broker=broker,
+        actor_name=ACTOR_NAME,
+        queue_name=settings.queue,
+        retry_when=_retry_ledger_outages,
+        min_backoff=500,
+        max_backoff=30_000,
+        time_limit=int(settings.attempt_time_limit * 1000),
+    )

@@ -1,0 +1,130 @@
+"""The reconciler: compares the ledger with Redis and puts right whatever a crash or Redis lost."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+from actors.broker import Dispatcher
+from ledger import maintenance, transitions
+from ledger.database import Database
+from ledger.timestamps import utcnow
+from ledger.transitions import Dispatch
+
+log = logging.getLogger("wjp.reconciler")
+
+#: Rows read and changed per statement: bounds a pass's memory and each statement's locks.
+BATCH_SIZE = 500
+
+
+@dataclass
+class PassReport:
+    expired: int = 0
+    failed: int = 0
+    redispatched: int = 0
+    checked: int = 0
+    duration_ms: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+class Reconciler:
+    """One pass (`run_once`) or a loop of them. Overlapping passes are safe: every change is guarded on
+    the state it read, so of two passes at most one expires or re-dispatches a given job."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        dispatcher: Dispatcher,
+        visibility_timeout: float,
+        grace: float,
+        schedule_horizon: float,
+        clock: Callable[[], datetime] = utcnow,
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
+        self.database = database
+        self.dispatcher = dispatcher
+        self.visibility_timeout = timedelta(seconds=visibility_timeout)
+        self.grace = timedelta(seconds=grace)
+        self.schedule_horizon = timedelta(seconds=schedule_horizon)
+        self.clock = clock
+        self.batch_size = batch_size
+
+    def run_once(self) -> PassReport:
+        """Raise `LedgerUnavailable` or `BrokerUnavailable` when either cannot be reached."""
+        started = time.perf_counter()
+        report = PassReport()
+        self.dispatcher.requeue_abandoned()
+        self._expire_claims(report)
+        self._redispatch_missing(report)
+        report.duration_ms = round((time.perf_counter() - started) * 1000)
+        return report
+
+    def _expire_claims(self, report: PassReport) -> None:
+        now = self.clock()
+        cutoff = now - self.visibility_timeout
+        error = f"visibility timeout exceeded: no result within {self.visibility_timeout.total_seconds():g}s"
+        while True:
+            claims = self.database.run(
+                lambda conn: maintenance.expired_claims(conn, cutoff=cutoff, limit=self.batch_size)
+            )
+            report.checked += len(claims)
+            if not claims:
+                return
+            dispatches, failed = self.database.run(
+                lambda conn, claims=claims: transitions.expire(conn, claims, now=now, cutoff=cutoff, error=error)
+            )
+            for job_id in failed:
+                log.warning("⚠️ Job %s marked as FAILED due to timeout", job_id)
+            for dispatch in dispatches:
+                log.info("Job %s: claim expired; attempt re-dispatched", dispatch.job_id)
+            self.dispatcher.send(dispatches, now=now)
+            report.expired += len(dispatches)
+            report.failed += len(failed)
+            if len(claims) < self.batch_size:
+                return
+
+    def _redispatch_missing(self, report: PassReport) -> None:
+        now = self.clock()
+        after: tuple[datetime, object] | None = None
+        while True:
+            candidates = self.database.run(
+                lambda conn, after=after: maintenance.waiting_candidates(
+                    conn,
+                    overdue_before=now - self.grace,
+                    schedule_until=now + self.schedule_horizon,
+                    after=after,
+                    limit=self.batch_size,
+                )
+            )
+            report.checked += len(candidates)
+            if not candidates:
+                return
+            sent = [Dispatch(job_id, seq, due) for job_id, seq, due in candidates if seq > 0]
+            never_sent = [(job_id, seq) for job_id, seq, _ in candidates if seq == 0]
+            lost = [(d.job_id, d.seq) for d in self.dispatcher.missing(sent)] + never_sent
+            dispatches = self.database.run(lambda conn, lost=lost: transitions.redispatch(conn, lost, now=now))
+            self.dispatcher.send(dispatches, now=now)
+            report.redispatched += len(dispatches)
+            if len(candidates) < self.batch_size:
+                return
+            last = candidates[-1]
+            after = (last[2], last[0])
+
+    def run_forever(self, interval: float, stop: threading.Event, report: Callable[[PassReport], None]) -> None:
+        """Run a pass every `interval` seconds until `stop` is set; an unreachable ledger or Redis is
+        logged and tried again at the next pass."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                report(self.run_once())
+            except Exception as exc:
+                log.error("reconcile pass failed: %s", exc)
+            stop.wait(max(0.0, interval - (time.monotonic() - started)))

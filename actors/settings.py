@@ -1,0 +1,145 @@
+"""Settings of the workers and the reconciler, read from the environment in this one place."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from actors.backoff import BackoffPolicy
+from actors.channels.base import ChannelConfig
+from ledger.database import normalize_url
+
+DEFAULT_DATABASE_URL = "sqlite:///var/wjp.sqlite3"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the process cannot run with; the message names the variable."""
+
+
+def text(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise SettingsError(f"{name} must be at least 1, got {raw!r}")
+    return value
+
+
+def seconds(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    """A duration in seconds, possibly fractional (`0.4`)."""
+    raw = text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise SettingsError(f"{name} must be a number of seconds of at least {minimum:g}, got {raw!r}")
+    return value
+
+
+def flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = text(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], default: str | None = None) -> str | None:
+    raw = text(env, name, default)
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in schemes or not (parts.hostname or parts.scheme.startswith("sqlite")):
+        raise SettingsError(f"{name} must be a {' or '.join(s + '://' for s in schemes)} URL, got {raw!r}")
+    return raw
+
+
+def database_url(env: Mapping[str, str]) -> str:
+    raw = text(env, "DATABASE_URL", DEFAULT_DATABASE_URL)
+    try:
+        return normalize_url(raw)
+    except ValueError as exc:
+        raise SettingsError(f"DATABASE_URL: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    queue: str
+    max_attempts: int
+    backoff: BackoffPolicy
+    visibility_timeout: float
+    reconcile_interval: float
+    reconcile_grace: float
+    channels: ChannelConfig
+
+    @property
+    def schedule_horizon(self) -> float:
+        """Jobs due within this many seconds are parked in Redis's delay queue; later ones wait in the
+        ledger until a reconciler pass comes close enough to their time."""
+        return max(30.0, 2 * self.reconcile_interval)
+
+    @property
+    def attempt_time_limit(self) -> float:
+        """Seconds after which an attempt is cut off: always inside the visibility timeout."""
+        return self.visibility_timeout * 0.9
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, redis_url: str | None = None) -> Settings:
+        """Read and validate every setting; raise `SettingsError` naming the first bad one."""
+        env = os.environ if env is None else env
+        visibility = seconds(env, "WJP_VISIBILITY_TIMEOUT", 60.0, minimum=1.0)
+        queue = text(env, "WJP_QUEUE", "notifications")
+        if not queue.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            raise SettingsError(f"WJP_QUEUE may hold letters, digits, '_', '-' and '.', got {queue!r}")
+        webhook_secret = text(env, "WJP_WEBHOOK_SECRET")
+        if webhook_secret is not None and not webhook_secret.startswith("whsec_"):
+            raise SettingsError("WJP_WEBHOOK_SECRET must have the form whsec_<base64 key>")
+        return cls(
+            database_url=database_url(env),
+            redis_url=redis_url or url(env, "REDIS_URL", ("redis", "rediss", "unix"), DEFAULT_REDIS_URL),
+            queue=queue,
+            max_attempts=positive_int(env, "WJP_MAX_ATTEMPTS", 5),
+            backoff=BackoffPolicy(
+                initial=seconds(env, "WJP_BACKOFF_INITIAL", 2.0),
+                maximum=seconds(env, "WJP_BACKOFF_MAX", 3600.0),
+                jitter=seconds(env, "WJP_BACKOFF_JITTER", 1.0),
+            ),
+            visibility_timeout=visibility,
+            reconcile_interval=seconds(env, "WJP_RECONCILE_INTERVAL", 15.0, minimum=0.05),
+            reconcile_grace=seconds(env, "WJP_RECONCILE_GRACE", 10.0),
+            channels=ChannelConfig(
+                timeout_cap=visibility * 0.75,
+                smtp_url=url(env, "WJP_SMTP_URL", ("smtp", "smtps")),
+                email_from=text(env, "WJP_EMAIL_FROM", "notifications@localhost"),
+                outbox_dir=Path(text(env, "WJP_OUTBOX_DIR", "var/outbox")).resolve(),
+                webhook_timeout=seconds(env, "WJP_WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
+                webhook_secret=webhook_secret,
+                webhook_allow_private=flag(env, "WJP_WEBHOOK_ALLOW_PRIVATE"),
+                sms_url=url(env, "WJP_SMS_URL", ("http", "https")),
+                sms_account=text(env, "WJP_SMS_ACCOUNT"),
+                sms_token=text(env, "WJP_SMS_TOKEN"),
+                sms_from=text(env, "WJP_SMS_FROM"),
+            ),
+        )

@@ -1,0 +1,27 @@
+"""What each Dramatiq worker process imports: builds the broker, ledger and channels from the environment
+and declares the delivery actor. Run through `wjp worker`, which validates the settings first."""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+
+from actors.broker import Dispatcher, make_broker
+from actors.channels import build_channels
+from actors.delivery import Delivery, declare_actor
+from actors.settings import Settings
+from ledger.database import Database
+
+settings = Settings.from_env()
+broker = make_broker(settings.redis_url)
+dramatiq.set_broker(broker)
+database = Database(settings.database_url)
+delivery = Delivery(
+    database=database,
+    dispatcher=Dispatcher(broker, settings.queue),
+    channels=build_channels(settings.channels),
+    settings=settings,
+)
+deliver = declare_actor(broker, delivery, settings)
+logging.getLogger("wjp").setLevel(logging.INFO)

@@ -1,0 +1,1 @@
+"""The HTTP API (Falcon) and the `wjp` command line."""

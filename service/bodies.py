@@ -1,0 +1,51 @@
+"""Reading request bodies: content type, size limit and strict JSON, before any work is done."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import falcon
+
+from service.errors import ApiError
+
+#: Largest request body accepted, in bytes.
+MAX_BODY_BYTES = 64 * 1024
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_json_object(req: falcon.Request) -> dict[str, Any]:
+    """The body as a JSON object, or a 415/413/400 `ApiError` saying what is wrong with it."""
+    media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(
+            falcon.HTTP_415,
+            "unsupported_media_type",
+            "Send the body as JSON with 'Content-Type: application/json'.",
+        )
+    if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
+        raise _too_large()
+    raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise _too_large()
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ApiError(falcon.HTTP_400, "invalid_json", f"The body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(
+            falcon.HTTP_400,
+            "validation_error",
+            "The body must be a JSON object.",
+            [{"field": None, "message": f"expected an object, got {type(body).__name__}"}],
+        )
+    return body
+
+
+def _too_large() -> ApiError:
+    return ApiError(
+        falcon.HTTP_413, "payload_too_large", f"The body is larger than the limit of {MAX_BODY_BYTES} bytes."
+    )

@@ -1,0 +1,235 @@
+"""The OpenAPI 3.1 description of the API, served at /openapi.json; a test keeps it in step with the routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from ledger.states import Outcome, Status
+
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_ERROR_CODES = [
+    "invalid_json",
+    "validation_error",
+    "idempotency_key_required",
+    "idempotency_key_conflict",
+    "idempotency_key_mismatch",
+    "unauthorized",
+    "not_found",
+    "method_not_allowed",
+    "not_cancellable",
+    "not_failed",
+    "payload_too_large",
+    "unsupported_media_type",
+    "ledger_unavailable",
+    "not_ready",
+    "internal_error",
+]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(status): {"$ref": "#/components/responses/Error"} for status in statuses}
+
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def document(channels: list[str]) -> dict[str, Any]:
+    """The OpenAPI document for an API whose enabled channels are `channels`."""
+    statuses = [s.value for s in Status]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "worker-job-processor",
+            "version": "0.1.0",
+            "description": "Notification intake with exactly-once idempotency keys; delivery with retries.",
+        },
+        "paths": {
+            "/api/notifications": {
+                "post": {
+                    "summary": "Submit a notification (idempotent by key)",
+                    "parameters": [
+                        {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("NewNotification")}},
+                    },
+                    "responses": {
+                        "202": _json(_ref("Accepted"), "Recorded; delivery follows"),
+                        "200": _json(_ref("Accepted"), "A replay of an earlier request with this key"),
+                        **_errors(400, 401, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/api/notifications/{job_id}": {
+                "parameters": [_JOB_ID],
+                "get": {
+                    "summary": "A notification's status",
+                    "responses": {"200": _json(_ref("Job"), "The notification"), **_errors(401, 404, 503)},
+                },
+                "delete": {
+                    "summary": "Cancel a PENDING or RETRY notification",
+                    "responses": {"200": _json(_ref("Job"), "Cancelled"), **_errors(401, 404, 409, 503)},
+                },
+            },
+            "/api/notifications/{job_id}/attempts": {
+                "parameters": [_JOB_ID],
+                "get": {
+                    "summary": "Every delivery attempt, oldest first",
+                    "responses": {"200": _json(_ref("Attempts"), "The attempts"), **_errors(401, 404, 503)},
+                },
+            },
+            "/internal/queue/stats": {
+                "get": {
+                    "summary": "Counts by status",
+                    "security": [{"adminToken": []}, {}],
+                    "responses": {"200": _json(_ref("Stats"), "The counts"), **_errors(401, 503)},
+                }
+            },
+            "/internal/notifications/{job_id}/retry": {
+                "parameters": [_JOB_ID],
+                "post": {
+                    "summary": "Send a FAILED notification again with a fresh attempt budget",
+                    "security": [{"adminToken": []}, {}],
+                    "responses": {"202": _json(_ref("Job"), "Queued again"), **_errors(401, 404, 409, 503)},
+                },
+            },
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "Up")}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: ledger and Redis reachable",
+                    "responses": {"200": _json({"type": "object"}, "Ready"), **_errors(503)},
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}
+            },
+        },
+        "components": {
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "responses": {"Error": _json(_ref("Error"), "An error")},
+            "schemas": {
+                "NewNotification": {
+                    "type": "object",
+                    "required": ["recipient", "channel", "message"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "recipient": {"type": "string", "minLength": 1},
+                        "channel": {"type": "string", "enum": channels},
+                        "message": {"type": "string", "minLength": 1, "maxLength": 16384},
+                        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "subject": {"type": ["string", "null"], "maxLength": 255},
+                        "metadata": {"type": ["object", "null"]},
+                        "send_at": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                },
+                "Accepted": {
+                    "type": "object",
+                    "required": ["job_id", "status", "idempotency_key", "created_at"],
+                    "properties": {
+                        "job_id": {"type": "string", "format": "uuid"},
+                        "status": {"type": "string", "enum": statuses},
+                        "idempotency_key": {"type": "string"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "Job": {
+                    "type": "object",
+                    "required": [
+                        "job_id",
+                        "status",
+                        "recipient",
+                        "channel",
+                        "idempotency_key",
+                        "attempts",
+                        "max_attempts",
+                        "next_attempt_at",
+                        "last_error",
+                        "created_at",
+                        "updated_at",
+                        "completed_at",
+                    ],
+                    "properties": {
+                        "job_id": {"type": "string", "format": "uuid"},
+                        "status": {"type": "string", "enum": statuses},
+                        "recipient": {"type": "string"},
+                        "channel": {"type": "string"},
+                        "idempotency_key": {"type": "string"},
+                        "subject": {"type": ["string", "null"]},
+                        "metadata": {"type": ["object", "null"]},
+                        "send_at": _TIME,
+                        "attempts": {"type": "integer"},
+                        "max_attempts": {"type": "integer"},
+                        "next_attempt_at": _TIME,
+                        "last_error": {"type": ["string", "null"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "updated_at": {"type": "string", "format": "date-time"},
+                        "completed_at": _TIME,
+                    },
+                },
+                "Attempts": {
+                    "type": "object",
+                    "required": ["job_id", "attempts"],
+                    "properties": {
+                        "job_id": {"type": "string", "format": "uuid"},
+                        "attempts": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["number", "started_at", "finished_at", "outcome", "error", "worker"],
+                                "properties": {
+                                    "number": {"type": "integer"},
+                                    "started_at": {"type": "string", "format": "date-time"},
+                                    "finished_at": _TIME,
+                                    "outcome": {
+                                        "type": ["string", "null"],
+                                        "enum": [*(o.value for o in Outcome), None],
+                                    },
+                                    "error": {"type": ["string", "null"]},
+                                    "worker": {"type": ["string", "null"]},
+                                },
+                            },
+                        },
+                    },
+                },
+                "Stats": {
+                    "type": "object",
+                    "required": ["pending", "retry", "processing", "success", "failed", "avg_attempts_success"],
+                    "properties": {
+                        **{s.lower(): {"type": "integer"} for s in statuses},
+                        "avg_attempts_success": {"type": "number"},
+                        "oldest_due_age_seconds": {"type": "number"},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message", "details"],
+                    "properties": {
+                        "error": {"type": "string", "examples": _ERROR_CODES},
+                        "message": {"type": "string"},
+                        "details": {"type": "array"},
+                    },
+                },
+            },
+        },
+    }
+
+
+class OpenApiDocument:
+    """GET /openapi.json"""
+
+    def __init__(self, channels: list[str]) -> None:
+        self._document = document(channels)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self._document

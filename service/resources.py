@@ -1,0 +1,264 @@
+"""HTTP resources, one class per URL shape; each does HTTP and leaves decisions to the ledger."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+
+from actors.broker import BrokerUnavailable, Dispatcher
+from actors.channels.base import Channel
+from ledger import intake, queries, transitions
+from ledger.database import Database
+from ledger.errors import LedgerUnavailable
+from ledger.intake import Intake
+from ledger.states import Status
+from ledger.timestamps import rfc3339, utcnow
+from ledger.transitions import Dispatch
+from service.bodies import read_json_object
+from service.errors import ApiError
+from service.settings import ServiceSettings
+from service.validation import parse_notification
+
+log = logging.getLogger("wjp.api")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every resource shares: settings, the ledger, the dispatcher and the enabled channels."""
+
+    settings: ServiceSettings
+    database: Database
+    dispatcher: Dispatcher
+    channels: dict[str, Channel]
+
+    def dispatch(self, dispatch: Dispatch) -> None:
+        """Send after commit, best effort: the ledger has the job, and the reconciler sends what Redis missed."""
+        try:
+            self.dispatcher.send([dispatch], now=utcnow())
+        except BrokerUnavailable as exc:
+            log.warning("job %s recorded but not yet dispatched: %s", dispatch.job_id, exc)
+
+
+def _job_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise _not_found() from None
+
+
+def _not_found() -> ApiError:
+    return ApiError(falcon.HTTP_404, "not_found", "No notification has this id.")
+
+
+def _scope(req: falcon.Request) -> str:
+    return getattr(req.context, "scope", "")
+
+
+class NotificationCollection:
+    """POST /api/notifications"""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json_object(req)
+        request = parse_notification(
+            body,
+            header_key=req.get_header("Idempotency-Key"),
+            channels=self.ctx.channels,
+            max_attempts=self.ctx.settings.core.max_attempts,
+            scope=_scope(req),
+        )
+        now = utcnow()
+        horizon = self.ctx.settings.core.schedule_horizon
+        dispatch_now = request.send_at is None or (request.send_at - now).total_seconds() <= horizon
+        result = self.ctx.database.run(lambda conn: intake.accept(conn, request, now=now, dispatch_now=dispatch_now))
+        if result.outcome is Intake.MISMATCH:
+            raise ApiError(
+                falcon.HTTP_422,
+                "idempotency_key_mismatch",
+                "This idempotency key was already used with a different notification.",
+                [{"field": "idempotency_key", "job_id": str(result.job_id)}],
+            )
+        resp.media = {
+            "job_id": str(result.job_id),
+            "status": result.status.value,
+            "idempotency_key": request.idempotency_key,
+            "created_at": rfc3339(result.created_at),
+        }
+        resp.location = f"/api/notifications/{result.job_id}"
+        if result.outcome is Intake.REPLAYED:
+            resp.status = falcon.HTTP_200
+            resp.set_header("Idempotent-Replayed", "true")
+            return
+        resp.status = falcon.HTTP_202
+        if result.dispatch_seq:
+            assert result.next_attempt_at is not None
+            self.ctx.dispatch(Dispatch(result.job_id, result.dispatch_seq, result.next_attempt_at))
+
+
+def job_document(job: queries.JobView) -> dict[str, Any]:
+    return {
+        "job_id": str(job.id),
+        "status": job.status.value,
+        "recipient": job.recipient,
+        "channel": job.channel,
+        "idempotency_key": job.idempotency_key,
+        "subject": job.subject,
+        "metadata": job.metadata,
+        "send_at": rfc3339(job.send_at),
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "next_attempt_at": rfc3339(job.next_attempt_at),
+        "last_error": job.last_error,
+        "created_at": rfc3339(job.created_at),
+        "updated_at": rfc3339(job.updated_at),
+        "completed_at": rfc3339(job.completed_at),
+    }
+
+
+class NotificationItem:
+    """GET and DELETE /api/notifications/{job_id}"""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        found = self.ctx.database.run(lambda conn: queries.get_job(conn, _job_id(job_id), scope=_scope(req)))
+        if found is None:
+            raise _not_found()
+        resp.media = job_document(found)
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        key, scope, now = _job_id(job_id), _scope(req), utcnow()
+
+        def cancel(conn: Any) -> queries.JobView | None:
+            transitions.cancel(conn, key, scope=scope, now=now)
+            return queries.get_job(conn, key, scope=scope)
+
+        job = self.ctx.database.run(cancel, transaction=True)
+        if job is None:
+            raise _not_found()
+        if job.status is not Status.CANCELLED:
+            raise ApiError(
+                falcon.HTTP_409,
+                "not_cancellable",
+                f"The notification is {job.status.value}; only PENDING or RETRY notifications can be cancelled.",
+            )
+        resp.media = job_document(job)
+
+
+class NotificationAttempts:
+    """GET /api/notifications/{job_id}/attempts"""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        key, scope = _job_id(job_id), _scope(req)
+
+        def read(conn: Any) -> list[queries.AttemptView] | None:
+            if queries.get_job(conn, key, scope=scope) is None:
+                return None
+            return queries.list_attempts(conn, key)
+
+        found = self.ctx.database.run(read)
+        if found is None:
+            raise _not_found()
+        resp.media = {
+            "job_id": str(key),
+            "attempts": [
+                {
+                    "number": a.number,
+                    "started_at": rfc3339(a.started_at),
+                    "finished_at": rfc3339(a.finished_at),
+                    "outcome": a.outcome,
+                    "error": a.error,
+                    "worker": a.worker,
+                }
+                for a in found
+            ],
+        }
+
+
+class QueueStats:
+    """GET /internal/queue/stats"""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        stats = self.ctx.database.run(lambda conn: queries.queue_stats(conn, now=utcnow()))
+        document: dict[str, Any] = {status.value.lower(): count for status, count in stats.counts.items()}
+        document["avg_attempts_success"] = stats.avg_attempts_success
+        document["oldest_due_age_seconds"] = round(stats.oldest_due_age, 3)
+        resp.media = document
+
+
+class NotificationRetry:
+    """POST /internal/notifications/{job_id}/retry"""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        key, now = _job_id(job_id), utcnow()
+        extra = self.ctx.settings.core.max_attempts
+
+        def retry(conn: Any) -> tuple[Dispatch | None, queries.JobView | None]:
+            dispatch = transitions.manual_retry(conn, key, now=now, extra_attempts=extra)
+            return dispatch, queries.get_job(conn, key, scope=None)
+
+        dispatch, job = self.ctx.database.run(retry, transaction=True)
+        if job is None:
+            raise _not_found()
+        if dispatch is None:
+            raise ApiError(
+                falcon.HTTP_409,
+                "not_failed",
+                f"The notification is {job.status.value}; only FAILED ones can be retried.",
+            )
+        self.ctx.dispatch(dispatch)
+        resp.status = falcon.HTTP_202
+        resp.media = job_document(job)
+
+
+class Health:
+    """GET /healthz: the process answers."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+class Ready:
+    """GET /readyz: the ledger and Redis both answer."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        checks: dict[str, str] = {}
+        try:
+            self.ctx.database.ping()
+            checks["ledger"] = "ok"
+        except LedgerUnavailable as exc:
+            checks["ledger"] = f"unavailable: {exc}"
+        try:
+            self.ctx.dispatcher.ping()
+            checks["redis"] = "ok"
+        except BrokerUnavailable as exc:
+            checks["redis"] = f"unavailable: {exc}"
+        down = [name for name, state in checks.items() if state != "ok"]
+        if down:
+            raise ApiError(
+                falcon.HTTP_503,
+                "not_ready",
+                f"Not ready: {' and '.join(down)} unreachable.",
+                [{"component": name, "state": state} for name, state in checks.items()],
+                headers={"Retry-After": "5"},
+            )
+        resp.media = {"status": "ready", **checks}

@@ -1,0 +1,21 @@
+"""Settings of the API process: the actors' settings plus what only the API needs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from actors.settings import Settings, text
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    core: Settings
+    #: Bearer token for /internal/* and /metrics; None leaves them open.
+    admin_token: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, redis_url: str | None = None) -> ServiceSettings:
+        env = os.environ if env is None else env
+        return cls(core=Settings.from_env(env, redis_url=redis_url), admin_token=text(env, "WJP_ADMIN_TOKEN"))

@@ -1,0 +1,201 @@
+"""Validation of a new notification: every rule of the contract, every bad field named at once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import falcon
+
+from actors.channels.base import Channel
+from ledger.intake import NewNotification
+from service.errors import ApiError
+
+MAX_KEY_LENGTH = 255
+MAX_MESSAGE_LENGTH = 16_384
+MAX_SUBJECT_LENGTH = 255
+MAX_METADATA_BYTES = 4096
+FIELDS = ("recipient", "channel", "message", "idempotency_key", "subject", "metadata", "send_at")
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages a producer understands."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _text_problem(value: str) -> str | None:
+    """Strings the ledger cannot store faithfully: NUL characters and lone surrogates."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text"
+    return None
+
+
+def _nested_text_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        return _text_problem(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _text_problem(key) or _nested_text_problem(item)
+            if problem:
+                return problem
+    if isinstance(value, list):
+        for item in value:
+            problem = _nested_text_problem(item)
+            if problem:
+                return problem
+    return None
+
+
+def idempotency_key(body: Mapping[str, Any], header: str | None) -> str:
+    """The request's key, from the body or the `Idempotency-Key` header (the same string either way)."""
+    in_body = body.get("idempotency_key")
+    if in_body is not None and not isinstance(in_body, str):
+        raise _invalid([("idempotency_key", f"must be a string, got {json_type(in_body)}")])
+    if in_body is not None and header is not None and in_body != header:
+        raise ApiError(
+            falcon.HTTP_400,
+            "idempotency_key_conflict",
+            "The Idempotency-Key header and the body's idempotency_key differ; send one, or the same in both.",
+        )
+    key = in_body if in_body is not None else header
+    if key is None or key == "":
+        raise ApiError(
+            falcon.HTTP_400,
+            "idempotency_key_required",
+            "Give an idempotency key in the body ('idempotency_key') or the 'Idempotency-Key' header.",
+        )
+    problem = _text_problem(key)
+    if len(key) > MAX_KEY_LENGTH:
+        problem = f"must be 1 to {MAX_KEY_LENGTH} characters long, got {len(key)}"
+    if problem:
+        raise _invalid([("idempotency_key", problem)])
+    return key
+
+
+def parse_notification(
+    body: Mapping[str, Any],
+    *,
+    header_key: str | None,
+    channels: Mapping[str, Channel],
+    max_attempts: int,
+    scope: str,
+) -> NewNotification:
+    """Check `body` and return the request to record, or raise a 400 naming every bad field."""
+    key = idempotency_key(body, header_key)
+    problems: list[tuple[str, str]] = []
+    unknown = sorted(set(body) - set(FIELDS))
+    for name in unknown:
+        problems.append((name, "is not a field of a notification"))
+
+    def required_text(name: str) -> str | None:
+        value = body.get(name)
+        if value is None:
+            problems.append((name, "is required"))
+            return None
+        if not isinstance(value, str):
+            problems.append((name, f"must be a string, got {json_type(value)}"))
+            return None
+        problem = _text_problem(value)
+        if problem:
+            problems.append((name, problem))
+            return None
+        return value
+
+    recipient = required_text("recipient")
+    channel_name = required_text("channel")
+    message = required_text("message")
+
+    channel = None
+    if channel_name is not None:
+        channel = channels.get(channel_name)
+        if channel is None:
+            enabled = ", ".join(sorted(channels))
+            problems.append(("channel", f"unknown channel {channel_name!r}; enabled channels: {enabled}"))
+    if recipient is not None:
+        if not recipient.strip():
+            problems.append(("recipient", "must not be empty"))
+        elif channel is not None:
+            problem = channel.check_recipient(recipient)
+            if problem:
+                problems.append(("recipient", problem))
+    if message is not None:
+        if not message.strip():
+            problems.append(("message", "must not be empty"))
+        elif len(message) > MAX_MESSAGE_LENGTH:
+            problems.append(("message", f"must be at most {MAX_MESSAGE_LENGTH} characters, got {len(message)}"))
+
+    subject = body.get("subject")
+    if subject is not None:
+        if not isinstance(subject, str):
+            problems.append(("subject", f"must be a string, got {json_type(subject)}"))
+            subject = None
+        elif len(subject) > MAX_SUBJECT_LENGTH:
+            problems.append(("subject", f"must be at most {MAX_SUBJECT_LENGTH} characters, got {len(subject)}"))
+        else:
+            problem = _text_problem(subject)
+            if problem is None and ("\r" in subject or "\n" in subject):
+                # A line break in a subject could smuggle a header into the email.
+                problem = "must be a single line"
+            if problem:
+                problems.append(("subject", problem))
+
+    metadata = body.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            problems.append(("metadata", f"must be an object, got {json_type(metadata)}"))
+        else:
+            size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace"))
+            if size > MAX_METADATA_BYTES:
+                problems.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"))
+            elif problem := _nested_text_problem(metadata):
+                problems.append(("metadata", problem))
+
+    send_at = _parse_send_at(body.get("send_at"), problems)
+
+    if problems:
+        raise _invalid(problems)
+    assert recipient is not None and channel_name is not None and message is not None
+    return NewNotification(
+        idempotency_key=key,
+        recipient=recipient,
+        channel=channel_name,
+        message=message,
+        max_attempts=max_attempts,
+        subject=subject,
+        metadata=metadata,
+        send_at=send_at,
+        scope=scope,
+    )
+
+
+def _parse_send_at(value: Any, problems: list[tuple[str, str]]) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        problems.append(("send_at", f"must be an RFC 3339 time string, got {json_type(value)}"))
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    if moment is None or "T" not in value.upper() or moment.tzinfo is None:
+        problems.append(("send_at", "must be an RFC 3339 time with a time zone, like 2026-01-31T09:00:00Z"))
+        return None
+    return moment
+
+
+def _invalid(problems: list[tuple[str, str]]) -> ApiError:
+    fields = ", ".join(dict.fromkeys(field for field, _ in problems))
+    return ApiError(
+        falcon.HTTP_400,
+        "validation_error",
+        f"The notification is not valid: check {fields}.",
+        [{"field": field, "message": message} for field, message in problems],
+    )

@@ -1,0 +1,93 @@
+"""A real Dramatiq worker, in this process, on real Redis and the test's ledger."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from dramatiq import Worker
+
+from actors.broker import Dispatcher, make_broker
+from actors.channels import build_channels
+from actors.channels.base import Channel
+from actors.delivery import Delivery, declare_actor
+from actors.settings import Settings
+from ledger import intake, queries
+from ledger.database import Database
+from ledger.intake import NewNotification
+from ledger.states import FINISHED, Status
+from ledger.timestamps import utcnow
+from ledger.transitions import Dispatch
+from tests.conftest import settings_env
+
+
+@pytest.fixture
+def make_settings(database: Database, redis_server_url: str, queue_name: str, tmp_path) -> Callable[..., Settings]:
+    def build(**env: str) -> Settings:
+        env.setdefault("WJP_OUTBOX_DIR", str(tmp_path / "outbox"))
+        env.setdefault("WJP_BACKOFF_INITIAL", "0.2")
+        env.setdefault("WJP_BACKOFF_JITTER", "0.05")
+        return Settings.from_env(settings_env(database, redis_server_url, queue_name, **env))
+
+    return build
+
+
+@contextmanager
+def running_worker(
+    settings: Settings, database: Database, *, channels: dict[str, Channel] | None = None, threads: int = 4
+) -> Iterator[Delivery]:
+    """Start a Dramatiq worker with the delivery actor; stop it (letting attempts finish) on exit."""
+    broker = make_broker(settings.redis_url)
+    delivery = Delivery(
+        database=database,
+        dispatcher=Dispatcher(broker, settings.queue),
+        channels=channels if channels is not None else build_channels(settings.channels),
+        settings=settings,
+    )
+    declare_actor(broker, delivery, settings)
+    worker = Worker(broker, worker_threads=threads, worker_timeout=100)
+    worker.start()
+    try:
+        yield delivery
+    finally:
+        worker.stop()
+        broker.close()
+
+
+def submit(
+    database: Database, dispatcher: Dispatcher, settings: Settings, *, key: str | None = None, **fields: Any
+) -> uuid.UUID:
+    """Record and dispatch a notification the way the API does."""
+    fields.setdefault("recipient", "someone")
+    fields.setdefault("channel", "log")
+    fields.setdefault("message", "hello")
+    request = NewNotification(idempotency_key=key or uuid.uuid4().hex, max_attempts=settings.max_attempts, **fields)
+    now = utcnow()
+    result = database.run(lambda conn: intake.accept(conn, request, now=now, dispatch_now=True))
+    dispatcher.send([Dispatch(result.job_id, result.dispatch_seq, result.next_attempt_at)], now=now)
+    return result.job_id
+
+
+def wait_for_status(
+    database: Database, job_id: uuid.UUID, statuses: set[Status] = FINISHED, timeout: float = 20.0
+) -> queries.JobView:
+    """Poll the ledger until the job reaches one of `statuses`; fail with its last state otherwise."""
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = database.run(lambda conn: queries.get_job(conn, job_id, scope=None))
+        if job is not None and job.status in statuses:
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not reach {sorted(statuses)} in {timeout}s; last seen: {job}")
+
+
+def gaps(attempts: list[queries.AttemptView]) -> list[timedelta]:
+    """Time from the end of each attempt to the start of the next."""
+    return [b.started_at - a.finished_at for a, b in itertools.pairwise(attempts)]

@@ -1,0 +1,123 @@
+"""Shared fixtures: a migrated ledger on real PostgreSQL and on SQLite, and real Redis with a queue of
+its own per test. Without the servers the tests skip, except under CI=true, where they fail."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from actors.broker import NAMESPACE, Dispatcher, make_broker
+from ledger.database import Database, normalize_url
+from ledger.migrate import upgrade
+from ledger.schema import COUNTER_SLOTS
+
+POSTGRES_URL = os.environ.get("WJP_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("WJP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test when a server is missing, but fail in CI, where every server must be present."""
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A database of our own on the PostgreSQL server, created for this run and dropped after it."""
+    admin_url = normalize_url(POSTGRES_URL)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    name = f"wjp_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        unavailable(f"PostgreSQL at {POSTGRES_URL} is unreachable: {str(exc).splitlines()[0]}")
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    upgrade(Database(url, pool_size=1))
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def reset_ledger(database: Database) -> None:
+    def wipe(conn) -> None:
+        if database.dialect == "postgresql":
+            conn.execute(text("TRUNCATE jobs, attempts, api_keys"))
+        else:
+            conn.execute(text("DELETE FROM attempts"))
+            conn.execute(text("DELETE FROM jobs"))
+            conn.execute(text("DELETE FROM api_keys"))
+        conn.execute(text("DELETE FROM job_counts"))
+        conn.execute(text("INSERT INTO job_counts (slot) VALUES " + ", ".join(f"({i})" for i in range(COUNTER_SLOTS))))
+
+    database.run(wipe, transaction=True)
+
+
+@pytest.fixture
+def postgres_db(postgres_server_url: str) -> Iterator[Database]:
+    database = Database(postgres_server_url, pool_size=20)
+    reset_ledger(database)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def sqlite_db(tmp_path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    upgrade(database)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database(request: pytest.FixtureRequest) -> Database:
+    """The ledger, once on PostgreSQL and once on SQLite."""
+    return request.getfixturevalue("postgres_db" if request.param == "postgresql" else "sqlite_db")
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis at {REDIS_URL} is unreachable: {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def queue_name(redis_server_url: str) -> Iterator[str]:
+    """A queue no other test uses; its keys are deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_server_url)
+    keys = list(client.scan_iter(match=f"{NAMESPACE}:*{name}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def dispatcher(redis_server_url: str, queue_name: str) -> Dispatcher:
+    return Dispatcher(make_broker(redis_server_url), queue_name)
+
+
+def settings_env(database: Database, redis_url: str, queue: str, **overrides: str) -> dict[str, str]:
+    """An environment for `Settings.from_env` pointing at the test's ledger, Redis and queue."""
+    env = {
+        "DATABASE_URL": database.engine.url.render_as_string(hide_password=False),
+        "REDIS_URL": redis_url,
+        "WJP_QUEUE": queue,
+        "WJP_WEBHOOK_ALLOW_PRIVATE": "true",
+    }
+    env.update(overrides)
+    return env
