@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,8 +16,9 @@ from dramatiq import Worker
 
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
-from actors.channels.base import Channel
+from actors.channels.base import Channel, ChannelConfig, Notification, TransientError
 from actors.delivery import Delivery, declare_actor
+from actors.reconciler import Reconciler
 from actors.settings import Settings
 from ledger import intake, queries
 from ledger.database import Database
@@ -40,7 +42,12 @@ def make_settings(database: Database, redis_server_url: str, queue_name: str, tm
 
 @contextmanager
 def running_worker(
-    settings: Settings, database: Database, *, channels: dict[str, Channel] | None = None, threads: int = 4
+    settings: Settings,
+    database: Database,
+    *,
+    channels: dict[str, Channel] | None = None,
+    threads: int = 4,
+    clock: Callable[[], datetime] = utcnow,
 ) -> Iterator[Delivery]:
     """Start a Dramatiq worker with the delivery actor; stop it (letting attempts finish) on exit."""
     broker = make_broker(settings.redis_url)
@@ -49,6 +56,7 @@ def running_worker(
         dispatcher=Dispatcher(broker, settings.queue),
         channels=channels if channels is not None else build_channels(settings.channels),
         settings=settings,
+        clock=clock,
     )
     declare_actor(broker, delivery, settings)
     worker = Worker(broker, worker_threads=threads, worker_timeout=100)
@@ -61,16 +69,23 @@ def running_worker(
 
 
 def submit(
-    database: Database, dispatcher: Dispatcher, settings: Settings, *, key: str | None = None, **fields: Any
+    database: Database,
+    dispatcher: Dispatcher | None,
+    settings: Settings,
+    *,
+    key: str | None = None,
+    now: datetime | None = None,
+    **fields: Any,
 ) -> uuid.UUID:
-    """Record and dispatch a notification the way the API does."""
+    """Record a notification the way the API does, and send its message unless `dispatcher` is None."""
     fields.setdefault("recipient", "someone")
     fields.setdefault("channel", "log")
     fields.setdefault("message", "hello")
     request = NewNotification(idempotency_key=key or uuid.uuid4().hex, max_attempts=settings.max_attempts, **fields)
-    now = utcnow()
+    now = now or utcnow()
     result = database.run(lambda conn: intake.accept(conn, request, now=now, dispatch_now=True))
-    dispatcher.send([Dispatch(result.job_id, result.dispatch_seq, result.next_attempt_at)], now=now)
+    if dispatcher is not None:
+        dispatcher.send([Dispatch(result.job_id, result.dispatch_seq, result.next_attempt_at)], now=now)
     return result.job_id
 
 
@@ -91,3 +106,44 @@ def wait_for_status(
 def gaps(attempts: list[queries.AttemptView]) -> list[timedelta]:
     """Time from the end of each attempt to the start of the next."""
     return [b.started_at - a.finished_at for a, b in itertools.pairwise(attempts)]
+
+
+class RecordingChannel(Channel):
+    """A channel that remembers each delivery, so a test can count them; optionally slow or failing."""
+
+    name = "log"
+
+    def __init__(self, *, delay: float = 0.0, failures: int = 0) -> None:
+        super().__init__(ChannelConfig())
+        self.delay = delay
+        self.failures = failures
+        self.deliveries: list[tuple[uuid.UUID, int]] = []
+        self._lock = threading.Lock()
+
+    def check_recipient(self, recipient: str) -> str | None:
+        return None
+
+    def deliver(self, notification: Notification) -> str:
+        time.sleep(self.delay)
+        with self._lock:
+            self.deliveries.append((notification.job_id, notification.attempt))
+            if len(self.deliveries) <= self.failures:
+                raise TransientError("recording channel failing on purpose")
+        return "recorded"
+
+    def count(self, job_id: uuid.UUID) -> int:
+        with self._lock:
+            return sum(1 for delivered, _ in self.deliveries if delivered == job_id)
+
+
+def make_reconciler(
+    settings: Settings, database: Database, dispatcher: Dispatcher, *, clock: Callable[[], datetime] = utcnow
+) -> Reconciler:
+    return Reconciler(
+        database=database,
+        dispatcher=dispatcher,
+        visibility_timeout=settings.visibility_timeout,
+        grace=settings.reconcile_grace,
+        schedule_horizon=settings.schedule_horizon,
+        clock=clock,
+    )
