@@ -141,5 +141,6 @@ class Settings:
                 sms_account=text(env, "WJP_SMS_ACCOUNT"),
                 sms_token=text(env, "WJP_SMS_TOKEN"),
                 sms_from=text(env, "WJP_SMS_FROM"),
+                extra_modules=tuple(m.strip() for m in text(env, "WJP_CHANNEL_MODULES", "").split(",") if m.strip()),
             ),
         )

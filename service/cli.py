@@ -158,6 +158,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev(args: argparse.Namespace) -> int:
+    _settings()
+    from service import dev  # fakeredis and the process supervisor are needed by this command alone
+
+    return dev.run(host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wjp", description="worker-job-processor: notification jobs.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -180,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("stats", cmd_stats, "print the queue statistics")
     prune = command("prune", cmd_prune, "delete finished jobs older than a duration")
     prune.add_argument("--older-than", type=parse_duration, required=True, metavar="DURATION")
+    dev = command("dev", cmd_dev, "run API, worker and reconciler on SQLite and an embedded Redis")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=_positive, default=8000)
     return parser
 
 

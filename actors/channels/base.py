@@ -37,6 +37,8 @@ class ChannelConfig:
     sms_account: str | None = None
     sms_token: str | None = None
     sms_from: str | None = None
+    #: Modules imported before the channels are built, so the channels they `@register` are enabled too.
+    extra_modules: tuple[str, ...] = ()
 
 
 class DeliveryError(Exception):

@@ -1,0 +1,271 @@
+"""The email channel: plain-text mail over SMTP, or one `.eml` file per job when no server is set."""
+
+from __future__ import annotations
+
+import os
+import re
+import smtplib
+import ssl
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, parseaddr
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from actors.channels import register
+from actors.channels.base import (
+    Channel,
+    ChannelConfig,
+    DeliveryError,
+    Notification,
+    PermanentError,
+    TransientError,
+)
+
+#: Longest one SMTP socket operation may wait, in seconds, before `ChannelConfig.timeout_cap` cuts it.
+SMTP_TIMEOUT = 30.0
+
+#: Longest subject taken from the first line of the message.
+MAX_SUBJECT = 255
+
+#: Longest address SMTP can carry in a forward path (RFC 5321 §4.5.3.1.3).
+MAX_ADDRESS = 254
+
+#: Longest local part, before the @ (RFC 5321 §4.5.3.1.1).
+MAX_LOCAL_PART = 64
+
+# Pragmatic, ASCII-only: a dot-atom local part and a host name with at least one dot (or
+# "localhost"). Quoted local parts and address literals are legal but unused in practice, and
+# refusing them keeps one address per recipient, with nothing a header parser could split.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}(?:\.{_LABEL})+|localhost)", re.ASCII)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where and how to submit mail, parsed from `WJP_SMTP_URL`."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    implicit_tls: bool = False
+    starttls: bool = False
+
+
+def parse_smtp_url(url: str) -> SmtpServer:
+    """Parse `smtp://user:pass@host:port[?starttls=true]` or `smtps://user:pass@host:port`.
+
+    Raises:
+        ValueError: the URL is malformed; the message names `WJP_SMTP_URL`.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError(f"WJP_SMTP_URL must start with smtp:// or smtps://, not {parts.scheme or url!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"WJP_SMTP_URL has an invalid port: {exc}") from None
+    if not parts.hostname:
+        raise ValueError("WJP_SMTP_URL needs a host, as in smtp://mail.example.com:587")
+    starttls = False
+    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+        if key != "starttls":
+            raise ValueError(f"WJP_SMTP_URL has an unknown option {key!r}; only starttls is known")
+        value = values[-1].lower()
+        if value not in _TRUE | _FALSE:
+            raise ValueError(f"WJP_SMTP_URL option starttls must be true or false, not {values[-1]!r}")
+        starttls = value in _TRUE
+    implicit_tls = parts.scheme == "smtps"
+    if implicit_tls and starttls:
+        raise ValueError("WJP_SMTP_URL: starttls applies to smtp://; smtps:// is already encrypted")
+    username = unquote(parts.username) if parts.username else None
+    return SmtpServer(
+        host=parts.hostname,
+        port=port or (465 if implicit_tls else 25),
+        username=username,
+        password=unquote(parts.password or "") if username else None,
+        implicit_tls=implicit_tls,
+        starttls=starttls,
+    )
+
+
+def address_problem(address: str) -> str | None:
+    """Say why `address` is not one plausible email address, or return None."""
+    if not address:
+        return "The email address is empty."
+    if len(address) > MAX_ADDRESS:
+        return f"The email address is longer than {MAX_ADDRESS} characters."
+    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in address):
+        return "The email address must not contain spaces, line breaks or control characters."
+    if address.count("@") != 1:
+        return "The email address must contain exactly one @."
+    local = address.partition("@")[0]
+    if not local:
+        return "The email address has nothing before the @."
+    if len(local) > MAX_LOCAL_PART:
+        return f"The part of the email address before the @ is longer than {MAX_LOCAL_PART} characters."
+    if not _ADDRESS.fullmatch(address):
+        return f"{address!r} is not a valid email address (expected something like name@example.com)."
+    return None
+
+
+def sender_address(email_from: str) -> str:
+    """Return the bare address of `WJP_EMAIL_FROM`, which may be "Display Name <address>".
+
+    Raises:
+        ValueError: the value is not a usable sender; the message names `WJP_EMAIL_FROM`.
+    """
+    if "\r" in email_from or "\n" in email_from:
+        raise ValueError("WJP_EMAIL_FROM must not contain line breaks")
+    _, address = parseaddr(email_from)
+    problem = address_problem(address)
+    if problem:
+        raise ValueError(f"WJP_EMAIL_FROM: {problem}")
+    return address
+
+
+def subject_for(notification: Notification) -> str:
+    """Return the Subject: the notification's own, else the first line of its message."""
+    if notification.subject is not None and notification.subject.strip():
+        # A line break in a header value would start a new header; fold it into a space instead.
+        return " ".join(notification.subject.split())
+    lines = notification.message.strip().splitlines()
+    first = " ".join(lines[0].split()) if lines else ""
+    return first[:MAX_SUBJECT]
+
+
+def message_id(job_id: uuid.UUID) -> str:
+    """Return the Message-ID of every attempt of one job, so receivers can drop duplicates."""
+    return f"<{job_id}@wjp>"
+
+
+@register
+class EmailChannel(Channel):
+    """Sends plain-text mail over SMTP, or writes `{job_id}.eml` into the outbox directory."""
+
+    name = "email"
+
+    def __init__(
+        self,
+        config: ChannelConfig,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(config)
+        #: The envelope sender; `config.email_from` may also carry a display name, "Acme <a@b.c>".
+        self.sender = sender_address(config.email_from)
+        self.server = parse_smtp_url(config.smtp_url) if config.smtp_url else None
+        self.timeout = min(SMTP_TIMEOUT, config.timeout_cap)
+        self._ssl_context = ssl_context or ssl.create_default_context()
+        self._clock = clock
+
+    def check_recipient(self, recipient: str) -> str | None:
+        return address_problem(recipient)
+
+    def deliver(self, notification: Notification) -> str:
+        problem = self.check_recipient(notification.recipient)
+        if problem:
+            raise PermanentError(problem)
+        message = self.compose(notification)
+        if self.server is None:
+            return self._write_outbox(notification.job_id, message)
+        return self._submit(self.server, message, notification.recipient)
+
+    def compose(self, notification: Notification) -> EmailMessage:
+        """Build the message exactly as it is sent or written to the outbox."""
+        message = EmailMessage()
+        message["From"] = self.config.email_from
+        message["To"] = notification.recipient
+        message["Subject"] = subject_for(notification)
+        message["Date"] = formatdate(self._clock(), usegmt=True)
+        message["Message-ID"] = message_id(notification.job_id)
+        message.set_content(notification.message)
+        return message
+
+    def _write_outbox(self, job_id: uuid.UUID, message: EmailMessage) -> str:
+        directory = Path(self.config.outbox_dir)
+        target = directory / f"{job_id}.eml"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            # Write beside the target and rename: readers never see half a file, and a retry of
+            # the same job replaces the earlier file instead of adding a second one.
+            fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{job_id}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    file.write(message.as_bytes())
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temporary, target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise TransientError(f"could not write {target}: {exc}") from exc
+        return str(target)
+
+    def _submit(self, server: SmtpServer, message: EmailMessage, recipient: str) -> str:
+        smtp: smtplib.SMTP | None = None
+        try:
+            if server.implicit_tls:
+                smtp = smtplib.SMTP_SSL(server.host, server.port, timeout=self.timeout, context=self._ssl_context)
+            else:
+                smtp = smtplib.SMTP(server.host, server.port, timeout=self.timeout)
+            if server.starttls:
+                smtp.starttls(context=self._ssl_context)
+            if server.username:
+                smtp.login(server.username, server.password or "")
+            smtp.send_message(message, from_addr=self.sender, to_addrs=[recipient])
+        except (smtplib.SMTPException, OSError) as exc:
+            raise classify_smtp_error(exc) from exc
+        finally:
+            if smtp is not None:
+                _close_quietly(smtp)
+        return f"accepted by {server.host}:{server.port} as {message['Message-ID']}"
+
+
+def _close_quietly(smtp: smtplib.SMTP) -> None:
+    # The server has already accepted the message (or we are raising anyway): a failing QUIT
+    # must not turn a delivered message into an error that would be retried and duplicated.
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        smtp.close()
+
+
+def classify_smtp_error(exc: Exception) -> DeliveryError:
+    """Map an smtplib or socket error to a transient or permanent delivery error."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        replies = list(exc.recipients.values())
+        text = "; ".join(f"{code} {_text(reply)}" for code, reply in replies)
+        if replies and all(500 <= code < 600 for code, _ in replies):
+            return PermanentError(f"SMTP server refused the recipient: {text}")
+        return TransientError(f"SMTP server deferred the recipient: {text}")
+    if isinstance(
+        exc,
+        smtplib.SMTPAuthenticationError | smtplib.SMTPSenderRefused | smtplib.SMTPConnectError | smtplib.SMTPHeloError,
+    ):
+        # Failures of our own set-up (credentials, sender address, the server refusing us), not
+        # of this message: an operator can fix them, so the job must not be used up meanwhile.
+        return TransientError(f"SMTP set-up failed ({type(exc).__name__}): {exc.smtp_code} {_text(exc.smtp_error)}")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        text = f"SMTP {exc.smtp_code} {_text(exc.smtp_error)}"
+        if 500 <= exc.smtp_code < 600:
+            return PermanentError(text)
+        return TransientError(text)
+    if isinstance(exc, TimeoutError):
+        return TransientError(f"SMTP server timed out: {exc}")
+    return TransientError(f"SMTP failed ({type(exc).__name__}): {exc}")
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)

@@ -1,0 +1,252 @@
+"""The webhook channel: a signed JSON POST in the Standard Webhooks format, behind an SSRF guard."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import json
+import ssl
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from actors.channels import register
+from actors.channels.base import Channel, ChannelConfig, Notification, PermanentError, TransientError
+from actors.channels.netguard import Resolver, host_refusal, refusal_reason, system_resolver
+
+#: Sent on every request, so receivers can tell our traffic apart in their logs.
+USER_AGENT = "worker-job-processor"
+
+#: Longest Retry-After we honour, in seconds (one hour, the default `WJP_BACKOFF_MAX`): a provider
+#: asking for more gets retried after an hour and may ask again.
+MAX_RETRY_AFTER = 3600.0
+
+#: Most of a response body we read; only a short excerpt of it ever reaches an error message.
+MAX_RESPONSE_BYTES = 16 * 1024
+
+#: Length of the response excerpt quoted in an error message.
+EXCERPT_CHARS = 200
+
+_SECRET_PREFIX = "whsec_"
+
+
+def decode_secret(secret: str) -> bytes:
+    """Return the key bytes of a Standard Webhooks secret, `whsec_` + base64 (the prefix is optional).
+
+    Raises:
+        ValueError: the secret is empty or not base64; the message names `WJP_WEBHOOK_SECRET`.
+    """
+    encoded = secret.strip().removeprefix(_SECRET_PREFIX)
+    try:
+        # Padding is often dropped when secrets are copied around; restore it before decoding.
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError("WJP_WEBHOOK_SECRET must be whsec_ followed by base64") from None
+    if not key:
+        raise ValueError("WJP_WEBHOOK_SECRET must not be empty")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """Return the `webhook-signature` value: `v1,` + base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`."""
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Return a Retry-After header (delta-seconds or HTTP-date) as seconds from `now`, capped.
+
+    Returns None when the header is absent or unreadable.
+    """
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def raise_for_status(response: httpx.Response, body: bytes, *, now: float) -> None:
+    """Raise the delivery error a non-2xx response means; return for 2xx.
+
+    408, 429 and 5xx are transient (with the provider's Retry-After); 3xx are permanent because
+    redirects are not followed (one could lead to a private address); other 4xx are permanent.
+    """
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    quoted = excerpt(body)
+    detail = f"HTTP {status}" + (f": {quoted}" if quoted else "")
+    if status in (408, 429) or 500 <= status < 600:
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now=now)
+        raise TransientError(detail, retry_after=retry_after)
+    if 300 <= status < 400:
+        location = response.headers.get("location", "")
+        raise PermanentError(f"HTTP {status}: redirects are not followed (Location: {location[:200]})")
+    raise PermanentError(detail)
+
+
+def read_limited(response: httpx.Response, deadline: float) -> bytes:
+    """Read at most `MAX_RESPONSE_BYTES` of a streamed body, stopping early at `deadline`."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= MAX_RESPONSE_BYTES or time.monotonic() >= deadline:
+                break
+    except httpx.HTTPError:
+        pass  # The status line already decided the outcome; the body only adds detail.
+    return b"".join(chunks)[:MAX_RESPONSE_BYTES]
+
+
+def excerpt(body: bytes) -> str:
+    """Return the start of a response body on one line, for an error message."""
+    return " ".join(body.decode("utf-8", "replace").split())[:EXCERPT_CHARS]
+
+
+@register
+class WebhookChannel(Channel):
+    """POSTs the notification as JSON to the recipient URL, signed when a secret is set."""
+
+    name = "webhook"
+
+    def __init__(
+        self,
+        config: ChannelConfig,
+        *,
+        resolver: Resolver = system_resolver,
+        clock: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.timeout = min(config.webhook_timeout, config.timeout_cap)
+        self._key = decode_secret(config.webhook_secret) if config.webhook_secret else None
+        self._resolver = resolver
+        self._clock = clock
+        # Built once: loading the CA bundle is the slow part of a client, and a context is
+        # safe to share between threads.
+        self._ssl_context = ssl_context or ssl.create_default_context()
+
+    def check_recipient(self, recipient: str) -> str | None:
+        if any(char.isspace() or not char.isprintable() for char in recipient):
+            return "The webhook URL must not contain spaces or control characters."
+        try:
+            url = httpx.URL(recipient)
+        except httpx.InvalidURL as exc:
+            return f"The webhook URL is not valid: {exc}."
+        if url.scheme not in ("http", "https") or not url.host:
+            return "The webhook URL must be an absolute http:// or https:// URL with a host."
+        if not self.config.webhook_allow_private:
+            reason = host_refusal(url.host)
+            if reason:
+                return f"The webhook URL is refused because {reason}; private targets are not allowed."
+        return None
+
+    def deliver(self, notification: Notification) -> str:
+        problem = self.check_recipient(notification.recipient)
+        if problem:
+            raise PermanentError(problem)
+        url = httpx.URL(notification.recipient)
+        addresses = self._checked_addresses(url)
+        msg_id = str(notification.job_id)
+        timestamp = int(self._clock())
+        body = json.dumps(
+            {
+                "job_id": msg_id,
+                "recipient": notification.recipient,
+                "message": notification.message,
+                "metadata": notification.metadata,
+                "attempt": notification.attempt,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode("utf-8")
+        headers = {
+            # The original host, port included, while the connection goes to the checked address.
+            "Host": url.netloc.decode("ascii"),
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if self._key is not None:
+            headers["webhook-signature"] = sign(self._key, msg_id, timestamp, body)
+        return self._post(url, addresses, body, headers)
+
+    def _checked_addresses(self, url: httpx.URL) -> list[str]:
+        """Resolve the URL's host once and refuse it if any address is off-limits.
+
+        Every address must pass, not just the one used: otherwise a host listing one public and
+        one private address would be refused or accepted depending on which one answers.
+        """
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            addresses = self._resolver(url.host, port)
+        except (OSError, UnicodeError) as exc:
+            # Usually a DNS outage or a record not yet published; an operator can still cancel.
+            raise TransientError(f"could not resolve {url.host}: {exc}") from exc
+        if not addresses:
+            raise TransientError(f"could not resolve {url.host}: no addresses")
+        if not self.config.webhook_allow_private:
+            for address in addresses:
+                reason = refusal_reason(ipaddress.ip_address(address))
+                if reason:
+                    raise PermanentError(
+                        f"webhook target {url.host} refused, no request sent: {reason}; "
+                        "private targets are not allowed (WJP_WEBHOOK_ALLOW_PRIVATE)"
+                    )
+        return addresses
+
+    def _post(self, url: httpx.URL, addresses: list[str], body: bytes, headers: dict[str, str]) -> str:
+        deadline = time.monotonic() + self.timeout
+        sni = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        for index, address in enumerate(addresses):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # The URL names the checked address, so no second lookup happens and DNS cannot
+            # change the answer in between; Host and TLS (SNI and certificate check, via the
+            # sni_hostname extension) still use the original host name.
+            pinned = url.copy_with(host=address)
+            # One client per delivery: its pool is keyed by address, and reusing a TLS
+            # connection made for another host name on the same address would skip our
+            # certificate check for this one. trust_env=False: a proxy would resolve the name
+            # itself and undo the pinning.
+            with httpx.Client(
+                verify=self._ssl_context,
+                trust_env=False,
+                follow_redirects=False,
+                timeout=httpx.Timeout(remaining),
+            ) as client:
+                request = client.build_request("POST", pinned, content=body, headers=headers, extensions=sni)
+                try:
+                    response = client.send(request, stream=True)
+                except httpx.ConnectError as exc:
+                    if index + 1 < len(addresses):
+                        continue  # Nothing was sent; the host's next address may answer.
+                    raise TransientError(f"could not connect to {url.host} ({address}): {exc}") from exc
+                except httpx.TimeoutException as exc:
+                    raise TransientError(f"{url.host} timed out after {self.timeout:g}s") from exc
+                except httpx.TransportError as exc:
+                    raise TransientError(f"{url.host} failed ({type(exc).__name__}): {exc}") from exc
+                try:
+                    content = read_limited(response, deadline)
+                finally:
+                    response.close()
+                raise_for_status(response, content, now=self._clock())
+                return f"HTTP {response.status_code}"
+        raise TransientError(f"{url.host} timed out after {self.timeout:g}s")
