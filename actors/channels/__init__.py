@@ -1,8 +1,9 @@
 """The channel registry: every delivery channel by name, and the enabled ones built from a config.
 
 A new channel is one class in its own module, decorated with `@register`, and imported at the
-bottom of this file. A channel that is only usable with some settings defines a classmethod
-`enabled(config) -> bool`; channels without one are always enabled.
+bottom of this file (or, for a channel outside this package, named in `WJP_CHANNEL_MODULES`).
+A channel that is only usable with some settings defines a classmethod `enabled(config) -> bool`;
+channels without one are always enabled.
 """
 
 from __future__ import annotations

@@ -1,0 +1,204 @@
+"""Real local servers for the channel tests: an HTTP server and an SMTP server, on loopback only."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that was free a moment ago on `host`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Recorded:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    #: Header names in lower case.
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Reply:
+    """What the server answers; `hang` makes it wait (up to the test's end) before answering."""
+
+    status: int = 200
+    body: bytes = b"ok"
+    headers: dict[str, str] = field(default_factory=dict)
+    hang: float = 0.0
+
+
+class HttpServer:
+    """A threading HTTP server on loopback that records every request and answers with `reply`."""
+
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+        self.requests: list[Recorded] = []
+        self.reply = Reply()
+        self.released = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                owner.requests.append(
+                    Recorded(
+                        "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length)
+                    )
+                )
+                reply = owner.reply
+                if reply.hang:
+                    owner.released.wait(reply.hang)
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # Keep pytest's output to the test results.
+
+        server_class = ThreadingHTTPServer
+        if ":" in host:
+            server_class = type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        self.server = server_class((host, 0), Handler)
+        self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
+        self.port = int(self.server.server_address[1])
+        self.host = host
+        # A short poll interval: shutdown() waits for it, once per test.
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def stop(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def http_server() -> Iterator[HttpServer]:
+    server = HttpServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_http_server() -> Iterator[Callable[..., HttpServer]]:
+    """Start servers on other loopback addresses (IPv6) or with TLS; they all stop at the test's end."""
+    servers: list[HttpServer] = []
+
+    def start(host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> HttpServer:
+        try:
+            server = HttpServer(host, tls)
+        except OSError as exc:
+            pytest.skip(f"cannot listen on {host}: {exc}")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+class SmtpHandler:
+    """An aiosmtpd handler that keeps every envelope and can refuse RCPT or DATA with a reply."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[object] = []
+        self.rcpt_reply: str | None = None
+        self.data_reply: str | None = None
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.rcpt_reply:
+            return self.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.data_reply:
+            return self.data_reply
+        self.envelopes.append(envelope)
+        return "250 Message accepted for delivery"
+
+
+@dataclass
+class SmtpServer:
+    """A running aiosmtpd server and the handler that records what it received."""
+
+    controller: Controller
+    handler: SmtpHandler
+    port: int
+
+
+@pytest.fixture
+def start_smtp() -> Iterator[Callable[..., SmtpServer]]:
+    """Start an aiosmtpd server on 127.0.0.1 with the given Controller options."""
+    controllers: list[Controller] = []
+
+    def start(**options: object) -> SmtpServer:
+        handler = SmtpHandler()
+        port = free_port()
+        controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
+        controller.start()
+        controllers.append(controller)
+        return SmtpServer(controller, handler, port)
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp_server(start_smtp: Callable[..., SmtpServer]) -> SmtpServer:
+    return start_smtp()
+
+
+@pytest.fixture(scope="session")
+def make_certificate(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Path]]:
+    """Make a throwaway self-signed certificate (cert, key) for a subjectAltName like "IP:127.0.0.1"."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    made: dict[str, tuple[Path, Path]] = {}
+
+    def make(subject_alt_name: str) -> tuple[Path, Path]:
+        if subject_alt_name not in made:
+            directory = tmp_path_factory.mktemp("tls")
+            cert, key = directory / "cert.pem", directory / "key.pem"
+            subprocess.run(
+                [
+                    *("openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=wjp test"),
+                    *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+                    *("-addext", f"subjectAltName={subject_alt_name}", "-keyout", str(key), "-out", str(cert)),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            made[subject_alt_name] = (cert, key)
+        return made[subject_alt_name]
+
+    return make

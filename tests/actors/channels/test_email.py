@@ -1,0 +1,310 @@
+"""The email channel against a real SMTP server (aiosmtpd on 127.0.0.1) and the outbox directory."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import ssl
+import uuid
+from collections.abc import Callable
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from aiosmtpd.smtp import AuthResult
+
+from actors.channels import ChannelConfig, Notification, PermanentError, TransientError
+from actors.channels.email import EmailChannel, parse_smtp_url
+from tests.actors.channels.conftest import SmtpServer, free_port
+
+JOB = uuid.UUID("0b0e6a3c-6f55-4a8e-9a57-0d5a1f3f6c11")
+
+
+def notification(**changes: object) -> Notification:
+    fields: dict[str, object] = {
+        "job_id": JOB,
+        "recipient": "ada@example.com",
+        "message": "Your order has shipped.\nIt arrives on Monday.",
+    }
+    fields.update(changes)
+    return Notification(**fields)  # type: ignore[arg-type]
+
+
+def channel_for(server: SmtpServer, url: str | None = None, **options: object) -> EmailChannel:
+    # A short cap keeps a misbehaving test server from stalling the suite.
+    config = ChannelConfig(
+        smtp_url=url or f"smtp://127.0.0.1:{server.port}", email_from="wjp@example.org", timeout_cap=5
+    )
+    return EmailChannel(config, **options)  # type: ignore[arg-type]
+
+
+def received(server: SmtpServer, index: int = -1) -> EmailMessage:
+    content = server.handler.envelopes[index].content  # type: ignore[attr-defined]
+    return email.message_from_bytes(content, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def test_a_notification_reaches_a_real_smtp_server_with_sender_recipient_and_headers(
+    smtp_server: SmtpServer,
+) -> None:
+    receipt = channel_for(smtp_server).deliver(notification(subject="Shipped"))
+
+    envelope = smtp_server.handler.envelopes[0]
+    assert envelope.mail_from == "wjp@example.org"  # type: ignore[attr-defined]
+    assert envelope.rcpt_tos == ["ada@example.com"]  # type: ignore[attr-defined]
+    message = received(smtp_server)
+    assert message["From"] == "wjp@example.org"
+    assert message["To"] == "ada@example.com"
+    assert message["Subject"] == "Shipped"
+    assert message["Message-ID"] == f"<{JOB}@wjp>"
+    assert message["Date"]
+    assert message.get_content_type() == "text/plain"
+    assert message.get_content().replace("\r\n", "\n").strip() == "Your order has shipped.\nIt arrives on Monday."
+    assert f"<{JOB}@wjp>" in receipt
+
+
+def test_every_delivery_of_one_job_carries_the_same_message_id(smtp_server: SmtpServer) -> None:
+    channel = channel_for(smtp_server)
+
+    channel.deliver(notification(attempt=1))
+    channel.deliver(notification(attempt=2))
+    channel.deliver(notification(job_id=uuid.uuid4()))
+
+    ids = [received(smtp_server, index)["Message-ID"] for index in range(3)]
+    assert ids[0] == ids[1] == f"<{JOB}@wjp>"
+    assert ids[2] != ids[0]
+
+
+def test_without_a_subject_the_first_line_of_the_message_is_used(smtp_server: SmtpServer) -> None:
+    channel_for(smtp_server).deliver(notification(message="  Your order has shipped.  \nDetails below."))
+
+    assert received(smtp_server)["Subject"] == "Your order has shipped."
+
+
+def test_a_subject_taken_from_a_long_first_line_is_cut_to_255_characters(smtp_server: SmtpServer) -> None:
+    channel_for(smtp_server).deliver(notification(message="x" * 1000))
+
+    assert received(smtp_server)["Subject"] == "x" * 255
+
+
+def test_a_line_break_in_the_subject_cannot_add_a_header(smtp_server: SmtpServer) -> None:
+    channel_for(smtp_server).deliver(notification(subject="Hello\r\nBcc: victim@example.com"))
+
+    message = received(smtp_server)
+    assert message["Bcc"] is None
+    assert message["Subject"] == "Hello Bcc: victim@example.com"
+
+
+def test_a_line_break_in_the_recipient_is_refused_and_nothing_is_sent(smtp_server: SmtpServer) -> None:
+    with pytest.raises(PermanentError, match="line breaks"):
+        channel_for(smtp_server).deliver(notification(recipient="ada@example.com\r\nBcc: eve@example.com"))
+
+    assert smtp_server.handler.envelopes == []
+
+
+def test_a_5xx_reply_to_rcpt_is_a_permanent_error(smtp_server: SmtpServer) -> None:
+    smtp_server.handler.rcpt_reply = "550 no such user"
+
+    with pytest.raises(PermanentError, match="550 no such user"):
+        channel_for(smtp_server).deliver(notification())
+
+
+def test_a_4xx_reply_to_rcpt_is_a_transient_error(smtp_server: SmtpServer) -> None:
+    smtp_server.handler.rcpt_reply = "450 mailbox busy"
+
+    with pytest.raises(TransientError, match="450"):
+        channel_for(smtp_server).deliver(notification())
+
+
+def test_a_4xx_reply_to_data_is_a_transient_error(smtp_server: SmtpServer) -> None:
+    smtp_server.handler.data_reply = "451 try later"
+
+    with pytest.raises(TransientError, match="451 try later"):
+        channel_for(smtp_server).deliver(notification())
+
+
+def test_a_5xx_reply_to_data_is_a_permanent_error(smtp_server: SmtpServer) -> None:
+    smtp_server.handler.data_reply = "554 message rejected as spam"
+
+    with pytest.raises(PermanentError, match="554"):
+        channel_for(smtp_server).deliver(notification())
+
+
+def test_a_server_that_is_not_listening_is_a_transient_error() -> None:
+    config = ChannelConfig(smtp_url=f"smtp://127.0.0.1:{free_port()}")
+
+    with pytest.raises(TransientError):
+        EmailChannel(config).deliver(notification())
+
+
+# AUTH without TLS is fine on loopback; only PLAIN is offered, so one failed login is one 535.
+AUTH_OPTIONS = {"auth_required": True, "auth_require_tls": False, "auth_exclude_mechanism": ["LOGIN"]}
+without_tls_warning = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
+
+def accept(login: bytes, password: bytes) -> Callable[..., AuthResult]:
+    def authenticator(server, session, envelope, mechanism, auth_data) -> AuthResult:
+        # handled=False: aiosmtpd then answers a failure with its standard 535 reply.
+        return AuthResult(success=(auth_data.login, auth_data.password) == (login, password), handled=False)
+
+    return authenticator
+
+
+@without_tls_warning
+def test_url_encoded_credentials_are_decoded_and_used_to_log_in(start_smtp: Callable[..., SmtpServer]) -> None:
+    server = start_smtp(**AUTH_OPTIONS, authenticator=accept(b"ada", b"p@ss:w/rd"))
+
+    channel_for(server, f"smtp://ada:p%40ss%3Aw%2Frd@127.0.0.1:{server.port}").deliver(notification())
+
+    assert len(server.handler.envelopes) == 1
+
+
+@without_tls_warning
+def test_a_rejected_login_is_transient_so_jobs_survive_a_configuration_mistake(
+    start_smtp: Callable[..., SmtpServer],
+) -> None:
+    server = start_smtp(**AUTH_OPTIONS, authenticator=accept(b"ada", b"right"))
+
+    with pytest.raises(TransientError, match="535"):
+        channel_for(server, f"smtp://ada:wrong@127.0.0.1:{server.port}").deliver(notification())
+    assert server.handler.envelopes == []
+
+
+@pytest.fixture
+def certificate(make_certificate: Callable[[str], tuple[Path, Path]]) -> tuple[Path, Path]:
+    return make_certificate("IP:127.0.0.1")
+
+
+def tls_contexts(certificate: tuple[Path, Path]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    cert, key = certificate
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=str(cert))
+
+
+def test_starttls_is_used_when_the_url_asks_for_it(
+    start_smtp: Callable[..., SmtpServer], certificate: tuple[Path, Path]
+) -> None:
+    server_context, client_context = tls_contexts(certificate)
+    server = start_smtp(tls_context=server_context, require_starttls=True)
+    url = f"smtp://127.0.0.1:{server.port}?starttls=true"
+
+    channel_for(server, url, ssl_context=client_context).deliver(notification())
+
+    assert len(server.handler.envelopes) == 1
+
+
+def test_a_server_requiring_starttls_that_the_url_does_not_ask_for_is_a_transient_set_up_error(
+    start_smtp: Callable[..., SmtpServer], certificate: tuple[Path, Path]
+) -> None:
+    server_context, _ = tls_contexts(certificate)
+    server = start_smtp(tls_context=server_context, require_starttls=True)
+
+    with pytest.raises(TransientError, match="530"):
+        channel_for(server).deliver(notification())
+    assert server.handler.envelopes == []
+
+
+def test_smtps_speaks_tls_from_the_first_byte(
+    start_smtp: Callable[..., SmtpServer], certificate: tuple[Path, Path]
+) -> None:
+    server_context, client_context = tls_contexts(certificate)
+    server = start_smtp(ssl_context=server_context)
+
+    channel_for(server, f"smtps://127.0.0.1:{server.port}", ssl_context=client_context).deliver(notification())
+
+    assert len(server.handler.envelopes) == 1
+
+
+def test_an_untrusted_certificate_is_a_transient_error(
+    start_smtp: Callable[..., SmtpServer], certificate: tuple[Path, Path]
+) -> None:
+    server_context, _ = tls_contexts(certificate)
+    server = start_smtp(ssl_context=server_context)
+
+    with pytest.raises(TransientError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        channel_for(server, f"smtps://127.0.0.1:{server.port}").deliver(notification())
+
+
+def test_without_an_smtp_url_each_job_is_written_once_to_the_outbox(tmp_path: Path) -> None:
+    outbox = tmp_path / "var" / "outbox"
+    channel = EmailChannel(ChannelConfig(outbox_dir=outbox))
+
+    first = channel.deliver(notification(attempt=1))
+    second = channel.deliver(notification(attempt=2, message="Updated.\nBody."))
+
+    assert first == second == str(outbox / f"{JOB}.eml")
+    assert [path.name for path in outbox.iterdir()] == [f"{JOB}.eml"]
+    message = email.message_from_bytes(Path(first).read_bytes(), policy=email.policy.default)
+    assert message["Message-ID"] == f"<{JOB}@wjp>"
+    assert message["Subject"] == "Updated."
+    assert message["To"] == "ada@example.com"
+    assert message["From"] == "notifications@localhost"
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["ada@example.com", "first.last+tag@mail.example.co.uk", "root@localhost", "o'brien@example.ie"],
+)
+def test_plausible_addresses_are_accepted(address: str) -> None:
+    assert EmailChannel(ChannelConfig()).check_recipient(address) is None
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "",
+        "ada",
+        "ada@@example.com",
+        "ada@example",
+        "@example.com",
+        "ada @example.com",
+        "ada@example.com\n",
+        "a@b@example.com",
+        "Ada <ada@example.com>",
+        "ada@-example.com",
+        "ada..x@example.com",
+        "a" * 250 + "@example.com",
+        "ada@example.com, eve@example.com",
+    ],
+)
+def test_implausible_addresses_are_refused_with_a_sentence(address: str) -> None:
+    problem = EmailChannel(ChannelConfig()).check_recipient(address)
+
+    assert problem is not None
+    assert problem.endswith(".")
+
+
+def test_smtp_urls_default_to_port_25_for_smtp_and_465_for_smtps() -> None:
+    assert parse_smtp_url("smtp://mail.example.com").port == 25
+    assert parse_smtp_url("smtps://mail.example.com").port == 465
+    assert parse_smtp_url("smtp://mail.example.com:587?starttls=true").starttls is True
+    assert parse_smtp_url("smtp://mail.example.com").username is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://mail.example.com",
+        "smtp://",
+        "smtp://mail.example.com:99999",
+        "smtps://h?starttls=true",
+        "smtp://h?tls=1",
+    ],
+)
+def test_a_malformed_smtp_url_is_refused_naming_the_variable(url: str) -> None:
+    with pytest.raises(ValueError, match="WJP_SMTP_URL"):
+        EmailChannel(ChannelConfig(smtp_url=url))
+
+
+def test_a_sender_with_a_display_name_uses_the_bare_address_in_the_envelope(smtp_server: SmtpServer) -> None:
+    config = ChannelConfig(smtp_url=f"smtp://127.0.0.1:{smtp_server.port}", email_from="Acme <noreply@acme.example>")
+
+    EmailChannel(config).deliver(notification())
+
+    assert smtp_server.handler.envelopes[0].mail_from == "noreply@acme.example"  # type: ignore[attr-defined]
+    assert received(smtp_server)["From"] == "Acme <noreply@acme.example>"
+
+
+def test_an_unusable_sender_stops_start_up_naming_the_variable() -> None:
+    with pytest.raises(ValueError, match="WJP_EMAIL_FROM"):
+        EmailChannel(ChannelConfig(email_from="not an address"))
