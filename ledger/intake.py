@@ -47,6 +47,15 @@ class NewNotification:
         return hashlib.sha256(encoded.encode()).hexdigest()
 
 
+# Built once per dialect: the columns come with the parameters, so one statement serves every request.
+_INSERT = {
+    dialect.dialect.name: dialect.insert(jobs)
+    .on_conflict_do_nothing(index_elements=["scope", "idempotency_key"])
+    .returning(jobs.c.id)
+    for dialect in (postgresql, sqlite)
+}
+
+
 class Intake(StrEnum):
     CREATED = "created"
     REPLAYED = "replayed"
@@ -93,14 +102,7 @@ def accept(conn: Connection, request: NewNotification, *, now: datetime, dispatc
         "created_at": now,
         "updated_at": now,
     }
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = (
-        dialect.insert(jobs)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=["scope", "idempotency_key"])
-        .returning(jobs.c.id)
-    )
-    if conn.execute(statement).first() is not None:
+    if conn.execute(_INSERT[conn.dialect.name], values).first() is not None:
         return IntakeResult(Intake.CREATED, job_id, Status.PENDING, now, dispatch_seq, due)
 
     existing = conn.execute(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, literal_column, select
 
 from ledger.schema import attempts, job_counts, jobs, status_in
-from ledger.states import WAITING, Status
+from ledger.states import FINISHED, WAITING, Status
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def get_job(conn: Connection, job_id: uuid.UUID, *, scope: str | None) -> JobVie
 
 
 def list_attempts(conn: Connection, job_id: uuid.UUID) -> list[AttemptView]:
-    """Every attempt of a job, oldest first."""
+    """Every attempt of a job, oldest first; a running attempt (no outcome yet) comes from the job row."""
     rows = conn.execute(
         select(
             attempts.c.number,
@@ -102,7 +102,15 @@ def list_attempts(conn: Connection, job_id: uuid.UUID) -> list[AttemptView]:
         .where(attempts.c.job_id == job_id)
         .order_by(attempts.c.number)
     ).all()
-    return [AttemptView(*row) for row in rows]
+    found = [AttemptView(*row) for row in rows]
+    running = conn.execute(
+        select(jobs.c.attempts, jobs.c.claimed_at, jobs.c.worker).where(
+            jobs.c.id == job_id, status_in({Status.PROCESSING})
+        )
+    ).first()
+    if running is not None:
+        found.append(AttemptView(running.attempts, running.claimed_at, None, None, None, running.worker))
+    return found
 
 
 @dataclass(frozen=True)
@@ -113,20 +121,40 @@ class QueueStats:
     oldest_due_age: float
 
 
+def _live_count(status: Status, index_predicate: frozenset[Status]) -> Any:
+    # Repeating the partial index's own predicate lets SQLite's planner (which matches terms literally)
+    # use the index too; PostgreSQL would prove it either way.
+    return (
+        select(func.count())
+        .select_from(jobs)
+        .where(status_in(index_predicate), jobs.c.status == literal_column(f"'{status.value}'"))
+        .scalar_subquery()
+    )
+
+
 def queue_stats(conn: Connection, *, now: datetime) -> QueueStats:
-    """Counts per status from the trigger-maintained counters: constant time on any ledger size."""
-    columns = [func.coalesce(func.sum(job_counts.c[s.lower()]), 0) for s in Status]
-    row = conn.execute(select(*columns, func.coalesce(func.sum(job_counts.c.success_attempts), 0))).one()
-    counts = {status: int(value) for status, value in zip(Status, row[:-1], strict=True)}
-    success = counts[Status.SUCCESS]
-    oldest_due = conn.execute(
-        select(func.min(jobs.c.next_attempt_at)).where(status_in(WAITING), jobs.c.next_attempt_at <= now)
-    ).scalar()
-    if isinstance(oldest_due, str):  # SQLite's MIN() returns the stored text
-        oldest_due = datetime.fromisoformat(oldest_due + "+00:00")
+    """Counts per status in one statement (one snapshot): finished statuses from the trigger-kept counters,
+    live ones from their small partial indexes. Its cost does not grow with the ledger's size."""
+    finished = sorted(FINISHED)
+    row = conn.execute(
+        select(
+            _live_count(Status.PENDING, WAITING),
+            _live_count(Status.RETRY, WAITING),
+            _live_count(Status.PROCESSING, frozenset({Status.PROCESSING})),
+            *(select(func.coalesce(func.sum(job_counts.c[s.lower()]), 0)).scalar_subquery() for s in finished),
+            select(func.coalesce(func.sum(job_counts.c.success_attempts), 0)).scalar_subquery(),
+            select(func.min(jobs.c.next_attempt_at))
+            .where(status_in(WAITING), jobs.c.next_attempt_at <= now)
+            .scalar_subquery(),
+        )
+    ).one()
+    counts = dict(zip([Status.PENDING, Status.RETRY, Status.PROCESSING, *finished], map(int, row[:6]), strict=True))
+    success, success_attempts, oldest_due = counts[Status.SUCCESS], int(row[6]), row[7]
+    if isinstance(oldest_due, str):  # SQLite hands back the stored text of a MIN() in a subquery
+        oldest_due = datetime.fromisoformat(oldest_due).replace(tzinfo=UTC)
     return QueueStats(
-        counts=counts,
-        avg_attempts_success=round(int(row[-1]) / success, 4) if success else 0.0,
+        counts={status: counts[status] for status in Status},
+        avg_attempts_success=round(success_attempts / success, 4) if success else 0.0,
         oldest_due_age=max(0.0, (now - oldest_due).total_seconds()) if oldest_due else 0.0,
     )
 

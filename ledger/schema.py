@@ -22,7 +22,7 @@ from sqlalchemy import (
     text,
 )
 
-from ledger.states import Status
+from ledger.states import FINISHED, Status
 from ledger.timestamps import UTCDateTime
 
 metadata = MetaData(
@@ -79,6 +79,7 @@ jobs = Table(
     Index(
         "ix_jobs_waiting_next_attempt_at",
         "next_attempt_at",
+        "status",
         postgresql_where=text("status IN ('PENDING', 'RETRY')"),
         sqlite_where=text("status IN ('PENDING', 'RETRY')"),
     ),
@@ -90,8 +91,8 @@ jobs = Table(
     ),
 )
 
-# Written by triggers on `jobs` (see migrations): the claim opens an attempt, leaving
-# PROCESSING closes it with the outcome and error the transition wrote on the job.
+# Written by a trigger on `jobs` (see migrations) when a job leaves PROCESSING: one row per finished
+# attempt, with the outcome and error the transition wrote on the job. The running attempt is the job row.
 attempts = Table(
     "attempts",
     metadata,
@@ -104,12 +105,13 @@ attempts = Table(
     Column("worker", String(200)),
 )
 
-# Maintained by triggers on `jobs`; the sum over slots equals `SELECT status, count(*)`.
+# Maintained by triggers on `jobs` for the finished statuses (the bulk of a ledger); the sum over slots
+# equals `SELECT count(*)` of each. Live statuses are counted from their partial indexes instead.
 job_counts = Table(
     "job_counts",
     metadata,
     Column("slot", Integer, primary_key=True, autoincrement=False),
-    *(Column(status.lower(), BigInteger, nullable=False, server_default="0") for status in Status),
+    *(Column(status.lower(), BigInteger, nullable=False, server_default="0") for status in sorted(FINISHED)),
     Column("success_attempts", BigInteger, nullable=False, server_default="0"),
 )
 

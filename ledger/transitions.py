@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, tuple_, update
+from sqlalchemy import Connection, bindparam, tuple_, update
 
 from ledger.schema import jobs, status_in
 from ledger.states import TRANSITIONS, WAITING, Outcome, Status
+from ledger.timestamps import UTCDateTime
 
 #: A message may arrive this much before its due time (clocks of different hosts) and still claim.
 EARLY_CLAIM_TOLERANCE = timedelta(milliseconds=500)
@@ -49,22 +50,22 @@ class Dispatch:
     due_at: datetime
 
 
-def claim(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, worker: str) -> ClaimedJob | None:
-    """PENDING/RETRY and due, and `seq` is the job's current dispatch → PROCESSING with attempts + 1."""
+def _build_claim() -> Any:
     guard, target = _transition("claim")
-    row = conn.execute(
+    now = bindparam("now", type_=UTCDateTime())
+    return (
         update(jobs)
         .where(
-            jobs.c.id == job_id,
+            jobs.c.id == bindparam("job_id"),
             guard,
-            jobs.c.dispatch_seq == seq,
-            jobs.c.next_attempt_at <= now + EARLY_CLAIM_TOLERANCE,
+            jobs.c.dispatch_seq == bindparam("seq"),
+            jobs.c.next_attempt_at <= bindparam("due_by", type_=UTCDateTime()),
         )
         .values(
             status=target,
             attempts=jobs.c.attempts + 1,
             claimed_at=now,
-            worker=worker,
+            worker=bindparam("worker"),
             updated_at=now,
             last_outcome=None,
         )
@@ -78,69 +79,80 @@ def claim(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, worke
             jobs.c.attempts,
             jobs.c.max_attempts,
         )
-    ).first()
-    if row is None:
-        return None
-    return ClaimedJob(
-        row.id, row.recipient, row.channel, row.message, row.subject, row.metadata, row.attempts, row.max_attempts
     )
 
 
-def succeed(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime) -> bool:
-    """PROCESSING at `attempt` → SUCCESS."""
-    return _finish(conn, "succeed", job_id, attempt, now=now, outcome=Outcome.SUCCESS, error=None)
+# The worker's statements are built once: constructing a SQLAlchemy statement per call costs more CPU
+# than the round trip it makes.
+_CLAIM = _build_claim()
 
 
-def fail(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime, outcome: Outcome, error: str) -> bool:
-    """PROCESSING at `attempt` → FAILED (a permanent error, or the last attempt failed)."""
-    return _finish(conn, "fail", job_id, attempt, now=now, outcome=outcome, error=error)
+def claim(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, worker: str) -> ClaimedJob | None:
+    """PENDING/RETRY and due, and `seq` is the job's current dispatch → PROCESSING with attempts + 1."""
+    row = conn.execute(
+        _CLAIM, {"job_id": job_id, "seq": seq, "due_by": now + EARLY_CLAIM_TOLERANCE, "now": now, "worker": worker}
+    ).first()
+    return None if row is None else ClaimedJob(*row)
 
 
-def _finish(
-    conn: Connection,
-    name: str,
-    job_id: uuid.UUID,
-    attempt: int,
-    *,
-    now: datetime,
-    outcome: Outcome,
-    error: str | None,
-) -> bool:
+def _build_finish(name: str) -> Any:
     guard, target = _transition(name)
-    result = conn.execute(
+    now = bindparam("now", type_=UTCDateTime())
+    return (
         update(jobs)
-        .where(jobs.c.id == job_id, guard, jobs.c.attempts == attempt)
+        .where(jobs.c.id == bindparam("job_id"), guard, jobs.c.attempts == bindparam("attempt"))
         .values(
             status=target,
-            last_outcome=outcome,
-            last_error=error,
+            last_outcome=bindparam("outcome"),
+            last_error=bindparam("error"),
             updated_at=now,
             completed_at=now,
             claimed_at=None,
         )
     )
-    return result.rowcount == 1
+
+
+def _build_schedule_retry() -> Any:
+    guard, target = _transition("schedule_retry")
+    return (
+        update(jobs)
+        .where(jobs.c.id == bindparam("job_id"), guard, jobs.c.attempts == bindparam("attempt"))
+        .values(
+            status=target,
+            next_attempt_at=bindparam("due_at", type_=UTCDateTime()),
+            dispatch_seq=jobs.c.dispatch_seq + 1,
+            last_outcome=Outcome.TRANSIENT_ERROR.value,
+            last_error=bindparam("error"),
+            updated_at=bindparam("now", type_=UTCDateTime()),
+            claimed_at=None,
+        )
+        .returning(jobs.c.dispatch_seq)
+    )
+
+
+_SUCCEED = _build_finish("succeed")
+_FAIL = _build_finish("fail")
+_SCHEDULE_RETRY = _build_schedule_retry()
+
+
+def succeed(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime) -> bool:
+    """PROCESSING at `attempt` → SUCCESS."""
+    params = {"job_id": job_id, "attempt": attempt, "now": now, "outcome": Outcome.SUCCESS.value, "error": None}
+    return conn.execute(_SUCCEED, params).rowcount == 1
+
+
+def fail(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime, outcome: Outcome, error: str) -> bool:
+    """PROCESSING at `attempt` → FAILED (a permanent error, or the last attempt failed)."""
+    params = {"job_id": job_id, "attempt": attempt, "now": now, "outcome": outcome.value, "error": error}
+    return conn.execute(_FAIL, params).rowcount == 1
 
 
 def schedule_retry(
     conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime, due_at: datetime, error: str
 ) -> Dispatch | None:
     """PROCESSING at `attempt` → RETRY due at `due_at`, with a new dispatch to send after commit."""
-    guard, target = _transition("schedule_retry")
-    row = conn.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id, guard, jobs.c.attempts == attempt)
-        .values(
-            status=target,
-            next_attempt_at=due_at,
-            dispatch_seq=jobs.c.dispatch_seq + 1,
-            last_outcome=Outcome.TRANSIENT_ERROR,
-            last_error=error,
-            updated_at=now,
-            claimed_at=None,
-        )
-        .returning(jobs.c.dispatch_seq)
-    ).first()
+    params = {"job_id": job_id, "attempt": attempt, "now": now, "due_at": due_at, "error": error}
+    row = conn.execute(_SCHEDULE_RETRY, params).first()
     return None if row is None else Dispatch(job_id, row.dispatch_seq, due_at)
 
 

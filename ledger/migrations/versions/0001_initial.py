@@ -17,7 +17,10 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-STATUSES = ("PENDING", "PROCESSING", "RETRY", "SUCCESS", "FAILED", "CANCELLED")
+#: Statuses counted by the triggers. Jobs in the others are few (they are the live work) and are counted
+#: from their partial indexes at query time, so intake and claims never touch a counter.
+COUNTED = ("SUCCESS", "FAILED", "CANCELLED")
+IS_COUNTED = "IN ('SUCCESS', 'FAILED', 'CANCELLED')"
 SLOTS = 32
 
 
@@ -29,7 +32,7 @@ def _counter_update(slot: str, *changes: tuple[str, str]) -> str:
 
     sets = [
         f"{s.lower()} = {s.lower()} " + " ".join(f"{sign} {when(row, s, '1')}" for sign, row in changes)
-        for s in STATUSES
+        for s in COUNTED
     ]
     sets.append(
         "success_attempts = success_attempts "
@@ -38,14 +41,13 @@ def _counter_update(slot: str, *changes: tuple[str, str]) -> str:
     return f"UPDATE job_counts SET {', '.join(sets)} WHERE slot = {slot}"
 
 
-OPEN_ATTEMPT = (
-    "INSERT INTO attempts (job_id, number, started_at, worker) "
-    "VALUES (NEW.id, NEW.attempts, NEW.claimed_at, NEW.worker)"
-)
+# An attempt is recorded once, when it ends; while it runs, the job row itself says who holds it since when.
 CLOSE_ATTEMPT = (
-    "UPDATE attempts SET finished_at = NEW.updated_at, outcome = NEW.last_outcome, error = NEW.last_error "
-    "WHERE job_id = NEW.id AND number = OLD.attempts"
+    "INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error, worker) "
+    "VALUES (NEW.id, OLD.attempts, OLD.claimed_at, NEW.updated_at, NEW.last_outcome, NEW.last_error, OLD.worker)"
 )
+LEAVES_PROCESSING = "OLD.status = 'PROCESSING' AND NEW.status <> 'PROCESSING'"
+CHANGES_COUNT = f"OLD.status <> NEW.status AND (OLD.status {IS_COUNTED} OR NEW.status {IS_COUNTED})"
 
 
 def _postgresql_triggers() -> list[str]:
@@ -58,41 +60,39 @@ def _postgresql_triggers() -> list[str]:
             {_counter_update(slot, ("+", "NEW"))};
           ELSIF TG_OP = 'DELETE' THEN
             {_counter_update(slot, ("-", "OLD"))};
-          ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+          ELSE
             {_counter_update(slot, ("+", "NEW"), ("-", "OLD"))};
           END IF;
           RETURN NULL;
         END $$""",
-        """
-        CREATE TRIGGER jobs_count AFTER INSERT OR DELETE OR UPDATE OF status ON jobs
-        FOR EACH ROW EXECUTE FUNCTION wjp_count_jobs()""",
+        f"""CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs FOR EACH ROW
+        WHEN (NEW.status {IS_COUNTED}) EXECUTE FUNCTION wjp_count_jobs()""",
+        f"""CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs FOR EACH ROW
+        WHEN (OLD.status {IS_COUNTED}) EXECUTE FUNCTION wjp_count_jobs()""",
+        f"""CREATE TRIGGER jobs_count_update AFTER UPDATE OF status ON jobs FOR EACH ROW
+        WHEN ({CHANGES_COUNT}) EXECUTE FUNCTION wjp_count_jobs()""",
         f"""
-        CREATE FUNCTION wjp_track_attempts() RETURNS trigger LANGUAGE plpgsql AS $$
+        CREATE FUNCTION wjp_close_attempt() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-          IF NEW.status = 'PROCESSING' AND OLD.status <> 'PROCESSING' THEN
-            {OPEN_ATTEMPT};
-          ELSIF OLD.status = 'PROCESSING' AND NEW.status <> 'PROCESSING' THEN
-            {CLOSE_ATTEMPT};
-          END IF;
+          {CLOSE_ATTEMPT};
           RETURN NULL;
         END $$""",
-        """
-        CREATE TRIGGER jobs_attempts AFTER UPDATE OF status ON jobs
-        FOR EACH ROW EXECUTE FUNCTION wjp_track_attempts()""",
+        f"""CREATE TRIGGER jobs_attempts AFTER UPDATE OF status ON jobs FOR EACH ROW
+        WHEN ({LEAVES_PROCESSING}) EXECUTE FUNCTION wjp_close_attempt()""",
     ]
 
 
 def _sqlite_triggers() -> list[str]:
     # SQLite has one writer at a time, so a single counter slot never contends.
     return [
-        f"CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN {_counter_update('0', ('+', 'NEW'))}; END",
-        f"CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN {_counter_update('0', ('-', 'OLD'))}; END",
-        "CREATE TRIGGER jobs_count_update AFTER UPDATE OF status ON jobs WHEN NEW.status <> OLD.status "
+        f"CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs WHEN NEW.status {IS_COUNTED} "
+        f"BEGIN {_counter_update('0', ('+', 'NEW'))}; END",
+        f"CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs WHEN OLD.status {IS_COUNTED} "
+        f"BEGIN {_counter_update('0', ('-', 'OLD'))}; END",
+        f"CREATE TRIGGER jobs_count_update AFTER UPDATE OF status ON jobs WHEN {CHANGES_COUNT} "
         f"BEGIN {_counter_update('0', ('+', 'NEW'), ('-', 'OLD'))}; END",
-        "CREATE TRIGGER jobs_attempt_open AFTER UPDATE OF status ON jobs "
-        f"WHEN NEW.status = 'PROCESSING' AND OLD.status <> 'PROCESSING' BEGIN {OPEN_ATTEMPT}; END",
-        "CREATE TRIGGER jobs_attempt_close AFTER UPDATE OF status ON jobs "
-        f"WHEN OLD.status = 'PROCESSING' AND NEW.status <> 'PROCESSING' BEGIN {CLOSE_ATTEMPT}; END",
+        f"CREATE TRIGGER jobs_attempt_close AFTER UPDATE OF status ON jobs WHEN {LEAVES_PROCESSING} "
+        f"BEGIN {CLOSE_ATTEMPT}; END",
     ]
 
 
@@ -124,12 +124,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_jobs"),
         sa.UniqueConstraint("scope", "idempotency_key", name="uq_jobs_scope_idempotency_key"),
     )
-    for name, column, where in (
-        ("ix_jobs_processing_claimed_at", "claimed_at", "status = 'PROCESSING'"),
-        ("ix_jobs_waiting_next_attempt_at", "next_attempt_at", "status IN ('PENDING', 'RETRY')"),
-        ("ix_jobs_finished_completed_at", "completed_at", "completed_at IS NOT NULL"),
+    # The waiting index also holds the status, so counting PENDING and RETRY reads the index alone.
+    for name, columns, where in (
+        ("ix_jobs_processing_claimed_at", ["claimed_at"], "status = 'PROCESSING'"),
+        ("ix_jobs_waiting_next_attempt_at", ["next_attempt_at", "status"], "status IN ('PENDING', 'RETRY')"),
+        ("ix_jobs_finished_completed_at", ["completed_at"], "completed_at IS NOT NULL"),
     ):
-        op.create_index(name, "jobs", [column], postgresql_where=sa.text(where), sqlite_where=sa.text(where))
+        op.create_index(name, "jobs", columns, postgresql_where=sa.text(where), sqlite_where=sa.text(where))
     op.create_table(
         "attempts",
         sa.Column("job_id", sa.Uuid(), nullable=False),
@@ -145,7 +146,7 @@ def upgrade() -> None:
     counters = op.create_table(
         "job_counts",
         sa.Column("slot", sa.Integer(), autoincrement=False, nullable=False),
-        *(sa.Column(s.lower(), sa.BigInteger(), nullable=False, server_default="0") for s in STATUSES),
+        *(sa.Column(s.lower(), sa.BigInteger(), nullable=False, server_default="0") for s in COUNTED),
         sa.Column("success_attempts", sa.BigInteger(), nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("slot", name="pk_job_counts"),
     )
@@ -168,9 +169,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER IF EXISTS jobs_attempts ON jobs")
-        op.execute("DROP TRIGGER IF EXISTS jobs_count ON jobs")
-        op.execute("DROP FUNCTION IF EXISTS wjp_track_attempts()")
+        for trigger in ("jobs_attempts", "jobs_count_insert", "jobs_count_delete", "jobs_count_update"):
+            op.execute(f"DROP TRIGGER IF EXISTS {trigger} ON jobs")
+        op.execute("DROP FUNCTION IF EXISTS wjp_close_attempt()")
         op.execute("DROP FUNCTION IF EXISTS wjp_count_jobs()")
     op.drop_table("api_keys")
     op.drop_table("job_counts")
