@@ -6,8 +6,8 @@ import logging
 import os
 import random
 import socket
-import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
@@ -17,6 +17,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
 from actors.backoff import Verdict, decide
+from actors.batching import Batcher
 from actors.broker import ACTOR_NAME, RID_OPTION, BrokerUnavailable, Dispatcher, parse_redis_message_id
 from actors.channels.base import Channel, DeliveryError, Notification, PermanentError, TransientError
 from actors.settings import Settings
@@ -35,8 +36,8 @@ MAX_ERROR_LENGTH = 2000
 
 
 def worker_name() -> str:
-    """Who holds a claim: host, process and thread, as recorded on each attempt."""
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+    """Who holds a claim, as recorded on each attempt: host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Delivery:
@@ -58,6 +59,17 @@ class Delivery:
         self.settings = settings
         self.clock = clock
         self.rand = rand
+        # Claims and successes are the two statements of every job: the process's threads share them.
+        self._claims: Batcher[tuple[uuid.UUID, int], ClaimedJob | None] = Batcher(self._claim_batch, "wjp-claims")
+        self._successes: Batcher[tuple[uuid.UUID, int], bool] = Batcher(self._succeed_batch, "wjp-successes")
+
+    def _claim_batch(self, dispatches: list[tuple[uuid.UUID, int]]) -> list[ClaimedJob | None]:
+        now = self.clock()
+        return self.database.run(lambda conn: transitions.claim_many(conn, dispatches, now=now, worker=worker_name()))
+
+    def _succeed_batch(self, attempts: list[tuple[uuid.UUID, int]]) -> list[bool]:
+        now = self.clock()
+        return self.database.run(lambda conn: transitions.succeed_many(conn, attempts, now=now))
 
     def __call__(self, job_id: str, rid: str) -> None:
         try:
@@ -66,9 +78,7 @@ class Delivery:
             log.error("dropping a message with a malformed id %r (job %s)", rid, job_id)
             return
         claimed_at = self.clock()
-        job = self.database.run(
-            lambda conn: transitions.claim(conn, message_job_id, seq, now=claimed_at, worker=worker_name())
-        )
+        job = self._claims.submit((message_job_id, seq))
         if job is None:
             self._handle_unclaimed(Dispatch(message_job_id, seq, claimed_at))
             return
@@ -107,14 +117,16 @@ class Delivery:
         elapsed_ms = (now - started).total_seconds() * 1000
         text = _error_text(error)
         if decision.verdict is Verdict.SUCCEED:
-            done = self._write(lambda conn: transitions.succeed(conn, job.id, job.attempt, now=now))
+            done = self._write(lambda: self._successes.submit((job.id, job.attempt)))
             if done:
                 log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms)
         elif decision.verdict is Verdict.RETRY:
             assert decision.due_at is not None
             dispatch = self._write(
-                lambda conn: transitions.schedule_retry(
-                    conn, job.id, job.attempt, now=now, due_at=decision.due_at, error=text
+                lambda: self.database.run(
+                    lambda conn: transitions.schedule_retry(
+                        conn, job.id, job.attempt, now=now, due_at=decision.due_at, error=text
+                    )
                 )
             )
             if dispatch is not None:
@@ -124,7 +136,9 @@ class Delivery:
         else:
             outcome = Outcome.PERMANENT_ERROR if isinstance(error, PermanentError) else Outcome.TRANSIENT_ERROR
             done = self._write(
-                lambda conn: transitions.fail(conn, job.id, job.attempt, now=now, outcome=outcome, error=text)
+                lambda: self.database.run(
+                    lambda conn: transitions.fail(conn, job.id, job.attempt, now=now, outcome=outcome, error=text)
+                )
             )
             if done:
                 log.warning("⚠️ Job %s marked as FAILED after attempt %d: %s", job.id, job.attempt, text)
@@ -147,14 +161,14 @@ class Delivery:
             # The ledger already says RETRY and when; a reconciler pass sends it once Redis is back.
             log.warning("Job %s: could not enqueue its next attempt (%s); the reconciler will", dispatch.job_id, exc)
 
-    def _write(self, operation: Callable[..., T]) -> T:
+    def _write(self, operation: Callable[[], T]) -> T:
         """Record an outcome, riding out a short ledger outage: the delivery has happened, and losing its
         result would mean delivering it again once the reconciler takes the claim back."""
         deadline = time.monotonic() + self.settings.visibility_timeout * 0.5
         pause = 0.2
         while True:
             try:
-                return self.database.run(operation)
+                return operation()
             except LedgerUnavailable:
                 if time.monotonic() + pause > deadline:
                     raise

@@ -56,9 +56,8 @@ def _build_claim() -> Any:
     return (
         update(jobs)
         .where(
-            jobs.c.id == bindparam("job_id"),
+            tuple_(jobs.c.id, jobs.c.dispatch_seq).in_(bindparam("dispatches", expanding=True)),
             guard,
-            jobs.c.dispatch_seq == bindparam("seq"),
             jobs.c.next_attempt_at <= bindparam("due_by", type_=UTCDateTime()),
         )
         .values(
@@ -87,16 +86,24 @@ def _build_claim() -> Any:
 _CLAIM = _build_claim()
 
 
+def claim_many(
+    conn: Connection, dispatches: list[tuple[uuid.UUID, int]], *, now: datetime, worker: str
+) -> list[ClaimedJob | None]:
+    """Claim each `(job_id, seq)`: PENDING/RETRY and due, and `seq` its current dispatch → PROCESSING,
+    attempts + 1. One statement for all; the answers follow the order asked, and of two requests for
+    the same dispatch only the first gets the claim."""
+    params = {"dispatches": dispatches, "due_by": now + EARLY_CLAIM_TOLERANCE, "now": now, "worker": worker}
+    claimed = {row.id: ClaimedJob(*row) for row in conn.execute(_CLAIM, params)}
+    return [claimed.pop(job_id, None) for job_id, _ in dispatches]
+
+
 def claim(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, worker: str) -> ClaimedJob | None:
-    """PENDING/RETRY and due, and `seq` is the job's current dispatch → PROCESSING with attempts + 1."""
-    row = conn.execute(
-        _CLAIM, {"job_id": job_id, "seq": seq, "due_by": now + EARLY_CLAIM_TOLERANCE, "now": now, "worker": worker}
-    ).first()
-    return None if row is None else ClaimedJob(*row)
+    """Claim one dispatch; see `claim_many`."""
+    return claim_many(conn, [(job_id, seq)], now=now, worker=worker)[0]
 
 
-def _build_finish(name: str) -> Any:
-    guard, target = _transition(name)
+def _build_fail() -> Any:
+    guard, target = _transition("fail")
     now = bindparam("now", type_=UTCDateTime())
     return (
         update(jobs)
@@ -130,15 +137,39 @@ def _build_schedule_retry() -> Any:
     )
 
 
-_SUCCEED = _build_finish("succeed")
-_FAIL = _build_finish("fail")
+def _build_succeed() -> Any:
+    guard, target = _transition("succeed")
+    now = bindparam("now", type_=UTCDateTime())
+    return (
+        update(jobs)
+        .where(tuple_(jobs.c.id, jobs.c.attempts).in_(bindparam("held", expanding=True)), guard)
+        .values(
+            status=target,
+            last_outcome=Outcome.SUCCESS.value,
+            last_error=None,
+            updated_at=now,
+            completed_at=now,
+            claimed_at=None,
+        )
+        .returning(jobs.c.id)
+    )
+
+
+_SUCCEED = _build_succeed()
+_FAIL = _build_fail()
 _SCHEDULE_RETRY = _build_schedule_retry()
+
+
+def succeed_many(conn: Connection, attempts: list[tuple[uuid.UUID, int]], *, now: datetime) -> list[bool]:
+    """Each `(job_id, attempt)` still PROCESSING at that attempt → SUCCESS, in one statement; which took."""
+    params = {"held": attempts, "now": now}
+    done = {row.id for row in conn.execute(_SUCCEED, params)}
+    return [job_id in done for job_id, _ in attempts]
 
 
 def succeed(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime) -> bool:
     """PROCESSING at `attempt` → SUCCESS."""
-    params = {"job_id": job_id, "attempt": attempt, "now": now, "outcome": Outcome.SUCCESS.value, "error": None}
-    return conn.execute(_SUCCEED, params).rowcount == 1
+    return succeed_many(conn, [(job_id, attempt)], now=now)[0]
 
 
 def fail(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime, outcome: Outcome, error: str) -> bool:

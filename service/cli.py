@@ -86,8 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
-    # Prefetch no more than the threads can start: messages a process hoards wait on it alone.
-    os.environ.setdefault("dramatiq_queue_prefetch", str(args.threads))
+    # Dramatiq holds up to 1000 delayed messages per thread in memory; a process that dies strands them until
+    # maintenance. A smaller hoard is plenty for retries and keeps that window small.
     os.environ.setdefault("dramatiq_delay_queue_prefetch", str(100 * args.threads))
     argv = [
         sys.executable, "-m", "dramatiq", "actors.worker",

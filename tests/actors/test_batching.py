@@ -1,0 +1,55 @@
+"""The batcher that lets a worker process's threads share one ledger statement."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from actors.batching import Batcher
+
+
+def test_a_lone_request_runs_at_once_and_gets_its_own_result():
+    batcher = Batcher(lambda items: [item * 2 for item in items], "test")
+    assert batcher.submit(21) == 42
+
+
+def test_concurrent_requests_share_statements_and_each_gets_its_own_answer():
+    sizes: list[int] = []
+
+    def run(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        time.sleep(0.01)  # a statement in the database, during which others queue up
+        return [item * 2 for item in items]
+
+    batcher = Batcher(run, "test")
+    results: dict[int, int] = {}
+    start = threading.Barrier(20)
+
+    def client(n: int) -> None:
+        start.wait()
+        results[n] = batcher.submit(n)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {n: n * 2 for n in range(20)}
+    assert sum(sizes) == 20 and max(sizes) > 1
+
+
+def test_a_failing_batch_raises_its_error_in_every_waiting_thread_and_the_next_batch_still_runs():
+    calls = []
+
+    def run(items: list[int]) -> list[int]:
+        calls.append(items)
+        if len(calls) == 1:
+            raise ConnectionError("ledger down")
+        return items
+
+    batcher = Batcher(run, "test")
+    with pytest.raises(ConnectionError):
+        batcher.submit(1)
+    assert batcher.submit(2) == 2
