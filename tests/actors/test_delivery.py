@@ -233,3 +233,34 @@ def wait_for_redis_drain(dispatcher, timeout: float = 10.0) -> None:
     while any(client.hlen(key) for key in keys):
         assert time.monotonic() < deadline, "messages still in Redis"
         time.sleep(0.02)
+
+
+def test_the_attempts_endpoint_shows_every_attempt_in_order_with_outcome_and_error(
+    make_settings, database, dispatcher, redis_server_url, queue_name
+):
+    from falcon import testing
+
+    from service.app import create_app
+    from service.settings import ServiceSettings
+    from tests.conftest import settings_env
+
+    settings = make_settings(WJP_BACKOFF_INITIAL="0.05", WJP_BACKOFF_JITTER="0")
+    client = testing.TestClient(
+        create_app(
+            ServiceSettings.from_env(settings_env(database, redis_server_url, queue_name)),
+            database=database,
+            dispatcher=dispatcher,
+        )
+    )
+    with webhook_sink([Reply(500), Reply(429), Reply(200)]) as sink, running_worker(settings, database):
+        answer = client.simulate_post(
+            "/api/notifications",
+            json={"recipient": sink.url, "channel": "webhook", "message": "hi", "idempotency_key": "attempts-1"},
+        )
+        wait_for_status(database, uuid.UUID(answer.json["job_id"]))
+    shown = client.simulate_get(f"/api/notifications/{answer.json['job_id']}/attempts").json
+    assert [a["number"] for a in shown["attempts"]] == [1, 2, 3]
+    assert [a["outcome"] for a in shown["attempts"]] == ["transient_error", "transient_error", "success"]
+    assert "500" in shown["attempts"][0]["error"] and "429" in shown["attempts"][1]["error"]
+    assert shown["attempts"][2]["error"] is None
+    assert all(a["started_at"] <= a["finished_at"] and a["worker"] for a in shown["attempts"])

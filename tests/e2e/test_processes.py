@@ -144,6 +144,36 @@ def test_sigterm_lets_a_worker_finish_the_attempt_in_hand_and_leaves_nothing_pro
     states = {job_of(postgres_db, job_id).status for job_id in jobs}
     assert Status.PROCESSING not in states
     assert Status.SUCCESS in states
+    # One human line per outcome, in the style the contract shows
+    assert "✅ Job " in worker.output() and " success " in worker.output()
+
+
+def test_wjp_prune_deletes_finished_jobs_older_than_the_duration_and_keeps_the_rest(
+    postgres_db, redis_server_url, queue_name, tmp_path
+):
+    from datetime import timedelta
+
+    from ledger import transitions
+    from ledger.timestamps import utcnow
+
+    env = ledger_env(postgres_db, redis_server_url, queue_name, tmp_path)
+    old, recent = utcnow() - timedelta(days=40), utcnow() - timedelta(days=2)
+    settings = type("S", (), {"max_attempts": 5})
+    finished = {}
+    for label, moment in (("old", old), ("recent", recent)):
+        job_id = submit(postgres_db, None, settings, now=moment)
+        postgres_db.run(lambda conn, j=job_id, m=moment: transitions.claim(conn, j, 1, now=m, worker="w"))
+        postgres_db.run(lambda conn, j=job_id, m=moment: transitions.succeed(conn, j, 1, now=m))
+        finished[label] = job_id
+    waiting = submit(postgres_db, None, settings, now=old)
+
+    result = run_wjp(["prune", "--older-than", "30d"], env)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"deleted": 1}
+    assert job_of(postgres_db, finished["old"]) is None
+    assert job_of(postgres_db, finished["recent"]) is not None
+    assert job_of(postgres_db, waiting) is not None
 
 
 def job_of(database, job_id: uuid.UUID) -> queries.JobView:
