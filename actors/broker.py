@@ -10,7 +10,7 @@ from datetime import datetime
 import dramatiq
 import redis
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
-from dramatiq.middleware import CurrentMessage, Middleware
+from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
 from ledger.transitions import Dispatch
 
@@ -59,10 +59,9 @@ def make_broker(redis_url: str, **options: object) -> RedisBroker:
     pool = redis.ConnectionPool.from_url(
         redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, health_check_interval=30
     )
-    broker = RedisBroker(connection_pool=pool, namespace=NAMESPACE, **options)
-    broker.add_middleware(PinRedisMessageId())
-    broker.add_middleware(CurrentMessage())
-    return broker
+    # Only the middleware we rely on: each one runs hooks on every message.
+    middleware = [TimeLimit(), Retries(), PinRedisMessageId(), CurrentMessage()]
+    return RedisBroker(connection_pool=pool, namespace=NAMESPACE, middleware=middleware, **options)
 
 
 class Dispatcher:
