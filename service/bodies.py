@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import falcon
@@ -15,6 +16,14 @@ MAX_BODY_BYTES = 64 * 1024
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but no double holds it: it would become infinity, which JSON cannot carry back.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text} is too large")
+    return value
 
 
 def read_json_object(req: falcon.Request) -> dict[str, Any]:
@@ -32,7 +41,7 @@ def read_json_object(req: falcon.Request) -> dict[str, Any]:
     if len(raw) > MAX_BODY_BYTES:
         raise _too_large()
     try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ApiError(falcon.HTTP_400, "invalid_json", f"The body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):

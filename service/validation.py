@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import falcon
@@ -17,6 +17,8 @@ MAX_KEY_LENGTH = 255
 MAX_MESSAGE_LENGTH = 16_384
 MAX_SUBJECT_LENGTH = 255
 MAX_METADATA_BYTES = 4096
+#: Deepest nesting of metadata accepted: far beyond any real use, and well inside Python's recursion limit.
+MAX_METADATA_DEPTH = 32
 FIELDS = ("recipient", "channel", "message", "idempotency_key", "subject", "metadata", "send_at")
 
 
@@ -37,24 +39,33 @@ def _text_problem(value: str) -> str | None:
     return None
 
 
-def _nested_text_problem(value: Any) -> str | None:
+def _nested_problem(value: Any, depth: int = 1) -> str | None:
+    """Problems inside metadata: unstorable text, or nesting deeper than MAX_METADATA_DEPTH."""
     if isinstance(value, str):
         return _text_problem(value)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            problem = _text_problem(key) or _nested_text_problem(item)
-            if problem:
-                return problem
-    if isinstance(value, list):
-        for item in value:
-            problem = _nested_text_problem(item)
-            if problem:
-                return problem
+    if isinstance(value, dict | list) and depth > MAX_METADATA_DEPTH:
+        return f"must not be nested deeper than {MAX_METADATA_DEPTH} levels"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        problem = (_text_problem(key) if isinstance(key, str) else None) or _nested_problem(item, depth + 1)
+        if problem:
+            return problem
     return None
+
+
+def header_text(raw: str | None) -> str | None:
+    """A header as the client wrote it: WSGI hands over Latin-1, clients send UTF-8."""
+    if raw is None:
+        return None
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise _invalid([("Idempotency-Key", "must be UTF-8 text")]) from None
 
 
 def idempotency_key(body: Mapping[str, Any], header: str | None) -> str:
     """The request's key, from the body or the `Idempotency-Key` header (the same string either way)."""
+    header = header_text(header)
     in_body = body.get("idempotency_key")
     if in_body is not None and not isinstance(in_body, str):
         raise _invalid([("idempotency_key", f"must be a string, got {json_type(in_body)}")])
@@ -151,11 +162,13 @@ def parse_notification(
         if not isinstance(metadata, dict):
             problems.append(("metadata", f"must be an object, got {json_type(metadata)}"))
         else:
-            size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace"))
-            if size > MAX_METADATA_BYTES:
-                problems.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"))
-            elif problem := _nested_text_problem(metadata):
+            problem = _nested_problem(metadata)
+            if problem:
                 problems.append(("metadata", problem))
+            else:
+                size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+                if size > MAX_METADATA_BYTES:
+                    problems.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"))
 
     send_at = _parse_send_at(body.get("send_at"), problems)
 
@@ -182,8 +195,11 @@ def _parse_send_at(value: Any, problems: list[tuple[str, str]]) -> datetime | No
         problems.append(("send_at", f"must be an RFC 3339 time string, got {json_type(value)}"))
         return None
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
+        # RFC 3339 allows lower-case "t" and "z"; Python's parser wants them upper-case.
+        moment = datetime.fromisoformat(value.upper())
+        if moment.tzinfo is not None:
+            moment.astimezone(UTC)  # a time near year 1 or 9999 may not exist in UTC
+    except (ValueError, OverflowError):
         moment = None
     if moment is None or "T" not in value.upper() or moment.tzinfo is None:
         problems.append(("send_at", "must be an RFC 3339 time with a time zone, like 2026-01-31T09:00:00Z"))

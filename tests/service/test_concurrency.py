@@ -1,0 +1,122 @@
+"""Many producers racing on one idempotency key: exactly one row, one 202, the same job id for all, no 5xx.
+
+The requests go through the app factory's WSGI app from real threads, so they race on the real database's
+unique constraint exactly as gunicorn's threads and workers would."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import falcon
+import pytest
+from falcon import testing
+
+from actors.broker import Dispatcher
+from ledger.database import Database
+from ledger.states import Status
+from tests.service.conftest import RedisMessages, job_count, ledger_counts, notification, post
+
+
+def race(app: falcon.App, bodies: list[dict[str, Any]]) -> list[testing.Result]:
+    """POST every body at once, one thread each, released together by a barrier."""
+    barrier = threading.Barrier(len(bodies))
+
+    def send(body: dict[str, Any]) -> testing.Result:
+        client = testing.TestClient(app)
+        barrier.wait(timeout=30)
+        return post(client, body)
+
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        return list(pool.map(send, bodies))
+
+
+def assert_exactly_one_job(results: list[testing.Result], messages: RedisMessages) -> str:
+    statuses = Counter(result.status_code for result in results)
+    assert statuses == {202: 1, 200: len(results) - 1}, [
+        (r.status_code, r.text) for r in results if r.status_code >= 300
+    ]
+    job_ids = {result.json["job_id"] for result in results}
+    assert len(job_ids) == 1
+    (job_id,) = job_ids
+    assert all(r.headers.get("idempotent-replayed") == "true" for r in results if r.status_code == 200)
+    assert f"{job_id}.1" in messages.queued()
+    return job_id
+
+
+@pytest.fixture
+def app_on(client_for) -> Any:
+    def build(database: Database, dispatcher: Dispatcher) -> falcon.App:
+        return client_for(database, dispatcher).app
+
+    return build
+
+
+def test_fifty_concurrent_requests_with_one_new_key_on_postgresql_make_exactly_one_job(
+    app_on, postgres_db, dispatcher, redis_messages
+):
+    app = app_on(postgres_db, dispatcher)
+    for round_number in range(3):
+        # Given a key nobody has used yet
+        body = notification(idempotency_key=f"race-{round_number}")
+
+        # When many producers send it at the same moment
+        results = race(app, [body] * 50)
+
+        # Then one of them created the job and all the others were told about that same job
+        assert_exactly_one_job(results, redis_messages)
+        assert job_count(postgres_db) == round_number + 1
+    assert len(redis_messages.queued()) == 3
+    assert ledger_counts(postgres_db)[Status.PENDING] == 3
+
+
+def test_twenty_concurrent_requests_with_one_new_key_on_sqlite_make_exactly_one_job(
+    app_on, sqlite_db, dispatcher, redis_messages
+):
+    app = app_on(sqlite_db, dispatcher)
+    for round_number in range(3):
+        body = notification(idempotency_key=f"race-{round_number}")
+
+        results = race(app, [body] * 20)
+
+        assert_exactly_one_job(results, redis_messages)
+        assert job_count(sqlite_db) == round_number + 1
+    assert len(redis_messages.queued()) == 3
+
+
+@pytest.mark.parametrize("ledger", ["postgres_db", "sqlite_db"])
+def test_concurrent_requests_with_one_key_and_two_payloads_record_one_and_refuse_the_other(
+    app_on, dispatcher, redis_messages, request, ledger
+):
+    database = request.getfixturevalue(ledger)
+    app = app_on(database, dispatcher)
+    first = notification(idempotency_key="contested", message="first")
+    second = {**first, "message": "second"}
+    bodies = [first, second] * 10
+
+    results = race(app, bodies)
+
+    assert all(r.status_code in (200, 202, 422) for r in results), [(r.status_code, r.text) for r in results]
+    assert job_count(database) == 1
+    (winner,) = [body for body, r in zip(bodies, results, strict=True) if r.status_code == 202]
+    for body, result in zip(bodies, results, strict=True):
+        # The same payload as the recorded one is a replay; the other is a mismatch
+        expected = (200, 202) if body["message"] == winner["message"] else (422,)
+        assert result.status_code in expected, (body["message"], winner["message"], result.status_code)
+    assert len(redis_messages.queued()) == 1
+
+
+def test_concurrent_requests_with_different_keys_each_make_their_own_job(
+    app_on, postgres_db, dispatcher, redis_messages
+):
+    app = app_on(postgres_db, dispatcher)
+    bodies = [notification() for _ in range(30)]
+
+    results = race(app, bodies)
+
+    assert [r.status_code for r in results] == [202] * 30
+    assert len({r.json["job_id"] for r in results}) == 30
+    assert job_count(postgres_db) == 30
+    assert len(redis_messages.queued()) == 30

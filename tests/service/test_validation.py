@@ -1,0 +1,384 @@
+"""Every bad request of the contract, table-driven: the status, the one JSON error shape and, for a
+validation error, every bad field named in `details`. None of them records anything or answers 5xx."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+from falcon import testing
+
+from actors.broker import NAMESPACE, Dispatcher, make_broker
+from ledger.database import Database
+from ledger.migrate import upgrade
+from service.app import create_app
+from service.settings import ServiceSettings
+from tests.conftest import reset_ledger, settings_env
+from tests.service.conftest import ABSENT, assert_error, job_count, notification, post
+
+#: Settings that enable the sms channel (the gateway is never called at intake).
+SMS = {
+    "WJP_SMS_URL": "http://127.0.0.1:9",
+    "WJP_SMS_ACCOUNT": "AC1",
+    "WJP_SMS_TOKEN": "t",
+    "WJP_SMS_FROM": "+15550000000",
+}
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A request to POST and what the answer must be."""
+
+    body: Any
+    status: int = 400
+    code: str = "validation_error"
+    #: For validation errors: exactly the fields `details` must name.
+    fields: tuple[str | None, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def raw(**fields: Any) -> str:
+    """A body as JSON text, for cases where the exact characters matter."""
+    return json.dumps(notification(**fields))
+
+
+def with_raw_value(name: str, literal: str) -> str:
+    """A valid body whose field `name` is the JSON literal text `literal`, spliced in verbatim."""
+    body = notification(**{name: "PLACEHOLDER"})
+    return json.dumps(body).replace('"PLACEHOLDER"', literal)
+
+
+BAD_REQUESTS: dict[str, Bad] = {
+    # Missing or non-string fields
+    "missing recipient": Bad(notification(recipient=ABSENT), fields=("recipient",)),
+    "missing channel": Bad(notification(channel=ABSENT), fields=("channel",)),
+    "missing message": Bad(notification(message=ABSENT), fields=("message",)),
+    "recipient a number": Bad(notification(recipient=42), fields=("recipient",)),
+    "recipient null": Bad(notification(recipient=None), fields=("recipient",)),
+    "recipient an object": Bad(notification(recipient={"email": "user@example.com"}), fields=("recipient",)),
+    "recipient a list": Bad(notification(recipient=["user@example.com"]), fields=("recipient",)),
+    "channel a number": Bad(notification(channel=1), fields=("channel",)),
+    "channel null": Bad(notification(channel=None), fields=("channel",)),
+    "message a number": Bad(notification(message=3.5), fields=("message",)),
+    "message null": Bad(notification(message=None), fields=("message",)),
+    "message an object": Bad(notification(message={"text": "hi"}), fields=("message",)),
+    "message a boolean": Bad(notification(message=True), fields=("message",)),
+    "subject a number": Bad(notification(subject=7), fields=("subject",)),
+    "idempotency_key a number": Bad(notification(idempotency_key=123), fields=("idempotency_key",)),
+    "send_at a number": Bad(notification(send_at=1893484800), fields=("send_at",)),
+    # Channels and recipients
+    "unknown channel": Bad(notification(channel="pigeon"), fields=("channel",)),
+    "sms when no gateway is configured": Bad(notification(channel="sms", recipient="+12345678"), fields=("channel",)),
+    "email not an address": Bad(notification(recipient="not-an-address"), fields=("recipient",)),
+    "email two at signs": Bad(notification(recipient="a@b@example.com"), fields=("recipient",)),
+    "email nothing before the at": Bad(notification(recipient="@example.com"), fields=("recipient",)),
+    "email with a space": Bad(notification(recipient="user name@example.com"), fields=("recipient",)),
+    "email with a line break": Bad(notification(recipient="user@example.com\r\nBcc: x@y.z"), fields=("recipient",)),
+    "email empty": Bad(notification(recipient=""), fields=("recipient",)),
+    "sms too short": Bad(notification(channel="sms", recipient="+123"), fields=("recipient",), env=SMS),
+    "sms without plus": Bad(notification(channel="sms", recipient="12345678"), fields=("recipient",), env=SMS),
+    "sms too long": Bad(notification(channel="sms", recipient="+1234567890123456"), fields=("recipient",), env=SMS),
+    "sms with letters": Bad(notification(channel="sms", recipient="+1234567890a"), fields=("recipient",), env=SMS),
+    "webhook ftp": Bad(notification(channel="webhook", recipient="ftp://x"), fields=("recipient",)),
+    "webhook not a url": Bad(notification(channel="webhook", recipient="not a url"), fields=("recipient",)),
+    "webhook relative": Bad(notification(channel="webhook", recipient="/hook"), fields=("recipient",)),
+    "webhook no host": Bad(notification(channel="webhook", recipient="http://"), fields=("recipient",)),
+    "log empty": Bad(notification(channel="log", recipient=""), fields=("recipient",)),
+    "log blank": Bad(notification(channel="log", recipient="   "), fields=("recipient",)),
+    # Message, subject, metadata, send_at
+    "message empty": Bad(notification(message=""), fields=("message",)),
+    "message blank": Bad(notification(message=" \n\t "), fields=("message",)),
+    "message of 16385 characters": Bad(notification(message="m" * 16_385), fields=("message",)),
+    "subject of 256 characters": Bad(notification(subject="s" * 256), fields=("subject",)),
+    "subject with CR LF": Bad(notification(subject="Hi\r\nBcc: victim@example.com"), fields=("subject",)),
+    "subject with LF": Bad(notification(subject="Hi\nthere"), fields=("subject",)),
+    "metadata a list": Bad(notification(metadata=[1, 2]), fields=("metadata",)),
+    "metadata a string": Bad(notification(metadata="{}"), fields=("metadata",)),
+    "metadata a number": Bad(notification(metadata=1), fields=("metadata",)),
+    "metadata over 4 KiB": Bad(notification(metadata={"blob": "x" * 4096}), fields=("metadata",)),
+    "send_at not a time": Bad(notification(send_at="tomorrow"), fields=("send_at",)),
+    "send_at without time zone": Bad(notification(send_at="2030-01-01T08:00:00"), fields=("send_at",)),
+    "send_at a date only": Bad(notification(send_at="2030-01-01"), fields=("send_at",)),
+    "send_at an impossible date": Bad(notification(send_at="2030-02-30T08:00:00Z"), fields=("send_at",)),
+    # In range as written, but not once converted to UTC
+    "send_at before year 1 in UTC": Bad(notification(send_at="0001-01-01T00:00:00+01:00"), fields=("send_at",)),
+    "send_at after year 9999 in UTC": Bad(notification(send_at="9999-12-31T23:59:59-01:00"), fields=("send_at",)),
+    "unknown field": Bad(notification(priority="high"), fields=("priority",)),
+    # Text the ledger cannot store: 400, never 5xx
+    "NUL in message": Bad(notification(message="a\x00b"), fields=("message",)),
+    "NUL in recipient": Bad(notification(channel="log", recipient="ops\x00"), fields=("recipient",)),
+    "NUL in subject": Bad(notification(subject="a\x00b"), fields=("subject",)),
+    "NUL in metadata": Bad(notification(metadata={"k": "a\x00b"}), fields=("metadata",)),
+    "NUL in a metadata key": Bad(notification(metadata={"a\x00": 1}), fields=("metadata",)),
+    "NUL in idempotency_key": Bad(notification(idempotency_key="k\x00"), fields=("idempotency_key",)),
+    "lone surrogate in message": Bad(with_raw_value("message", '"abc \\ud800 def"'), fields=("message",)),
+    "lone surrogate in recipient": Bad(with_raw_value("recipient", '"\\udfff@example.com"'), fields=("recipient",)),
+    "lone surrogate in subject": Bad(with_raw_value("subject", '"\\ud800"'), fields=("subject",)),
+    "lone surrogate in metadata": Bad(with_raw_value("metadata", '{"k": ["\\ud800"]}'), fields=("metadata",)),
+    "lone surrogate in idempotency_key": Bad(
+        with_raw_value("idempotency_key", '"\\ud800"'), fields=("idempotency_key",)
+    ),
+    # Bodies that are not a JSON object
+    "malformed JSON": Bad('{"recipient": "user@example.com", ', code="invalid_json"),
+    "trailing garbage": Bad(raw() + " x", code="invalid_json"),
+    "single quotes": Bad("{'recipient': 'user@example.com'}", code="invalid_json"),
+    "NaN literal": Bad(with_raw_value("metadata", '{"n": NaN}'), code="invalid_json"),
+    "Infinity literal": Bad(with_raw_value("metadata", '{"n": -Infinity}'), code="invalid_json"),
+    "invalid UTF-8": Bad(
+        b'{"recipient": "user@example.com", "message": "\xff\xfe", "channel": "email"}', code="invalid_json"
+    ),
+    "Latin-1 bytes": Bad(
+        raw(message="café").replace("é", "\\u00e9").encode().replace(b"\\u00e9", b"\xe9"), code="invalid_json"
+    ),
+    "empty body": Bad(b"", code="invalid_json"),
+    "nesting deeper than the parser allows": Bad(
+        '{"metadata": ' + "[" * 10_000 + "]" * 10_000 + "}", code="invalid_json"
+    ),
+    "a JSON array": Bad([notification()], fields=(None,)),
+    "a JSON string": Bad('"hello"', fields=(None,)),
+    "a JSON number": Bad("42", fields=(None,)),
+    "JSON null": Bad("null", fields=(None,)),
+    # Content type and size
+    "text/plain": Bad(raw(), 415, "unsupported_media_type", headers={"Content-Type": "text/plain"}),
+    "form encoded": Bad(
+        raw(), 415, "unsupported_media_type", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    ),
+    "no content type": Bad(raw(), 415, "unsupported_media_type", headers={"Content-Type": ""}),
+    "body over 64 KiB": Bad(notification(message="m" * (64 * 1024)), 413, "payload_too_large"),
+    "Content-Length over 64 KiB": Bad(raw(), 413, "payload_too_large", headers={"Content-Length": str(10**9)}),
+}
+
+
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def ledger(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Database]:
+    """One ledger per database for the whole module: the bad requests below must leave it untouched, and
+    sharing it keeps a table of a hundred cases fast."""
+    if request.param == "postgresql":
+        database = Database(request.getfixturevalue("postgres_server_url"), pool_size=2)
+        reset_ledger(database)
+    else:
+        database = Database(f"sqlite:///{tmp_path_factory.mktemp('validation') / 'ledger.sqlite3'}")
+        upgrade(database)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture(scope="module")
+def shared_client_for(ledger: Database, redis_server_url: str, tmp_path_factory) -> Iterator[Callable[..., Any]]:
+    """Like `shared_client_for`, on the module's ledger and a queue of its own."""
+    queue = f"test-{uuid.uuid4().hex[:12]}"
+    dispatcher = Dispatcher(make_broker(redis_server_url), queue)
+    outbox = str(tmp_path_factory.mktemp("outbox"))
+
+    apps: dict[frozenset[tuple[str, str]], testing.TestClient] = {}
+
+    def build(**env: str) -> testing.TestClient:
+        # Building an app builds its channels (HTTP clients, TLS contexts): once per configuration is enough.
+        key = frozenset(env.items())
+        if key not in apps:
+            settings = ServiceSettings.from_env(
+                settings_env(ledger, redis_server_url, queue, WJP_OUTBOX_DIR=outbox, **env)
+            )
+            apps[key] = testing.TestClient(create_app(settings, database=ledger, dispatcher=dispatcher))
+        return apps[key]
+
+    yield build
+    client = redis.Redis.from_url(redis_server_url)
+    keys = list(client.scan_iter(match=f"{NAMESPACE}:*{queue}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def client(shared_client_for) -> testing.TestClient:
+    """This module's `client`: on the shared ledger."""
+    return shared_client_for()
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_a_bad_request_gets_its_status_and_one_json_error_naming_what_is_wrong(shared_client_for, ledger, case: Bad):
+    client = shared_client_for(**case.env)
+    jobs_before = job_count(ledger)
+
+    result = post(client, case.body, **case.headers)
+
+    error = assert_error(result, case.status, case.code)
+    if case.code == "validation_error":
+        assert [d.get("field") for d in error["details"]] == list(case.fields), error
+        assert all(isinstance(d.get("message"), str) and d["message"] for d in error["details"]), error
+        for name in case.fields:
+            if name is not None:
+                assert name in error["message"], error
+    # Nothing is half-written
+    assert job_count(ledger) == jobs_before
+
+
+def test_an_unknown_channel_is_answered_with_the_list_of_enabled_channels(client):
+    error = assert_error(post(client, notification(channel="pigeon")), 400, "validation_error")
+
+    (detail,) = error["details"]
+    assert detail["field"] == "channel"
+    assert "pigeon" in detail["message"]
+    assert "email, log, webhook" in detail["message"]
+    assert "sms" not in detail["message"]  # not configured, so not enabled
+
+
+def test_the_enabled_channels_include_sms_once_its_gateway_is_configured(shared_client_for):
+    error = assert_error(post(shared_client_for(**SMS), notification(channel="pigeon")), 400, "validation_error")
+
+    assert "email, log, sms, webhook" in error["details"][0]["message"]
+
+
+GOOD_EDGES: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
+    "message of 16384 characters": (notification(message="m" * 16_384), {}),
+    "message of 16384 non-ASCII characters": (notification(message="é" * 16_384), {}),
+    "subject of 255 characters": (notification(subject="s" * 255), {}),
+    "subject of 255 non-ASCII characters": (notification(subject="ü" * 255), {}),
+    "empty subject": (notification(subject=""), {}),
+    "metadata of exactly 4 KiB": (notification(metadata={"blob": "x" * (4096 - len('{"blob":""}'))}), {}),
+    "empty metadata": (notification(metadata={}), {}),
+    "nested metadata": (notification(metadata={"a": {"b": [1, 2.5, True, None, "x"]}}), {}),
+    "sms of 8 digits": (notification(channel="sms", recipient="+12345678"), SMS),
+    "sms of 15 digits": (notification(channel="sms", recipient="+123456789012345"), SMS),
+    "webhook https": (notification(channel="webhook", recipient="https://example.com/hook?a=1"), {}),
+    "webhook http with port": (notification(channel="webhook", recipient="http://example.com:8080/hook"), {}),
+    "log any text": (notification(channel="log", recipient="ops team"), {}),
+    "send_at with offset": (notification(send_at="2030-01-01T10:00:00+02:00"), {}),
+    "send_at with fraction": (notification(send_at="2030-01-01T08:00:00.123456Z"), {}),
+    # RFC 3339 section 5.6: "T" and "Z" may alternatively be lower case
+    "send_at with lower case t and z": (notification(send_at="2030-01-01t08:00:00z"), {}),
+    "explicit nulls for optional fields": (notification(subject=None, metadata=None, send_at=None), {}),
+    "non-ASCII message": (notification(message="Halo 👋 — dari sistem worker! 日本語"), {}),
+}
+
+
+@pytest.mark.parametrize("body, env", GOOD_EDGES.values(), ids=GOOD_EDGES.keys())
+def test_a_request_at_the_edge_of_the_rules_is_accepted_and_stored_faithfully(shared_client_for, body, env):
+    client = shared_client_for(**env)
+
+    result = post(client, body)
+
+    assert result.status_code == 202, result.text
+    job = client.simulate_get(f"/api/notifications/{result.json['job_id']}").json
+    assert job["recipient"] == body["recipient"]
+    assert job["channel"] == body["channel"]
+    for name in ("subject", "metadata"):
+        if name in body:
+            assert job[name] == body[name]
+
+
+def test_several_bad_fields_are_all_named_in_one_answer(client, ledger):
+    body = {"recipient": 5, "channel": "email", "message": "", "subject": "x" * 300, "metadata": [], "send_at": "soon"}
+
+    jobs_before = job_count(ledger)
+
+    error = assert_error(post(client, body, **{"Idempotency-Key": "many"}), 400, "validation_error")
+
+    assert {d["field"] for d in error["details"]} == {"recipient", "message", "subject", "metadata", "send_at"}
+    for name in ("recipient", "message", "subject", "metadata", "send_at"):
+        assert name in error["message"]
+    assert job_count(ledger) == jobs_before
+
+
+def test_the_json_content_type_is_accepted_with_a_charset_and_in_any_case(client):
+    assert post(client, notification(), **{"Content-Type": "application/json; charset=utf-8"}).status_code == 202
+    assert post(client, notification(), **{"Content-Type": "Application/JSON"}).status_code == 202
+
+
+def test_deeply_nested_metadata_within_the_size_limit_is_refused_or_stored_but_never_a_5xx(client):
+    # Python's JSON parser accepts nesting up to its recursion limit; every later step (validation, the
+    # ledger's JSON column, the GET's serialiser) must cope with what it accepted.
+    for depth in range(850, 1000, 5):
+        nested = "[" * depth + "]" * depth
+        body = json.dumps(notification(metadata={"a": "PLACEHOLDER"}))
+        result = post(client, body.replace('"PLACEHOLDER"', nested))
+        assert result.status_code in (202, 400), f"depth {depth}: {result.status_code} {result.text}"
+        if result.status_code == 202:
+            got = client.simulate_get(f"/api/notifications/{result.json['job_id']}")
+            assert got.status_code == 200, f"depth {depth}: GET {got.status_code} {got.text}"
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1.5e309"])
+def test_a_metadata_number_too_large_for_a_double_is_a_400_and_never_stored_as_infinity(client, ledger, number):
+    # Valid JSON syntax, but Python reads it as infinity, which is not JSON: PostgreSQL refuses it, and
+    # SQLite would store it and serve `Infinity`, which no JSON parser reads.
+    jobs_before = job_count(ledger)
+
+    result = post(client, with_raw_value("metadata", f'{{"x": {number}}}'))
+
+    assert result.status_code == 400, result.text
+    assert_error(result, 400, result.json["error"])
+    assert result.json["error"] in ("invalid_json", "validation_error")
+    assert job_count(ledger) == jobs_before
+
+
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("PUT", "/api/notifications", {"POST"}),
+        ("PATCH", "/api/notifications", {"POST"}),
+        ("DELETE", "/api/notifications", {"POST"}),
+        ("GET", "/api/notifications", {"POST"}),
+        ("POST", "/api/notifications/{id}", {"GET", "DELETE"}),
+        ("PUT", "/api/notifications/{id}", {"GET", "DELETE"}),
+        ("POST", "/api/notifications/{id}/attempts", {"GET"}),
+        ("GET", "/internal/notifications/{id}/retry", {"POST"}),
+        ("POST", "/internal/queue/stats", {"GET"}),
+        ("POST", "/healthz", {"GET"}),
+    ],
+)
+def test_a_wrong_method_gets_405_with_an_allow_header(client, method, path, allowed):
+    result = client.simulate_request(method, path.replace("{id}", str(uuid.uuid4())))
+
+    assert_error(result, 405, "method_not_allowed")
+    offered = {name.strip() for name in result.headers["allow"].split(",")}
+    assert allowed <= offered <= allowed | {"OPTIONS"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/api",
+        "/api/notification",
+        "/api/notifications/x/y/z",
+        "/internal/unknown",
+        "/healthz/extra",
+        "/static/x.css",
+    ],
+)
+def test_an_unknown_path_gets_404_not_found(client, path):
+    assert_error(client.simulate_get(path), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    [str(uuid.uuid4()), "not-a-uuid", "12345", "00000000-0000-0000-0000-00000000000g", "%00", "'; DROP TABLE jobs;--"],
+    ids=["unknown uuid", "word", "number", "almost a uuid", "nul", "sql"],
+)
+@pytest.mark.parametrize("method, suffix", [("GET", ""), ("DELETE", ""), ("GET", "/attempts")])
+def test_an_unknown_or_malformed_job_id_gets_404_not_found(client, job_id, method, suffix):
+    result = client.simulate_request(method, f"/api/notifications/{job_id}{suffix}")
+
+    assert_error(result, 404, "not_found")
+
+
+def test_a_client_asking_for_html_still_gets_json_errors(client):
+    html = {"Accept": "text/html"}
+
+    assert_error(client.simulate_get("/nowhere", headers=html), 404, "not_found")
+    assert_error(client.simulate_put("/api/notifications", headers=html), 405, "method_not_allowed")
+    result = client.simulate_post("/api/notifications", body="{", headers={**html, "Content-Type": "application/json"})
+    assert_error(result, 400, "invalid_json")
+    assert_error(post(client, notification(channel="pigeon"), Accept="text/html"), 400, "validation_error")
+
+
+def test_a_client_asking_for_xml_still_gets_json_errors(client):
+    assert_error(client.simulate_get("/nowhere", headers={"Accept": "application/xml"}), 404, "not_found")
