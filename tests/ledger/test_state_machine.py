@@ -1,0 +1,335 @@
+"""A random walk through the job lifecycle against a model: every transition, with current and stale
+dispatches and attempts, an injected clock, and the ledger's invariants checked after each step."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from sqlalchemy import func, select
+
+from ledger import intake, maintenance, queries, transitions
+from ledger.database import Database
+from ledger.intake import Intake, NewNotification
+from ledger.schema import attempts, jobs
+from ledger.states import FINISHED, WAITING, Outcome, Status
+from ledger.transitions import EARLY_CLAIM_TOLERANCE
+from tests.conftest import reset_ledger
+from tests.ledger.conftest import T0
+
+KEYS = ("a", "b", "c", "d")
+SCOPES = ("", "key-1")
+GRACE = timedelta(seconds=10)
+HORIZON = timedelta(seconds=60)
+
+
+@dataclass
+class Expected:
+    """What the ledger should hold for one job."""
+
+    scope: str
+    status: Status
+    attempts: int
+    max_attempts: int
+    seq: int
+    due: datetime
+    claimed_at: datetime | None = None
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Drives the ledger's transitions at random on `database` and compares every answer with a model."""
+
+    database: Database
+
+    def __init__(self) -> None:
+        super().__init__()
+        reset_ledger(self.database)
+        self.now = T0
+        self.model: dict[uuid.UUID, Expected] = {}
+        self.hashes: dict[tuple[str, str], tuple[str, uuid.UUID]] = {}
+        self.terminal: dict[uuid.UUID, tuple[Any, list[Any]]] = {}
+
+    def run(self, operation):
+        return self.database.run(operation)
+
+    def pick(self, index: int) -> tuple[uuid.UUID, Expected]:
+        job_id = sorted(self.model)[index % len(self.model)]
+        return job_id, self.model[job_id]
+
+    def has_jobs(self) -> bool:
+        return bool(self.model)
+
+    # --- rules ---------------------------------------------------------------------------------------------
+
+    @rule(
+        key=st.sampled_from(KEYS),
+        scope=st.sampled_from(SCOPES),
+        message=st.sampled_from(["hello", "other"]),
+        max_attempts=st.integers(1, 3),
+        dispatch_now=st.booleans(),
+        send_in=st.sampled_from([None, -30, 0, 20, 120]),
+    )
+    def intake(self, key, scope, message, max_attempts, dispatch_now, send_in):
+        send_at = None if send_in is None else self.now + timedelta(seconds=send_in)
+        request = NewNotification(
+            idempotency_key=key,
+            recipient="user@example.com",
+            channel="log",
+            message=message,
+            max_attempts=max_attempts,
+            send_at=send_at,
+            scope=scope,
+        )
+        result = self.run(lambda conn: intake.accept(conn, request, now=self.now, dispatch_now=dispatch_now))
+        known = self.hashes.get((scope, key))
+        if known is None:
+            assert result.outcome is Intake.CREATED
+            due = max(self.now, send_at) if send_at else self.now
+            seq = 1 if dispatch_now else 0
+            assert (result.dispatch_seq, result.next_attempt_at) == (seq, due)
+            self.hashes[(scope, key)] = (request.payload_hash(), result.job_id)
+            self.model[result.job_id] = Expected(scope, Status.PENDING, 0, max_attempts, seq, due)
+        else:
+            digest, job_id = known
+            expected = Intake.REPLAYED if digest == request.payload_hash() else Intake.MISMATCH
+            assert (result.outcome, result.job_id, result.status) == (expected, job_id, self.model[job_id].status)
+
+    @precondition(has_jobs)
+    @rule(index=st.integers(0, 7), which=st.sampled_from(["current", "stale", "next"]))
+    def claim(self, index, which):
+        job_id, job = self.pick(index)
+        seq = job.seq + {"current": 0, "stale": -1, "next": 1}[which]
+        claimed = self.run(lambda conn: transitions.claim(conn, job_id, seq, now=self.now, worker="w"))
+        takes = job.status in WAITING and which == "current" and job.due <= self.now + EARLY_CLAIM_TOLERANCE
+        assert (claimed is not None) == takes
+        if takes:
+            job.status, job.attempts, job.claimed_at = Status.PROCESSING, job.attempts + 1, self.now
+            assert (claimed.attempt, claimed.max_attempts) == (job.attempts, job.max_attempts)
+            again = self.run(lambda conn: transitions.claim(conn, job_id, seq, now=self.now, worker="w2"))
+            assert again is None
+
+    def holds(self, job: Expected, attempt: int) -> bool:
+        return job.status is Status.PROCESSING and attempt == job.attempts
+
+    @precondition(has_jobs)
+    @rule(index=st.integers(0, 7), stale=st.sampled_from([0, -1, 1]))
+    def succeed(self, index, stale):
+        job_id, job = self.pick(index)
+        attempt = job.attempts + stale
+        done = self.run(lambda conn: transitions.succeed(conn, job_id, attempt, now=self.now))
+        assert done == self.holds(job, attempt)
+        if done:
+            job.status, job.claimed_at = Status.SUCCESS, None
+
+    @precondition(has_jobs)
+    @rule(index=st.integers(0, 7), stale=st.sampled_from([0, -1, 1]), outcome=st.sampled_from(Outcome))
+    def fail(self, index, stale, outcome):
+        job_id, job = self.pick(index)
+        attempt = job.attempts + stale
+        done = self.run(
+            lambda conn: transitions.fail(conn, job_id, attempt, now=self.now, outcome=outcome, error="failed")
+        )
+        assert done == self.holds(job, attempt)
+        if done:
+            job.status, job.claimed_at = Status.FAILED, None
+
+    @precondition(has_jobs)
+    @rule(index=st.integers(0, 7), stale=st.sampled_from([0, -1, 1]), delay=st.integers(0, 30))
+    def schedule_retry(self, index, stale, delay):
+        job_id, job = self.pick(index)
+        attempt = job.attempts + stale
+        if self.holds(job, attempt) and job.attempts >= job.max_attempts:
+            # The worker's decision: with no attempt left, a transient error fails the job instead.
+            self.fail(index, stale, Outcome.TRANSIENT_ERROR)
+            return
+        due_at = self.now + timedelta(seconds=delay)
+        dispatch = self.run(
+            lambda conn: transitions.schedule_retry(conn, job_id, attempt, now=self.now, due_at=due_at, error="later")
+        )
+        assert (dispatch is not None) == self.holds(job, attempt)
+        if dispatch is not None:
+            job.status, job.claimed_at, job.seq, job.due = Status.RETRY, None, job.seq + 1, due_at
+            assert (dispatch.job_id, dispatch.seq, dispatch.due_at) == (job_id, job.seq, due_at)
+
+    @rule(visibility=st.sampled_from([30, 60]), read=st.sampled_from(["query", "every-job", "stale"]))
+    def expire(self, visibility, read):
+        cutoff = self.now - timedelta(seconds=visibility)
+        expired = {
+            job_id
+            for job_id, job in self.model.items()
+            if job.status is Status.PROCESSING and job.claimed_at is not None and job.claimed_at < cutoff
+        }
+        if read == "query":
+            claims = self.run(lambda conn: maintenance.expired_claims(conn, cutoff=cutoff, limit=100))
+            assert {job_id for job_id, _ in claims} == expired
+            assert all(attempt == self.model[job_id].attempts for job_id, attempt in claims)
+            claimed_at = [self.model[job_id].claimed_at for job_id, _ in claims]
+            assert claimed_at == sorted(claimed_at)
+        elif read == "every-job":
+            claims = [(job_id, job.attempts) for job_id, job in self.model.items()]
+        else:
+            claims = [(job_id, job.attempts - 1) for job_id, job in self.model.items()]
+            expired = set()
+
+        dispatches, failed = self.run(
+            lambda conn: transitions.expire(conn, claims, now=self.now, cutoff=cutoff, error="visibility timeout")
+        )
+
+        retried = {job_id for job_id in expired if self.model[job_id].attempts < self.model[job_id].max_attempts}
+        assert {d.job_id for d in dispatches} == retried
+        assert set(failed) == expired - retried
+        for job_id in expired:
+            job = self.model[job_id]
+            job.claimed_at = None
+            if job_id in retried:
+                job.status, job.seq, job.due = Status.RETRY, job.seq + 1, self.now
+            else:
+                job.status = Status.FAILED
+        assert all(d.seq == self.model[d.job_id].seq and d.due_at == self.now for d in dispatches)
+
+    @precondition(has_jobs)
+    @rule(index=st.integers(0, 7), own_scope=st.booleans())
+    def cancel(self, index, own_scope):
+        job_id, job = self.pick(index)
+        scope = job.scope if own_scope else "someone-else"
+        done = self.run(lambda conn: transitions.cancel(conn, job_id, scope=scope, now=self.now))
+        assert done == (job.status in WAITING and own_scope)
+        if done:
+            job.status = Status.CANCELLED
+
+    @precondition(has_jobs)
+    @rule(index=st.integers(0, 7), extra=st.integers(1, 2))
+    def manual_retry(self, index, extra):
+        job_id, job = self.pick(index)
+        dispatch = self.run(lambda conn: transitions.manual_retry(conn, job_id, now=self.now, extra_attempts=extra))
+        assert (dispatch is not None) == (job.status is Status.FAILED)
+        if dispatch is not None:
+            job.status, job.max_attempts, job.seq, job.due = (
+                Status.PENDING,
+                job.attempts + extra,
+                job.seq + 1,
+                self.now,
+            )
+            assert dispatch.seq == job.seq
+
+    @precondition(has_jobs)
+    @rule(index=st.integers(0, 7), stale=st.booleans())
+    def redispatch(self, index, stale):
+        job_id, job = self.pick(index)
+        seq = job.seq - 1 if stale else job.seq
+        sent = self.run(lambda conn: transitions.redispatch(conn, [(job_id, seq)], now=self.now))
+        takes = job.status in WAITING and not stale
+        assert len(sent) == (1 if takes else 0)
+        if takes:
+            job.seq += 1
+            assert (sent[0].seq, sent[0].due_at) == (job.seq, job.due)
+
+    @rule()
+    def reconcile_waiting(self):
+        """A reconciler pass that finds every candidate lost: each is re-dispatched once, even if asked twice."""
+        overdue_before, schedule_until = self.now - GRACE, self.now + HORIZON
+        found = self.run(
+            lambda conn: maintenance.waiting_candidates(
+                conn, overdue_before=overdue_before, schedule_until=schedule_until, after=None, limit=100
+            )
+        )
+        expected = {
+            job_id
+            for job_id, job in self.model.items()
+            if job.status in WAITING
+            and ((job.seq > 0 and job.due < overdue_before) or (job.seq == 0 and job.due <= schedule_until))
+        }
+        assert {job_id for job_id, _, _ in found} == expected
+        lost = [(job_id, seq) for job_id, seq, _ in found]
+        first = self.run(lambda conn: transitions.redispatch(conn, lost, now=self.now))
+        second = self.run(lambda conn: transitions.redispatch(conn, lost, now=self.now))
+        assert ({d.job_id for d in first}, second) == (expected, [])
+        for job_id in expected:
+            self.model[job_id].seq += 1
+
+    @rule(seconds=st.sampled_from([0.3, 0.5, 0.7, 1, 5, 31, 61]))
+    def advance_clock(self, seconds):
+        self.now += timedelta(seconds=seconds)
+
+    # --- invariants ----------------------------------------------------------------------------------------
+
+    @invariant()
+    def the_ledger_agrees_with_the_model_and_its_own_rules(self):
+        def read(conn):
+            rows = conn.execute(select(jobs)).all()
+            history = conn.execute(select(attempts).order_by(attempts.c.job_id, attempts.c.number)).all()
+            stats = queries.queue_stats(conn, now=self.now)
+            exact = queries.count_by_status(conn)
+            mean = conn.execute(select(func.avg(jobs.c.attempts)).where(jobs.c.status == "SUCCESS")).scalar()
+            return rows, history, stats, exact, mean
+
+        rows, history, stats, exact, mean = self.database.run(read, transaction=True)
+
+        assert stats.counts == exact
+        assert stats.avg_attempts_success == pytest.approx(float(mean or 0), abs=1e-4)
+        assert {row.id for row in rows} == set(self.model)
+
+        recorded: dict[uuid.UUID, list[Any]] = {}
+        for attempt in history:
+            recorded.setdefault(attempt.job_id, []).append(attempt)
+
+        for row in rows:
+            job = self.model[row.id]
+            status = Status(row.status)
+            assert (status, row.attempts, row.max_attempts, row.dispatch_seq) == (
+                job.status,
+                job.attempts,
+                job.max_attempts,
+                job.seq,
+            ), row
+            assert row.attempts <= row.max_attempts
+            if status in WAITING:
+                assert row.next_attempt_at == job.due
+            assert row.claimed_at == (job.claimed_at if status is Status.PROCESSING else None)
+            assert (row.completed_at is not None) == (status in FINISHED)
+
+            # One recorded attempt per finished attempt, numbered 1.., each with its outcome; the running
+            # attempt (only while PROCESSING) is the job row itself.
+            closed = recorded.get(row.id, [])
+            running = 1 if status is Status.PROCESSING else 0
+            assert len(closed) + running == row.attempts
+            assert [a.number for a in closed] == list(range(1, len(closed) + 1))
+            assert all(a.outcome in set(Outcome) and a.finished_at is not None for a in closed)
+            view = queries.AttemptView  # the API's list: the closed ones, then the running one
+            listed = self.run(lambda conn, job_id=row.id: queries.list_attempts(conn, job_id)) if running else None
+            if listed is not None:
+                assert len(listed) == row.attempts
+                assert [a.outcome is None for a in listed] == [False] * (row.attempts - 1) + [True]
+                assert isinstance(listed[-1], view) and listed[-1].started_at == row.claimed_at
+
+            if status in (Status.SUCCESS, Status.CANCELLED):
+                snapshot = (row, closed)
+                assert self.terminal.setdefault(row.id, snapshot) == snapshot, "a terminal job changed"
+        assert set(self.terminal) <= {row.id for row in rows}
+
+
+def run_machine(database: Database, **options: Any) -> None:
+    machine = type("Machine", (LedgerMachine,), {"database": database})
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            **options,
+        ),
+    )
+
+
+def test_random_walks_through_the_lifecycle_keep_the_ledger_consistent_on_sqlite(sqlite_db):
+    run_machine(sqlite_db, max_examples=60, stateful_step_count=30)
+
+
+def test_random_walks_through_the_lifecycle_keep_the_ledger_consistent_on_postgresql(postgres_db):
+    run_machine(postgres_db, max_examples=15, stateful_step_count=20)
