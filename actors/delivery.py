@@ -16,6 +16,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
+from actors import metrics
 from actors.backoff import Verdict, decide
 from actors.batching import Batcher
 from actors.broker import ACTOR_NAME, RID_OPTION, BrokerUnavailable, Dispatcher, parse_redis_message_id
@@ -82,7 +83,9 @@ class Delivery:
         if job is None:
             self._handle_unclaimed(Dispatch(message_job_id, seq, claimed_at))
             return
+        started = time.perf_counter()
         error = self._attempt(job)
+        metrics.observe_attempt(job.channel, error, time.perf_counter() - started)
         self._record(job, error, started=claimed_at)
 
     def _attempt(self, job: ClaimedJob) -> DeliveryError | None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
+from actors import metrics
 from actors.broker import Dispatcher
 from ledger import maintenance, transitions
 from ledger.database import Database
@@ -65,6 +66,7 @@ class Reconciler:
         self._expire_claims(report)
         self._redispatch_missing(report)
         report.duration_ms = round((time.perf_counter() - started) * 1000)
+        metrics.observe_pass(expired=report.expired, failed=report.failed, redispatched=report.redispatched)
         return report
 
     def _expire_claims(self, report: PassReport) -> None:

@@ -39,6 +39,17 @@ def positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def port(env: Mapping[str, str], name: str) -> int | None:
+    """A TCP port number, or None when unset."""
+    raw = text(env, name)
+    if raw is None:
+        return None
+    value = positive_int(env, name, 0)
+    if value > 65535:
+        raise SettingsError(f"{name} must be a port number from 1 to 65535, got {raw!r}")
+    return value
+
+
 def seconds(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
     """A duration in seconds, possibly fractional (`0.4`)."""
     raw = text(env, name)
@@ -93,6 +104,8 @@ class Settings:
     reconcile_interval: float
     reconcile_grace: float
     channels: ChannelConfig
+    #: Where each worker host serves its own /metrics (Dramatiq's Prometheus exporter); None: not served.
+    worker_metrics_port: int | None = None
 
     @property
     def schedule_horizon(self) -> float:
@@ -143,4 +156,5 @@ class Settings:
                 sms_from=text(env, "WJP_SMS_FROM"),
                 extra_modules=tuple(m.strip() for m in text(env, "WJP_CHANNEL_MODULES", "").split(",") if m.strip()),
             ),
+            worker_metrics_port=port(env, "WJP_WORKER_METRICS_PORT"),
         )

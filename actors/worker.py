@@ -15,6 +15,12 @@ from ledger.database import Database
 
 settings = Settings.from_env()
 broker = make_broker(settings.redis_url)
+if settings.worker_metrics_port:
+    # Dramatiq's exporter: a process beside the workers serving the metrics of every worker process of this
+    # host (ours and Dramatiq's own) from the directory and port `wjp worker` put in the environment.
+    from dramatiq.middleware.prometheus import Prometheus
+
+    broker.add_middleware(Prometheus())
 dramatiq.set_broker(broker)
 database = Database(settings.database_url)
 delivery = Delivery(

@@ -43,31 +43,28 @@ class AttemptView:
     worker: str | None
 
 
-def get_job(conn: Connection, job_id: uuid.UUID, *, scope: str | None) -> JobView | None:
-    """The job `job_id` if it exists and belongs to `scope` (any scope when None: operators)."""
-    row = conn.execute(
-        select(
-            jobs.c.id,
-            jobs.c.status,
-            jobs.c.recipient,
-            jobs.c.channel,
-            jobs.c.idempotency_key,
-            jobs.c.subject,
-            jobs.c.metadata,
-            jobs.c.send_at,
-            jobs.c.attempts,
-            jobs.c.max_attempts,
-            jobs.c.next_attempt_at,
-            jobs.c.last_error,
-            jobs.c.created_at,
-            jobs.c.updated_at,
-            jobs.c.completed_at,
-        )
-        .where(jobs.c.id == job_id)
-        .where(jobs.c.scope == scope if scope is not None else jobs.c.id.is_not(None))
-    ).first()
-    if row is None:
-        return None
+#: The columns a `JobView` is made of, in its field order.
+JOB_COLUMNS = (
+    jobs.c.id,
+    jobs.c.status,
+    jobs.c.recipient,
+    jobs.c.channel,
+    jobs.c.idempotency_key,
+    jobs.c.subject,
+    jobs.c.metadata,
+    jobs.c.send_at,
+    jobs.c.attempts,
+    jobs.c.max_attempts,
+    jobs.c.next_attempt_at,
+    jobs.c.last_error,
+    jobs.c.created_at,
+    jobs.c.updated_at,
+    jobs.c.completed_at,
+)
+
+
+def job_view(row: Any) -> JobView:
+    """A row of `JOB_COLUMNS` as a `JobView`."""
     status = Status(row.status)
     return JobView(
         id=row.id,
@@ -86,6 +83,16 @@ def get_job(conn: Connection, job_id: uuid.UUID, *, scope: str | None) -> JobVie
         updated_at=row.updated_at,
         completed_at=row.completed_at,
     )
+
+
+def get_job(conn: Connection, job_id: uuid.UUID, *, scope: str | None) -> JobView | None:
+    """The job `job_id` if it exists and belongs to `scope` (any scope when None: operators)."""
+    row = conn.execute(
+        select(*JOB_COLUMNS)
+        .where(jobs.c.id == job_id)
+        .where(jobs.c.scope == scope if scope is not None else jobs.c.id.is_not(None))
+    ).first()
+    return None if row is None else job_view(row)
 
 
 def list_attempts(conn: Connection, job_id: uuid.UUID) -> list[AttemptView]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, tuple_, update
+from sqlalchemy import Connection, bindparam, select, tuple_, update
 
 from ledger.schema import jobs, status_in
 from ledger.states import TRANSITIONS, WAITING, Outcome, Status
@@ -258,3 +258,42 @@ def redispatch(conn: Connection, lost: list[tuple[uuid.UUID, int]], *, now: date
         .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.next_attempt_at)
     ).all()
     return [Dispatch(r.id, r.dispatch_seq, r.next_attempt_at) for r in rows]
+
+
+def retry_failed(
+    conn: Connection,
+    *,
+    now: datetime,
+    extra_attempts: int,
+    failed_before: datetime,
+    failed_since: datetime | None = None,
+    channel: str | None = None,
+    limit: int,
+) -> list[Dispatch]:
+    """A manual retry in bulk: up to `limit` jobs that became FAILED in [`failed_since`, `failed_before`)
+    (on `channel` when given) → PENDING with `extra_attempts` more attempts, due now, in one guarded UPDATE.
+
+    `failed_before` pins the set to what had failed when the operator asked, so a loop of batches ends
+    even while other jobs keep failing.
+    """
+    guard, target = _transition("manual_retry")
+    # The guard is also the predicate of the index of FAILED jobs, which the candidates are read from.
+    candidates = select(jobs.c.id).where(guard, jobs.c.completed_at < failed_before)
+    if failed_since is not None:
+        candidates = candidates.where(jobs.c.completed_at >= failed_since)
+    if channel is not None:
+        candidates = candidates.where(jobs.c.channel == channel)
+    rows = conn.execute(
+        update(jobs)
+        .where(jobs.c.id.in_(candidates.order_by(jobs.c.completed_at).limit(limit).scalar_subquery()), guard)
+        .values(
+            status=target,
+            max_attempts=jobs.c.attempts + extra_attempts,
+            next_attempt_at=now,
+            dispatch_seq=jobs.c.dispatch_seq + 1,
+            updated_at=now,
+            completed_at=None,
+        )
+        .returning(jobs.c.id, jobs.c.dispatch_seq)
+    ).all()
+    return [Dispatch(row.id, row.dispatch_seq, now) for row in rows]

@@ -1,15 +1,36 @@
-"""Who may call what: the admin token guards /internal/* and /metrics."""
+"""Who may call what: the admin token guards /internal/* and /metrics; producer API keys guard /api/*.
+
+Both guards decide on the route that matched, never on the raw path: Falcon routes `//internal/queue/stats`
+to `/internal/queue/stats`, and a prefix test on the raw path would let that spelling through.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import math
+import time
+from collections.abc import Callable
 
 import falcon
 
+from ledger import api_keys
+from ledger.database import Database
+from ledger.errors import LedgerUnavailable
 from service.errors import ApiError
 
-#: Paths that need the admin token when one is configured.
+#: Routes that need the admin token when one is configured.
 ADMIN_PREFIXES = ("/internal/", "/metrics")
+#: Routes that need a producer key once one exists.
+PRODUCER_PREFIX = "/api/"
+DASHBOARD = "/internal/dashboard"
+#: The dashboard's sign-in page: open, since it is where the token is given.
+LOGIN = "/internal/dashboard/login"
+#: Carries a browser's dashboard session (a browser cannot add an Authorization header to a page load).
+SESSION_COOKIE = "wjp_dashboard"
+#: Seconds a process trusts what it read about producer keys: saves a query per request, and bounds how long
+#: a revoked key keeps working (or a first key goes unenforced) in a process that has just seen it.
+KEY_CACHE_SECONDS = 2.0
 
 
 def bearer_token(req: falcon.Request) -> str | None:
@@ -18,21 +39,97 @@ def bearer_token(req: falcon.Request) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+def dashboard_session(admin_token: str) -> str:
+    """The session cookie's value: derived from the admin token, so the cookie is not the token itself and
+    changing the token ends every session."""
+    return hmac.new(admin_token.encode(), b"wjp dashboard session", hashlib.sha256).hexdigest()
+
+
+def _unauthorized(message: str, realm: str) -> ApiError:
+    return ApiError(falcon.HTTP_401, "unauthorized", message, headers={"WWW-Authenticate": f'Bearer realm="{realm}"'})
+
+
 class AdminTokenMiddleware:
-    """Rejects operator endpoints without `Authorization: Bearer <WJP_ADMIN_TOKEN>`."""
+    """Rejects operator routes without `Authorization: Bearer <WJP_ADMIN_TOKEN>` (or, on the dashboard, its
+    session cookie); a browser opening the dashboard without either is sent to the sign-in page."""
 
     def __init__(self, token: str) -> None:
         self._token = token.encode()
+        self._session = dashboard_session(token).encode()
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not req.path.startswith(ADMIN_PREFIXES):
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
+        template = req.uri_template or ""
+        if not template.startswith(ADMIN_PREFIXES) or template == LOGIN:
             return
         given = bearer_token(req)
-        # Constant-time comparison: the answer's timing must not reveal how much of a guess was right.
-        if given is None or not hmac.compare_digest(given.encode(), self._token):
-            raise ApiError(
-                falcon.HTTP_401,
-                "unauthorized",
-                "This endpoint needs 'Authorization: Bearer <admin token>'.",
-                headers={"WWW-Authenticate": 'Bearer realm="wjp-admin"'},
-            )
+        # Constant-time comparisons: the answer's timing must not reveal how much of a guess was right.
+        if given is not None and hmac.compare_digest(given.encode(), self._token):
+            return
+        if given is None and template.startswith(DASHBOARD):
+            cookie = req.cookies.get(SESSION_COOKIE)
+            if cookie is not None and hmac.compare_digest(cookie.encode(), self._session):
+                return
+            if template == DASHBOARD and req.method == "GET" and req.get_header("Authorization") is None:
+                raise falcon.HTTPSeeOther(LOGIN)
+        raise _unauthorized("This endpoint needs 'Authorization: Bearer <admin token>'.", "wjp-admin")
+
+
+class ApiKeyMiddleware:
+    """Once any producer key exists, /api/* needs `Authorization: Bearer <key>`; sets `req.context.scope` to
+    the key's id ('' while no key exists), which scopes idempotency keys and the jobs a producer can see."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        cache_seconds: float = KEY_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.database = database
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self._keys_exist = (False, -math.inf)  # (answer, until)
+        # Digest of a key → (its scope, until). Only keys that worked are kept, so it holds at most one entry
+        # per producer key; never the keys themselves.
+        self._scopes: dict[str, tuple[str, float]] = {}
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
+        if not (req.uri_template or "").startswith(PRODUCER_PREFIX):
+            return
+        try:
+            scope = self._scope(bearer_token(req))
+        except LedgerUnavailable as exc:
+            # No scope, so the request cannot reach the ledger; it fails with this 503 when it tries, after
+            # the checks that need no ledger (a bad request is still told what is wrong with it).
+            req.context.scope_error = exc
+            return
+        if scope is None:
+            raise _unauthorized("This endpoint needs 'Authorization: Bearer <API key>'.", "wjp")
+        req.context.scope = scope
+
+    def _scope(self, given: str | None) -> str | None:
+        """'' while no key exists; else the scope of the key given, or None when it is missing or unknown."""
+        if not self._any_keys():
+            return ""
+        return self._scope_of(given) if given is not None else None
+
+    def _any_keys(self) -> bool:
+        answer, until = self._keys_exist
+        now = self.clock()
+        if now >= until:
+            answer = self.database.run(api_keys.any_exist)
+            self._keys_exist = (answer, now + self.cache_seconds)
+        return answer
+
+    def _scope_of(self, key: str) -> str | None:
+        digest = api_keys.digest(key)
+        now = self.clock()
+        cached = self._scopes.get(digest)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        scope = self.database.run(lambda conn: api_keys.scope_of(conn, key))
+        if scope is None:
+            self._scopes.pop(digest, None)
+        else:
+            self._scopes[digest] = (scope, now + self.cache_seconds)
+        return scope

@@ -7,8 +7,10 @@ import falcon
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
 from ledger.database import Database
-from service import errors
-from service.access import AdminTokenMiddleware
+from service import errors, multiproc
+from service.access import AdminTokenMiddleware, ApiKeyMiddleware
+from service.dashboard import Dashboard, DashboardLogin, DashboardRetry
+from service.metrics import Metrics
 from service.openapi import OpenApiDocument
 from service.resources import (
     Context,
@@ -34,7 +36,9 @@ def create_app(
         dispatcher=dispatcher or Dispatcher(make_broker(core.redis_url), core.queue),
         channels=build_channels(core.channels),
     )
-    middleware = [AdminTokenMiddleware(settings.admin_token)] if settings.admin_token else []
+    middleware: list[object] = [ApiKeyMiddleware(ctx.database)]
+    if settings.admin_token:
+        middleware.insert(0, AdminTokenMiddleware(settings.admin_token))
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
@@ -43,6 +47,10 @@ def create_app(
     app.add_route("/api/notifications/{job_id}/attempts", NotificationAttempts(ctx))
     app.add_route("/internal/queue/stats", QueueStats(ctx))
     app.add_route("/internal/notifications/{job_id}/retry", NotificationRetry(ctx))
+    app.add_route("/internal/dashboard", Dashboard(ctx))
+    app.add_route("/internal/dashboard/login", DashboardLogin(ctx))
+    app.add_route("/internal/dashboard/jobs/{job_id}/retry", DashboardRetry(ctx))
+    app.add_route("/metrics", Metrics(ctx.database, settings.metrics_dir))
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(ctx))
     app.add_route("/openapi.json", OpenApiDocument(sorted(ctx.channels)))
@@ -51,4 +59,7 @@ def create_app(
 
 def create_app_from_env() -> falcon.App:
     """Entry point for gunicorn (`service.app:create_app_from_env()`), called in each worker after fork."""
-    return create_app(ServiceSettings.from_env())
+    settings = ServiceSettings.from_env()
+    if settings.metrics_dir:
+        multiproc.name_files_by_slot(settings.metrics_dir)
+    return create_app(settings)

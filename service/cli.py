@@ -1,4 +1,4 @@
-"""The `wjp` command line: migrate, serve, worker, reconcile, stats, prune, dev."""
+"""The `wjp` command line: migrate, serve, worker, reconcile, stats, retry, api-key, prune, dev."""
 
 from __future__ import annotations
 
@@ -10,18 +10,19 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from actors.broker import BrokerUnavailable, Dispatcher, make_broker
 from actors.channels import build_channels
 from actors.reconciler import PassReport, Reconciler
 from actors.settings import Settings, SettingsError
-from ledger import maintenance, queries
+from ledger import api_keys, maintenance, queries, transitions
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from ledger.migrate import upgrade
-from ledger.timestamps import utcnow
+from ledger.timestamps import rfc3339, utcnow
+from service import multiproc
 from service.settings import ServiceSettings
 
 log = logging.getLogger("wjp")
@@ -29,6 +30,9 @@ log = logging.getLogger("wjp")
 GUNICORN_CONFIG = Path(__file__).resolve().parent / "gunicorn_conf.py"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: Jobs re-queued per statement by `wjp retry`: bounds each transaction's locks.
+RETRY_BATCH = 500
 
 
 class CommandError(Exception):
@@ -70,9 +74,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics_dir() -> str:
+    try:
+        return multiproc.ensure_dir(os.environ)
+    except OSError as exc:
+        raise CommandError(f"cannot prepare the metrics directory ({multiproc.VARIABLE}): {exc}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     ServiceSettings.from_env()
     _settings()
+    # Before gunicorn starts: its workers' metrics are merged through this directory.
+    _metrics_dir()
     argv = [
         sys.executable, "-m", "gunicorn",
         "--config", str(GUNICORN_CONFIG),
@@ -89,6 +102,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Dramatiq holds up to 1000 delayed messages per thread in memory; a process that dies strands them until
     # maintenance. A smaller hoard is plenty for retries and keeps that window small.
     os.environ.setdefault("dramatiq_delay_queue_prefetch", str(100 * args.threads))
+    # Before Dramatiq starts: its processes' metrics are merged through this directory, which its Prometheus
+    # exporter (WJP_WORKER_METRICS_PORT) also serves; both read it and the port from the environment.
+    metrics_dir = _metrics_dir()
+    if settings.worker_metrics_port:
+        # Dramatiq's own (lower-case) variable names.
+        os.environ["dramatiq_prom_db"] = metrics_dir  # noqa: SIM112
+        os.environ["dramatiq_prom_port"] = str(settings.worker_metrics_port)  # noqa: SIM112
     argv = [
         sys.executable, "-m", "dramatiq", "actors.worker",
         "--processes", str(args.processes),
@@ -141,6 +161,82 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def since(text: str) -> datetime:
+    """`--since`: an RFC 3339 time, or a duration back from now (`2h`, `30m`, `1d`)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return utcnow() - parse_duration(text)
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone, like 2026-01-31T09:00:00Z")
+    return moment
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    settings = _settings()
+    database = Database(settings.database_url, pool_size=1)
+    dispatcher = Dispatcher(make_broker(settings.redis_url), settings.queue)
+    now = utcnow()
+    retried, unsent = 0, 0
+    while True:
+        batch = database.run(
+            lambda conn: transitions.retry_failed(
+                conn,
+                now=now,
+                extra_attempts=settings.max_attempts,
+                failed_before=now,
+                failed_since=args.since,
+                channel=args.channel,
+                limit=RETRY_BATCH,
+            ),
+            transaction=True,
+        )
+        retried += len(batch)
+        try:
+            dispatcher.send(batch, now=now)
+        except BrokerUnavailable as exc:
+            # The jobs are PENDING in the ledger: the reconciler sends them once Redis answers.
+            log.warning("%d re-queued jobs not yet sent: %s", len(batch), exc)
+            unsent += len(batch)
+        if len(batch) < RETRY_BATCH:
+            break
+    print(f'{{"retried": {retried}, "unsent": {unsent}}}')
+    return 1 if unsent else 0
+
+
+def _key_name(text: str) -> str:
+    if not _KEY_NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            "use 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return text
+
+
+def cmd_api_key(args: argparse.Namespace) -> int:
+    settings = _settings()
+    database = Database(settings.database_url, pool_size=1)
+    if args.action == "create":
+        try:
+            key, secret = database.run(lambda conn: api_keys.create(conn, args.name, now=utcnow()), transaction=True)
+        except api_keys.KeyNameTaken as exc:
+            raise CommandError(f"{exc}; choose another name") from None
+        print(f"API key {key.name!r} created (scope {key.id}). It is shown only this once; store it now:")
+        print(secret)
+        return 0
+    if args.action == "revoke":
+        if not database.run(lambda conn: api_keys.revoke(conn, args.name, now=utcnow()), transaction=True):
+            raise CommandError(f"no active API key is named {args.name!r}")
+        print(f"API key {args.name!r} revoked; it stops working within seconds.")
+        return 0
+    keys = database.run(api_keys.list_keys)
+    rows = [("name", "scope", "created", "revoked")]
+    rows += [(k.name, k.id, rfc3339(k.created_at) or "", rfc3339(k.revoked_at) or "-") for k in keys]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     settings = _settings()
     database = Database(settings.database_url, pool_size=1)
@@ -185,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile = command("reconcile", cmd_reconcile, "compare the ledger with Redis and repair (one pass)")
     reconcile.add_argument("--loop", action="store_true", help="repeat every WJP_RECONCILE_INTERVAL seconds")
     command("stats", cmd_stats, "print the queue statistics")
+    retry = command("retry", cmd_retry, "re-queue FAILED jobs with a fresh attempt budget")
+    retry.add_argument("--failed", action="store_true", required=True, help="re-queue FAILED jobs (required)")
+    retry.add_argument("--since", type=since, metavar="TIME", help="only jobs that failed since: 2h, 1d or RFC 3339")
+    retry.add_argument("--channel", metavar="CHANNEL", help="only jobs of this channel")
+    api_key = command("api-key", cmd_api_key, "create, list or revoke producer API keys")
+    key_actions = api_key.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = key_actions.add_parser("create", help="a new key, printed once on the last line")
+    create.add_argument("name", type=_key_name)
+    key_actions.add_parser("list", help="every key (never the keys themselves)")
+    key_actions.add_parser("revoke", help="stop a key from working").add_argument("name")
     prune = command("prune", cmd_prune, "delete finished jobs older than a duration")
     prune.add_argument("--older-than", type=parse_duration, required=True, metavar="DURATION")
     dev = command("dev", cmd_dev, "run API, worker and reconciler on SQLite and an embedded Redis")
@@ -203,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LedgerUnavailable as exc:
         print(f"wjp: ledger unreachable: {exc}", file=sys.stderr)
     except BrokerUnavailable as exc:
+        print(f"wjp: {exc}", file=sys.stderr)
+    except CommandError as exc:
         print(f"wjp: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130

@@ -15,6 +15,7 @@ from actors.embedded_redis import EmbeddedRedis
 from actors.settings import Settings
 from ledger.database import Database
 from ledger.migrate import upgrade
+from service import multiproc
 
 #: Seconds to wait for the API to answer /healthz before reporting that it did not start.
 STARTUP_TIMEOUT = 60.0
@@ -90,6 +91,9 @@ def run(*, host: str, port: int) -> int:
     embedded = EmbeddedRedis().start() if not os.environ.get("REDIS_URL", "").strip() else None
     settings = Settings.from_env(redis_url=embedded.url if embedded else None)
     upgrade(Database(_absolute_sqlite(settings.database_url), pool_size=1))
+    # One metrics directory for the whole stack: the API's /metrics then shows the worker's and the
+    # reconciler's metrics too.
+    multiproc.ensure_dir(os.environ)
     stack = DevStack(host=host, port=port, settings=settings, redis=embedded)
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -103,6 +107,7 @@ def run(*, host: str, port: int) -> int:
         print(
             "\nworker-job-processor is running (Ctrl-C stops everything)\n"
             f"  API         http://{host}:{port}  (try /healthz, /internal/queue/stats, /openapi.json)\n"
+            f"  dashboard   http://{host}:{port}/internal/dashboard   metrics  http://{host}:{port}/metrics\n"
             f"  ledger      {env['DATABASE_URL']}\n"
             f"  redis       {env['REDIS_URL']}{'  (embedded)' if embedded else ''}\n"
             f"  outbox      {env['WJP_OUTBOX_DIR']}  (emails land here as .eml files)\n"

@@ -24,6 +24,7 @@ _ERROR_CODES = [
     "unsupported_media_type",
     "ledger_unavailable",
     "not_ready",
+    "forbidden",
     "internal_error",
 ]
 
@@ -38,6 +39,23 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): {"$ref": "#/components/responses/Error"} for status in statuses}
+
+
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def _see_other(description: str) -> dict[str, Any]:
+    return {"description": description, "headers": {"Location": {"schema": {"type": "string"}}}}
+
+
+_ADMIN = [{"adminToken": []}, {}]
+#: A producer key once any exists (`wjp api-key create`); none before.
+_PRODUCER = [{"apiKey": []}, {}]
+_FORM = {
+    "required": True,
+    "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}},
+}
 
 
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -57,6 +75,7 @@ def document(channels: list[str]) -> dict[str, Any]:
             "/api/notifications": {
                 "post": {
                     "summary": "Submit a notification (idempotent by key)",
+                    "security": _PRODUCER,
                     "parameters": [
                         {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
                     ],
@@ -75,10 +94,12 @@ def document(channels: list[str]) -> dict[str, Any]:
                 "parameters": [_JOB_ID],
                 "get": {
                     "summary": "A notification's status",
+                    "security": _PRODUCER,
                     "responses": {"200": _json(_ref("Job"), "The notification"), **_errors(401, 404, 503)},
                 },
                 "delete": {
                     "summary": "Cancel a PENDING or RETRY notification",
+                    "security": _PRODUCER,
                     "responses": {"200": _json(_ref("Job"), "Cancelled"), **_errors(401, 404, 409, 503)},
                 },
             },
@@ -86,13 +107,14 @@ def document(channels: list[str]) -> dict[str, Any]:
                 "parameters": [_JOB_ID],
                 "get": {
                     "summary": "Every delivery attempt, oldest first",
+                    "security": _PRODUCER,
                     "responses": {"200": _json(_ref("Attempts"), "The attempts"), **_errors(401, 404, 503)},
                 },
             },
             "/internal/queue/stats": {
                 "get": {
                     "summary": "Counts by status",
-                    "security": [{"adminToken": []}, {}],
+                    "security": _ADMIN,
                     "responses": {"200": _json(_ref("Stats"), "The counts"), **_errors(401, 503)},
                 }
             },
@@ -100,9 +122,56 @@ def document(channels: list[str]) -> dict[str, Any]:
                 "parameters": [_JOB_ID],
                 "post": {
                     "summary": "Send a FAILED notification again with a fresh attempt budget",
-                    "security": [{"adminToken": []}, {}],
+                    "security": _ADMIN,
                     "responses": {"202": _json(_ref("Job"), "Queued again"), **_errors(401, 404, 409, 503)},
                 },
+            },
+            "/internal/dashboard": {
+                "get": {
+                    "summary": "The operators' dashboard (HTML); a browser without a session is sent to sign in",
+                    "security": [*_ADMIN[:1], {"dashboardSession": []}, {}],
+                    "parameters": [
+                        {"name": "q", "in": "query", "required": False, "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _html("The dashboard"),
+                        "303": _see_other("To the sign-in page"),
+                        **_errors(401, 503),
+                    },
+                }
+            },
+            "/internal/dashboard/login": {
+                "get": {
+                    "summary": "The dashboard's sign-in page (HTML)",
+                    "responses": {"200": _html("The sign-in form"), "303": _see_other("No admin token is set")},
+                },
+                "post": {
+                    "summary": "Sign in with the admin token: sets the dashboard's session cookie",
+                    "requestBody": _FORM,
+                    "responses": {"303": _see_other("To the dashboard, or back to the form"), **_errors(403, 413, 415)},
+                },
+            },
+            "/internal/dashboard/jobs/{job_id}/retry": {
+                "parameters": [_JOB_ID],
+                "post": {
+                    "summary": "The dashboard's retry button: retries a FAILED job, then back to the dashboard",
+                    "security": [*_ADMIN[:1], {"dashboardSession": []}, {}],
+                    "requestBody": _FORM,
+                    "responses": {"303": _see_other("To the dashboard"), **_errors(401, 403, 404, 413, 415, 503)},
+                },
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (text format)",
+                    "security": _ADMIN,
+                    "responses": {
+                        "200": {
+                            "description": "The metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(401),
+                    },
+                }
             },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "Up")}}},
             "/readyz": {
@@ -116,7 +185,11 @@ def document(channels: list[str]) -> dict[str, Any]:
             },
         },
         "components": {
-            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "adminToken": {"type": "http", "scheme": "bearer", "description": "WJP_ADMIN_TOKEN"},
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "A key from `wjp api-key create`"},
+                "dashboardSession": {"type": "apiKey", "in": "cookie", "name": "wjp_dashboard"},
+            },
             "responses": {"Error": _json(_ref("Error"), "An error")},
             "schemas": {
                 "NewNotification": {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import falcon
@@ -15,9 +15,9 @@ from ledger import intake, queries, transitions
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from ledger.intake import Intake
-from ledger.states import Status
 from ledger.timestamps import rfc3339, utcnow
 from ledger.transitions import Dispatch
+from service import metrics
 from service.bodies import read_json_object
 from service.errors import ApiError
 from service.settings import ServiceSettings
@@ -55,6 +55,10 @@ def _not_found() -> ApiError:
 
 
 def _scope(req: falcon.Request) -> str:
+    """The producer's scope, set by `ApiKeyMiddleware`; raises the ledger outage that kept it from being known."""
+    error = getattr(req.context, "scope_error", None)
+    if error is not None:
+        raise error
     return getattr(req.context, "scope", "")
 
 
@@ -65,18 +69,24 @@ class NotificationCollection:
         self.ctx = ctx
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json_object(req)
-        request = parse_notification(
-            body,
-            header_key=req.get_header("Idempotency-Key"),
-            channels=self.ctx.channels,
-            max_attempts=self.ctx.settings.core.max_attempts,
-            scope=_scope(req),
-        )
+        try:
+            request = parse_notification(
+                read_json_object(req),
+                header_key=req.get_header("Idempotency-Key"),
+                channels=self.ctx.channels,
+                max_attempts=self.ctx.settings.core.max_attempts,
+                scope="",
+            )
+        except ApiError:
+            metrics.count_intake("invalid")
+            raise
+        # The scope only now: when the ledger was down for the key check, a bad request still gets its 400.
+        request = replace(request, scope=_scope(req))
         now = utcnow()
         horizon = self.ctx.settings.core.schedule_horizon
         dispatch_now = request.send_at is None or (request.send_at - now).total_seconds() <= horizon
         result = self.ctx.database.run(lambda conn: intake.accept(conn, request, now=now, dispatch_now=dispatch_now))
+        metrics.count_intake(result.outcome.value)
         if result.outcome is Intake.MISMATCH:
             raise ApiError(
                 falcon.HTTP_422,
@@ -136,14 +146,15 @@ class NotificationItem:
     def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         key, scope, now = _job_id(job_id), _scope(req), utcnow()
 
-        def cancel(conn: Any) -> queries.JobView | None:
-            transitions.cancel(conn, key, scope=scope, now=now)
-            return queries.get_job(conn, key, scope=scope)
+        def cancel(conn: Any) -> tuple[bool, queries.JobView | None]:
+            cancelled = transitions.cancel(conn, key, scope=scope, now=now)
+            return cancelled, queries.get_job(conn, key, scope=scope)
 
-        job = self.ctx.database.run(cancel, transaction=True)
+        cancelled, job = self.ctx.database.run(cancel, transaction=True)
         if job is None:
             raise _not_found()
-        if job.status is not Status.CANCELLED:
+        # Only this request's own transition counts: a job cancelled earlier is finished, hence 409.
+        if not cancelled:
             raise ApiError(
                 falcon.HTTP_409,
                 "not_cancellable",

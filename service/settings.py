@@ -14,8 +14,14 @@ class ServiceSettings:
     core: Settings
     #: Bearer token for /internal/* and /metrics; None leaves them open.
     admin_token: str | None
+    #: prometheus_client's multiprocess directory (PROMETHEUS_MULTIPROC_DIR), set by `wjp serve`; None: one process.
+    metrics_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, redis_url: str | None = None) -> ServiceSettings:
         env = os.environ if env is None else env
-        return cls(core=Settings.from_env(env, redis_url=redis_url), admin_token=text(env, "WJP_ADMIN_TOKEN"))
+        return cls(
+            core=Settings.from_env(env, redis_url=redis_url),
+            admin_token=text(env, "WJP_ADMIN_TOKEN"),
+            metrics_dir=text(env, "PROMETHEUS_MULTIPROC_DIR"),
+        )

@@ -4,6 +4,7 @@ every request it gets (time, headers, body), so tests can count deliveries and c
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ class Received:
 class WebhookSink:
     """Answers the n-th request with `script[n]` (the last entry repeats; 200 when empty)."""
 
-    def __init__(self, script: list[Reply] | None = None) -> None:
+    def __init__(self, script: list[Reply] | None = None, host: str = "127.0.0.1") -> None:
         self.script = list(script or [])
         self.received: list[Received] = []
         self._lock = threading.Lock()
@@ -63,12 +64,15 @@ class WebhookSink:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server_class = _IPv6HTTPServer if ":" in host else ThreadingHTTPServer
+        self.server = server_class((host, 0), Handler)
         self.server.daemon_threads = True
+        self.host = host
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.server.server_address[1]}/hook"
 
     def count(self, job_id: object | None = None) -> int:
         with self._lock:
@@ -81,9 +85,14 @@ class WebhookSink:
             return list(self.received)
 
 
+class _IPv6HTTPServer(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 @contextmanager
-def webhook_sink(script: list[Reply] | None = None) -> Iterator[WebhookSink]:
-    sink = WebhookSink(script)
+def webhook_sink(script: list[Reply] | None = None, host: str = "127.0.0.1") -> Iterator[WebhookSink]:
+    """A sink on `host` (127.0.0.1, or ::1 for IPv6 loopback) at a free port."""
+    sink = WebhookSink(script, host)
     thread = threading.Thread(target=sink.server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -1,0 +1,168 @@
+"""The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`, driven by Selenium) against
+the app served by a real WSGI server: signing in, the counts, a failure's error, the retry button, lookup by id and
+by idempotency key, and the page refreshing itself, checked as a person would see them."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pytest
+
+from ledger import intake, queries, transitions
+from ledger.database import Database
+from ledger.intake import NewNotification
+from ledger.states import Outcome, Status
+from ledger.timestamps import utcnow
+from service.app import create_app
+from service.settings import ServiceSettings
+from tests.conftest import settings_env
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+TOKEN = "dashboard-test-token"
+#: An error as a hostile webhook receiver might word it: it must show as text, never run.
+HOSTILE_ERROR = '550 5.1.1 user unknown <script>document.title = "pwned"</script>'
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        pytest.skip(f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}): apt-get install them")
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def base_url(database: Database, dispatcher, redis_server_url: str, queue_name: str, tmp_path) -> Iterator[str]:
+    """The app, with an admin token, served over HTTP by a real WSGI server on a free port."""
+    env = settings_env(database, redis_server_url, queue_name, WJP_ADMIN_TOKEN=TOKEN, WJP_OUTBOX_DIR=str(tmp_path))
+    app = create_app(ServiceSettings.from_env(env), database=database, dispatcher=dispatcher)
+    server = make_server("127.0.0.1", 0, app, server_class=_Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def record(database: Database, key: str | None = None) -> uuid.UUID:
+    request = NewNotification(
+        idempotency_key=key or uuid.uuid4().hex,
+        recipient="user@example.com",
+        channel="email",
+        message="Halo dari sistem worker!",
+        max_attempts=1,
+    )
+    return database.run(lambda conn: intake.accept(conn, request, now=utcnow(), dispatch_now=True)).job_id
+
+
+def finish(database: Database, job_id: uuid.UUID, error: str | None) -> None:
+    def run(conn) -> None:
+        assert transitions.claim(conn, job_id, 1, now=utcnow(), worker="test") is not None
+        if error is None:
+            assert transitions.succeed(conn, job_id, 1, now=utcnow())
+        else:
+            assert transitions.fail(conn, job_id, 1, now=utcnow(), outcome=Outcome.PERMANENT_ERROR, error=error)
+
+    database.run(run, transaction=True)
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the page did not show {what} within {timeout}s")
+        time.sleep(0.2)
+
+
+def test_an_operator_signs_in_sees_the_queue_retries_a_failure_and_finds_jobs_in_a_real_browser(
+    browser, base_url, database, redis_messages
+):
+    waiting = record(database, key="order-1001")
+    finish(database, record(database), None)
+    broken = record(database)
+    finish(database, broken, HOSTILE_ERROR)
+
+    def count(status: str) -> str:
+        return browser.find_element(By.CSS_SELECTOR, f'#counts [data-status="{status}"] .value').text
+
+    # Opening the dashboard without a session leads to the sign-in page; the admin token opens it.
+    browser.get(f"{base_url}/internal/dashboard")
+    assert browser.current_url.endswith("/internal/dashboard/login")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    wait_until(lambda: browser.current_url.endswith("/internal/dashboard"), "the dashboard after signing in")
+
+    # Counts by status, the oldest due job, throughput, and the failure with its error shown as plain text.
+    assert (count("pending"), count("success"), count("failed"), count("processing")) == ("1", "1", "1", "0")
+    assert "Oldest due job has waited" in browser.find_element(By.ID, "oldest-due").text
+    assert "2 jobs" in browser.find_element(By.ID, "throughput").text
+    failure = browser.find_element(By.CSS_SELECTOR, f'#failure-list tr[data-job="{broken}"]')
+    assert failure.find_element(By.CSS_SELECTOR, "td.error").text == HOSTILE_ERROR
+    assert browser.title != "pwned"
+
+    # Lookup by job id, then by idempotency key.
+    for text in (str(waiting), "order-1001"):
+        box = browser.find_element(By.ID, "q")
+        box.clear()
+        box.send_keys(text)
+        browser.find_element(By.CSS_SELECTOR, "#lookup button").click()
+        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#lookup-results"), f"results for {text}")
+        found = browser.find_element(By.CSS_SELECTOR, f'#found tr[data-job="{waiting}"]')
+        assert found.find_element(By.CSS_SELECTOR, "td.status").text == "PENDING"
+
+    # The retry button sends the failed job again.
+    browser.find_element(By.CSS_SELECTOR, f'#failure-list button.retry[data-job="{broken}"]').click()
+    wait_until(lambda: browser.find_elements(By.ID, "notice"), "a notice after the retry")
+    assert "queued again" in browser.find_element(By.ID, "notice").text
+    assert database.run(lambda conn: queries.get_job(conn, broken, scope=None)).status is Status.PENDING
+    assert f"{broken}.2" in redis_messages.queued()
+    assert (count("pending"), count("failed")) == ("2", "0")
+
+    # Left open, the page refreshes itself: a new job shows up without a reload.
+    browser.execute_script("window.stillTheSamePage = true")
+    record(database)
+    wait_until(lambda: count("pending") == "3", "the new job (3 pending)")
+    assert browser.execute_script("return window.stillTheSamePage") is True
+
+    # Nothing the page does is blocked by its own Content-Security-Policy.
+    problems = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not [message for message in problems if "Content Security Policy" in message], problems
