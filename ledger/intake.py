@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ledger.errors import LedgerError
 from ledger.ids import uuid7
 from ledger.schema import jobs
 from ledger.states import Status
@@ -102,13 +103,19 @@ def accept(conn: Connection, request: NewNotification, *, now: datetime, dispatc
         "created_at": now,
         "updated_at": now,
     }
-    if conn.execute(_INSERT[conn.dialect.name], values).first() is not None:
-        return IntakeResult(Intake.CREATED, job_id, Status.PENDING, now, dispatch_seq, due)
-
-    existing = conn.execute(
-        select(jobs.c.id, jobs.c.payload_hash, jobs.c.status, jobs.c.created_at).where(
-            jobs.c.scope == request.scope, jobs.c.idempotency_key == request.idempotency_key
-        )
-    ).one()
+    # Twice at most: the row that made our INSERT conflict may be pruned before we read it (its key is
+    # forgotten, so this request is new after all); the second INSERT then succeeds or meets a newer row.
+    for _ in range(2):
+        if conn.execute(_INSERT[conn.dialect.name], values).first() is not None:
+            return IntakeResult(Intake.CREATED, job_id, Status.PENDING, now, dispatch_seq, due)
+        existing = conn.execute(
+            select(jobs.c.id, jobs.c.payload_hash, jobs.c.status, jobs.c.created_at).where(
+                jobs.c.scope == request.scope, jobs.c.idempotency_key == request.idempotency_key
+            )
+        ).first()
+        if existing is not None:
+            break
+    else:
+        raise LedgerError(f"idempotency key {request.idempotency_key!r} is being written and pruned at once")
     outcome = Intake.REPLAYED if existing.payload_hash == digest else Intake.MISMATCH
     return IntakeResult(outcome, existing.id, Status(existing.status), existing.created_at)

@@ -49,14 +49,13 @@ def waiting_candidates(
 
 def prune(conn: Connection, *, finished_before: datetime, now: datetime, limit: int) -> int:
     """Delete up to `limit` finished jobs (and, by cascade, their attempts) finished before the cutoff."""
-    victims = (
-        select(jobs.c.id)
-        .where(
-            status_in(FINISHED),
-            jobs.c.completed_at.is_not(None),
-            jobs.c.completed_at < finished_before,
-            jobs.c.created_at < now - KEY_RETENTION,
-        )
-        .limit(limit)
+    prunable = (
+        status_in(FINISHED),
+        jobs.c.completed_at.is_not(None),
+        jobs.c.completed_at < finished_before,
+        jobs.c.created_at < now - KEY_RETENTION,
     )
-    return conn.execute(delete(jobs).where(jobs.c.id.in_(victims.scalar_subquery()))).rowcount
+    victims = select(jobs.c.id).where(*prunable).limit(limit).scalar_subquery()
+    # The guard is repeated on the DELETE itself: PostgreSQL re-checks only the outer condition of a row that
+    # changed while we waited for its lock, and a manual retry may just have brought it back to PENDING.
+    return conn.execute(delete(jobs).where(jobs.c.id.in_(victims), *prunable)).rowcount

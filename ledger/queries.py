@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, literal_column, select
+from sqlalchemy import Connection, func, literal_column, null, select, union_all
 
 from ledger.schema import attempts, job_counts, jobs, status_in
 from ledger.states import FINISHED, WAITING, Status
+from ledger.timestamps import UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -96,28 +97,26 @@ def get_job(conn: Connection, job_id: uuid.UUID, *, scope: str | None) -> JobVie
 
 
 def list_attempts(conn: Connection, job_id: uuid.UUID) -> list[AttemptView]:
-    """Every attempt of a job, oldest first; a running attempt (no outcome yet) comes from the job row."""
-    rows = conn.execute(
-        select(
-            attempts.c.number,
-            attempts.c.started_at,
-            attempts.c.finished_at,
-            attempts.c.outcome,
-            attempts.c.error,
-            attempts.c.worker,
-        )
-        .where(attempts.c.job_id == job_id)
-        .order_by(attempts.c.number)
-    ).all()
-    found = [AttemptView(*row) for row in rows]
-    running = conn.execute(
-        select(jobs.c.attempts, jobs.c.claimed_at, jobs.c.worker).where(
-            jobs.c.id == job_id, status_in({Status.PROCESSING})
-        )
-    ).first()
-    if running is not None:
-        found.append(AttemptView(running.attempts, running.claimed_at, None, None, None, running.worker))
-    return found
+    """Every attempt of a job, oldest first. A running attempt (no outcome yet) comes from the job row; both
+    are read in one statement, so an attempt that ends meanwhile is seen in exactly one of the two places."""
+    finished = select(
+        attempts.c.number,
+        attempts.c.started_at,
+        attempts.c.finished_at,
+        attempts.c.outcome,
+        attempts.c.error,
+        attempts.c.worker,
+    ).where(attempts.c.job_id == job_id)
+    running = select(
+        jobs.c.attempts,
+        jobs.c.claimed_at,
+        null().cast(UTCDateTime()),
+        null().cast(attempts.c.outcome.type),
+        null().cast(attempts.c.error.type),
+        jobs.c.worker,
+    ).where(jobs.c.id == job_id, status_in({Status.PROCESSING}))
+    rows = conn.execute(union_all(finished, running).order_by("number")).all()
+    return [AttemptView(*row) for row in rows]
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,7 @@ def job_row(database: Database, job_id: uuid.UUID) -> Any:
 def attempt_rows(database: Database, job_id: uuid.UUID) -> list[Any]:
     """The recorded (finished) attempts of a job, straight from the table, oldest first."""
     return database.run(
-        lambda conn: conn.execute(
-            select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.number)
-        ).all()
+        lambda conn: conn.execute(select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.number)).all()
     )
 
 

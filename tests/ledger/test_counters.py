@@ -62,15 +62,15 @@ def test_counters_follow_every_kind_of_transition(database):
     assert (stats.counts[Status.SUCCESS], stats.avg_attempts_success) == (2, 1.5)
 
     # fail
-    database.run(
-        lambda conn: transitions.fail(conn, c, 1, now=later(), outcome=Outcome.PERMANENT_ERROR, error="550")
-    )
+    database.run(lambda conn: transitions.fail(conn, c, 1, now=later(), outcome=Outcome.PERMANENT_ERROR, error="550"))
     assert assert_counters_match(database).counts[Status.FAILED] == 1
 
     # expire to retry, then to failed
     claim(database, g, now=T0)
     database.run(
-        lambda conn: transitions.expire(conn, [(d, 1), (g, 1)], now=T0 + VISIBILITY * 2, cutoff=T0 + VISIBILITY, error="t")
+        lambda conn: transitions.expire(
+            conn, [(d, 1), (g, 1)], now=T0 + VISIBILITY * 2, cutoff=T0 + VISIBILITY, error="t"
+        )
     )
     stats = assert_counters_match(database)
     assert (stats.counts[Status.RETRY], stats.counts[Status.FAILED]) == (1, 2)
@@ -96,13 +96,17 @@ def test_counters_follow_every_kind_of_transition(database):
 
     # prune deletes finished jobs: the counters go down with them
     pruned = database.run(
-        lambda conn: maintenance.prune(conn, finished_before=T0 + timedelta(days=3), now=T0 + timedelta(days=3), limit=3)
+        lambda conn: maintenance.prune(
+            conn, finished_before=T0 + timedelta(days=3), now=T0 + timedelta(days=3), limit=3
+        )
     )
     assert pruned == 3
     stats = assert_counters_match(database, now=T0 + timedelta(days=3))
     assert stats.counts[Status.SUCCESS] + stats.counts[Status.CANCELLED] == 1
     database.run(
-        lambda conn: maintenance.prune(conn, finished_before=T0 + timedelta(days=3), now=T0 + timedelta(days=3), limit=3)
+        lambda conn: maintenance.prune(
+            conn, finished_before=T0 + timedelta(days=3), now=T0 + timedelta(days=3), limit=3
+        )
     )
     stats = assert_counters_match(database, now=T0 + timedelta(days=3))
     assert (stats.counts[Status.SUCCESS], stats.counts[Status.CANCELLED], stats.avg_attempts_success) == (0, 0, 0.0)
@@ -170,7 +174,7 @@ def test_eight_concurrent_writers_on_postgresql_lose_no_counter_update_and_do_no
                     postgres_db.run(deliver, transaction=True)
                 else:
                     postgres_db.run(deliver)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(threads_total)]

@@ -6,9 +6,9 @@ import threading
 from datetime import UTC, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
-from ledger import intake
+from ledger import intake, maintenance, transitions
 from ledger.intake import Intake
 from ledger.schema import jobs
 from ledger.states import Status
@@ -207,3 +207,31 @@ def test_concurrent_requests_with_one_key_create_exactly_one_job_on_postgresql(p
     assert sorted(r.outcome for r in results) == sorted([Intake.CREATED] + [Intake.REPLAYED] * 7)
     assert len({r.job_id for r in results}) == 1
     assert row_count(postgres_db) == 1
+
+
+def test_a_replay_that_races_the_pruner_deleting_its_old_job_makes_a_new_job_instead_of_crashing(database):
+    # The key's job finished long ago; the pruner deletes it between intake's INSERT (which found the
+    # conflict) and its SELECT of the existing row. The key is forgotten, so the request is simply new.
+    old = accept(database, notification("k"), now=T0 - timedelta(days=3)).job_id
+    claim(database, old, now=T0 - timedelta(days=3))
+    database.run(lambda conn: transitions.succeed(conn, old, 1, now=T0 - timedelta(days=3)))
+
+    pruned = []
+
+    def prune_after_insert(conn, cursor, statement, parameters, context, executemany):
+        # Once: the race is one prune landing between the conflicting INSERT and the SELECT.
+        if statement.lstrip().upper().startswith("INSERT INTO JOBS") and not pruned:
+            pruned.append(database.run(lambda other: maintenance.prune(other, finished_before=T0, now=T0, limit=10)))
+
+    def accept_while_pruning(conn):
+        event.listen(conn, "after_cursor_execute", prune_after_insert)
+        try:
+            return intake.accept(conn, notification("k"), now=T0, dispatch_now=True)
+        finally:
+            event.remove(conn, "after_cursor_execute", prune_after_insert)
+
+    result = database.run(accept_while_pruning)
+
+    assert job_row(database, old) is None
+    assert result.outcome is Intake.CREATED
+    assert job_row(database, result.job_id).idempotency_key == "k"

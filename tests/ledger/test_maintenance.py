@@ -3,6 +3,7 @@ partial indexes (checked on PostgreSQL's plans)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -305,3 +306,52 @@ def test_queue_stats_does_not_scan_the_whole_ledger(big_ledger):
     assert stats.counts == big_ledger.run(queries.count_by_status)
     assert (stats.counts[Status.SUCCESS], stats.counts[Status.FAILED]) == (18_000, 2_000)
     assert (stats.counts[Status.PENDING], stats.counts[Status.PROCESSING]) == (5, 5)
+
+
+def test_prune_racing_a_manual_retry_on_postgresql_never_deletes_the_job_brought_back_to_life(postgres_db):
+    # A month-old FAILED job is retried by hand while a prune pass runs: the pass read the job as finished,
+    # then waits for the retry's row lock. Once the retry commits, the job is PENDING and must survive.
+    now = T0 + 40 * DAY
+    job_id = job_in(postgres_db, Status.FAILED, "old-failure", now=T0)
+    operator = postgres_db.engine.connect()
+    operator.begin()
+    assert transitions.manual_retry(operator, job_id, now=now, extra_attempts=3) is not None
+
+    result: dict[str, Any] = {}
+
+    def pass_of_the_pruner() -> None:
+        try:
+            result["deleted"] = prune(postgres_db, finished_before=now - 30 * DAY, now=now)
+        except BaseException as exc:  # collected and asserted below
+            result["error"] = exc
+
+    pruner = threading.Thread(target=pass_of_the_pruner)
+    pruner.start()
+    try:
+        waiting_on_the_lock(postgres_db, pruner)
+    finally:
+        operator.commit()
+        operator.close()
+    pruner.join(30)
+
+    assert "error" not in result
+    row = job_row(postgres_db, job_id)
+    assert row is not None, f"prune deleted a job that a manual retry had made PENDING (deleted={result})"
+    assert row.status == "PENDING"
+    assert result["deleted"] == 0
+
+
+def waiting_on_the_lock(database, thread: threading.Thread) -> None:
+    """Return once another session of this database waits on a row lock (the thread blocked in its statement)."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    with database.engine.connect() as conn:
+        for _ in range(100_000):
+            if conn.execute(query).scalar_one() > 0:
+                return
+            if not thread.is_alive():
+                return
+            conn.rollback()
+    raise AssertionError("the pruner never reached the row lock")

@@ -151,7 +151,11 @@ def test_a_partial_upgrade_stops_at_the_revision_asked(fresh):
     upgrade(fresh)
     assert current_revision(fresh) == head()
     indexes = fresh.run(lambda conn: {ix["name"] for ix in inspect(conn).get_indexes("jobs")})
-    assert {"ix_jobs_processing_claimed_at", "ix_jobs_waiting_next_attempt_at", "ix_jobs_failed_completed_at"} <= indexes
+    assert {
+        "ix_jobs_processing_claimed_at",
+        "ix_jobs_waiting_next_attempt_at",
+        "ix_jobs_failed_completed_at",
+    } <= indexes
 
 
 @pytest.mark.parametrize(
@@ -159,7 +163,10 @@ def test_a_partial_upgrade_stops_at_the_revision_asked(fresh):
     [
         ("postgres://u:p@db.example:5432/wjp", "postgresql+psycopg://u:p@db.example:5432/wjp"),
         ("postgresql://u@db.example/wjp", "postgresql+psycopg://u@db.example/wjp"),
-        ("postgresql://u:p%40ss@db.example/wjp?sslmode=require", "postgresql+psycopg://u:p%40ss@db.example/wjp?sslmode=require"),
+        (
+            "postgresql://u:p%40ss@db.example/wjp?sslmode=require",
+            "postgresql+psycopg://u:p%40ss@db.example/wjp?sslmode=require",
+        ),
         ("postgresql+psycopg://u@db.example/wjp", "postgresql+psycopg://u@db.example/wjp"),
         ("sqlite:///var/wjp.sqlite3", "sqlite:///var/wjp.sqlite3"),
         ("sqlite:////abs/path/wjp.sqlite3", "sqlite:////abs/path/wjp.sqlite3"),

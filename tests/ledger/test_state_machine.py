@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from sqlalchemy import func, select
 
 from ledger import intake, maintenance, queries, transitions
@@ -27,6 +34,9 @@ KEYS = ("a", "b", "c", "d")
 SCOPES = ("", "key-1")
 GRACE = timedelta(seconds=10)
 HORIZON = timedelta(seconds=60)
+PROCESSING = frozenset({Status.PROCESSING})
+#: The attempt held (0), or the one before or after it: a stale or confused worker.
+ATTEMPT_OFFSETS = st.sampled_from([0, -1, 1])
 
 
 @dataclass
@@ -58,14 +68,23 @@ class LedgerMachine(RuleBasedStateMachine):
     def run(self, operation):
         return self.database.run(operation)
 
-    def pick(self, index: int) -> tuple[uuid.UUID, Expected]:
-        job_id = sorted(self.model)[index % len(self.model)]
+    def pick(self, index: int, statuses: frozenset[Status] | None = None) -> tuple[uuid.UUID, Expected]:
+        """A job, among those in `statuses` when there are any (so that most calls can take effect)."""
+        ids = sorted(self.model)
+        if statuses is not None:
+            ids = [job_id for job_id in ids if self.model[job_id].status in statuses] or ids
+        job_id = ids[index % len(ids)]
         return job_id, self.model[job_id]
 
     def has_jobs(self) -> bool:
         return bool(self.model)
 
     # --- rules ---------------------------------------------------------------------------------------------
+
+    @initialize(count=st.integers(1, 4), max_attempts=st.integers(1, 3))
+    def a_few_jobs_due_now(self, count, max_attempts):
+        for key in KEYS[:count]:
+            self.intake(key, "", "hello", max_attempts, True, None)
 
     @rule(
         key=st.sampled_from(KEYS),
@@ -100,10 +119,10 @@ class LedgerMachine(RuleBasedStateMachine):
             expected = Intake.REPLAYED if digest == request.payload_hash() else Intake.MISMATCH
             assert (result.outcome, result.job_id, result.status) == (expected, job_id, self.model[job_id].status)
 
-    @precondition(has_jobs)
-    @rule(index=st.integers(0, 7), which=st.sampled_from(["current", "stale", "next"]))
-    def claim(self, index, which):
-        job_id, job = self.pick(index)
+    # Each transition as the worker calls it, on one job; each says whether it took effect.
+
+    def claim_job(self, job_id: uuid.UUID, which: str) -> bool:
+        job = self.model[job_id]
         seq = job.seq + {"current": 0, "stale": -1, "next": 1}[which]
         claimed = self.run(lambda conn: transitions.claim(conn, job_id, seq, now=self.now, worker="w"))
         takes = job.status in WAITING and which == "current" and job.due <= self.now + EARLY_CLAIM_TOLERANCE
@@ -113,25 +132,22 @@ class LedgerMachine(RuleBasedStateMachine):
             assert (claimed.attempt, claimed.max_attempts) == (job.attempts, job.max_attempts)
             again = self.run(lambda conn: transitions.claim(conn, job_id, seq, now=self.now, worker="w2"))
             assert again is None
+        return takes
 
     def holds(self, job: Expected, attempt: int) -> bool:
         return job.status is Status.PROCESSING and attempt == job.attempts
 
-    @precondition(has_jobs)
-    @rule(index=st.integers(0, 7), stale=st.sampled_from([0, -1, 1]))
-    def succeed(self, index, stale):
-        job_id, job = self.pick(index)
-        attempt = job.attempts + stale
+    def succeed_job(self, job_id: uuid.UUID, offset: int) -> None:
+        job = self.model[job_id]
+        attempt = job.attempts + offset
         done = self.run(lambda conn: transitions.succeed(conn, job_id, attempt, now=self.now))
         assert done == self.holds(job, attempt)
         if done:
             job.status, job.claimed_at = Status.SUCCESS, None
 
-    @precondition(has_jobs)
-    @rule(index=st.integers(0, 7), stale=st.sampled_from([0, -1, 1]), outcome=st.sampled_from(Outcome))
-    def fail(self, index, stale, outcome):
-        job_id, job = self.pick(index)
-        attempt = job.attempts + stale
+    def fail_job(self, job_id: uuid.UUID, offset: int, outcome: Outcome) -> None:
+        job = self.model[job_id]
+        attempt = job.attempts + offset
         done = self.run(
             lambda conn: transitions.fail(conn, job_id, attempt, now=self.now, outcome=outcome, error="failed")
         )
@@ -139,14 +155,12 @@ class LedgerMachine(RuleBasedStateMachine):
         if done:
             job.status, job.claimed_at = Status.FAILED, None
 
-    @precondition(has_jobs)
-    @rule(index=st.integers(0, 7), stale=st.sampled_from([0, -1, 1]), delay=st.integers(0, 30))
-    def schedule_retry(self, index, stale, delay):
-        job_id, job = self.pick(index)
-        attempt = job.attempts + stale
+    def retry_job(self, job_id: uuid.UUID, offset: int, delay: int) -> None:
+        job = self.model[job_id]
+        attempt = job.attempts + offset
         if self.holds(job, attempt) and job.attempts >= job.max_attempts:
             # The worker's decision: with no attempt left, a transient error fails the job instead.
-            self.fail(index, stale, Outcome.TRANSIENT_ERROR)
+            self.fail_job(job_id, offset, Outcome.TRANSIENT_ERROR)
             return
         due_at = self.now + timedelta(seconds=delay)
         dispatch = self.run(
@@ -157,7 +171,66 @@ class LedgerMachine(RuleBasedStateMachine):
             job.status, job.claimed_at, job.seq, job.due = Status.RETRY, None, job.seq + 1, due_at
             assert (dispatch.job_id, dispatch.seq, dispatch.due_at) == (job_id, job.seq, due_at)
 
-    @rule(visibility=st.sampled_from([30, 60]), read=st.sampled_from(["query", "every-job", "stale"]))
+    @precondition(has_jobs)
+    @rule(
+        index=st.integers(0, 7),
+        result=st.sampled_from(["success", "retry", "permanent", "crash"]),
+        delay=st.sampled_from([0, 2, 4, 40]),
+    )
+    def deliver(self, index, result, delay):
+        """A worker claims the job's current message and records what the channel said (or dies)."""
+        job_id, _ = self.pick(index, WAITING)
+        if not self.claim_job(job_id, "current") or result == "crash":
+            return
+        if result == "success":
+            self.succeed_job(job_id, 0)
+        elif result == "retry":
+            self.retry_job(job_id, 0, delay)
+        else:
+            self.fail_job(job_id, 0, Outcome.PERMANENT_ERROR)
+
+    def has_attempted_jobs(self) -> bool:
+        return any(job.attempts for job in self.model.values())
+
+    @precondition(has_attempted_jobs)
+    @rule(index=st.integers(0, 7), result=st.sampled_from(["success", "retry", "permanent"]))
+    def late_result(self, index, result):
+        """The result of an attempt no longer held (taken back, or already recorded) arrives: it changes nothing."""
+        attempted = sorted(job_id for job_id, job in self.model.items() if job.attempts)
+        job_id = attempted[index % len(attempted)]
+        job = self.model[job_id]
+        offset = -1 if job.status is Status.PROCESSING else 0
+        if job.attempts + offset < 1:
+            return
+        if result == "success":
+            self.succeed_job(job_id, offset)
+        elif result == "retry":
+            self.retry_job(job_id, offset, 1)
+        else:
+            self.fail_job(job_id, offset, Outcome.PERMANENT_ERROR)
+
+    @precondition(has_jobs)
+    @rule(index=st.integers(0, 7), which=st.sampled_from(["current", "stale", "next"]))
+    def claim(self, index, which):
+        self.claim_job(self.pick(index, WAITING)[0], which)
+
+    @precondition(has_jobs)
+    @rule(index=st.integers(0, 7), offset=ATTEMPT_OFFSETS)
+    def succeed(self, index, offset):
+        self.succeed_job(self.pick(index, PROCESSING)[0], offset)
+
+    @precondition(has_jobs)
+    @rule(index=st.integers(0, 7), offset=ATTEMPT_OFFSETS, outcome=st.sampled_from(Outcome))
+    def fail(self, index, offset, outcome):
+        self.fail_job(self.pick(index, PROCESSING)[0], offset, outcome)
+
+    @precondition(has_jobs)
+    @rule(index=st.integers(0, 7), offset=ATTEMPT_OFFSETS, delay=st.integers(0, 30))
+    def schedule_retry(self, index, offset, delay):
+        self.retry_job(self.pick(index, PROCESSING)[0], offset, delay)
+
+    @precondition(has_jobs)
+    @rule(visibility=st.sampled_from([0, 1, 30, 60]), read=st.sampled_from(["query", "every-job", "stale"]))
     def expire(self, visibility, read):
         cutoff = self.now - timedelta(seconds=visibility)
         expired = {
@@ -196,7 +269,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(has_jobs)
     @rule(index=st.integers(0, 7), own_scope=st.booleans())
     def cancel(self, index, own_scope):
-        job_id, job = self.pick(index)
+        job_id, job = self.pick(index, WAITING)
         scope = job.scope if own_scope else "someone-else"
         done = self.run(lambda conn: transitions.cancel(conn, job_id, scope=scope, now=self.now))
         assert done == (job.status in WAITING and own_scope)
@@ -206,7 +279,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(has_jobs)
     @rule(index=st.integers(0, 7), extra=st.integers(1, 2))
     def manual_retry(self, index, extra):
-        job_id, job = self.pick(index)
+        job_id, job = self.pick(index, frozenset({Status.FAILED}))
         dispatch = self.run(lambda conn: transitions.manual_retry(conn, job_id, now=self.now, extra_attempts=extra))
         assert (dispatch is not None) == (job.status is Status.FAILED)
         if dispatch is not None:
@@ -221,7 +294,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(has_jobs)
     @rule(index=st.integers(0, 7), stale=st.booleans())
     def redispatch(self, index, stale):
-        job_id, job = self.pick(index)
+        job_id, job = self.pick(index, WAITING)
         seq = job.seq - 1 if stale else job.seq
         sent = self.run(lambda conn: transitions.redispatch(conn, [(job_id, seq)], now=self.now))
         takes = job.status in WAITING and not stale
@@ -301,17 +374,21 @@ class LedgerMachine(RuleBasedStateMachine):
             assert len(closed) + running == row.attempts
             assert [a.number for a in closed] == list(range(1, len(closed) + 1))
             assert all(a.outcome in set(Outcome) and a.finished_at is not None for a in closed)
-            view = queries.AttemptView  # the API's list: the closed ones, then the running one
-            listed = self.run(lambda conn, job_id=row.id: queries.list_attempts(conn, job_id)) if running else None
-            if listed is not None:
-                assert len(listed) == row.attempts
+            if running:
+                # The API's list: the closed attempts, then the open one (no outcome), which only a job
+                # being processed has.
+                listed = self.run(lambda conn, job_id=row.id: queries.list_attempts(conn, job_id))
+                assert [a.number for a in listed] == list(range(1, row.attempts + 1))
                 assert [a.outcome is None for a in listed] == [False] * (row.attempts - 1) + [True]
-                assert isinstance(listed[-1], view) and listed[-1].started_at == row.claimed_at
+                assert (listed[-1].started_at, listed[-1].finished_at) == (row.claimed_at, None)
 
-            if status in (Status.SUCCESS, Status.CANCELLED):
-                snapshot = (row, closed)
-                assert self.terminal.setdefault(row.id, snapshot) == snapshot, "a terminal job changed"
-        assert set(self.terminal) <= {row.id for row in rows}
+        # A job seen SUCCESS or CANCELLED never changes again: not its row, not its attempts.
+        by_id = {row.id: row for row in rows}
+        for job_id, (row, closed) in self.terminal.items():
+            assert (by_id.get(job_id), recorded.get(job_id, [])) == (row, closed), "a terminal job changed"
+        for row in rows:
+            if row.status in (Status.SUCCESS, Status.CANCELLED) and row.id not in self.terminal:
+                self.terminal[row.id] = (row, recorded.get(row.id, []))
 
 
 def run_machine(database: Database, **options: Any) -> None:
@@ -328,7 +405,7 @@ def run_machine(database: Database, **options: Any) -> None:
 
 
 def test_random_walks_through_the_lifecycle_keep_the_ledger_consistent_on_sqlite(sqlite_db):
-    run_machine(sqlite_db, max_examples=60, stateful_step_count=30)
+    run_machine(sqlite_db, max_examples=80, stateful_step_count=50)
 
 
 def test_random_walks_through_the_lifecycle_keep_the_ledger_consistent_on_postgresql(postgres_db):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import astuple
 import uuid
 from collections.abc import Callable
+from dataclasses import astuple
 from datetime import timedelta
 from typing import Any
 
@@ -119,7 +119,7 @@ def test_a_job_is_claimed_up_to_the_early_tolerance_before_its_due_time_and_not_
     due = T0 + timedelta(minutes=5)
     job_id = submit(database, send_at=due)
 
-    assert EARLY_CLAIM_TOLERANCE == timedelta(milliseconds=500)
+    assert timedelta(milliseconds=500) == EARLY_CLAIM_TOLERANCE
     too_early = due - EARLY_CLAIM_TOLERANCE - timedelta(microseconds=1)
     assert claim(database, job_id, now=too_early) is None
     assert job_row(database, job_id).status == "PENDING"
@@ -188,7 +188,12 @@ def test_success_of_the_current_attempt_completes_the_job_and_closes_the_attempt
     assert succeed(database, job_id, 2, now=T0 + 3 * SECOND) is True
 
     row = job_row(database, job_id)
-    assert (row.status, row.attempts, row.completed_at, row.updated_at) == ("SUCCESS", 2, T0 + 3 * SECOND, T0 + 3 * SECOND)
+    assert (row.status, row.attempts, row.completed_at, row.updated_at) == (
+        "SUCCESS",
+        2,
+        T0 + 3 * SECOND,
+        T0 + 3 * SECOND,
+    )
     assert (row.last_error, row.claimed_at, row.last_outcome) == (None, None, "success")
     assert [astuple(a) for a in history(database, job_id)] == [
         (1, T0, T0 + SECOND, "transient_error", "boom", "w1"),
@@ -653,6 +658,6 @@ def test_a_failed_job_leaves_failed_only_by_a_manual_retry(database):
 def test_the_table_names_every_status_and_no_transition_leaves_a_terminal_state():
     statuses = {s for sources, target in TRANSITIONS.values() for s in (*sources, target)}
     assert statuses == set(Status)
-    assert FINISHED == {Status.SUCCESS, Status.FAILED, Status.CANCELLED}
+    assert {Status.SUCCESS, Status.FAILED, Status.CANCELLED} == FINISHED
     leaving_finished = {name for name, (sources, _) in TRANSITIONS.items() if sources & FINISHED}
     assert leaving_finished == {"manual_retry"}
