@@ -30,6 +30,7 @@ TOKEN = "dashboard-test-token"
 HOSTILE_ERROR = '550 5.1.1 user unknown <script>document.title = "pwned"</script>'
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -121,8 +122,24 @@ def test_an_operator_signs_in_sees_the_queue_retries_a_failure_and_finds_jobs_in
     broken = record(database)
     finish(database, broken, HOSTILE_ERROR)
 
-    def count(status: str) -> str:
-        return browser.find_element(By.CSS_SELECTOR, f'#counts [data-status="{status}"] .value').text
+    # The page swaps its live part every few seconds, so an element found a moment ago may be gone: read the page
+    # in one script call, and click by selector, trying again when a refresh replaced the element in between.
+    def read(selector: str) -> str | None:
+        return browser.execute_script(
+            "const found = document.querySelector(arguments[0]); return found ? found.innerText : null;", selector
+        )
+
+    def click(selector: str) -> None:
+        for _ in range(5):
+            try:
+                browser.find_element(By.CSS_SELECTOR, selector).click()
+                return
+            except StaleElementReferenceException:
+                continue
+        raise AssertionError(f"{selector} kept being replaced before it could be clicked")
+
+    def count(status: str) -> str | None:
+        return read(f'#counts [data-status="{status}"] .value')
 
     # Opening the dashboard without a session leads to the sign-in page; the admin token opens it.
     browser.get(f"{base_url}/internal/dashboard")
@@ -133,10 +150,9 @@ def test_an_operator_signs_in_sees_the_queue_retries_a_failure_and_finds_jobs_in
 
     # Counts by status, the oldest due job, throughput, and the failure with its error shown as plain text.
     assert (count("pending"), count("success"), count("failed"), count("processing")) == ("1", "1", "1", "0")
-    assert "Oldest due job has waited" in browser.find_element(By.ID, "oldest-due").text
-    assert "2 jobs" in browser.find_element(By.ID, "throughput").text
-    failure = browser.find_element(By.CSS_SELECTOR, f'#failure-list tr[data-job="{broken}"]')
-    assert failure.find_element(By.CSS_SELECTOR, "td.error").text == HOSTILE_ERROR
+    assert "Oldest due job has waited" in read("#oldest-due")
+    assert "2 jobs" in read("#throughput")
+    assert read(f'#failure-list tr[data-job="{broken}"] td.error') == HOSTILE_ERROR
     assert browser.title != "pwned"
 
     # Lookup by job id, then by idempotency key.
@@ -144,15 +160,14 @@ def test_an_operator_signs_in_sees_the_queue_retries_a_failure_and_finds_jobs_in
         box = browser.find_element(By.ID, "q")
         box.clear()
         box.send_keys(text)
-        browser.find_element(By.CSS_SELECTOR, "#lookup button").click()
-        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#lookup-results"), f"results for {text}")
-        found = browser.find_element(By.CSS_SELECTOR, f'#found tr[data-job="{waiting}"]')
-        assert found.find_element(By.CSS_SELECTOR, "td.status").text == "PENDING"
+        click("#lookup button")
+        wait_until(lambda: read("#lookup-results") is not None, f"results for {text}")
+        assert read(f'#found tr[data-job="{waiting}"] td.status') == "PENDING"
 
     # The retry button sends the failed job again.
-    browser.find_element(By.CSS_SELECTOR, f'#failure-list button.retry[data-job="{broken}"]').click()
-    wait_until(lambda: browser.find_elements(By.ID, "notice"), "a notice after the retry")
-    assert "queued again" in browser.find_element(By.ID, "notice").text
+    click(f'#failure-list button.retry[data-job="{broken}"]')
+    wait_until(lambda: read("#notice") is not None, "a notice after the retry")
+    assert "queued again" in read("#notice")
     assert database.run(lambda conn: queries.get_job(conn, broken, scope=None)).status is Status.PENDING
     assert f"{broken}.2" in redis_messages.queued()
     assert (count("pending"), count("failed")) == ("2", "0")
