@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
+from dramatiq.common import dq_name
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
 from ledger.transitions import Dispatch
@@ -24,6 +26,8 @@ ACTOR_NAME = "deliver"
 REDIS_TIMEOUT = 5.0
 #: Option carrying the message's Redis id: "<job id>.<dispatch seq>".
 RID_OPTION = "wjp_rid"
+#: Redis failures that mean the connection is gone (redis-py's timeout is not a ConnectionError).
+CONNECTION_LOST = (redis.ConnectionError, redis.TimeoutError)
 
 
 class BrokerUnavailable(Exception):
@@ -54,14 +58,53 @@ class PinRedisMessageId(Middleware):
             message.options["redis_message_id"] = rid
 
 
+class OutageProofRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker, made to ride out a Redis outage in a worker without losing delayed messages.
+
+    Dramatiq's consumer threads recover only from its own `ConnectionClosed`: a raw redis-py error while a worker
+    moved a due delayed message to its queue (or put leases back) killed its delay-queue consumer for good. And on
+    a lost connection, a delay-queue consumer drops the delayed messages it holds in memory; they stay leased to
+    this live worker in Redis, where neither Dramatiq's maintenance (dead workers only) nor the reconciler (the
+    message is in Redis) would ever bring them back.
+    """
+
+    def _dispatch(self, command: str) -> Callable[..., object]:
+        dispatch = super()._dispatch(command)
+
+        def dispatch_or_closed(*args: object) -> object:
+            try:
+                return dispatch(*args)
+            except CONNECTION_LOST as exc:
+                raise ConnectionClosed(exc) from None
+
+        return dispatch_or_closed
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
+        if dq_name(queue_name) == queue_name:
+            self._requeue_own_leases(queue_name)
+        return super().consume(queue_name, prefetch, timeout)
+
+    def _requeue_own_leases(self, queue_name: str) -> None:
+        """A delay-queue consumer starts holding nothing, so whatever this process still leases from that queue
+        was dropped by the consumer before it: back to the queue with it."""
+        try:
+            leased = self.client.smembers(f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}")
+        except CONNECTION_LOST as exc:
+            raise ConnectionClosed(exc) from None
+        if leased:
+            log.warning("returning %d delayed messages this worker dropped to %s", len(leased), queue_name)
+            self.do_requeue(queue_name, *(rid.decode() for rid in leased))
+
+
 def make_broker(redis_url: str, **options: object) -> RedisBroker:
-    """A RedisBroker with bounded socket timeouts, message-id pinning and access to the current message."""
+    """A RedisBroker with bounded socket timeouts, message-id pinning and access to the current message, that
+    keeps its delayed messages across a Redis outage."""
     pool = redis.ConnectionPool.from_url(
         redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, health_check_interval=30
     )
     # Only the middleware we rely on: each one runs hooks on every message.
     middleware = [TimeLimit(), Retries(), PinRedisMessageId(), CurrentMessage()]
-    return RedisBroker(connection_pool=pool, namespace=NAMESPACE, middleware=middleware, **options)
+    return OutageProofRedisBroker(connection_pool=pool, namespace=NAMESPACE, middleware=middleware, **options)
 
 
 class Dispatcher:
@@ -89,7 +132,7 @@ class Dispatcher:
             delay_ms = int((dispatch.due_at - now).total_seconds() * 1000)
             try:
                 self.broker.enqueue(message, delay=delay_ms if delay_ms > 0 else None)
-            except redis.RedisError as exc:
+            except (redis.RedisError, ConnectionClosed) as exc:
                 raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
             sent += 1
         return sent

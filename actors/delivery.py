@@ -9,7 +9,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import dramatiq
@@ -120,7 +120,7 @@ class Delivery:
         elapsed_ms = (now - started).total_seconds() * 1000
         text = _error_text(error)
         if decision.verdict is Verdict.SUCCEED:
-            done = self._write(lambda: self._successes.submit((job.id, job.attempt)))
+            done = self._write(lambda: self._successes.submit((job.id, job.attempt)), claimed_at=started)
             if done:
                 log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms)
         elif decision.verdict is Verdict.RETRY:
@@ -130,7 +130,8 @@ class Delivery:
                     lambda conn: transitions.schedule_retry(
                         conn, job.id, job.attempt, now=now, due_at=decision.due_at, error=text
                     )
-                )
+                ),
+                claimed_at=started,
             )
             if dispatch is not None:
                 log.info("🔁 Job %s retry in %.1fs (attempt %d: %s)", job.id, decision.delay, job.attempt, text)
@@ -141,7 +142,8 @@ class Delivery:
             done = self._write(
                 lambda: self.database.run(
                     lambda conn: transitions.fail(conn, job.id, job.attempt, now=now, outcome=outcome, error=text)
-                )
+                ),
+                claimed_at=started,
             )
             if done:
                 log.warning("⚠️ Job %s marked as FAILED after attempt %d: %s", job.id, job.attempt, text)
@@ -164,17 +166,21 @@ class Delivery:
             # The ledger already says RETRY and when; a reconciler pass sends it once Redis is back.
             log.warning("Job %s: could not enqueue its next attempt (%s); the reconciler will", dispatch.job_id, exc)
 
-    def _write(self, operation: Callable[[], T]) -> T:
-        """Record an outcome, riding out a short ledger outage: the delivery has happened, and losing its
-        result would mean delivering it again once the reconciler takes the claim back."""
-        deadline = time.monotonic() + self.settings.visibility_timeout * 0.5
+    def _write(self, operation: Callable[[], T], *, claimed_at: datetime) -> T:
+        """Record an outcome, riding out a ledger outage for as long as the attempt may last (inside its claim):
+        the delivery has happened, and losing its result would mean delivering it again once the reconciler
+        takes the claim back, which it cannot do any sooner."""
+        limit = claimed_at + timedelta(seconds=self.settings.attempt_time_limit)
+        deadline = time.monotonic() + (limit - self.clock()).total_seconds()
         pause = 0.2
         while True:
             try:
                 return operation()
             except LedgerUnavailable:
-                if time.monotonic() + pause > deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     raise
+                pause = min(pause, remaining)
                 log.warning("ledger unavailable while recording an outcome; trying again in %.1fs", pause)
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)

@@ -3,6 +3,7 @@ its own per test. Without the servers the tests skip, except under CI=true, wher
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -169,6 +172,23 @@ class RedisProcess:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+    def shutdown_keeping_data(self) -> None:
+        """Stop as an operator does, data kept (SHUTDOWN SAVE): the next `start` loads it again."""
+        assert self.process is not None
+        # No retries: the server closes the connection as it goes, and that is the answer.
+        client = redis.Redis(port=self.port, socket_timeout=10, retry=Retry(NoBackoff(), 0))
+        with contextlib.suppress(redis.ConnectionError):
+            client.shutdown(save=True)
+        client.close()
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def restart_keeping_data(self, down_for: float = 0.0) -> None:
+        """`shutdown_keeping_data`, `down_for` seconds of outage, `start`."""
+        self.shutdown_keeping_data()
+        time.sleep(down_for)
+        self.start()
 
 
 @pytest.fixture
