@@ -18,12 +18,30 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+$(VENV)/.installed-bench: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
+
 run: $(VENV)/.installed-run
 	$(BIN)/wjp dev
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check ledger actors service tests
 	$(BIN)/python -m pytest -q
+
+# Intake, delivery, end-to-end latency, maintenance at 1 M / 5 M rows and memory, next to baselines and peers:
+# writes bench/results/latest.json (see bench/README.md). BENCH_QUICK=1 for the reduced version (< 5 minutes).
+# Needs PostgreSQL and Redis as for `make test`, and wrk (Debian: apt-get install -y wrk).
+bench: $(VENV)/.installed-bench
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install -y wrk" >&2; exit 1; }
+	$(BIN)/python -m bench.run
+
+# Fault injection on real components: its own PostgreSQL (initdb) and redis-server, `wjp serve`, two workers and the
+# reconciler loop; 2,000 notifications through worker kills, FLUSHALL and restarts. Prints the figures as JSON.
+# CHAOS_JOBS=N for another size; `make test` runs a reduced version (300).
+CHAOS_JOBS ?= 2000
+chaos: $(VENV)/.installed-test
+	$(BIN)/python -m tests.chaos --jobs $(CHAOS_JOBS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check ledger actors service tests bench
