@@ -1,0 +1,200 @@
+"""The experiments behind the bottleneck analysis in bench/README.md; each creates and drops its own database.
+
+usage: python -m bench.experiments threads     drain rate, batch size and CPU per job with 8, 16, 32 threads
+       python -m bench.experiments plan        the claim/succeed plans with a 20,000-job backlog, before and
+                                               after ANALYZE, and index tuples read during a drain
+       python -m bench.experiments triggers    server time of claim/succeed with the row triggers of the
+                                               migrations vs statement-level triggers with transition tables
+       python -m bench.experiments idle        end-to-end latency at 2 and 20 req/s, with Dramatiq's default
+                                               consumer back-off (dramatiq_worker_timeout=1000) and with 100
+       python -m bench.experiments guard       drains with the claim/success statements as they are, and with
+                                               their status guard hidden from the planner (bench/patches/)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from bench import common, run
+from bench.common import bench_connect, log
+
+_STATEMENT_TRIGGERS = """
+DROP TRIGGER jobs_attempts ON jobs;
+DROP TRIGGER jobs_count_update ON jobs;
+CREATE FUNCTION wjp_after_update_stmt() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error, worker)
+  SELECT n.id, o.attempts, o.claimed_at, n.updated_at, n.last_outcome, n.last_error, o.worker
+  FROM new_rows n JOIN old_rows o USING (id)
+  WHERE o.status = 'PROCESSING' AND n.status <> 'PROCESSING';
+  UPDATE job_counts SET success = job_counts.success + d.success, failed = job_counts.failed + d.failed,
+         cancelled = job_counts.cancelled + d.cancelled,
+         success_attempts = job_counts.success_attempts + d.success_attempts
+  FROM (SELECT count(*) FILTER (WHERE n.status = 'SUCCESS') - count(*) FILTER (WHERE o.status = 'SUCCESS') AS success,
+               count(*) FILTER (WHERE n.status = 'FAILED') - count(*) FILTER (WHERE o.status = 'FAILED') AS failed,
+               count(*) FILTER (WHERE n.status = 'CANCELLED')
+                 - count(*) FILTER (WHERE o.status = 'CANCELLED') AS cancelled,
+               coalesce(sum(n.attempts) FILTER (WHERE n.status = 'SUCCESS'), 0)
+                 - coalesce(sum(o.attempts) FILTER (WHERE o.status = 'SUCCESS'), 0) AS success_attempts
+        FROM new_rows n JOIN old_rows o USING (id) WHERE n.status <> o.status) AS d
+  WHERE slot = (txid_current() % 32)::integer AND (d.success <> 0 OR d.failed <> 0 OR d.cancelled <> 0);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_after_update_stmt AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION wjp_after_update_stmt();
+"""
+
+
+def threads() -> None:
+    for n in (8, 16, 32, 8, 32):
+        run.WORKER_THREADS = n
+        out = run.drain(f"exp-threads-{n}", 10000, "log", "bench-user")
+        print(f"threads={n} jobs/s={out['jobs_per_s']} worker_cores={out['cores']['worker']} "
+              f"pg_cores={out['cores']['postgres_bench_backends']} others={out['cores']['unaccounted_other_users']} "
+              f"commits/job={out['per_job']['pg_commits']} worker_cpu_us/job={out['worker_cpu_us_per_job']}",
+              flush=True)  # fmt: skip
+
+
+def plan() -> None:
+    from sqlalchemy import event
+
+    from ledger import transitions
+    from ledger.database import Database
+    from ledger.timestamps import utcnow
+
+    run.reset_ledger()
+    run.enqueue(20000, "log", "bench-user", "plan")
+    db = Database(common.DATABASE_URL)
+    with db.engine.connect() as c:
+        ids = [(row[0], 1) for row in c.exec_driver_sql("SELECT id FROM jobs ORDER BY created_at LIMIT 3")]
+    captured: list = []
+    event.listen(db.engine, "before_cursor_execute", lambda *a: captured.append((a[2], a[3])))
+    for label in ("statistics as the backlog left them", "after ANALYZE jobs"):
+        if label.startswith("after"):
+            with bench_connect() as pc:
+                pc.execute("ANALYZE jobs")
+        with db.engine.connect() as c:
+            trans = c.begin()
+            captured.clear()
+            transitions.claim_many(c, ids, now=utcnow(), worker="exp:1")  # the statement, as the product sends it
+            statement, params = captured[-1]
+            trans.rollback()
+            trans = c.begin()
+            rows = c.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, params).fetchall()
+            trans.rollback()
+        print(f"=== claim of 3 jobs with 20,000 waiting, {label}")
+        print("\n".join("    " + row[0] for row in rows))
+    db.dispose()
+    for mode in ("as loaded", "ANALYZE after the enqueue"):
+        run.reset_ledger()
+        with bench_connect() as c:
+            c.execute("SELECT pg_stat_reset()")
+        original = run.enqueue
+
+        def enqueue(*args: object, original=original, mode=mode) -> float:  # type: ignore[no-untyped-def]
+            rate = original(*args)
+            if mode.startswith("ANALYZE"):
+                with bench_connect() as c:
+                    c.execute("ANALYZE jobs")
+            return rate
+
+        run.enqueue = enqueue
+        out = run.drain("exp-plan", 10000, "log", "bench-user")
+        run.enqueue = original
+        with bench_connect() as c:
+            read = dict(c.execute("SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes "
+                                  "WHERE relname = 'jobs'").fetchall())  # fmt: skip
+            hot = c.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'jobs'"
+            ).fetchone()
+        print(f"drain ({mode}): {out['jobs_per_s']} jobs/s, postgres {out['cores']['postgres_bench_backends']} cores, "
+              f"index tuples read {read}, updates {hot[0]} of which HOT {hot[1]}", flush=True)  # fmt: skip
+
+
+def triggers() -> None:
+    from ledger import intake
+    from ledger.database import Database
+    from ledger.timestamps import utcnow
+
+    db = Database(common.DATABASE_URL)
+    ids = []
+    with db.connect() as conn:
+        for i in range(64):
+            request = intake.NewNotification(idempotency_key=f"trg-{i}", recipient="u", channel="log",
+                                             message="m" * 160, max_attempts=5)  # fmt: skip
+            ids.append(str(intake.accept(conn, request, now=utcnow(), dispatch_now=True).job_id))
+    db.dispose()
+    claim = ("EXPLAIN (ANALYZE) UPDATE jobs SET status = 'PROCESSING', attempts = attempts + 1, claimed_at = now(), "
+             "worker = 'w', updated_at = now(), last_outcome = NULL WHERE id = ANY(%s::uuid[]) AND dispatch_seq = 1 "
+             "AND status IN ('PENDING', 'RETRY') RETURNING id")  # fmt: skip
+    succeed = ("EXPLAIN (ANALYZE) UPDATE jobs SET status = 'SUCCESS', last_outcome = 'success', last_error = NULL, "
+               "updated_at = now(), completed_at = now(), claimed_at = NULL WHERE id = ANY(%s::uuid[]) "
+               "AND attempts = 1 AND status = 'PROCESSING' RETURNING id")  # fmt: skip
+    with common.admin_connect(common.DB_NAME) as pg:
+        pg.autocommit = False
+        for label in ("row triggers (migrations)", "statement triggers"):
+            if label.startswith("statement"):
+                pg.execute(_STATEMENT_TRIGGERS)
+                pg.commit()
+            for batch in (1, 8, 64):
+                times: dict[str, list[float]] = {"claim": [], "succeed": []}
+                for _ in range(7):
+                    for name, sql in (("claim", claim), ("succeed", succeed)):
+                        rows = [r[0] for r in pg.execute(sql, (ids[:batch],)).fetchall()]
+                        times[name].append(float(next(r for r in rows if r.startswith("Execution Time")).split()[2]))
+                    pg.rollback()
+                print(
+                    f"{label}, batch of {batch}: claim {common.median(times['claim']):.3f} ms, "
+                    f"succeed {common.median(times['succeed']):.3f} ms (server execution, median of 7)",
+                    flush=True,
+                )
+
+
+def idle() -> None:
+    for timeout in ("1000", "100"):
+        # Dramatiq's own lower-case variable, read at import in each worker process.
+        os.environ["dramatiq_worker_timeout"] = timeout  # noqa: SIM112
+        for rate in (2, 20):
+            run.E2E_SECONDS = 20 if rate == 2 else 10
+            out = run.phase_e2e(rate * 2)
+            print(f"dramatiq_worker_timeout={timeout} rate={rate}/s: e2e p50 {out['p50_ms']} ms "
+                  f"p99 {out['p99_ms']} ms; "
+                  f"created→claimed p50 {out['split_ms']['created_to_claimed_p50']} ms "
+                  f"p99 {out['split_ms']['created_to_claimed_p99']} ms", flush=True)  # fmt: skip
+    os.environ.pop("dramatiq_worker_timeout", None)
+
+
+def guard() -> None:
+    patches = str(common.BENCH / "patches")
+    original = run.worker
+    for hide in ("0", "1", "0", "1"):
+        extra = {"PYTHONPATH": f"{patches}:{common.ROOT}", "WJP_EXPERIMENT_HIDE_GUARD": hide}
+        run.worker = lambda name, extra=extra, **env: original(name, **{**env, **extra})  # type: ignore[misc]
+        try:
+            out = run.drain("exp-guard", 20000, "log", "bench-user")
+        finally:
+            run.worker = original
+        print(f"guard {'hidden' if hide == '1' else 'as now'}: {out['jobs_per_s']} jobs/s, postgres "
+              f"{out['cores']['postgres_bench_backends']} cores, worker {out['cores']['worker']} cores, "
+              f"index entries read per job {out['per_job']['index_entries_read']}", flush=True)  # fmt: skip
+
+
+def main() -> None:
+    what = sys.argv[1] if len(sys.argv) > 1 else ""
+    experiments = {"threads": threads, "plan": plan, "triggers": triggers, "idle": idle, "guard": guard}
+    if what not in experiments:
+        raise SystemExit(__doc__)
+    log(f"experiment {what}; loadavg {common.loadavg()}")
+    run.setup_database()
+    started = time.time()
+    try:
+        experiments[what]()
+    finally:
+        common.drop_database()
+    log(f"done in {time.time() - started:.0f} s; loadavg {common.loadavg()}")
+
+
+if __name__ == "__main__":
+    main()
