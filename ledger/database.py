@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.sql.expression import ClauseElement
 
 from ledger.errors import LedgerUnavailable
 
@@ -36,7 +39,7 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10, autocommit: bool = False) -> Engine:
     """Create an engine for `url`; SQLite files get WAL mode so readers never block the writer."""
     url = normalize_url(url)
     parsed = make_url(url)
@@ -52,6 +55,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         max_overflow=pool_size,
         pool_recycle=1800,
         connect_args={"connect_timeout": CONNECT_TIMEOUT},
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
 
 
@@ -68,8 +72,14 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.engine = make_engine(url, pool_size=pool_size)
-        # Single statements need no BEGIN/COMMIT round trips: each one is atomic on its own.
-        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Single statements need no BEGIN/COMMIT round trips: each one is atomic on its own. On PostgreSQL
+        # they get a pool of their own, born in autocommit, since switching a pooled connection's mode at
+        # every checkout and back cost more CPU than the statement (bench/README.md). SQLite keeps one pool.
+        self._autocommit: Engine = (
+            make_engine(url, pool_size=pool_size, autocommit=True)
+            if self.engine.dialect.name == "postgresql"
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
 
     @property
     def dialect(self) -> str:
@@ -84,7 +94,14 @@ class Database:
         for attempt in (1, 2):
             try:
                 with self.connect(transaction=transaction) as conn:
-                    return operation(conn)
+                    try:
+                        return operation(conn)
+                    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                        raise _driver_failure(conn, exc) from exc
+            except _LostConnection as exc:
+                if attempt == 1:
+                    continue
+                raise LedgerUnavailable(_first_line(exc.__cause__)) from exc.__cause__
             except DBAPIError as exc:
                 if exc.connection_invalidated and attempt == 1:
                     continue
@@ -109,6 +126,52 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._autocommit is not self.engine:
+            self._autocommit.dispose()
+
+
+def postgres(conn: Connection) -> psycopg.Connection[Any] | None:
+    """The psycopg connection under `conn` on PostgreSQL, else None: the hot path's statements go to it
+    directly (see `DriverStatement`). Only inside `Database.run`, which maps its failures."""
+    if conn.dialect.name != "postgresql":
+        return None
+    return conn.connection.driver_connection
+
+
+class DriverStatement:
+    """A SQLAlchemy statement compiled once for psycopg and sent through the driver as a prepared statement.
+
+    SQLAlchemy's per-execution work (compiled-cache lookup, bind and result processing, the execution
+    context) cost more client CPU than the round trip itself on the hot path (bench/README.md), so the
+    statements run there per job skip it. Parameters go to psycopg as they are: aware datetimes, UUIDs,
+    plain str values, `psycopg.types.json.Json` for JSON.
+    """
+
+    def __init__(self, statement: ClauseElement, *, column_keys: Sequence[str] | None = None) -> None:
+        compiled = statement.compile(dialect=psycopg_dialect.dialect(), column_keys=column_keys)
+        self.sql = str(compiled)
+        # The values the statement carries itself (a target status, "+ 1"), as psycopg sends them.
+        self._constants = {
+            name: getattr(bind.effective_value, "value", bind.effective_value)
+            for bind, name in compiled.bind_names.items()
+            if not bind.required
+        }
+
+    def execute(self, driver: psycopg.Connection[Any], params: dict[str, Any]) -> psycopg.Cursor[Any]:
+        return driver.execute(self.sql, {**self._constants, **params}, prepare=True)
+
+
+class _LostConnection(Exception):
+    """The connection under a driver-level statement died; it has been taken out of the pool."""
+
+
+def _driver_failure(conn: Connection, error: psycopg.Error) -> Exception:
+    """What `Database.run` makes of a driver-level statement's (see `postgres`) failure to reach the server,
+    which SQLAlchemy's handling of lost connections never saw."""
+    if conn.connection.driver_connection.broken:
+        conn.invalidate()
+        return _LostConnection()
+    return LedgerUnavailable(_first_line(error))
 
 
 def _first_line(error: BaseException | None) -> str:

@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from psycopg.types.json import Json
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ledger.database import DriverStatement, postgres
 from ledger.errors import LedgerError
 from ledger.ids import uuid7
 from ledger.schema import jobs
@@ -55,12 +57,27 @@ _INSERT = {
     .returning(jobs.c.id)
     for dialect in (postgresql, sqlite)
 }
+_COLUMNS = (
+    "id", "scope", "idempotency_key", "payload_hash", "recipient", "channel", "message", "subject", "metadata",
+    "send_at", "status", "attempts", "max_attempts", "next_attempt_at", "dispatch_seq", "created_at", "updated_at",
+)  # fmt: skip
+_DRIVER_INSERT = DriverStatement(_INSERT["postgresql"], column_keys=_COLUMNS)
 
 
 class Intake(StrEnum):
     CREATED = "created"
     REPLAYED = "replayed"
     MISMATCH = "mismatch"
+
+
+def _insert(conn: Connection, values: dict[str, Any]) -> bool:
+    """INSERT unless the key is taken; whether it did."""
+    driver = postgres(conn)
+    if driver is None:
+        return conn.execute(_INSERT[conn.dialect.name], values).first() is not None
+    metadata = values["metadata"]
+    values = {**values, "status": values["status"].value, "metadata": None if metadata is None else Json(metadata)}
+    return _DRIVER_INSERT.execute(driver, values).fetchone() is not None
 
 
 @dataclass(frozen=True)
@@ -106,7 +123,7 @@ def accept(conn: Connection, request: NewNotification, *, now: datetime, dispatc
     # Twice at most: the row that made our INSERT conflict may be pruned before we read it (its key is
     # forgotten, so this request is new after all); the second INSERT then succeeds or meets a newer row.
     for _ in range(2):
-        if conn.execute(_INSERT[conn.dialect.name], values).first() is not None:
+        if _insert(conn, values):
             return IntakeResult(Intake.CREATED, job_id, Status.PENDING, now, dispatch_seq, due)
         existing = conn.execute(
             select(jobs.c.id, jobs.c.payload_hash, jobs.c.status, jobs.c.created_at).where(

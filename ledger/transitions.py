@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, tuple_, update
+from sqlalchemy import Connection, Integer, Uuid, bindparam, column, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
-from ledger.schema import jobs, status_in
+from ledger.database import DriverStatement, postgres
+from ledger.schema import jobs, status_in, status_in_rows_found_by_key
 from ledger.states import TRANSITIONS, WAITING, Outcome, Status
 from ledger.timestamps import UTCDateTime
 
@@ -22,9 +24,9 @@ from ledger.timestamps import UTCDateTime
 EARLY_CLAIM_TOLERANCE = timedelta(milliseconds=500)
 
 
-def _transition(name: str) -> tuple[Any, Status]:
+def _transition(name: str, *, found_by_key: bool = False) -> tuple[Any, Status]:
     sources, target = TRANSITIONS[name]
-    return status_in(sources), target
+    return (status_in_rows_found_by_key(sources) if found_by_key else status_in(sources)), target
 
 
 @dataclass(frozen=True)
@@ -50,16 +52,28 @@ class Dispatch:
     due_at: datetime
 
 
-def _build_claim() -> Any:
-    guard, target = _transition("claim")
+def _pairs(second: str) -> Any:
+    """PostgreSQL's `unnest(:ids, :<second>s) AS pairs(id, <second>)`: a batch as two arrays, so that one
+    statement text (prepared once) serves every batch size, and each pair is found through the primary key."""
+    arrays = (bindparam("ids", type_=ARRAY(Uuid())), bindparam(f"{second}s", type_=ARRAY(Integer())))
+    return (
+        func.unnest(*arrays)
+        .table_valued(column("id", Uuid()), column(second, Integer()))
+        .render_derived(name="pairs", with_types=False)
+    )
+
+
+def _build_claim(postgresql: bool) -> Any:
+    guard, target = _transition("claim", found_by_key=postgresql)
     now = bindparam("now", type_=UTCDateTime())
+    if postgresql:
+        pairs = _pairs("seq")
+        matching = (jobs.c.id == pairs.c.id, jobs.c.dispatch_seq == pairs.c.seq)
+    else:
+        matching = (tuple_(jobs.c.id, jobs.c.dispatch_seq).in_(bindparam("dispatches", expanding=True)),)
     return (
         update(jobs)
-        .where(
-            tuple_(jobs.c.id, jobs.c.dispatch_seq).in_(bindparam("dispatches", expanding=True)),
-            guard,
-            jobs.c.next_attempt_at <= bindparam("due_by", type_=UTCDateTime()),
-        )
+        .where(*matching, guard, jobs.c.next_attempt_at <= bindparam("due_by", type_=UTCDateTime()))
         .values(
             status=target,
             attempts=jobs.c.attempts + 1,
@@ -83,7 +97,8 @@ def _build_claim() -> Any:
 
 # The worker's statements are built once: constructing a SQLAlchemy statement per call costs more CPU
 # than the round trip it makes.
-_CLAIM = _build_claim()
+_CLAIM = _build_claim(postgresql=False)
+_DRIVER_CLAIM = DriverStatement(_build_claim(postgresql=True))
 
 
 def claim_many(
@@ -92,8 +107,14 @@ def claim_many(
     """Claim each `(job_id, seq)`: PENDING/RETRY and due, and `seq` its current dispatch → PROCESSING,
     attempts + 1. One statement for all; the answers follow the order asked, and of two requests for
     the same dispatch only the first gets the claim."""
-    params = {"dispatches": dispatches, "due_by": now + EARLY_CLAIM_TOLERANCE, "now": now, "worker": worker}
-    claimed = {row.id: ClaimedJob(*row) for row in conn.execute(_CLAIM, params)}
+    params: dict[str, Any] = {"due_by": now + EARLY_CLAIM_TOLERANCE, "now": now, "worker": worker}
+    driver = postgres(conn)
+    if driver is None:
+        rows = conn.execute(_CLAIM, {**params, "dispatches": dispatches}).all()
+    else:
+        params.update(ids=[job_id for job_id, _ in dispatches], seqs=[seq for _, seq in dispatches])
+        rows = _DRIVER_CLAIM.execute(driver, params).fetchall()
+    claimed = {row[0]: ClaimedJob(*row) for row in rows}
     return [claimed.pop(job_id, None) for job_id, _ in dispatches]
 
 
@@ -137,12 +158,17 @@ def _build_schedule_retry() -> Any:
     )
 
 
-def _build_succeed() -> Any:
-    guard, target = _transition("succeed")
+def _build_succeed(postgresql: bool) -> Any:
+    guard, target = _transition("succeed", found_by_key=postgresql)
     now = bindparam("now", type_=UTCDateTime())
+    if postgresql:
+        pairs = _pairs("attempt")
+        matching = (jobs.c.id == pairs.c.id, jobs.c.attempts == pairs.c.attempt)
+    else:
+        matching = (tuple_(jobs.c.id, jobs.c.attempts).in_(bindparam("held", expanding=True)),)
     return (
         update(jobs)
-        .where(tuple_(jobs.c.id, jobs.c.attempts).in_(bindparam("held", expanding=True)), guard)
+        .where(*matching, guard)
         .values(
             status=target,
             last_outcome=Outcome.SUCCESS.value,
@@ -155,15 +181,21 @@ def _build_succeed() -> Any:
     )
 
 
-_SUCCEED = _build_succeed()
+_SUCCEED = _build_succeed(postgresql=False)
+_DRIVER_SUCCEED = DriverStatement(_build_succeed(postgresql=True))
 _FAIL = _build_fail()
 _SCHEDULE_RETRY = _build_schedule_retry()
 
 
 def succeed_many(conn: Connection, attempts: list[tuple[uuid.UUID, int]], *, now: datetime) -> list[bool]:
     """Each `(job_id, attempt)` still PROCESSING at that attempt → SUCCESS, in one statement; which took."""
-    params = {"held": attempts, "now": now}
-    done = {row.id for row in conn.execute(_SUCCEED, params)}
+    driver = postgres(conn)
+    if driver is None:
+        rows = conn.execute(_SUCCEED, {"held": attempts, "now": now}).all()
+    else:
+        params = {"now": now, "ids": [job_id for job_id, _ in attempts], "attempts": [n for _, n in attempts]}
+        rows = _DRIVER_SUCCEED.execute(driver, params).fetchall()
+    done = {row[0] for row in rows}
     return [job_id in done for job_id, _ in attempts]
 
 

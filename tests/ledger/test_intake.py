@@ -218,17 +218,18 @@ def test_a_replay_that_races_the_pruner_deleting_its_old_job_makes_a_new_job_ins
 
     pruned = []
 
-    def prune_after_insert(conn, cursor, statement, parameters, context, executemany):
-        # Once: the race is one prune landing between the conflicting INSERT and the SELECT.
-        if statement.lstrip().upper().startswith("INSERT INTO JOBS") and not pruned:
+    def prune_before_reading_the_conflict(conn, cursor, statement, parameters, context, executemany):
+        # Once: the race is one prune landing between the conflicting INSERT and the SELECT. (On PostgreSQL
+        # the INSERT goes through the driver, unseen by SQLAlchemy's events; the SELECT is seen on both.)
+        if statement.lstrip().upper().startswith("SELECT") and not pruned:
             pruned.append(database.run(lambda other: maintenance.prune(other, finished_before=T0, now=T0, limit=10)))
 
     def accept_while_pruning(conn):
-        event.listen(conn, "after_cursor_execute", prune_after_insert)
+        event.listen(conn, "before_cursor_execute", prune_before_reading_the_conflict)
         try:
             return intake.accept(conn, notification("k"), now=T0, dispatch_now=True)
         finally:
-            event.remove(conn, "after_cursor_execute", prune_after_insert)
+            event.remove(conn, "before_cursor_execute", prune_before_reading_the_conflict)
 
     result = database.run(accept_while_pruning)
 

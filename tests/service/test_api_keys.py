@@ -8,7 +8,7 @@ import logging
 import time
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import Engine, event, select
 
 from ledger import api_keys
 from ledger.database import Database
@@ -149,11 +149,13 @@ def test_a_key_costs_at_most_one_indexed_lookup_and_then_none_while_it_is_cached
     def record(conn, cursor, statement, *args) -> None:
         statements.append(statement)
 
-    event.listen(database.engine, "before_cursor_execute", record)
+    # On every engine: the ledger keeps a second pool for autocommit statements on PostgreSQL.
+    event.listen(Engine, "before_cursor_execute", record)
     try:
         assert client.simulate_get(f"/api/notifications/{job_id}", headers=bearer(key)).status_code == 200
     finally:
-        event.remove(database.engine, "before_cursor_execute", record)
+        event.remove(Engine, "before_cursor_execute", record)
+    assert any("FROM jobs" in s for s in statements), statements
     assert not [s for s in statements if "api_keys" in s], statements
 
 

@@ -1,0 +1,67 @@
+"""`Database.run` on PostgreSQL when the hot path's statements go through the driver itself: a connection the
+server dropped is replaced once without the caller noticing, and an error that is not about the connection is
+not mistaken for an outage."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from ledger import intake, transitions
+from ledger.database import Database, postgres
+from ledger.errors import LedgerUnavailable
+from ledger.intake import Intake
+from ledger.states import Status
+from tests.ledger.conftest import T0, job_row, notification
+
+
+def drop_every_connection_of(database: Database) -> int:
+    """What a PostgreSQL restart or an idle-session timeout does to the pooled connections: end their sessions."""
+    with psycopg.connect(database.engine.url.set(drivername="postgresql").render_as_string(False)) as admin:
+        return admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+
+
+def test_the_hot_path_rides_over_connections_the_server_dropped(postgres_db):
+    # Warm the pool, so that the statements below meet connections that died while they sat in it.
+    created = postgres_db.run(lambda conn: intake.accept(conn, notification("k-1"), now=T0, dispatch_now=True))
+    assert drop_every_connection_of(postgres_db) >= 1
+
+    # Intake's INSERT, through the driver on a dead connection: replaced, and the request is recorded once.
+    result = postgres_db.run(lambda conn: intake.accept(conn, notification("k-2"), now=T0, dispatch_now=True))
+    assert result.outcome is Intake.CREATED
+
+    drop_every_connection_of(postgres_db)
+    claimed = postgres_db.run(
+        lambda conn: transitions.claim_many(conn, [(created.job_id, 1), (result.job_id, 1)], now=T0, worker="w")
+    )
+    assert [job.attempt for job in claimed if job is not None] == [1, 1]
+
+    drop_every_connection_of(postgres_db)
+    done = postgres_db.run(lambda conn: transitions.succeed_many(conn, [(created.job_id, 1)], now=T0))
+    assert done == [True]
+    assert job_row(postgres_db, created.job_id).status == Status.SUCCESS
+    assert job_row(postgres_db, result.job_id).status == Status.PROCESSING
+
+
+def test_a_server_that_stays_unreachable_is_an_outage_not_a_crash(postgres_db):
+    def dropped_under_the_statement(conn):
+        drop_every_connection_of(postgres_db)
+        return intake.accept(conn, notification("k-3"), now=T0, dispatch_now=True)
+
+    # Every try meets a connection that dies under it: after the one retry, the caller hears of an outage.
+    with pytest.raises(LedgerUnavailable):
+        postgres_db.run(dropped_under_the_statement)
+
+
+def test_a_statement_error_through_the_driver_is_raised_as_it_is(postgres_db):
+    def broken_sql(conn):
+        return postgres(conn).execute("SELECT * FROM no_such_table").fetchall()
+
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        postgres_db.run(broken_sql)
+    # And the connection it ran on is still good for the next unit of work.
+    assert postgres_db.run(lambda conn: conn.execute(text("SELECT 1")).scalar_one()) == 1
