@@ -10,7 +10,7 @@ from datetime import datetime
 import dramatiq
 import redis
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
-from dramatiq.common import dq_name
+from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
@@ -115,23 +115,30 @@ class Dispatcher:
         self.queue = queue
         self._maintenance: RedisBroker | None = None
         broker.declare_queue(queue)
+        self._enqueue = broker.do_enqueue
 
     def send(self, dispatches: Iterable[Dispatch], *, now: datetime) -> int:
-        """Enqueue each dispatch, delayed until it is due; raise `BrokerUnavailable` if Redis is unreachable."""
+        """Enqueue each dispatch, delayed until it is due; raise `BrokerUnavailable` if Redis is unreachable.
+
+        The message is written as Dramatiq's `enqueue` would write it (same script, same encoding, the Redis
+        id pinned to the dispatch), without its two copies of the message and its enqueue hooks, none of
+        which we use: about a third of this call's CPU (bench/README.md).
+        """
         sent = 0
         for dispatch in dispatches:
             rid = redis_message_id(dispatch)
-            message = dramatiq.Message(
-                queue_name=self.queue,
-                actor_name=ACTOR_NAME,
-                args=(str(dispatch.job_id),),
-                kwargs={},
-                options={RID_OPTION: rid},
-                message_id=rid,
-            )
             delay_ms = int((dispatch.due_at - now).total_seconds() * 1000)
+            options: dict[str, object] = {RID_OPTION: rid, "redis_message_id": rid}
+            queue = self.queue
+            if delay_ms > 0:
+                queue = dq_name(self.queue)
+                options["eta"] = current_millis() + delay_ms
+            message = dramatiq.Message(
+                queue_name=queue, actor_name=ACTOR_NAME, args=(str(dispatch.job_id),), kwargs={}, options=options,
+                message_id=rid,
+            )  # fmt: skip
             try:
-                self.broker.enqueue(message, delay=delay_ms if delay_ms > 0 else None)
+                self._enqueue(queue, rid, message.encode())
             except (redis.RedisError, ConnectionClosed) as exc:
                 raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
             sent += 1
