@@ -7,8 +7,6 @@ usage: python -m bench.experiments threads     drain rate, batch size and CPU pe
                                                migrations vs statement-level triggers with transition tables
        python -m bench.experiments idle        end-to-end latency at 2 and 20 req/s, with Dramatiq's default
                                                consumer back-off (dramatiq_worker_timeout=1000) and with 100
-       python -m bench.experiments guard       drains with the claim/success statements as they are, and with
-                                               their status guard hidden from the planner (bench/patches/)
 """
 
 from __future__ import annotations
@@ -166,24 +164,9 @@ def idle() -> None:
     os.environ.pop("dramatiq_worker_timeout", None)
 
 
-def guard() -> None:
-    patches = str(common.BENCH / "patches")
-    original = run.worker
-    for hide in ("0", "1", "0", "1"):
-        extra = {"PYTHONPATH": f"{patches}:{common.ROOT}", "WJP_EXPERIMENT_HIDE_GUARD": hide}
-        run.worker = lambda name, extra=extra, **env: original(name, **{**env, **extra})  # type: ignore[misc]
-        try:
-            out = run.drain("exp-guard", 20000, "log", "bench-user")
-        finally:
-            run.worker = original
-        print(f"guard {'hidden' if hide == '1' else 'as now'}: {out['jobs_per_s']} jobs/s, postgres "
-              f"{out['cores']['postgres_bench_backends']} cores, worker {out['cores']['worker']} cores, "
-              f"index entries read per job {out['per_job']['index_entries_read']}", flush=True)  # fmt: skip
-
-
 def main() -> None:
     what = sys.argv[1] if len(sys.argv) > 1 else ""
-    experiments = {"threads": threads, "plan": plan, "triggers": triggers, "idle": idle, "guard": guard}
+    experiments = {"threads": threads, "plan": plan, "triggers": triggers, "idle": idle}
     if what not in experiments:
         raise SystemExit(__doc__)
     log(f"experiment {what}; loadavg {common.loadavg()}")
