@@ -1,10 +1,10 @@
-"""Group commit for worker threads: concurrent requests of one kind share one ledger statement."""
+"""Group commit for threads: concurrent requests of one kind share one ledger statement."""
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Generic, TypeVar
 
 Request = TypeVar("Request")
@@ -12,6 +12,20 @@ Result = TypeVar("Result")
 
 #: Most requests one statement carries; bounds the statement's size and its row locks.
 MAX_BATCH = 64
+
+
+class _Waiter(Generic[Request, Result]):
+    """One submitted request: its thread sleeps on `done` (held from birth) until the batch thread releases it.
+    A bare lock and a C queue: a `Future` and a `Condition` per request cost the batching a tenth of its gain."""
+
+    __slots__ = ("done", "error", "request", "result")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.result: Result | None = None
+        self.error: BaseException | None = None
 
 
 class Batcher(Generic[Request, Result]):
@@ -25,32 +39,44 @@ class Batcher(Generic[Request, Result]):
     def __init__(self, run_batch: Callable[[list[Request]], list[Result]], name: str) -> None:
         self._run_batch = run_batch
         self._name = name
-        self._pending: list[tuple[Request, Future[Result]]] = []
-        self._ready = threading.Condition()
+        self._waiting: queue.SimpleQueue[_Waiter[Request, Result]] = queue.SimpleQueue()
+        self._starting = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def submit(self, request: Request) -> Result:
         """Wait for the batch holding `request` and return its result, or raise what the batch raised."""
-        future: Future[Result] = Future()
-        with self._ready:
+        if self._thread is None or not self._thread.is_alive():
+            self._start()
+        waiter: _Waiter[Request, Result] = _Waiter(request)
+        self._waiting.put(waiter)
+        waiter.done.acquire()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result  # type: ignore[return-value]
+
+    def _start(self) -> None:
+        with self._starting:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
-            self._pending.append((request, future))
-            self._ready.notify()
-        return future.result()
 
     def _serve(self) -> None:
         while True:
-            with self._ready:
-                while not self._pending:
-                    self._ready.wait()
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            batch = [self._waiting.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._waiting.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                results = self._run_batch([request for request, _ in batch])
+                results = self._run_batch([waiter.request for waiter in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{self._name}: {len(results)} results for {len(batch)} requests")
             except BaseException as exc:  # every waiter must hear of it, whatever it is
-                for _, future in batch:
-                    future.set_exception(exc)
+                for waiter in batch:
+                    waiter.error = exc
+                    waiter.done.release()
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
-                future.set_result(result)
+            for waiter, result in zip(batch, results, strict=True):
+                waiter.result = result
+                waiter.done.release()
