@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 import dramatiq
@@ -95,8 +95,26 @@ class OutageProofRedisBroker(RedisBroker):
             log.warning("returning %d delayed messages this worker dropped to %s", len(leased), queue_name)
             self.do_requeue(queue_name, *(rid.decode() for rid in leased))
 
+    def enqueue_many(self, messages: Sequence[tuple[str, str, bytes]]) -> None:
+        """Enqueue each `(queue, Redis message id, encoded message)` as Dramatiq's enqueue script would, all in one
+        round trip: per queue, the bodies into its hash and then the ids onto its list, in one MULTI.
 
-def make_broker(redis_url: str, **options: object) -> RedisBroker:
+        Atomic, as the script is: a body without its id on the list would look queued to `Dispatcher.missing`
+        and never be delivered; an id without its body would be dropped by the consumer. What the script does
+        besides (a heartbeat under the sender's id, and maintenance by chance) concerns consumers, not senders.
+        """
+        by_queue: dict[str, dict[str, bytes]] = {}
+        for queue_name, rid, data in messages:
+            by_queue.setdefault(queue_name, {})[rid] = data
+        pipe = self.client.pipeline(transaction=True)
+        for queue_name, bodies in by_queue.items():
+            key = f"{self.namespace}:{queue_name}"
+            pipe.hset(f"{key}.msgs", mapping=bodies)  # type: ignore[arg-type]
+            pipe.rpush(key, *bodies)
+        pipe.execute()
+
+
+def make_broker(redis_url: str, **options: object) -> OutageProofRedisBroker:
     """A RedisBroker with bounded socket timeouts, message-id pinning and access to the current message, that
     keeps its delayed messages across a Redis outage."""
     pool = redis.ConnectionPool.from_url(
@@ -110,21 +128,21 @@ def make_broker(redis_url: str, **options: object) -> RedisBroker:
 class Dispatcher:
     """Sends dispatches recorded in the ledger to Redis, and checks whether their messages are still there."""
 
-    def __init__(self, broker: RedisBroker, queue: str) -> None:
+    def __init__(self, broker: OutageProofRedisBroker, queue: str) -> None:
         self.broker = broker
         self.queue = queue
         self._maintenance: RedisBroker | None = None
         broker.declare_queue(queue)
-        self._enqueue = broker.do_enqueue
 
     def send(self, dispatches: Iterable[Dispatch], *, now: datetime) -> int:
-        """Enqueue each dispatch, delayed until it is due; raise `BrokerUnavailable` if Redis is unreachable.
+        """Enqueue each dispatch, delayed until it is due, in one round trip; raise `BrokerUnavailable` if Redis
+        is unreachable (then some of them may have been sent: a later send of one is dropped by its claim).
 
-        The message is written as Dramatiq's `enqueue` would write it (same script, same encoding, the Redis
-        id pinned to the dispatch), without its two copies of the message and its enqueue hooks, none of
-        which we use: about a third of this call's CPU (bench/README.md).
+        The messages are written where and as Dramatiq's `enqueue` would write them (same keys, same encoding,
+        the Redis id pinned to the dispatch), without its two copies of each message, its enqueue hooks and a
+        Lua call per message, none of which we need: most of the CPU of a send (bench/README.md).
         """
-        sent = 0
+        messages = []
         for dispatch in dispatches:
             rid = redis_message_id(dispatch)
             delay_ms = int((dispatch.due_at - now).total_seconds() * 1000)
@@ -137,12 +155,14 @@ class Dispatcher:
                 queue_name=queue, actor_name=ACTOR_NAME, args=(str(dispatch.job_id),), kwargs={}, options=options,
                 message_id=rid,
             )  # fmt: skip
-            try:
-                self._enqueue(queue, rid, message.encode())
-            except (redis.RedisError, ConnectionClosed) as exc:
-                raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
-            sent += 1
-        return sent
+            messages.append((queue, rid, message.encode()))
+        if not messages:
+            return 0
+        try:
+            self.broker.enqueue_many(messages)
+        except (redis.RedisError, ConnectionClosed) as exc:
+            raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
+        return len(messages)
 
     def missing(self, dispatches: list[Dispatch]) -> list[Dispatch]:
         """The dispatches whose message is in neither the queue nor the delay queue (nor a worker's lease,
