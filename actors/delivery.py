@@ -66,11 +66,13 @@ class Delivery:
 
     def _claim_batch(self, dispatches: list[tuple[uuid.UUID, int]]) -> list[ClaimedJob | None]:
         now = self.clock()
-        return self.database.run(lambda conn: transitions.claim_many(conn, dispatches, now=now, worker=worker_name()))
+        return self.database.run(
+            lambda conn: transitions.claim_many(conn, dispatches, now=now, worker=worker_name()), kept=True
+        )
 
     def _succeed_batch(self, attempts: list[tuple[uuid.UUID, int]]) -> list[bool]:
         now = self.clock()
-        return self.database.run(lambda conn: transitions.succeed_many(conn, attempts, now=now))
+        return self.database.run(lambda conn: transitions.succeed_many(conn, attempts, now=now), kept=True)
 
     def __call__(self, job_id: str, rid: str) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,20 +81,28 @@ class Database:
             if self.engine.dialect.name == "postgresql"
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
+        self._kept = threading.local()
+        self._all_kept: list[Connection] = []
+        self._keeping = threading.Lock()
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def run(self, operation: Callable[[Connection], T], *, transaction: bool = False) -> T:
+    def run(self, operation: Callable[[Connection], T], *, transaction: bool = False, kept: bool = False) -> T:
         """Run `operation` on a connection (in one transaction when asked), retrying once on a dropped one.
 
         A pooled connection that died with its server fails on first use; the retry then gets a
         fresh one, so a database restart costs callers nothing once the server is back.
+
+        `kept`: the calling thread keeps its connection from one call to the next instead of taking one from
+        the pool each time, which cost the batching threads (one per batcher, for the life of the process)
+        more CPU than their statements (bench/README.md). PostgreSQL only, and never with `transaction`.
         """
         for attempt in (1, 2):
             try:
-                with self.connect(transaction=transaction) as conn:
+                keep = kept and self.dialect == "postgresql"
+                with self._kept_connection() if keep else self.connect(transaction=transaction) as conn:
                     try:
                         return operation(conn)
                     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -120,11 +129,26 @@ class Database:
             with self._autocommit.connect() as conn:
                 yield conn
 
+    @contextmanager
+    def _kept_connection(self) -> Iterator[Connection]:
+        conn: Connection | None = getattr(self._kept, "connection", None)
+        if conn is None or conn.invalidated or conn.closed:
+            if conn is not None:
+                conn.close()
+            conn = self._kept.connection = self._autocommit.connect()
+            with self._keeping:
+                self._all_kept.append(conn)
+        yield conn
+
     def ping(self) -> None:
         """Raise `LedgerUnavailable` unless the database answers a trivial query."""
         self.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
 
     def dispose(self) -> None:
+        with self._keeping:
+            kept, self._all_kept = self._all_kept, []
+        for conn in kept:
+            conn.close()
         self.engine.dispose()
         if self._autocommit is not self.engine:
             self._autocommit.dispose()

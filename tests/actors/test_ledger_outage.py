@@ -23,10 +23,10 @@ class FlakyLedger:
         self.database = database
         self.down_until = 0.0
 
-    def run(self, operation: Callable[[Any], T], *, transaction: bool = False) -> T:
+    def run(self, operation: Callable[[Any], T], *, transaction: bool = False, kept: bool = False) -> T:
         if time.monotonic() < self.down_until:
             raise LedgerUnavailable("connection refused (the test's outage)")
-        return self.database.run(operation, transaction=transaction)
+        return self.database.run(operation, transaction=transaction, kept=kept)
 
 
 class OutageDuringDelivery(RecordingChannel):

@@ -4,6 +4,8 @@ not mistaken for an outage."""
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
 import pytest
 from sqlalchemy import text
@@ -65,3 +67,30 @@ def test_a_statement_error_through_the_driver_is_raised_as_it_is(postgres_db):
         postgres_db.run(broken_sql)
     # And the connection it ran on is still good for the next unit of work.
     assert postgres_db.run(lambda conn: conn.execute(text("SELECT 1")).scalar_one()) == 1
+
+
+def test_a_kept_connection_serves_its_thread_again_rides_over_a_drop_and_is_closed_with_the_database(postgres_db):
+    def backend(conn):
+        return postgres(conn).execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    first = postgres_db.run(backend, kept=True)
+    assert postgres_db.run(backend, kept=True) == first
+    # Another thread keeps its own.
+    other: list[int] = []
+    thread = threading.Thread(target=lambda: other.append(postgres_db.run(backend, kept=True)))
+    thread.start()
+    thread.join()
+    assert other[0] != first
+
+    drop_every_connection_of(postgres_db)
+    replaced = postgres_db.run(backend, kept=True)
+    assert replaced != first
+    created = postgres_db.run(
+        lambda conn: intake.accept(conn, notification("k-kept"), now=T0, dispatch_now=True), kept=True
+    )
+    assert created.outcome is Intake.CREATED
+
+    postgres_db.dispose()
+    with psycopg.connect(postgres_db.engine.url.set(drivername="postgresql").render_as_string(False)) as admin:
+        alive = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [[replaced, other[0]]])
+        assert alive.fetchone()[0] == 0
