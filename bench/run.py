@@ -2,7 +2,7 @@
 baselines and peers, in one run on one machine. Writes `bench/results/latest.json`; see `bench/README.md`.
 
 BENCH_QUICK=1 runs a reduced version (fewer jobs, shorter runs, 1 M rows only) in under 5 minutes.
-Other knobs: BENCH_API_WORKERS (gunicorn sync workers for our API and both baselines, default 4),
+Other knobs: BENCH_API_WORKERS (gunicorn workers for our API and both baselines, default 4),
 BENCH_INTAKE_REPS, BENCH_INTAKE_SECONDS, BENCH_DRAIN_JOBS, BENCH_E2E_SECONDS, BENCH_SCALES (e.g. "1000000"),
 BENCH_ONLY (comma-separated phases: intake, drain, peers, e2e, maintenance), BENCH_KEEP_DB=1.
 """
@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import platform
 import re
+import runpy
 import subprocess
 import sys
 import time
@@ -160,9 +161,15 @@ def wrk(port: int, seconds: float, tag: str) -> tuple[dict, float]:
     }, usage.ru_utime + usage.ru_stime
 
 
+def gunicorn_settings() -> str:
+    """The product's gunicorn worker settings, which the baselines run under too."""
+    conf = runpy.run_path(str(ROOT / "service" / "gunicorn_conf.py"))
+    return f"{conf['worker_class']} workers × {conf.get('threads', 1)} threads"
+
+
 def phase_intake() -> dict:
-    log(f"intake: 3 servers, gunicorn sync × {API_WORKERS} workers each; wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, "
-        f"{INTAKE_REPS} rep(s) × {INTAKE_SECONDS}s")  # fmt: skip
+    log(f"intake: 3 servers, gunicorn {gunicorn_settings()}, {API_WORKERS} workers each; "
+        f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {INTAKE_REPS} rep(s) × {INTAKE_SECONDS}s")  # fmt: skip
     reset_ledger()
     ours, p0 = api_server("intake-api")
     base_insert, p1 = baseline_server("baseline-insert", "insert_app")
@@ -219,7 +226,7 @@ def phase_intake() -> dict:
                                        "vs_naive": [round(x, 3) for x in ratio_b]}  # fmt: skip
     out["intake"]["rss_mb_after"] = rss
     out["settings"] = {
-        "gunicorn": f"service/gunicorn_conf.py (sync workers), --workers {API_WORKERS}, same for all three",
+        "gunicorn": f"service/gunicorn_conf.py ({gunicorn_settings()}), --workers {API_WORKERS}, same for all three",
         "wrk": f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{INTAKE_SECONDS}s --latency -s bench/post.lua",
         "reps": INTAKE_REPS,
     }

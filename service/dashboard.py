@@ -106,7 +106,7 @@ class DashboardRetry:
 
         dispatch, exists = self.ctx.database.run(retry, transaction=True)
         if dispatch is not None:
-            self.ctx.dispatch(dispatch)
+            self.ctx.dispatch([dispatch])
         notice = "retried" if dispatch is not None else "not_failed" if exists else "not_found"
         params = {"q": query} if query else {}
         raise falcon.HTTPSeeOther(f"{DASHBOARD}?{urlencode({**params, 'notice': notice, 'job': str(key)})}")

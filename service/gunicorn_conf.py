@@ -9,17 +9,18 @@ Anything here can still be overridden without editing the file through gunicorn'
 
 import os
 
-# Sync workers: on the measured machine they gave the highest intake rate for this workload
-# (INSERT + Redis send per request: sync w=4 2.11k req/s against gthread w=2 t=8 1.84k).
-worker_class = "sync"
+# Threaded workers: the POSTs one process handles at the same moment share one INSERT and one Redis round
+# trip (service/intake.py), which a sync worker, one request at a time, never could. Measured with `make bench`
+# (bench/README.md): ~2 requests per statement at 32 connections, and the highest intake of the settings tried.
+worker_class = "gthread"
+threads = 8
 
 # A request is one INSERT and one Redis send; 30 s is far beyond a healthy one. On SIGTERM the
 # workers get the same 30 s to finish what they hold (deployments give the process a bit more).
 timeout = 30
 graceful_timeout = 30
 
-# The sync worker closes the connection after each response and ignores this; it is kept at the
-# usual value so that switching worker_class does not silently inherit gunicorn's 2 s default.
+# Idle keep-alive connections are kept 5 s (gunicorn's default is 2 s): producers posting in bursts reuse them.
 keepalive = 5
 
 # Recycle each worker after about 10k requests (jittered so they do not all restart at once):

@@ -11,15 +11,16 @@ import falcon
 
 from actors.broker import BrokerUnavailable, Dispatcher
 from actors.channels.base import Channel
-from ledger import intake, queries, transitions
+from ledger import queries, transitions
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
-from ledger.intake import Intake
+from ledger.intake import Accepting, Intake
 from ledger.timestamps import rfc3339, utcnow
 from ledger.transitions import Dispatch
 from service import metrics
 from service.bodies import read_json_object
 from service.errors import ApiError
+from service.intake import GroupIntake
 from service.settings import ServiceSettings
 from service.validation import parse_notification
 
@@ -35,12 +36,15 @@ class Context:
     dispatcher: Dispatcher
     channels: dict[str, Channel]
 
-    def dispatch(self, dispatch: Dispatch) -> None:
-        """Send after commit, best effort: the ledger has the job, and the reconciler sends what Redis missed."""
+    def dispatch(self, dispatches: list[Dispatch]) -> None:
+        """Send after commit, best effort: the ledger has the jobs, and the reconciler sends what Redis missed."""
+        if not dispatches:
+            return
         try:
-            self.dispatcher.send([dispatch], now=utcnow())
+            self.dispatcher.send(dispatches, now=utcnow())
         except BrokerUnavailable as exc:
-            log.warning("job %s recorded but not yet dispatched: %s", dispatch.job_id, exc)
+            for dispatch in dispatches:
+                log.warning("job %s recorded but not yet dispatched: %s", dispatch.job_id, exc)
 
 
 def _job_id(raw: str) -> uuid.UUID:
@@ -67,6 +71,7 @@ class NotificationCollection:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.intake = GroupIntake(ctx.database, ctx.dispatch)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
@@ -85,7 +90,7 @@ class NotificationCollection:
         now = utcnow()
         horizon = self.ctx.settings.core.schedule_horizon
         dispatch_now = request.send_at is None or (request.send_at - now).total_seconds() <= horizon
-        result = self.ctx.database.run(lambda conn: intake.accept(conn, request, now=now, dispatch_now=dispatch_now))
+        result = self.intake.accept(Accepting(request, now, dispatch_now))
         metrics.count_intake(result.outcome.value)
         if result.outcome is Intake.MISMATCH:
             raise ApiError(
@@ -106,9 +111,6 @@ class NotificationCollection:
             resp.set_header("Idempotent-Replayed", "true")
             return
         resp.status = falcon.HTTP_202
-        if result.dispatch_seq:
-            assert result.next_attempt_at is not None
-            self.ctx.dispatch(Dispatch(result.job_id, result.dispatch_seq, result.next_attempt_at))
 
 
 def job_document(job: queries.JobView) -> dict[str, Any]:
@@ -215,6 +217,7 @@ class NotificationRetry:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.intake = GroupIntake(ctx.database, ctx.dispatch)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         key, now = _job_id(job_id), utcnow()
@@ -233,7 +236,7 @@ class NotificationRetry:
                 "not_failed",
                 f"The notification is {job.status.value}; only FAILED ones can be retried.",
             )
-        self.ctx.dispatch(dispatch)
+        self.ctx.dispatch([dispatch])
         resp.status = falcon.HTTP_202
         resp.media = job_document(job)
 

@@ -236,3 +236,61 @@ def test_a_replay_that_races_the_pruner_deleting_its_old_job_makes_a_new_job_ins
     assert job_row(database, old) is None
     assert result.outcome is Intake.CREATED
     assert job_row(database, result.job_id).idempotency_key == "k"
+
+
+def accept_many(database, *requests, now=T0, dispatch_now=True):
+    batch = [intake.Accepting(request, now, dispatch_now) for request in requests]
+    return database.run(lambda conn: intake.accept_many(conn, batch))
+
+
+def test_a_batch_writes_every_new_key_in_one_statement_and_leaves_taken_keys_to_accept(database):
+    taken = accept(database, notification("taken"))
+    statements: list[str] = []
+    engine = database._autocommit if database.dialect == "postgresql" else database.engine
+    requests = [
+        notification("a", metadata={"n": 1}),
+        notification("taken"),
+        notification("b", subject="S", send_at=T0 + timedelta(hours=1)),
+        notification("a", metadata={"n": 1}),
+    ]
+
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        results = accept_many(database, *requests, now=T0 + SECOND)
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+
+    first, replayed, scheduled, duplicate = results
+    if database.dialect == "postgresql":
+        # One INSERT for the batch (through the driver, unseen by SQLAlchemy); the taken keys come back as None.
+        assert statements == []
+        assert replayed is None and duplicate is None
+    else:
+        assert replayed.outcome is Intake.REPLAYED and replayed.job_id == taken.job_id
+        assert duplicate.outcome is Intake.REPLAYED and duplicate.job_id == first.job_id
+    assert first.outcome is Intake.CREATED and scheduled.outcome is Intake.CREATED
+    assert (first.dispatch_seq, first.next_attempt_at, first.created_at) == (1, T0 + SECOND, T0 + SECOND)
+    assert scheduled.next_attempt_at == T0 + timedelta(hours=1)
+    row = job_row(database, scheduled.job_id)
+    assert (row.status, row.subject, row.metadata, row.send_at, row.attempts) == (
+        "PENDING",
+        "S",
+        None,
+        T0 + timedelta(hours=1),
+        0,
+    )
+    assert (row.created_at, row.updated_at, row.payload_hash) == (T0 + SECOND, T0 + SECOND, requests[2].payload_hash())
+    assert job_row(database, first.job_id).metadata == {"n": 1}
+    assert row_count(database) == 3
+    # What the batch left to `accept` is answered there as usual.
+    assert accept(database, notification("a", metadata={"n": 2})).outcome is Intake.MISMATCH
+
+
+def test_a_batch_with_a_value_the_column_cannot_hold_writes_nothing(postgres_db):
+    too_long = notification("k" * 300)
+
+    with pytest.raises(Exception, match="too long"):
+        accept_many(postgres_db, notification("fine"), too_long)
+
+    assert row_count(postgres_db) == 0

@@ -6,6 +6,7 @@ unique constraint exactly as gunicorn's threads and workers would."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from falcon import testing
 
 from actors.broker import Dispatcher
+from ledger import intake
 from ledger.database import Database
 from ledger.states import Status
 from tests.service.conftest import RedisMessages, job_count, ledger_counts, notification, post
@@ -120,3 +122,46 @@ def test_concurrent_requests_with_different_keys_each_make_their_own_job(
     assert len({r.json["job_id"] for r in results}) == 30
     assert job_count(postgres_db) == 30
     assert len(redis_messages.queued()) == 30
+
+
+def test_concurrent_requests_share_the_ledger_statement_and_each_gets_its_own_answer(
+    app_on, postgres_db, dispatcher, redis_messages, monkeypatch
+):
+    groups: list[int] = []
+    accept_many = intake.accept_many
+
+    def slow_accept_many(conn, group):
+        groups.append(len(group))
+        time.sleep(0.05)  # a statement in the database, during which other requests queue up
+        return accept_many(conn, group)
+
+    monkeypatch.setattr(intake, "accept_many", slow_accept_many)
+    app = app_on(postgres_db, dispatcher)
+    bodies = [notification() for _ in range(20)] + [notification(idempotency_key="twice")] * 2
+
+    results = race(app, bodies)
+
+    assert sum(groups) == 22 and max(groups) > 1, groups
+    assert sorted(r.status_code for r in results) == [200] + [202] * 21
+    assert [r.json["idempotency_key"] for r in results] == [b["idempotency_key"] for b in bodies]
+    assert len({r.json["job_id"] for r in results}) == 21
+    assert job_count(postgres_db) == 21
+    # Every new job's message was sent before its 202.
+    assert redis_messages.queued().keys() >= {f"{r.json['job_id']}.1" for r in results}
+
+
+def test_a_group_the_ledger_refuses_as_a_whole_is_accepted_request_by_request(
+    app_on, postgres_db, dispatcher, redis_messages, monkeypatch
+):
+    def refusing(conn, group):
+        time.sleep(0.05)
+        raise ValueError("one value of the group does not fit its column")
+
+    monkeypatch.setattr(intake, "accept_many", refusing)
+    app = app_on(postgres_db, dispatcher)
+
+    results = race(app, [notification() for _ in range(10)])
+
+    assert [r.status_code for r in results] == [202] * 10
+    assert job_count(postgres_db) == 10
+    assert len(redis_messages.queued()) == 10
