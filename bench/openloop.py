@@ -1,4 +1,5 @@
-"""Open-loop load: POST notifications at a fixed rate, whatever the answers' latency (no coordinated omission).
+"""Open-loop load: POST notifications at a fixed rate, whatever the answers' latency (no coordinated omission),
+over keep-alive connections (a new one whenever all are busy).
 
 Request i is started at t0 + i / rate. Prints one JSON line: requests sent, answers by status, the achieved
 rate, how late requests started (the generator's own lag) and client-side HTTP latency percentiles.
@@ -12,6 +13,7 @@ producer sees (request start → SUCCESS) can be computed next to the ledger's (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -25,17 +27,42 @@ MESSAGE = (
 )
 
 
-async def post(port: int, body: bytes) -> tuple[int, float]:
-    started = time.perf_counter()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        b"POST /api/notifications HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
-    answer = await reader.read()
-    writer.close()
-    status = int(answer[9:12]) if answer.startswith(b"HTTP/") else 0
-    return status, time.perf_counter() - started
+class Connections:
+    """Keep-alive connections to the API, as a producer's HTTP client pools them (and as wrk does in the intake
+    phase): a request takes an idle one or opens a new one, so open-loop requests never wait for each other."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def post(self, body: bytes) -> tuple[int, float]:
+        started = time.perf_counter()
+        request = (
+            b"POST /api/notifications HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        while self.idle:
+            # A kept connection the server closed meanwhile (its keep-alive timeout): try the next one.
+            reader, writer = self.idle.pop()
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                return await self._exchange(reader, writer, request), time.perf_counter() - started
+            writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return await self._exchange(reader, writer, request), time.perf_counter() - started
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        headers = head.lower()
+        length = (
+            int(headers.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]) if b"content-length:" in headers else 0
+        )
+        await reader.readexactly(length)
+        if b"connection: close" in headers:
+            writer.close()
+        else:
+            self.idle.append((reader, writer))
+        return int(head[9:12])
 
 
 async def run(port: int, rate: float, seconds: float, tag: str, warmup: float, sent: dict[str, float]) -> dict:
@@ -44,6 +71,7 @@ async def run(port: int, rate: float, seconds: float, tag: str, warmup: float, s
     latencies: list[float] = []
     lags: list[float] = []
     tasks: set[asyncio.Task] = set()
+    connections = Connections(port)
 
     async def one(i: int) -> None:
         measured = i / rate >= warmup
@@ -54,7 +82,7 @@ async def run(port: int, rate: float, seconds: float, tag: str, warmup: float, s
         if measured:
             sent[key] = time.time()
         try:
-            status, latency = await post(port, body)
+            status, latency = await connections.post(body)
         except OSError:
             status, latency = 0, float("nan")
         statuses[status] += 1
