@@ -36,7 +36,9 @@ baseline_jobs = sa.Table(
 )
 
 # gunicorn loads this module in each worker after the fork (preload_app is off), so each worker has its own.
-engine = sa.create_engine(DATABASE_URL)
+# The product's pool size (ledger/database.py): under the threaded workers SQLAlchemy's default of 5 would
+# open and close a PostgreSQL connection for every request beyond the fifth at once.
+engine = sa.create_engine(DATABASE_URL, pool_size=10, max_overflow=10)
 INSERT = baseline_jobs.insert()
 
 dramatiq.set_broker(RedisBroker(url=REDIS_URL))
