@@ -99,9 +99,11 @@ class Database:
         the pool each time, which cost the batching threads (one per batcher, for the life of the process)
         more CPU than their statements (bench/README.md). PostgreSQL only, and never with `transaction`.
         """
+        if kept and transaction:
+            raise ValueError("a kept connection runs statements on their own, never in a transaction")
+        keep = kept and self.dialect == "postgresql"
         for attempt in (1, 2):
             try:
-                keep = kept and self.dialect == "postgresql"
                 with self._kept_connection() if keep else self.connect(transaction=transaction) as conn:
                     try:
                         return operation(conn)

@@ -94,3 +94,8 @@ def test_a_kept_connection_serves_its_thread_again_rides_over_a_drop_and_is_clos
     with psycopg.connect(postgres_db.engine.url.set(drivername="postgresql").render_as_string(False)) as admin:
         alive = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [[replaced, other[0]]])
         assert alive.fetchone()[0] == 0
+
+
+def test_a_kept_connection_is_never_asked_for_a_transaction(postgres_db):
+    with pytest.raises(ValueError, match="never in a transaction"):
+        postgres_db.run(lambda conn: None, transaction=True, kept=True)
