@@ -69,6 +69,15 @@ def test_a_statement_error_through_the_driver_is_raised_as_it_is(postgres_db):
     assert postgres_db.run(lambda conn: conn.execute(text("SELECT 1")).scalar_one()) == 1
 
 
+def test_kept_connections_plan_their_statements_generically_and_the_others_as_postgresql_chooses(postgres_db):
+    def plan_cache_mode(conn):
+        return conn.execute(text("SHOW plan_cache_mode")).scalar_one()
+
+    assert postgres_db.run(plan_cache_mode, kept=True) == "force_generic_plan"
+    assert postgres_db.run(plan_cache_mode) == "auto"
+    assert postgres_db.run(plan_cache_mode, transaction=True) == "auto"
+
+
 def test_a_kept_connection_serves_its_thread_again_rides_over_a_drop_and_is_closed_with_the_database(postgres_db):
     def backend(conn):
         return postgres(conn).execute("SELECT pg_backend_pid()").fetchone()[0]
