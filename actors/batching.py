@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
@@ -13,19 +14,29 @@ Result = TypeVar("Result")
 #: Most requests one statement carries; bounds the statement's size and its row locks.
 MAX_BATCH = 64
 
+log = logging.getLogger("wjp.batching")
+
 
 class _Waiter(Generic[Request, Result]):
     """One submitted request: its thread sleeps on `done` (held from birth) until the batch thread releases it.
-    A bare lock and a C queue: a `Future` and a `Condition` per request cost the batching a tenth of its gain."""
+    A bare lock and a C queue: a `Future` and a `Condition` per request cost the batching a tenth of its gain.
+    A posted request has no `done`: nobody waits for it. A flush marker has no request: it is released once
+    everything queued before it has run."""
 
     __slots__ = ("done", "error", "request", "result")
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, *, waited: bool = True) -> None:
         self.request = request
-        self.done = threading.Lock()
-        self.done.acquire()
+        self.done: threading.Lock | None = None
+        if waited:
+            self.done = threading.Lock()
+            self.done.acquire()
         self.result: Result | None = None
         self.error: BaseException | None = None
+
+
+#: The request of a flush marker.
+_FLUSH: Any = object()
 
 
 class Batcher(Generic[Request, Result]):
@@ -45,14 +56,30 @@ class Batcher(Generic[Request, Result]):
 
     def submit(self, request: Request) -> Result:
         """Wait for the batch holding `request` and return its result, or raise what the batch raised."""
-        if self._thread is None or not self._thread.is_alive():
-            self._start()
-        waiter: _Waiter[Request, Result] = _Waiter(request)
-        self._waiting.put(waiter)
-        waiter.done.acquire()
+        waiter = self._enqueue(request, waited=True)
+        waiter.done.acquire()  # type: ignore[union-attr]
         if waiter.error is not None:
             raise waiter.error
         return waiter.result  # type: ignore[return-value]
+
+    def post(self, request: Request) -> None:
+        """Queue `request` for the next batch without waiting for it: `run_batch` owns what becomes of it
+        (a batch that raises anyway is logged)."""
+        self._enqueue(request, waited=False)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds until everything submitted or posted so far has run; say whether it has."""
+        if self._thread is None:
+            return True
+        marker = self._enqueue(_FLUSH, waited=True)
+        return marker.done.acquire(timeout=timeout)  # type: ignore[union-attr]
+
+    def _enqueue(self, request: Request, *, waited: bool) -> _Waiter[Request, Result]:
+        if self._thread is None or not self._thread.is_alive():
+            self._start()
+        waiter: _Waiter[Request, Result] = _Waiter(request, waited=waited)
+        self._waiting.put(waiter)
+        return waiter
 
     def _start(self) -> None:
         with self._starting:
@@ -68,15 +95,31 @@ class Batcher(Generic[Request, Result]):
                     batch.append(self._waiting.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                results = self._run_batch([waiter.request for waiter in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"{self._name}: {len(results)} results for {len(batch)} requests")
-            except BaseException as exc:  # every waiter must hear of it, whatever it is
-                for waiter in batch:
-                    waiter.error = exc
+            markers = [waiter for waiter in batch if waiter.request is _FLUSH]
+            if markers:
+                batch = [waiter for waiter in batch if waiter.request is not _FLUSH]
+            if batch:
+                self._run(batch)
+            for marker in markers:
+                marker.done.release()  # type: ignore[union-attr]
+
+    def _run(self, batch: list[_Waiter[Request, Result]]) -> None:
+        try:
+            results = self._run_batch([waiter.request for waiter in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{self._name}: {len(results)} results for {len(batch)} requests")
+        except BaseException as exc:  # every waiter must hear of it, whatever it is
+            posted = 0
+            for waiter in batch:
+                waiter.error = exc
+                if waiter.done is None:
+                    posted += 1
+                else:
                     waiter.done.release()
-                continue
-            for waiter, result in zip(batch, results, strict=True):
-                waiter.result = result
+            if posted:
+                log.error("%s: a batch failed with %d posted requests in it", self._name, posted, exc_info=exc)
+            return
+        for waiter, result in zip(batch, results, strict=True):
+            waiter.result = result
+            if waiter.done is not None:
                 waiter.done.release()

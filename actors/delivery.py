@@ -10,11 +10,11 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
+from dramatiq.middleware import CurrentMessage, Middleware, TimeLimitExceeded
 
 from actors import metrics
 from actors.backoff import Verdict, decide
@@ -41,6 +41,14 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class _Delivered(NamedTuple):
+    """A successful attempt whose outcome is yet to be written."""
+
+    job: ClaimedJob
+    claimed_at: datetime
+    elapsed_ms: float
+
+
 class Delivery:
     """Runs one delivery attempt for a message. Shared by all worker threads of a process."""
 
@@ -60,9 +68,10 @@ class Delivery:
         self.settings = settings
         self.clock = clock
         self.rand = rand
-        # Claims and successes are the two statements of every job: the process's threads share them.
+        # Claims and successes are the two statements of every job: the process's threads share them. A thread
+        # waits for its claim, but not for its success to be written: it takes its next message meanwhile.
         self._claims: Batcher[tuple[uuid.UUID, int], ClaimedJob | None] = Batcher(self._claim_batch, "wjp-claims")
-        self._successes: Batcher[tuple[uuid.UUID, int], bool] = Batcher(self._succeed_batch, "wjp-successes")
+        self._successes: Batcher[_Delivered, bool] = Batcher(self._succeed_batch, "wjp-successes")
 
     def _claim_batch(self, dispatches: list[tuple[uuid.UUID, int]]) -> list[ClaimedJob | None]:
         now = self.clock()
@@ -70,9 +79,34 @@ class Delivery:
             lambda conn: transitions.claim_many(conn, dispatches, now=now, worker=worker_name()), kept=True
         )
 
-    def _succeed_batch(self, attempts: list[tuple[uuid.UUID, int]]) -> list[bool]:
+    def _succeed_batch(self, delivered: list[_Delivered]) -> list[bool]:
+        attempts = [(item.job.id, item.job.attempt) for item in delivered]
         now = self.clock()
-        return self.database.run(lambda conn: transitions.succeed_many(conn, attempts, now=now), kept=True)
+        try:
+            done = self._write(
+                lambda: self.database.run(lambda conn: transitions.succeed_many(conn, attempts, now=now), kept=True),
+                claimed_at=max(item.claimed_at for item in delivered),
+            )
+        except LedgerUnavailable as exc:
+            for item in delivered:
+                log.error(
+                    "Job %s: could not record the success of attempt %d (%s); the reconciler will take the claim "
+                    "back and attempt it again",
+                    item.job.id,
+                    item.job.attempt,
+                    exc,
+                )
+            return [False] * len(delivered)
+        for (job, _, elapsed_ms), succeeded in zip(delivered, done, strict=True):
+            if succeeded:
+                log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms)
+            else:
+                _log_taken_back(job)
+        return done
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the successes not yet written; say whether they all have been."""
+        return self._successes.flush(timeout)
 
     def __call__(self, job_id: str, rid: str) -> None:
         try:
@@ -119,13 +153,13 @@ class Delivery:
             now=now,
             rand=self.rand,
         )
-        elapsed_ms = (now - started).total_seconds() * 1000
-        text = _error_text(error)
         if decision.verdict is Verdict.SUCCEED:
-            done = self._write(lambda: self._successes.submit((job.id, job.attempt)), claimed_at=started)
-            if done:
-                log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms)
-        elif decision.verdict is Verdict.RETRY:
+            # Written by the success batcher, which rides out a ledger outage the same way `_write` does; until
+            # then the job is PROCESSING in this worker's claim, as if the delivery were still running.
+            self._successes.post(_Delivered(job, started, (now - started).total_seconds() * 1000))
+            return
+        text = _error_text(error)
+        if decision.verdict is Verdict.RETRY:
             assert decision.due_at is not None
             dispatch = self._write(
                 lambda: self.database.run(
@@ -150,7 +184,7 @@ class Delivery:
             if done:
                 log.warning("⚠️ Job %s marked as FAILED after attempt %d: %s", job.id, job.attempt, text)
         if not done:
-            log.warning("Job %s: attempt %d was taken back meanwhile; its result is dropped", job.id, job.attempt)
+            _log_taken_back(job)
 
     def _handle_unclaimed(self, dispatch: Dispatch) -> None:
         """A message that did not claim is dropped, unless it is the job's current one and merely early."""
@@ -188,6 +222,10 @@ class Delivery:
                 pause = min(pause * 2, 5.0)
 
 
+def _log_taken_back(job: ClaimedJob) -> None:
+    log.warning("Job %s: attempt %d was taken back meanwhile; its result is dropped", job.id, job.attempt)
+
+
 def _error_text(error: DeliveryError | None) -> str:
     if error is None:
         return ""
@@ -201,8 +239,22 @@ def _retry_ledger_outages(retries: int, exception: BaseException) -> bool:
     return isinstance(exception, LedgerUnavailable)
 
 
+class _WriteSuccessesBeforeExit(Middleware):
+    """A worker that stops (SIGTERM, `Worker.stop`) writes the successes its threads left to the batcher first."""
+
+    def __init__(self, delivery: Delivery, timeout: float) -> None:
+        self.delivery = delivery
+        self.timeout = timeout
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if not self.delivery.flush(self.timeout):
+            log.error("stopping with successes not yet written; the reconciler will attempt those jobs again")
+
+
 def declare_actor(broker: RedisBroker, delivery: Delivery, settings: Settings) -> dramatiq.Actor:
     """Register the delivery actor on `broker` for the configured queue."""
+    # Beyond the attempt's time limit, `_write` gives up on an unreachable ledger anyway.
+    broker.add_middleware(_WriteSuccessesBeforeExit(delivery, settings.attempt_time_limit + 5))
 
     def deliver(job_id: str) -> None:
         message = CurrentMessage.get_current_message()

@@ -53,3 +53,42 @@ def test_a_failing_batch_raises_its_error_in_every_waiting_thread_and_the_next_b
     with pytest.raises(ConnectionError):
         batcher.submit(1)
     assert batcher.submit(2) == 2
+
+
+def test_posted_requests_run_without_their_sender_waiting_and_flush_waits_for_them():
+    release = threading.Event()
+    ran: list[int] = []
+
+    def run(items: list[int]) -> list[None]:
+        release.wait(5)
+        ran.extend(items)
+        return [None] * len(items)
+
+    batcher = Batcher(run, "test")
+    for n in range(5):
+        batcher.post(n)  # returns while the first batch is still held in the "database"
+    assert ran == []
+    assert batcher.flush(timeout=0.05) is False
+    release.set()
+    assert batcher.flush(timeout=5) is True
+    assert ran == [0, 1, 2, 3, 4]
+
+
+def test_a_flush_with_nothing_ever_queued_returns_at_once():
+    assert Batcher(lambda items: items, "test").flush(timeout=0) is True
+
+
+def test_a_failing_batch_of_posted_requests_is_logged_and_the_next_batch_still_runs(caplog):
+    calls: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        calls.append(items)
+        if len(calls) == 1:
+            raise ConnectionError("ledger down")
+        return items
+
+    batcher = Batcher(run, "test")
+    batcher.post(1)
+    assert batcher.flush(timeout=5)
+    assert "a batch failed with 1 posted requests in it" in caplog.text
+    assert batcher.submit(2) == 2
