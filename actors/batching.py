@@ -1,7 +1,8 @@
-"""Group commit for threads: concurrent requests of one kind share one ledger statement."""
+"""Group commit for threads: concurrent requests share one ledger statement."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -40,16 +41,21 @@ _FLUSH: Any = object()
 
 
 class Batcher(Generic[Request, Result]):
-    """Runs `run_batch` on everything submitted meanwhile, from one thread of its own.
+    """Runs `run_batch` on everything submitted meanwhile, from one thread of its own. It answers each request
+    with a result, or with an exception to raise in that request's thread alone.
 
-    No request waits for company: a lone request runs at once. Under load, requests that arrive while a
+    No request that someone waits for waits for company: it runs at once. Posted requests alone may wait up to
+    `linger` seconds for one, to share its statement. Under load, requests that arrive while a
     batch is in the database form the next batch, so the statements (and commits) per job shrink as the
     load grows. The thread starts on first use, so it belongs to the process that uses it (Dramatiq forks).
     """
 
-    def __init__(self, run_batch: Callable[[list[Request]], list[Result]], name: str) -> None:
+    def __init__(
+        self, run_batch: Callable[[list[Request]], list[Result | BaseException]], name: str, *, linger: float = 0.0
+    ) -> None:
         self._run_batch = run_batch
         self._name = name
+        self._linger = linger
         self._waiting: queue.SimpleQueue[_Waiter[Request, Result]] = queue.SimpleQueue()
         self._starting = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -90,11 +96,12 @@ class Batcher(Generic[Request, Result]):
     def _serve(self) -> None:
         while True:
             batch = [self._waiting.get()]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._waiting.get_nowait())
-                except queue.Empty:
-                    break
+            self._gather(batch)
+            if self._linger and all(waiter.done is None for waiter in batch):
+                # Nobody is waiting yet: a request someone waits for, arriving soon, can carry these along.
+                with contextlib.suppress(queue.Empty):
+                    batch.append(self._waiting.get(timeout=self._linger))
+                self._gather(batch)
             markers = [waiter for waiter in batch if waiter.request is _FLUSH]
             if markers:
                 batch = [waiter for waiter in batch if waiter.request is not _FLUSH]
@@ -102,6 +109,13 @@ class Batcher(Generic[Request, Result]):
                 self._run(batch)
             for marker in markers:
                 marker.done.release()  # type: ignore[union-attr]
+
+    def _gather(self, batch: list[_Waiter[Request, Result]]) -> None:
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._waiting.get_nowait())
+            except queue.Empty:
+                return
 
     def _run(self, batch: list[_Waiter[Request, Result]]) -> None:
         try:
@@ -120,6 +134,11 @@ class Batcher(Generic[Request, Result]):
                 log.error("%s: a batch failed with %d posted requests in it", self._name, posted, exc_info=exc)
             return
         for waiter, result in zip(batch, results, strict=True):
-            waiter.result = result
+            if isinstance(result, BaseException):
+                waiter.error = result
+                if waiter.done is None:
+                    log.error("%s: a posted request failed", self._name, exc_info=result)
+            else:
+                waiter.result = result
             if waiter.done is not None:
                 waiter.done.release()

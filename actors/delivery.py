@@ -41,6 +41,17 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+#: Longest a success waits for a claim to share a statement with (at most this much later in the ledger).
+SUCCESS_LINGER = 0.005
+
+
+class _Claim(NamedTuple):
+    """A message that is to claim its job's attempt."""
+
+    job_id: uuid.UUID
+    seq: int
+
+
 class _Delivered(NamedTuple):
     """A successful attempt whose outcome is yet to be written."""
 
@@ -68,22 +79,43 @@ class Delivery:
         self.settings = settings
         self.clock = clock
         self.rand = rand
-        # Claims and successes are the two statements of every job: the process's threads share them. A thread
-        # waits for its claim, but not for its success to be written: it takes its next message meanwhile.
-        self._claims: Batcher[tuple[uuid.UUID, int], ClaimedJob | None] = Batcher(self._claim_batch, "wjp-claims")
-        self._successes: Batcher[_Delivered, bool] = Batcher(self._succeed_batch, "wjp-successes")
-
-    def _claim_batch(self, dispatches: list[tuple[uuid.UUID, int]]) -> list[ClaimedJob | None]:
-        now = self.clock()
-        return self.database.run(
-            lambda conn: transitions.claim_many(conn, dispatches, now=now, worker=worker_name()), kept=True
+        # Claims and successes are the two writes of every job: the process's threads share statements of them, and
+        # a success waits a moment for a claim to share its statement (and commit) with. A thread waits for its
+        # claim, but not for its success to be written: it takes its next message meanwhile.
+        self._ledger: Batcher[_Claim | _Delivered, ClaimedJob | bool | None] = Batcher(
+            self._write_batch, "wjp-ledger", linger=SUCCESS_LINGER
         )
 
-    def _succeed_batch(self, delivered: list[_Delivered]) -> list[bool]:
+    def _write_batch(self, requests: list[_Claim | _Delivered]) -> list[ClaimedJob | bool | BaseException | None]:
+        delivered = [r for r in requests if isinstance(r, _Delivered)]
+        dispatches = [r for r in requests if isinstance(r, _Claim)]
         attempts = [(item.job.id, item.job.attempt) for item in delivered]
         now = self.clock()
+        claimed: list[ClaimedJob | None] | list[BaseException]
         try:
-            done = self._write(
+            done, claimed = self.database.run(
+                lambda conn: transitions.succeed_and_claim(conn, attempts, dispatches, now=now, worker=worker_name()),
+                kept=True,
+            )
+        except LedgerUnavailable as exc:
+            if not delivered:
+                raise
+            # The claims hear of it at once (their messages come back later); the successes ride it out.
+            claimed = [exc] * len(dispatches)
+            done = self._write_successes(attempts, delivered, now=now)
+        for (job, _, elapsed_ms), succeeded in zip(delivered, done, strict=True):
+            if succeeded:
+                log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms)
+            else:
+                _log_taken_back(job)
+        successes, claims = iter(done), iter(claimed)
+        return [next(successes) if isinstance(request, _Delivered) else next(claims) for request in requests]
+
+    def _write_successes(
+        self, attempts: list[tuple[uuid.UUID, int]], delivered: list[_Delivered], *, now: datetime
+    ) -> list[bool]:
+        try:
+            return self._write(
                 lambda: self.database.run(lambda conn: transitions.succeed_many(conn, attempts, now=now), kept=True),
                 claimed_at=max(item.claimed_at for item in delivered),
             )
@@ -97,16 +129,10 @@ class Delivery:
                     exc,
                 )
             return [False] * len(delivered)
-        for (job, _, elapsed_ms), succeeded in zip(delivered, done, strict=True):
-            if succeeded:
-                log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms)
-            else:
-                _log_taken_back(job)
-        return done
 
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the successes not yet written; say whether they all have been."""
-        return self._successes.flush(timeout)
+        return self._ledger.flush(timeout)
 
     def __call__(self, job_id: str, rid: str) -> None:
         try:
@@ -115,7 +141,7 @@ class Delivery:
             log.error("dropping a message with a malformed id %r (job %s)", rid, job_id)
             return
         claimed_at = self.clock()
-        job = self._claims.submit((message_job_id, seq))
+        job = self._ledger.submit(_Claim(message_job_id, seq))
         if job is None:
             self._handle_unclaimed(Dispatch(message_job_id, seq, claimed_at))
             return
@@ -154,9 +180,9 @@ class Delivery:
             rand=self.rand,
         )
         if decision.verdict is Verdict.SUCCEED:
-            # Written by the success batcher, which rides out a ledger outage the same way `_write` does; until
-            # then the job is PROCESSING in this worker's claim, as if the delivery were still running.
-            self._successes.post(_Delivered(job, started, (now - started).total_seconds() * 1000))
+            # Written by the batcher (`_write_batch`), which rides out a ledger outage as `_write` does; until then
+            # the job is PROCESSING in this worker's claim, as if the delivery were still running.
+            self._ledger.post(_Delivered(job, started, (now - started).total_seconds() * 1000))
             return
         text = _error_text(error)
         if decision.verdict is Verdict.RETRY:

@@ -12,7 +12,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Integer, Uuid, bindparam, column, func, select, tuple_, update
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Integer,
+    Uuid,
+    bindparam,
+    column,
+    func,
+    literal,
+    null,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from ledger.database import DriverStatement, postgres
@@ -52,10 +65,10 @@ class Dispatch:
     due_at: datetime
 
 
-def _pairs(second: str) -> Any:
-    """PostgreSQL's `unnest(:ids, :<second>s) AS pairs(id, <second>)`: a batch as two arrays, so that one
+def _pairs(second: str, ids: str) -> Any:
+    """PostgreSQL's `unnest(:<ids>, :<second>s) AS pairs(id, <second>)`: a batch as two arrays, so that one
     statement text (prepared once) serves every batch size, and each pair is found through the primary key."""
-    arrays = (bindparam("ids", type_=ARRAY(Uuid())), bindparam(f"{second}s", type_=ARRAY(Integer())))
+    arrays = (bindparam(ids, type_=ARRAY(Uuid())), bindparam(f"{second}s", type_=ARRAY(Integer())))
     return (
         func.unnest(*arrays)
         .table_valued(column("id", Uuid()), column(second, Integer()))
@@ -63,11 +76,11 @@ def _pairs(second: str) -> Any:
     )
 
 
-def _build_claim(postgresql: bool) -> Any:
+def _build_claim(postgresql: bool, ids: str = "ids") -> Any:
     guard, target = _transition("claim", found_by_key=postgresql)
     now = bindparam("now", type_=UTCDateTime())
     if postgresql:
-        pairs = _pairs("seq")
+        pairs = _pairs("seq", ids)
         matching = (jobs.c.id == pairs.c.id, jobs.c.dispatch_seq == pairs.c.seq)
     else:
         matching = (tuple_(jobs.c.id, jobs.c.dispatch_seq).in_(bindparam("dispatches", expanding=True)),)
@@ -158,11 +171,11 @@ def _build_schedule_retry() -> Any:
     )
 
 
-def _build_succeed(postgresql: bool) -> Any:
+def _build_succeed(postgresql: bool, ids: str = "ids") -> Any:
     guard, target = _transition("succeed", found_by_key=postgresql)
     now = bindparam("now", type_=UTCDateTime())
     if postgresql:
-        pairs = _pairs("attempt")
+        pairs = _pairs("attempt", ids)
         matching = (jobs.c.id == pairs.c.id, jobs.c.attempts == pairs.c.attempt)
     else:
         matching = (tuple_(jobs.c.id, jobs.c.attempts).in_(bindparam("held", expanding=True)),)
@@ -181,8 +194,20 @@ def _build_succeed(postgresql: bool) -> Any:
     )
 
 
+def _build_succeed_and_claim() -> Any:
+    """Both batches in one PostgreSQL statement (one commit): the claimed rows, then the ids that succeeded with
+    the job's columns NULL. No row can be in both, since one guard wants PROCESSING and the other does not."""
+    succeeded = _build_succeed(postgresql=True, ids="success_ids").cte("succeeded")
+    claimed = _build_claim(postgresql=True, ids="claim_ids").cte("claimed")
+    flag = Boolean()
+    return select(literal(True, flag).label("claimed"), *claimed.c).union_all(
+        select(literal(False, flag), succeeded.c.id, *(null() for _ in range(len(claimed.c) - 1)))
+    )
+
+
 _SUCCEED = _build_succeed(postgresql=False)
 _DRIVER_SUCCEED = DriverStatement(_build_succeed(postgresql=True))
+_DRIVER_SUCCEED_AND_CLAIM = DriverStatement(_build_succeed_and_claim())
 _FAIL = _build_fail()
 _SCHEDULE_RETRY = _build_schedule_retry()
 
@@ -197,6 +222,39 @@ def succeed_many(conn: Connection, attempts: list[tuple[uuid.UUID, int]], *, now
         rows = _DRIVER_SUCCEED.execute(driver, params).fetchall()
     done = {row[0] for row in rows}
     return [job_id in done for job_id, _ in attempts]
+
+
+def succeed_and_claim(
+    conn: Connection,
+    attempts: list[tuple[uuid.UUID, int]],
+    dispatches: list[tuple[uuid.UUID, int]],
+    *,
+    now: datetime,
+    worker: str,
+) -> tuple[list[bool], list[ClaimedJob | None]]:
+    """`succeed_many(attempts)` and `claim_many(dispatches)`; on PostgreSQL in one statement, so a worker's
+    claims and outcomes share a commit."""
+    driver = postgres(conn)
+    if driver is None or not attempts or not dispatches:
+        done = succeed_many(conn, attempts, now=now) if attempts else []
+        return done, claim_many(conn, dispatches, now=now, worker=worker) if dispatches else []
+    params = {
+        "now": now,
+        "due_by": now + EARLY_CLAIM_TOLERANCE,
+        "worker": worker,
+        "success_ids": [job_id for job_id, _ in attempts],
+        "attempts": [n for _, n in attempts],
+        "claim_ids": [job_id for job_id, _ in dispatches],
+        "seqs": [seq for _, seq in dispatches],
+    }
+    claimed: dict[uuid.UUID, ClaimedJob] = {}
+    succeeded: set[uuid.UUID] = set()
+    for row in _DRIVER_SUCCEED_AND_CLAIM.execute(driver, params).fetchall():
+        if row[0]:
+            claimed[row[1]] = ClaimedJob(*row[1:])
+        else:
+            succeeded.add(row[1])
+    return [job_id in succeeded for job_id, _ in attempts], [claimed.pop(job_id, None) for job_id, _ in dispatches]
 
 
 def succeed(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime) -> bool:

@@ -92,3 +92,28 @@ def test_a_failing_batch_of_posted_requests_is_logged_and_the_next_batch_still_r
     assert batcher.flush(timeout=5)
     assert "a batch failed with 1 posted requests in it" in caplog.text
     assert batcher.submit(2) == 2
+
+
+def test_posted_requests_alone_wait_for_a_waited_request_to_share_its_batch():
+    batches: list[list[str]] = []
+    batcher = Batcher(lambda items: batches.append(items) or items, "test", linger=10.0)
+
+    batcher.post("success")
+    time.sleep(0.05)  # longer than a batch takes: without the linger, "success" would have run alone
+    assert batcher.submit("claim") == "claim"
+
+    assert batches == [["success", "claim"]]
+
+
+def test_a_posted_request_alone_runs_once_the_linger_is_over():
+    ran = threading.Event()
+    batcher = Batcher(lambda items: ran.set() or items, "test", linger=0.05)
+    batcher.post("success")
+    assert ran.wait(5)
+
+
+def test_an_exception_as_one_request_s_answer_is_raised_in_that_request_s_thread_alone():
+    batcher = Batcher(lambda items: [ValueError(item) if item < 0 else item for item in items], "test")
+    with pytest.raises(ValueError):
+        batcher.submit(-1)
+    assert batcher.submit(1) == 1

@@ -1,75 +1,101 @@
-"""A worker thread hands its success to the process's success batcher and takes its next message without waiting
-for the write; a worker that stops writes what it was handed before it exits."""
+"""A worker thread hands its success to the process's ledger batcher and returns without waiting for the write;
+the success waits a moment for a claim to share a statement with; a worker that stops writes what it was handed
+before it exits."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+import uuid
+from typing import Any
 
-from ledger import queries
-from ledger.database import Database
-from ledger.errors import LedgerUnavailable
+import pytest
+
+from actors import delivery as delivery_module
+from actors.broker import Dispatcher, make_broker, redis_message_id
+from actors.delivery import Delivery
+from ledger import queries, transitions
 from ledger.states import Status
+from ledger.timestamps import utcnow
+from ledger.transitions import Dispatch
 from tests.actors.conftest import RecordingChannel, running_worker, submit, wait_for_status
-
-T = TypeVar("T")
-SUCCESS_WRITER = "wjp-successes"
+from tests.actors.test_ledger_outage import FlakyLedger, OutageDuringDelivery
 
 
-class HeldSuccesses:
-    """The test's ledger, except that the success batcher's statements wait for `release`."""
+class RecordedStatements:
+    """`transitions.succeed_and_claim` as the worker calls it, recorded; statements carrying successes wait for
+    `release`."""
 
-    def __init__(self, database: Database) -> None:
-        self.database = database
+    def __init__(self) -> None:
+        self.real = transitions.succeed_and_claim
+        self.calls: list[tuple[list[uuid.UUID], list[uuid.UUID]]] = []
         self.release = threading.Event()
+        self.release.set()
 
-    def run(self, operation: Callable[[Any], T], *, transaction: bool = False, kept: bool = False) -> T:
-        if threading.current_thread().name == SUCCESS_WRITER:
+    def __call__(self, conn: Any, attempts: list, dispatches: list, **kwargs: Any) -> Any:
+        self.calls.append(([job_id for job_id, _ in attempts], [job_id for job_id, _ in dispatches]))
+        if attempts:
             assert self.release.wait(20)
-        return self.database.run(operation, transaction=transaction, kept=kept)
+        return self.real(conn, attempts, dispatches, **kwargs)
 
 
-class UnreachableForSuccesses:
-    """The test's ledger, unreachable for the success batcher until `reachable_at` (monotonic)."""
-
-    def __init__(self, database: Database, outage: float) -> None:
-        self.database = database
-        self.reachable_at = time.monotonic() + outage
-        self.refused = 0
-
-    def run(self, operation: Callable[[Any], T], *, transaction: bool = False, kept: bool = False) -> T:
-        if threading.current_thread().name == SUCCESS_WRITER and time.monotonic() < self.reachable_at:
-            self.refused += 1
-            raise LedgerUnavailable("connection refused (the test's outage)")
-        return self.database.run(operation, transaction=transaction, kept=kept)
+@pytest.fixture
+def statements(monkeypatch) -> RecordedStatements:
+    recorded = RecordedStatements()
+    monkeypatch.setattr(transitions, "succeed_and_claim", recorded)
+    return recorded
 
 
-def test_a_thread_takes_its_next_message_while_its_success_is_still_being_written(
-    make_settings, database, dispatcher
-):
+def make_delivery(settings, database) -> Delivery:
+    return Delivery(
+        database=database,
+        dispatcher=Dispatcher(make_broker(settings.redis_url), settings.queue),
+        channels={"log": RecordingChannel()},
+        settings=settings,
+    )
+
+
+def deliver(delivery: Delivery, database, settings) -> uuid.UUID:
+    """Run the actor's body in this thread, as a Dramatiq worker thread does, for a new job."""
+    job_id = submit(database, None, settings)
+    delivery(str(job_id), redis_message_id(Dispatch(job_id, 1, utcnow())))
+    return job_id
+
+
+def status(database, job_id: uuid.UUID) -> Status:
+    return database.run(lambda conn: queries.get_job(conn, job_id, scope=None)).status
+
+
+def test_the_thread_returns_before_its_success_is_written(make_settings, database, statements):
     settings = make_settings()
-    ledger = HeldSuccesses(database)
-    channel = RecordingChannel()
-    jobs = [submit(database, dispatcher, settings) for _ in range(3)]
+    delivery = make_delivery(settings, database)
+    statements.release.clear()
 
-    with running_worker(settings, ledger, channels={"log": channel}, threads=1):
-        deadline = time.monotonic() + 10
-        while len(channel.deliveries) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        # One thread delivered all three while none of their successes could be written.
-        assert sorted(job for job, _ in channel.deliveries) == sorted(jobs)
-        assert {wait_for_status(database, job, {Status.PROCESSING}).status for job in jobs} == {Status.PROCESSING}
-        ledger.release.set()
-        for job in jobs:
-            assert wait_for_status(database, job).status is Status.SUCCESS
+    job_id = deliver(delivery, database, settings)  # returns although the success's statement is held
+
+    assert status(database, job_id) is Status.PROCESSING
+    statements.release.set()
+    assert delivery.flush(timeout=10)
+    assert status(database, job_id) is Status.SUCCESS
+
+
+def test_a_success_shares_the_statement_of_the_next_claim(make_settings, database, statements, monkeypatch):
+    monkeypatch.setattr(delivery_module, "SUCCESS_LINGER", 10.0)  # so that the next claim surely comes in time
+    settings = make_settings()
+    delivery = make_delivery(settings, database)
+
+    first = deliver(delivery, database, settings)
+    second = deliver(delivery, database, settings)
+    assert delivery.flush(timeout=10)
+
+    assert statements.calls == [([], [first]), ([first], [second]), ([second], [])]
+    assert {status(database, first), status(database, second)} == {Status.SUCCESS}
 
 
 def test_a_stopping_worker_writes_the_successes_it_was_handed_before_it_exits(make_settings, database, dispatcher):
     settings = make_settings()
-    ledger = UnreachableForSuccesses(database, outage=1.5)
-    channel = RecordingChannel()
+    ledger = FlakyLedger(database)
+    channel = OutageDuringDelivery(ledger, outage=1.5)
     job_id = submit(database, dispatcher, settings)
 
     with running_worker(settings, ledger, channels={"log": channel}, threads=1):
@@ -79,5 +105,22 @@ def test_a_stopping_worker_writes_the_successes_it_was_handed_before_it_exits(ma
     # The worker stopped while the write was riding out the outage, and waited for it: no polling needed here.
     job = database.run(lambda conn: queries.get_job(conn, job_id, scope=None))
     assert (job.status, job.attempts) == (Status.SUCCESS, 1)
-    assert ledger.refused > 0
     assert channel.count(job_id) == 1
+
+
+def test_a_job_that_comes_while_a_success_rides_out_an_outage_is_delivered_once_after_it(
+    make_settings, database, dispatcher
+):
+    settings = make_settings()
+    ledger = FlakyLedger(database)
+    channel = OutageDuringDelivery(ledger, outage=1.5)
+    first = submit(database, dispatcher, settings)
+
+    with running_worker(settings, ledger, channels={"log": channel}, threads=2):
+        deadline = time.monotonic() + 10
+        while channel.count(first) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = submit(database, dispatcher, settings)  # its claim waits behind the success, or meets the outage
+        for job_id in (first, second):
+            assert wait_for_status(database, job_id, timeout=15).status is Status.SUCCESS
+    assert (channel.count(first), channel.count(second)) == (1, 1)

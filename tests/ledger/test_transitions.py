@@ -320,6 +320,52 @@ def test_succeed_many_completes_only_the_attempts_still_held(database):
     assert [job_row(database, j).status for j in (held, taken_back, done)] == ["SUCCESS", "RETRY", "SUCCESS"]
 
 
+def test_succeed_and_claim_does_both_batches_at_once_with_the_answers_of_each_alone(database):
+    held, taken_back, waiting = submit(database, "a"), submit(database, "b"), submit(database, "c")
+    scheduled = submit(database, "d", send_at=T0 + 10 * SECOND)
+    for job_id in (held, taken_back):
+        claim(database, job_id)
+    expire(database, [(taken_back, 1)], now=T0 + VISIBILITY + SECOND)
+    now = T0 + VISIBILITY + 2 * SECOND
+
+    done, claimed = database.run(
+        lambda conn: transitions.succeed_and_claim(
+            conn,
+            [(held, 1), (taken_back, 1), (waiting, 1)],
+            [(waiting, 1), (taken_back, 1), (held, 1), (scheduled, 1), (waiting, 1)],
+            now=now,
+            worker="w2",
+        )
+    )
+
+    assert done == [True, False, False]
+    # taken_back was re-dispatched by the expiry (seq 2), so its seq-1 message claims nothing.
+    assert [c.id if c else None for c in claimed] == [waiting, None, None, scheduled, None]
+    assert claimed[0] == transitions.ClaimedJob(
+        waiting, "user@example.com", "email", "Halo dari sistem worker!", None, None, 1, 3
+    )
+    assert [job_row(database, j).status for j in (held, taken_back, waiting, scheduled)] == [
+        "SUCCESS", "RETRY", "PROCESSING", "PROCESSING",
+    ]  # fmt: skip
+    assert attempt_rows(database, held)[0].outcome == "success"
+    assert job_row(database, waiting).worker == "w2"
+
+
+@pytest.mark.parametrize("kinds", ["successes only", "claims only", "neither"])
+def test_succeed_and_claim_with_one_batch_empty(database, kinds):
+    held, waiting = submit(database, "a"), submit(database, "b")
+    claim(database, held)
+    attempts = [(held, 1)] if kinds == "successes only" else []
+    dispatches = [(waiting, 1)] if kinds == "claims only" else []
+
+    done, claimed = database.run(
+        lambda conn: transitions.succeed_and_claim(conn, attempts, dispatches, now=T0 + SECOND, worker=WORKER)
+    )
+
+    assert done == [True] * len(attempts)
+    assert [c.id for c in claimed] == [waiting] * len(dispatches)
+
+
 # --- cancel ----------------------------------------------------------------------------------------------------
 
 
