@@ -40,16 +40,17 @@ def test_concurrent_requests_share_statements_and_each_gets_its_own_answer():
     assert sum(sizes) == 20 and max(sizes) > 1
 
 
+def failing_first_batch(items: list[int], calls: list[list[int]]) -> list[int]:
+    """A batch runner whose first batch meets an outage."""
+    calls.append(items)
+    if len(calls) == 1:
+        raise ConnectionError("ledger down")
+    return items
+
+
 def test_a_failing_batch_raises_its_error_in_every_waiting_thread_and_the_next_batch_still_runs():
-    calls = []
-
-    def run(items: list[int]) -> list[int]:
-        calls.append(items)
-        if len(calls) == 1:
-            raise ConnectionError("ledger down")
-        return items
-
-    batcher = Batcher(run, "test")
+    calls: list[list[int]] = []
+    batcher = Batcher(lambda items: failing_first_batch(items, calls), "test")
     with pytest.raises(ConnectionError):
         batcher.submit(1)
     assert batcher.submit(2) == 2
@@ -80,14 +81,7 @@ def test_a_flush_with_nothing_ever_queued_returns_at_once():
 
 def test_a_failing_batch_of_posted_requests_is_logged_and_the_next_batch_still_runs(caplog):
     calls: list[list[int]] = []
-
-    def run(items: list[int]) -> list[int]:
-        calls.append(items)
-        if len(calls) == 1:
-            raise ConnectionError("ledger down")
-        return items
-
-    batcher = Batcher(run, "test")
+    batcher = Batcher(lambda items: failing_first_batch(items, calls), "test")
     batcher.post(1)
     assert batcher.flush(timeout=5)
     assert "a batch failed with 1 posted requests in it" in caplog.text

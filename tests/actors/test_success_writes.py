@@ -62,6 +62,13 @@ def deliver(delivery: Delivery, database, settings) -> uuid.UUID:
     return job_id
 
 
+def wait_until_delivered(channel: RecordingChannel, job_id: uuid.UUID, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while channel.count(job_id) == 0:
+        assert time.monotonic() < deadline, f"job {job_id} was not delivered in {timeout}s"
+        time.sleep(0.02)
+
+
 def status(database, job_id: uuid.UUID) -> Status:
     return database.run(lambda conn: queries.get_job(conn, job_id, scope=None)).status
 
@@ -92,16 +99,18 @@ def test_a_success_shares_the_statement_of_the_next_claim(make_settings, databas
     assert {status(database, first), status(database, second)} == {Status.SUCCESS}
 
 
-def test_a_stopping_worker_writes_the_successes_it_was_handed_before_it_exits(make_settings, database, dispatcher):
-    settings = make_settings()
+def outage_at_delivery(make_settings, database) -> tuple[Any, FlakyLedger, OutageDuringDelivery]:
+    """Settings, the workers' ledger and a channel that makes that ledger unreachable for 1.5 s as it delivers."""
     ledger = FlakyLedger(database)
-    channel = OutageDuringDelivery(ledger, outage=1.5)
+    return make_settings(), ledger, OutageDuringDelivery(ledger, outage=1.5)
+
+
+def test_a_stopping_worker_writes_the_successes_it_was_handed_before_it_exits(make_settings, database, dispatcher):
+    settings, ledger, channel = outage_at_delivery(make_settings, database)
     job_id = submit(database, dispatcher, settings)
 
     with running_worker(settings, ledger, channels={"log": channel}, threads=1):
-        deadline = time.monotonic() + 10
-        while channel.count(job_id) == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until_delivered(channel, job_id)
     # The worker stopped while the write was riding out the outage, and waited for it: no polling needed here.
     job = database.run(lambda conn: queries.get_job(conn, job_id, scope=None))
     assert (job.status, job.attempts) == (Status.SUCCESS, 1)
@@ -111,15 +120,11 @@ def test_a_stopping_worker_writes_the_successes_it_was_handed_before_it_exits(ma
 def test_a_job_that_comes_while_a_success_rides_out_an_outage_is_delivered_once_after_it(
     make_settings, database, dispatcher
 ):
-    settings = make_settings()
-    ledger = FlakyLedger(database)
-    channel = OutageDuringDelivery(ledger, outage=1.5)
+    settings, ledger, channel = outage_at_delivery(make_settings, database)
     first = submit(database, dispatcher, settings)
 
     with running_worker(settings, ledger, channels={"log": channel}, threads=2):
-        deadline = time.monotonic() + 10
-        while channel.count(first) == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until_delivered(channel, first)
         second = submit(database, dispatcher, settings)  # its claim waits behind the success, or meets the outage
         for job_id in (first, second):
             assert wait_for_status(database, job_id, timeout=15).status is Status.SUCCESS
