@@ -60,9 +60,10 @@ def make_engine(url: str, *, pool_size: int = 10, autocommit: bool = False) -> E
     )
 
 
-def _plan_generically(dbapi_connection: Any, _record: Any) -> None:
+def _plan_by_key(dbapi_connection: Any, _record: Any) -> None:
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET plan_cache_mode = force_generic_plan")
+        cursor.execute("SET enable_seqscan = off")
     dbapi_connection.commit()  # a session setting made in a transaction that rolls back would not stay
 
 
@@ -90,10 +91,13 @@ class Database:
         # Kept connections run only the batched hot-path statements, always with arrays of a few rows: left to
         # itself, PostgreSQL re-plans each execution (a custom plan for 3 rows looks cheaper than the generic one
         # for an unknown count), which cost a quarter of its CPU per job; the generic plan is the same plan.
+        # That plan is made once per connection and kept until the next ANALYZE: made while `jobs` is new or
+        # nearly empty, it scans the whole table for every batch (a fresh install, a bench run: 2,000+ rows read
+        # per job within seconds). Every statement here finds its rows by key, so a scan is never the right plan.
         self._kept_engine: Engine | None = None
         if self.engine.dialect.name == "postgresql":
             self._kept_engine = make_engine(url, pool_size=pool_size, autocommit=True)
-            event.listen(self._kept_engine, "connect", _plan_generically)
+            event.listen(self._kept_engine, "connect", _plan_by_key)
         self._kept = threading.local()
         self._all_kept: list[Connection] = []
         self._keeping = threading.Lock()
