@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import timedelta
 
 import dramatiq
 import redis
 
-from actors.broker import ACTOR_NAME, NAMESPACE, RID_OPTION, Dispatcher, make_broker, redis_message_id
+from actors.broker import (
+    ACTOR_NAME,
+    NAMESPACE,
+    RID_OPTION,
+    Dispatcher,
+    bell_key,
+    make_broker,
+    redis_message_id,
+)
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
 from tests.conftest import free_port
@@ -44,3 +53,55 @@ def test_nothing_to_send_makes_no_round_trip(queue_name):
     unreachable = Dispatcher(make_broker(f"redis://127.0.0.1:{free_port()}/0"), queue_name)
 
     assert unreachable.send([], now=utcnow()) == 0
+
+
+def test_a_send_rings_the_queues_bell_once_however_many_messages_it_holds(dispatcher, queue_name, redis_server_url):
+    client = redis.Redis.from_url(redis_server_url)
+    now = utcnow()
+
+    dispatcher.send([Dispatch(uuid.uuid4(), 1, now) for _ in range(3)], now=now)
+    dispatcher.send([Dispatch(uuid.uuid4(), 1, now)], now=now)
+    # Delayed messages ring nothing: no consumer of the queue could take them yet.
+    dispatcher.send([Dispatch(uuid.uuid4(), 1, now + timedelta(minutes=5))], now=now)
+
+    # One token wakes one idle consumer, which then fetches all it may hold; more would only wake it for nothing.
+    assert client.llen(bell_key(queue_name)) == 1
+    assert client.llen(bell_key(f"{queue_name}.DQ")) == 0
+
+
+def test_an_idle_consumer_waits_on_the_bell_and_a_send_wakes_it_long_before_its_back_off(dispatcher, queue_name):
+    # Long idle (Dramatiq counts the empty fetches in `misses`), its back-off has grown to its limit, here ten
+    # minutes: without the bell, the message sent below would wait that long to be fetched.
+    consumer = dispatcher.broker.consume(queue_name, prefetch=4, timeout=600_000)
+    consumer.misses = 20
+    job_id = uuid.uuid4()
+    fetched: list[object] = []
+    waiting = threading.Thread(target=lambda: fetched.extend([next(consumer), next(consumer)]))
+    waiting.start()
+
+    waiting.join(timeout=1.0)
+    assert waiting.is_alive()  # waiting on the bell
+    dispatcher.send([Dispatch(job_id, 1, utcnow())], now=utcnow())
+    waiting.join(timeout=30)
+
+    assert not waiting.is_alive()
+    woken, message = fetched
+    assert woken is None  # the wait ends at the ring; the next call fetches
+    assert message.options[RID_OPTION] == f"{job_id}.1"
+    consumer.ack(message)
+    consumer.close()
+
+
+def test_a_full_consumer_does_not_fetch_and_an_empty_fetch_does_not_ack_anything(dispatcher, queue_name):
+    now = utcnow()
+    first, second = Dispatch(uuid.uuid4(), 1, now), Dispatch(uuid.uuid4(), 1, now)
+    dispatcher.send([first, second], now=now)
+    consumer = dispatcher.broker.consume(queue_name, prefetch=1, timeout=50)
+
+    held = next(consumer)
+    # Holding its one message, the consumer leaves the other queued until it acks.
+    assert next(consumer) is None
+    assert dispatcher.missing([second]) == []
+    consumer.ack(held)
+    assert next(consumer).options[RID_OPTION] == redis_message_id(second)
+    consumer.close()
