@@ -8,16 +8,20 @@ usage: python -m bench.openloop PORT RATE SECONDS TAG [WARMUP_SECONDS [SENT_FILE
 Keys are `<TAG>w-<i>` during the warm-up and `<TAG>-<i>` after it, so the ledger can tell them apart.
 SENT_FILE receives {key: Unix time the request was started} for the measured requests, so that the latency a
 producer sees (request start → SUCCESS) can be computed next to the ledger's (created_at → completed_at).
+
+The generator shares the machine's 2 cores with what it measures, so it is lean: uvloop when installed, one
+protocol object per connection and plain callbacks, no coroutine or task per request (about 60 µs of CPU per
+request against 165 for asyncio streams with a task each).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from bench.common import pct
 
@@ -26,54 +30,116 @@ MESSAGE = (
     "benchmark; it is padded to be realistic....."
 )
 
+#: What to do with an answer: called with its status (0: the connection failed) and the request's start time.
+Answered = Callable[[int, float], None]
 
-class Connections:
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection, one request at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.pending: tuple[Answered, float] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, request: bytes, answered: Answered, started: float) -> None:
+        assert self.transport is not None
+        self.pending = (answered, started)
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0 or self.pending is None:
+            return
+        head = self.buffer[:head_end].lower()
+        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]) if b"content-length:" in head else 0
+        if len(self.buffer) < head_end + 4 + length:
+            return
+        self.buffer = self.buffer[head_end + 4 + length :]
+        answered, started = self.pending
+        self.pending = None
+        if b"connection: close" in head:
+            assert self.transport is not None
+            self.transport.close()
+        else:
+            self.pool.idle.append(self)
+        answered(int(head[9:12]), started)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self in self.pool.idle:
+            self.pool.idle.remove(self)
+        if self.pending is not None:
+            answered, started = self.pending
+            self.pending = None
+            answered(0, started)
+
+
+class Pool:
     """Keep-alive connections to the API, as a producer's HTTP client pools them (and as wrk does in the intake
     phase): a request takes an idle one or opens a new one, so open-loop requests never wait for each other."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, port: int) -> None:
+        self.loop = loop
         self.port = port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[Connection] = []
+        self.opening: set[asyncio.Task] = set()
 
-    async def post(self, body: bytes) -> tuple[int, float]:
+    def post(self, body: bytes, answered: Answered) -> None:
         started = time.perf_counter()
         request = (
             b"POST /api/notifications HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
-        while self.idle:
-            # A kept connection the server closed meanwhile (its keep-alive timeout): try the next one.
-            reader, writer = self.idle.pop()
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                return await self._exchange(reader, writer, request), time.perf_counter() - started
-            writer.close()
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        return await self._exchange(reader, writer, request), time.perf_counter() - started
+        if self.idle:
+            self.idle.pop().send(request, answered, started)
+            return
+        task = self.loop.create_task(self._open_and_send(request, answered, started))
+        self.opening.add(task)
+        task.add_done_callback(self.opening.discard)
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        headers = head.lower()
-        length = (
-            int(headers.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]) if b"content-length:" in headers else 0
-        )
-        await reader.readexactly(length)
-        if b"connection: close" in headers:
-            writer.close()
-        else:
-            self.idle.append((reader, writer))
-        return int(head[9:12])
+    async def _open_and_send(self, request: bytes, answered: Answered, started: float) -> None:
+        try:
+            _, connection = await self.loop.create_connection(lambda: Connection(self), "127.0.0.1", self.port)
+        except OSError:
+            answered(0, started)
+            return
+        connection.send(request, answered, started)
 
 
 async def run(port: int, rate: float, seconds: float, tag: str, warmup: float, sent: dict[str, float]) -> dict:
+    loop = asyncio.get_running_loop()
     total = int((seconds + warmup) * rate)
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
     lags: list[float] = []
-    tasks: set[asyncio.Task] = set()
-    connections = Connections(port)
+    pool = Pool(loop, port)
+    done = loop.create_future()
+    answers = 0
 
-    async def one(i: int) -> None:
+    def on_answer(measured: bool) -> Answered:
+        def answered(status: int, started: float) -> None:
+            nonlocal answers
+            statuses[status] += 1
+            if measured:
+                latencies.append((time.perf_counter() - started) * 1000 if status else float("nan"))
+            answers += 1
+            if answers == total and not done.done():
+                done.set_result(None)
+
+        return answered
+
+    started: list[float] = []
+
+    def start(i: int, due: float) -> None:
+        now = time.perf_counter()
+        started.append(now)
+        lags.append((now - due) * 1000)
         measured = i / rate >= warmup
         key = f"{tag}-{i}" if measured else f"{tag}w-{i}"
         body = json.dumps(
@@ -81,31 +147,19 @@ async def run(port: int, rate: float, seconds: float, tag: str, warmup: float, s
         ).encode()
         if measured:
             sent[key] = time.time()
-        try:
-            status, latency = await connections.post(body)
-        except OSError:
-            status, latency = 0, float("nan")
-        statuses[status] += 1
-        if measured:
-            latencies.append(latency * 1000)
+        pool.post(body, on_answer(measured))
 
-    t0 = time.perf_counter()
+    # Each request is scheduled on the loop's clock, so a late one does not delay the next.
+    t0 = loop.time() + 0.05
     for i in range(total):
         due = t0 + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        lags.append((time.perf_counter() - due) * 1000)
-        task = asyncio.create_task(one(i))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    sent_s = time.perf_counter() - t0
-    while tasks:
-        await asyncio.gather(*list(tasks))
+        loop.call_at(due, start, i, time.perf_counter() + (due - loop.time()))
+    await done
+    sent_s = started[-1] - started[0]
     return {
         "target_rate": rate,
         "sent": total,
-        "achieved_rate": round(total / sent_s, 1),
+        "achieved_rate": round((total - 1) / sent_s, 1),
         "statuses": {str(k): v for k, v in statuses.items()},
         "start_lag_ms_p50": round(pct(lags, 50), 3),
         "start_lag_ms_p99": round(pct(lags, 99), 3),
@@ -119,7 +173,13 @@ def main() -> None:
     port, rate, seconds, tag = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     warmup = float(sys.argv[5]) if len(sys.argv) > 5 else 2.0
     sent: dict[str, float] = {}
-    result = asyncio.run(run(port, rate, seconds, tag, warmup, sent))
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    result = runner(run(port, rate, seconds, tag, warmup, sent))
     if len(sys.argv) > 6:
         with open(sys.argv[6], "w") as f:
             json.dump(sent, f)
