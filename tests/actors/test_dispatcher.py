@@ -7,12 +7,14 @@ import uuid
 from datetime import timedelta
 
 import dramatiq
+import pytest
 import redis
 
 from actors.broker import (
     ACTOR_NAME,
     NAMESPACE,
     RID_OPTION,
+    BrokerUnavailable,
     Dispatcher,
     bell_key,
     make_broker,
@@ -105,3 +107,32 @@ def test_a_full_consumer_does_not_fetch_and_an_empty_fetch_does_not_ack_anything
     consumer.ack(held)
     assert next(consumer).options[RID_OPTION] == redis_message_id(second)
     consumer.close()
+
+
+def test_a_pooled_connection_redis_dropped_is_replaced_without_the_sender_noticing(
+    dispatcher, queue_name, redis_server_url
+):
+    client = redis.Redis.from_url(redis_server_url)
+    now = utcnow()
+    dispatcher.send([Dispatch(uuid.uuid4(), 1, now)], now=now)  # the pool now holds a connection
+    client.client_kill_filter(_type="normal", skipme=True)  # what a Redis restart does to it
+
+    later = Dispatch(uuid.uuid4(), 1, now)
+    assert dispatcher.send([later], now=now) == 1
+    assert dispatcher.missing([later]) == []
+
+
+def test_a_transaction_redis_refuses_raises_and_leaves_the_connection_fit_for_the_next(
+    dispatcher, queue_name, redis_server_url
+):
+    client = redis.Redis.from_url(redis_server_url)
+    now = utcnow()
+    client.set(f"{NAMESPACE}:{queue_name}", "not a list")  # RPUSH fails inside EXEC
+
+    with pytest.raises(BrokerUnavailable):
+        dispatcher.send([Dispatch(uuid.uuid4(), 1, now)], now=now)
+
+    client.delete(f"{NAMESPACE}:{queue_name}")
+    sent = Dispatch(uuid.uuid4(), 1, now)
+    assert dispatcher.send([sent], now=now) == 1
+    assert client.lrange(f"{NAMESPACE}:{queue_name}", 0, -1) == [redis_message_id(sent).encode()]
