@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 import dramatiq
 import redis
@@ -80,6 +82,10 @@ class OutageProofRedisBroker(RedisBroker):
     message is in Redis) would ever bring them back.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unsent_acks: dict[str, collections.deque[str]] = {}
+
     def _dispatch(self, command: str) -> Callable[..., object]:
         dispatch = super()._dispatch(command)
 
@@ -131,27 +137,51 @@ class OutageProofRedisBroker(RedisBroker):
         self._transact(commands)
 
     def _transact(self, commands: list[tuple[object, ...]]) -> None:
-        """Send a MULTI … EXEC on a pooled connection and read its replies, raising the first error.
+        """Send a MULTI … EXEC and raise the first error it met."""
+        executed = self._exchange(commands)[-1]
+        if executed is None:
+            raise redis.ResponseError("the transaction was aborted")
+        for reply in executed:
+            if isinstance(reply, Exception):
+                raise reply
 
-        redis-py's transaction pipeline does the same with much more bookkeeping per command: it was the largest
-        part of an API process's CPU for a POST (bench/README.md). The pool checks a connection as it hands it
-        out (one Redis dropped is replaced); one that fails under the transaction is closed, never returned to
-        the pool with replies unread."""
+    def _exchange(self, commands: list[tuple[object, ...]]) -> list[object]:
+        """Send `commands` in one write on a pooled connection and read their replies.
+
+        redis-py's pipelines do the same with much more bookkeeping per command: its transaction pipeline was the
+        largest part of an API process's CPU for a POST (bench/README.md). The pool checks a connection as it
+        hands it out (one Redis dropped is replaced); one that fails under the commands is closed, never returned
+        to the pool with replies unread."""
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
             conn.send_packed_command(conn.pack_commands(commands))
-            replies = [conn.read_response() for _ in commands]
+            return [conn.read_response() for _ in commands]
         except BaseException:
             conn.disconnect()
             raise
         finally:
             pool.release(conn)
-        if replies[-1] is None:
-            raise redis.ResponseError("the transaction was aborted")
-        for reply in replies[-1]:
-            if isinstance(reply, Exception):
-                raise reply
+
+    def unsent_acks(self, queue_name: str) -> collections.deque[str]:
+        """The Redis ids of the messages of `queue_name` this process's threads have acked, not yet sent."""
+        return self._unsent_acks.setdefault(queue_name, collections.deque())
+
+    def ack_many(self, queue_name: str, rids: list[str]) -> None:
+        """Dramatiq's ack of each message (its dispatch script's "ack", as `do_ack` runs it), in one round trip."""
+        script = self.scripts["dispatch"]
+        # The arguments Dramatiq's `_dispatch` gives its script before the command's own.
+        common = (
+            "ack", current_millis(), queue_name, self.broker_id, self.heartbeat_timeout, self.dead_message_ttl,
+            self._should_do_maintenance("ack"), self._max_unpack_size(),
+        )  # fmt: skip
+        commands: list[tuple[object, ...]] = [("EVALSHA", script.sha, 1, self.namespace, *common, rid) for rid in rids]
+        try:
+            self._exchange(commands)
+        except redis.exceptions.NoScriptError:
+            # Redis lost its scripts (a restart): load it again, as redis-py's Script does.
+            self.client.script_load(script.script)
+            self._exchange(commands)
 
 
 class _BelledConsumer(_RedisConsumer):
@@ -159,10 +189,38 @@ class _BelledConsumer(_RedisConsumer):
     instead of sleeping: a message sent by `Dispatcher.send` is fetched at once rather than after Dramatiq's
     back-off of 5 to `timeout` ms, which put tens of ms on a job's way from POST to SUCCESS at any rate that
     leaves the workers idle between messages. Messages enqueued otherwise (Dramatiq's retries, delay-queue
-    promotions, requeues) ring no bell and are fetched within the back-off, as before."""
+    promotions, requeues) ring no bell and are fetched within the back-off, as before. And its acks go to Redis
+    together, before each fetch."""
+
+    def ack(self, message: MessageProxy) -> None:
+        # Left for the consumer thread, which sends the acks of a moment in one round trip whenever it next goes to
+        # Redis (`_send_acks`): an ack round trip per message was a seventh of a worker's CPU. Until then the message
+        # stays leased to this live process, which redelivers nothing: a process that dies meanwhile has its leases
+        # requeued by Dramatiq, and their claims then find the jobs taken.
+        self.broker.unsent_acks(self.queue_name).append(message.options["redis_message_id"])
+        self.queued_message_ids.discard(message.message_id)
+
+    def _send_acks(self) -> None:
+        unsent = self.broker.unsent_acks(self.queue_name)
+        rids = [unsent.popleft() for _ in range(len(unsent))]
+        if not rids:
+            return
+        try:
+            self.broker.ack_many(self.queue_name, rids)
+        except BaseException:
+            unsent.extendleft(reversed(rids))
+            raise
+
+    def close(self) -> None:
+        try:
+            self._send_acks()
+        except CONNECTION_LOST as exc:
+            raise ConnectionClosed(exc) from None
 
     def __next__(self) -> MessageProxy | None:
         try:
+            if not self.message_cache:
+                self._send_acks()
             if not self.message_cache and self.outstanding_message_count < self.prefetch:
                 self.message_cache = self.broker.do_fetch(
                     self.queue_name, self.prefetch - self.outstanding_message_count

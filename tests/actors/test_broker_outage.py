@@ -85,3 +85,28 @@ def test_with_redis_unreachable_every_broker_call_of_a_worker_reports_a_lost_con
         broker.consume(f"{QUEUE}.DQ")
     with pytest.raises(BrokerUnavailable):
         Dispatcher(broker, QUEUE).send([Dispatch(uuid.uuid4(), 1, utcnow())], now=utcnow())
+
+
+def test_acks_redis_could_not_take_are_sent_by_the_queues_next_consumer_once_it_is_back(private_redis):
+    client = redis.Redis(port=private_redis.port)
+    broker = make_broker(private_redis.url)
+    dispatcher = Dispatcher(broker, QUEUE)
+    now = utcnow()
+    dispatcher.send([Dispatch(uuid.uuid4(), 1, now)], now=now)
+    consumer = broker.consume(QUEUE, prefetch=1, timeout=50)
+    message = next(consumer)
+    consumer.ack(message)
+    rid = message.options["redis_message_id"]
+
+    client.close()
+    private_redis.shutdown_keeping_data()
+    # The consumer fails as Dramatiq's does, and Dramatiq's consumer thread makes a new one once Redis is back.
+    with pytest.raises(ConnectionClosed):
+        next(consumer)
+    private_redis.start()
+    assert client.hexists(f"{NAMESPACE}:{QUEUE}.msgs", rid)  # not acked yet, and not forgotten either:
+
+    replacement = broker.consume(QUEUE, prefetch=1, timeout=50)
+    assert next(replacement) is None
+    assert not client.hexists(f"{NAMESPACE}:{QUEUE}.msgs", rid)
+    assert not any(client.sismember(key, rid) for key in client.scan_iter(f"{NAMESPACE}:__acks__.*"))

@@ -136,3 +136,45 @@ def test_a_transaction_redis_refuses_raises_and_leaves_the_connection_fit_for_th
     sent = Dispatch(uuid.uuid4(), 1, now)
     assert dispatcher.send([sent], now=now) == 1
     assert client.lrange(f"{NAMESPACE}:{queue_name}", 0, -1) == [redis_message_id(sent).encode()]
+
+
+def acked_in_redis(client: redis.Redis, queue_name: str, rid: str) -> bool:
+    """Whether Dramatiq's ack of the message happened: its body is gone and no worker leases it any more."""
+    leases = [key for key in client.scan_iter(f"{NAMESPACE}:__acks__.*.{queue_name}") if client.sismember(key, rid)]
+    return not client.hexists(f"{NAMESPACE}:{queue_name}.msgs", rid) and not leases
+
+
+def test_acks_go_to_redis_together_when_the_consumer_next_fetches_or_closes(dispatcher, queue_name, redis_server_url):
+    client = redis.Redis.from_url(redis_server_url)
+    now = utcnow()
+    sent = [Dispatch(uuid.uuid4(), 1, now) for _ in range(3)]
+    dispatcher.send(sent, now=now)
+    consumer = dispatcher.broker.consume(queue_name, prefetch=3, timeout=50)
+    messages = [next(consumer) for _ in sent]
+    rids = [redis_message_id(dispatch) for dispatch in sent]
+
+    for message in messages[:2]:
+        consumer.ack(message)
+    # Acked, the messages free the consumer's room at once, but stay leased in Redis until its next round trip.
+    assert consumer.outstanding_message_count == 1
+    assert not any(acked_in_redis(client, queue_name, rid) for rid in rids)
+
+    assert next(consumer) is None  # the cache is empty: the acks go out before the fetch
+    assert [acked_in_redis(client, queue_name, rid) for rid in rids] == [True, True, False]
+
+    consumer.ack(messages[2])
+    consumer.close()  # a stopping worker closes its consumers after its threads are done
+    assert acked_in_redis(client, queue_name, rids[2])
+
+
+def test_acks_after_redis_lost_dramatiqs_script_load_it_again(dispatcher, queue_name, redis_server_url):
+    client = redis.Redis.from_url(redis_server_url)
+    now = utcnow()
+    sent = Dispatch(uuid.uuid4(), 1, now)
+    dispatcher.send([sent], now=now)
+    consumer = dispatcher.broker.consume(queue_name, prefetch=1, timeout=50)
+    consumer.ack(next(consumer))
+
+    client.script_flush()  # what a restart of Redis does to its scripts
+    assert next(consumer) is None
+    assert acked_in_redis(client, queue_name, redis_message_id(sent))
