@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -38,7 +39,13 @@ MAX_ERROR_LENGTH = 2000
 
 def worker_name() -> str:
     """Who holds a claim, as recorded on each attempt: host and process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return _worker_name(os.getpid())
+
+
+@functools.cache
+def _worker_name(pid: int) -> str:
+    # Asked for every ledger batch; keyed by pid, since Dramatiq forks its worker processes from one parent.
+    return f"{socket.gethostname()}:{pid}"
 
 
 #: Longest a success waits for a claim to share a statement with (at most this much later in the ledger).

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
+import unicodedata
 import uuid
 
 import pytest
 
 from actors.channels import ChannelConfig, Notification, PermanentError
-from actors.channels.log import MAX_LOGGED_CHARS, LogChannel
+from actors.channels.log import MAX_LOGGED_CHARS, LogChannel, has_control_characters
 
 JOB = uuid.UUID("2d4f6a8c-1b3e-4c5d-9e7f-0a1b2c3d4e5f")
 
@@ -58,3 +60,9 @@ def test_empty_recipients_and_control_characters_are_refused(recipient: str) -> 
     assert channel.check_recipient(recipient) is not None
     with pytest.raises(PermanentError):
         channel.deliver(Notification(JOB, recipient, "hello"))
+
+
+def test_control_characters_are_exactly_unicodes_category_cc():
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        assert has_control_characters(f"a{char}b") is (unicodedata.category(char) == "Cc"), hex(code)
