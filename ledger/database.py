@@ -208,7 +208,7 @@ class DriverStatement:
 
 
 class _LostConnection(Exception):
-    """The connection under a driver-level statement died; it has been taken out of the pool."""
+    """The connection under a driver-level statement died; it, and the rest of its pool, have been let go."""
 
 
 def _driver_failure(conn: Connection, error: psycopg.Error) -> Exception:
@@ -216,6 +216,9 @@ def _driver_failure(conn: Connection, error: psycopg.Error) -> Exception:
     which SQLAlchemy's handling of lost connections never saw."""
     if conn.connection.driver_connection.broken:
         conn.invalidate()
+        # As SQLAlchemy does when its own statements meet a dead connection: a server that dropped one (a restart)
+        # dropped them all, so the pool lets the others go now, and the retry gets a live one, not the next dead one.
+        conn.engine.dispose()
         return _LostConnection()
     return LedgerUnavailable(_first_line(error))
 

@@ -139,3 +139,17 @@ def test_a_kept_connection_serves_its_thread_again_rides_over_a_drop_and_is_clos
 def test_a_kept_connection_is_never_asked_for_a_transaction(postgres_db):
     with pytest.raises(ValueError, match="never in a transaction"):
         postgres_db.run(lambda conn: None, transaction=True, kept=True)
+
+
+def test_after_a_restart_every_dead_pooled_connection_is_replaced_not_just_the_first_one_met(postgres_db):
+    # Several connections in the pool, as a busy API has: a restart of PostgreSQL kills them all at once.
+    with postgres_db.connect() as a, postgres_db.connect() as b, postgres_db.connect() as c:
+        for conn in (a, b, c):
+            conn.exec_driver_sql("SELECT 1")
+    assert drop_every_connection_of(postgres_db) >= 3
+
+    # The first statement meets a dead connection and goes again: on a live one, not the next dead one.
+    result = postgres_db.run(lambda conn: intake.accept(conn, notification("k-after"), now=T0, dispatch_now=True))
+    assert result.outcome is Intake.CREATED
+    again = postgres_db.run(lambda conn: intake.accept(conn, notification("k-after-2"), now=T0, dispatch_now=True))
+    assert again.outcome is Intake.CREATED
