@@ -103,7 +103,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # maintenance. A smaller hoard is plenty for retries and keeps that window small.
     os.environ.setdefault("dramatiq_delay_queue_prefetch", str(100 * args.threads))
     # An idle Dramatiq consumer polls Redis less and less often, up to this many ms apart (Dramatiq's default is
-    # 1000): at 2 jobs/s that put p99 POST → SUCCESS at 515 ms, at 100 it is 70 ms (bench/README.md).
+    # 1000). Messages our senders enqueue wake it at once (actors/broker.py, the queue's bell); this bounds the
+    # wait for the others: Dramatiq's retries, and the delay queue's due messages.
     os.environ.setdefault("dramatiq_worker_timeout", "100")
     # Before Dramatiq starts: its processes' metrics are merged through this directory, which its Prometheus
     # exporter (WJP_WORKER_METRICS_PORT) also serves; both read it and the port from the environment.
