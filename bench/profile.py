@@ -2,6 +2,8 @@
 
 usage: python -m bench.profile intake [SECONDS]        (gunicorn workers of `wjp serve` under wrk -c32)
        python -m bench.profile drain [JOBS] [CHANNEL]  (the two Dramatiq worker processes during a drain)
+       python -m bench.profile e2e RATE [SECONDS]      (both, `wjp serve` and `wjp worker` together, under
+                                                       bench.openloop POSTing RATE/s: e2e-api and e2e-worker)
        python -m bench.profile summary FILE            (re-summarise a collapsed-stack file)
 
 Writes py-spy's collapsed stacks to var/bench/profiles/<name>.txt (open them with speedscope or
@@ -181,22 +183,49 @@ def profile_drain(jobs: int, channel: str) -> Path:
     return path
 
 
+def profile_e2e(rate: float, seconds: float) -> list[Path]:
+    run.setup_database()
+    run.reset_ledger()
+    api, port = run.api_server("profile-e2e-api")
+    work = run.worker("profile-e2e-worker")
+    argv = [PYTHON, "-m", "bench.openloop", str(port), str(rate), str(seconds + 4), "prof", "2"]
+    try:
+        while not run.worker_processes(work):
+            time.sleep(0.05)
+        time.sleep(2)  # the worker's processes are up and polling
+        load = subprocess.Popen(argv, cwd=common.ROOT, env=common.bench_env(), stdout=subprocess.PIPE, text=True)
+        time.sleep(3)  # past the generator's warm-up
+        spies = spy(api.children(), "e2e-api") + spy(run.worker_processes(work), "e2e-worker")
+        time.sleep(seconds)
+        paths = [stop_spies(spies[: len(api.children())], "e2e-api"), stop_spies(spies[-2:], "e2e-worker")]
+        out = load.communicate()[0]
+        log(f"e2e under py-spy: {out.strip().splitlines()[-1] if out.strip() else 'no answer from the generator'}")
+    finally:
+        api.stop()
+        work.stop()
+        common.drop_database()
+    return paths
+
+
 def main() -> None:
     what = sys.argv[1]
     if what == "summary":
         print(summary(Path(sys.argv[2])))
         return
     if what == "intake":
-        path = profile_intake(int(sys.argv[2]) if len(sys.argv) > 2 else 15)
+        paths = [profile_intake(int(sys.argv[2]) if len(sys.argv) > 2 else 15)]
     elif what == "drain":
         jobs = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
-        path = profile_drain(jobs, sys.argv[3] if len(sys.argv) > 3 else "log")
+        paths = [profile_drain(jobs, sys.argv[3] if len(sys.argv) > 3 else "log")]
+    elif what == "e2e" and len(sys.argv) > 2:
+        paths = profile_e2e(float(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 8)
     else:
         raise SystemExit(__doc__)
-    text = summary(path)
-    SUMMARIES.mkdir(parents=True, exist_ok=True)
-    (SUMMARIES / f"{path.stem}.summary.txt").write_text(text + "\n")
-    print(text)
+    for path in paths:
+        text = summary(path)
+        SUMMARIES.mkdir(parents=True, exist_ok=True)
+        (SUMMARIES / f"{path.stem}.summary.txt").write_text(text + "\n")
+        print(text)
 
 
 if __name__ == "__main__":
