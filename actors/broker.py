@@ -168,21 +168,30 @@ class OutageProofRedisBroker(RedisBroker):
         """The Redis ids of the messages of `queue_name` this process's threads have acked, not yet sent."""
         return self._unsent_acks.setdefault(queue_name, collections.deque())
 
-    def ack_many(self, queue_name: str, rids: list[str]) -> None:
-        """Dramatiq's ack of each message (its dispatch script's "ack", as `do_ack` runs it), in one round trip."""
+    def ack_and_fetch(self, queue_name: str, acks: list[str], count: int) -> list[bytes]:
+        """Dramatiq's ack of each of `acks`, then (with `count`) its fetch of up to `count` messages, in one round
+        trip: their commands of Dramatiq's dispatch script, with the arguments its `_dispatch` gives them.
+
+        The acks of a moment ride with the consumer's next fetch: an ack round trip per message was a seventh of a
+        worker's CPU, and a round trip of their own still was one per job at moderate rates (bench/README.md)."""
         script = self.scripts["dispatch"]
-        # The arguments Dramatiq's `_dispatch` gives its script before the command's own.
-        common = (
-            "ack", current_millis(), queue_name, self.broker_id, self.heartbeat_timeout, self.dead_message_ttl,
-            self._should_do_maintenance("ack"), self._max_unpack_size(),
-        )  # fmt: skip
-        commands: list[tuple[object, ...]] = [("EVALSHA", script.sha, 1, self.namespace, *common, rid) for rid in rids]
+        commands: list[tuple[object, ...]] = [self._script_command(script.sha, "ack", queue_name, rid) for rid in acks]
+        if count:
+            commands.append(self._script_command(script.sha, "fetch", queue_name, count))
         try:
-            self._exchange(commands)
+            replies = self._exchange(commands)
         except redis.exceptions.NoScriptError:
-            # Redis lost its scripts (a restart): load it again, as redis-py's Script does.
+            # Redis lost its scripts (a restart), so none of these ran: load it again, as redis-py's Script does.
             self.client.script_load(script.script)
-            self._exchange(commands)
+            replies = self._exchange(commands)
+        return replies[-1] if count else []  # type: ignore[return-value]
+
+    def _script_command(self, sha: str, command: str, queue_name: str, *args: object) -> tuple[object, ...]:
+        return (
+            "EVALSHA", sha, 1, self.namespace, command, current_millis(), queue_name, self.broker_id,
+            self.heartbeat_timeout, self.dead_message_ttl, self._should_do_maintenance(command),
+            self._max_unpack_size(), *args,
+        )  # fmt: skip
 
 
 class _BelledConsumer(_RedisConsumer):
@@ -191,41 +200,38 @@ class _BelledConsumer(_RedisConsumer):
     back-off of 5 to `timeout` ms, which put tens of ms on a job's way from POST to SUCCESS at any rate that
     leaves the workers idle between messages. Messages enqueued otherwise (Dramatiq's retries, delay-queue
     promotions, requeues) ring no bell and are fetched within the back-off, as before. And its acks go to Redis
-    together, before each fetch."""
+    together, with its next fetch."""
 
     def ack(self, message: MessageProxy) -> None:
-        # Left for the consumer thread, which sends the acks of a moment in one round trip whenever it next goes to
-        # Redis (`_send_acks`): an ack round trip per message was a seventh of a worker's CPU. Until then the message
-        # stays leased to this live process, which redelivers nothing: a process that dies meanwhile has its leases
-        # requeued by Dramatiq, and their claims then find the jobs taken.
+        # Left for the consumer thread, which sends the acks of a moment with its next fetch (`_ack_and_fetch`), or
+        # alone when it is full or closing. Until then the message stays leased to this live process, which
+        # redelivers nothing: a process that dies meanwhile has its leases requeued by Dramatiq, and their claims
+        # then find the jobs taken.
         self.broker.unsent_acks(self.queue_name).append(message.options["redis_message_id"])
         self.queued_message_ids.discard(message.message_id)
 
-    def _send_acks(self) -> None:
+    def _ack_and_fetch(self, count: int) -> list[bytes]:
         unsent = self.broker.unsent_acks(self.queue_name)
         rids = [unsent.popleft() for _ in range(len(unsent))]
-        if not rids:
-            return
+        if not rids and not count:
+            return []
         try:
-            self.broker.ack_many(self.queue_name, rids)
+            return self.broker.ack_and_fetch(self.queue_name, rids, count)
         except BaseException:
             unsent.extendleft(reversed(rids))
             raise
 
     def close(self) -> None:
         try:
-            self._send_acks()
+            self._ack_and_fetch(0)
         except CONNECTION_LOST as exc:
             raise ConnectionClosed(exc) from None
 
     def __next__(self) -> MessageProxy | None:
         try:
             if not self.message_cache:
-                self._send_acks()
-            if not self.message_cache and self.outstanding_message_count < self.prefetch:
-                self.message_cache = self.broker.do_fetch(
-                    self.queue_name, self.prefetch - self.outstanding_message_count
-                )
+                # When full, only the acks go: what frees room is an ack of this process.
+                self.message_cache = self._ack_and_fetch(max(self.prefetch - self.outstanding_message_count, 0))
             while self.message_cache:
                 data = self.message_cache.pop(0)
                 if data is None:  # what Dramatiq's consumer skips too (its issue #266)

@@ -144,7 +144,9 @@ def acked_in_redis(client: redis.Redis, queue_name: str, rid: str) -> bool:
     return not client.hexists(f"{NAMESPACE}:{queue_name}.msgs", rid) and not leases
 
 
-def test_acks_go_to_redis_together_when_the_consumer_next_fetches_or_closes(dispatcher, queue_name, redis_server_url):
+def test_acks_go_to_redis_together_with_the_consumers_next_fetch_or_when_it_closes(
+    dispatcher, queue_name, redis_server_url, monkeypatch
+):
     client = redis.Redis.from_url(redis_server_url)
     now = utcnow()
     sent = [Dispatch(uuid.uuid4(), 1, now) for _ in range(3)]
@@ -159,8 +161,14 @@ def test_acks_go_to_redis_together_when_the_consumer_next_fetches_or_closes(disp
     assert consumer.outstanding_message_count == 1
     assert not any(acked_in_redis(client, queue_name, rid) for rid in rids)
 
-    assert next(consumer) is None  # the cache is empty: the acks go out before the fetch
+    exchanges = []
+    exchange = dispatcher.broker._exchange
+    monkeypatch.setattr(
+        dispatcher.broker, "_exchange", lambda commands: exchanges.append(commands) or exchange(commands)
+    )
+    assert next(consumer) is None  # the cache is empty: the acks go out with the fetch, in one round trip
     assert [acked_in_redis(client, queue_name, rid) for rid in rids] == [True, True, False]
+    assert [[command[4] for command in commands] for commands in exchanges] == [["ack", "ack", "fetch"]]
 
     consumer.ack(messages[2])
     consumer.close()  # a stopping worker closes its consumers after its threads are done
