@@ -12,6 +12,7 @@ import redis
 
 from actors.broker import (
     ACTOR_NAME,
+    MISSES_BEFORE_BELL,
     NAMESPACE,
     RID_OPTION,
     BrokerUnavailable,
@@ -91,6 +92,21 @@ def test_an_idle_consumer_waits_on_the_bell_and_a_send_wakes_it_long_before_its_
     assert woken is None  # the wait ends at the ring; the next call fetches
     assert message.options[RID_OPTION] == f"{job_id}.1"
     consumer.ack(message)
+    consumer.close()
+
+
+def test_a_consumer_that_fetched_moments_ago_sleeps_its_first_pauses_and_only_then_waits_on_the_bell(
+    dispatcher, queue_name, redis_server_url
+):
+    client = redis.Redis.from_url(redis_server_url)
+    consumer = dispatcher.broker.consume(queue_name, prefetch=4, timeout=50)
+    client.rpush(bell_key(queue_name), 1)  # a ring no fetch answered (its message went to another consumer)
+
+    for _ in range(MISSES_BEFORE_BELL):
+        assert next(consumer) is None
+        assert client.llen(bell_key(queue_name)) == 1  # slept, leaving the ring for an idle consumer
+    assert next(consumer) is None
+    assert client.llen(bell_key(queue_name)) == 0  # idle long enough: it waited on the bell, and took the ring
     consumer.close()
 
 
