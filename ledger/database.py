@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -190,7 +191,7 @@ class DriverStatement:
     SQLAlchemy's per-execution work (compiled-cache lookup, bind and result processing, the execution
     context) cost more client CPU than the round trip itself on the hot path (bench/README.md), so the
     statements run there per job skip it. Parameters go to psycopg as they are: aware datetimes, UUIDs,
-    plain str values, `psycopg.types.json.Json` for JSON.
+    plain str values, `psycopg.types.json.Json` for JSON, `array_literal` for arrays.
     """
 
     def __init__(self, statement: ClauseElement, *, column_keys: Sequence[str] | None = None) -> None:
@@ -205,6 +206,15 @@ class DriverStatement:
 
     def execute(self, driver: psycopg.Connection[Any], params: dict[str, Any]) -> psycopg.Cursor[Any]:
         return driver.execute(self.sql, {**self._constants, **params}, prepare=True)
+
+
+def array_literal(values: Iterable[uuid.UUID | int]) -> str:
+    """`values` as PostgreSQL's text of an array, for a parameter the statement casts to `UUID[]` or `INTEGER[]`.
+
+    psycopg adapts a list by inspecting and dumping each element in Python, which cost more client CPU than all
+    the other parameters of a hot-path statement together (bench/README.md); the text of a UUID or an integer
+    needs no quoting in an array literal."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 class _LostConnection(Exception):

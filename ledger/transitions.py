@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from ledger.database import DriverStatement, postgres
+from ledger.database import DriverStatement, array_literal, postgres
 from ledger.schema import jobs, status_in, status_in_rows_found_by_key
 from ledger.states import TRANSITIONS, WAITING, Outcome, Status
 from ledger.timestamps import UTCDateTime
@@ -125,7 +125,9 @@ def claim_many(
     if driver is None:
         rows = conn.execute(_CLAIM, {**params, "dispatches": dispatches}).all()
     else:
-        params.update(ids=[job_id for job_id, _ in dispatches], seqs=[seq for _, seq in dispatches])
+        params.update(
+            ids=array_literal(job_id for job_id, _ in dispatches), seqs=array_literal(seq for _, seq in dispatches)
+        )
         rows = _DRIVER_CLAIM.execute(driver, params).fetchall()
     claimed = {row[0]: ClaimedJob(*row) for row in rows}
     return [claimed.pop(job_id, None) for job_id, _ in dispatches]
@@ -218,7 +220,11 @@ def succeed_many(conn: Connection, attempts: list[tuple[uuid.UUID, int]], *, now
     if driver is None:
         rows = conn.execute(_SUCCEED, {"held": attempts, "now": now}).all()
     else:
-        params = {"now": now, "ids": [job_id for job_id, _ in attempts], "attempts": [n for _, n in attempts]}
+        params = {
+            "now": now,
+            "ids": array_literal(job_id for job_id, _ in attempts),
+            "attempts": array_literal(n for _, n in attempts),
+        }
         rows = _DRIVER_SUCCEED.execute(driver, params).fetchall()
     done = {row[0] for row in rows}
     return [job_id in done for job_id, _ in attempts]
@@ -242,10 +248,10 @@ def succeed_and_claim(
         "now": now,
         "due_by": now + EARLY_CLAIM_TOLERANCE,
         "worker": worker,
-        "success_ids": [job_id for job_id, _ in attempts],
-        "attempts": [n for _, n in attempts],
-        "claim_ids": [job_id for job_id, _ in dispatches],
-        "seqs": [seq for _, seq in dispatches],
+        "success_ids": array_literal(job_id for job_id, _ in attempts),
+        "attempts": array_literal(n for _, n in attempts),
+        "claim_ids": array_literal(job_id for job_id, _ in dispatches),
+        "seqs": array_literal(seq for _, seq in dispatches),
     }
     claimed: dict[uuid.UUID, ClaimedJob] = {}
     succeeded: set[uuid.UUID] = set()

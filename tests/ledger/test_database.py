@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from ledger import intake, transitions
-from ledger.database import Database, postgres
+from ledger.database import Database, array_literal, postgres
 from ledger.errors import LedgerUnavailable
 from ledger.intake import Intake
 from ledger.states import Status
@@ -68,6 +68,16 @@ def test_a_statement_error_through_the_driver_is_raised_as_it_is(postgres_db):
         postgres_db.run(broken_sql)
     # And the connection it ran on is still good for the next unit of work.
     assert postgres_db.run(lambda conn: conn.execute(text("SELECT 1")).scalar_one()) == 1
+
+
+def test_arrays_sent_as_text_reach_postgresql_as_the_lists_they_were(postgres_db):
+    ids = [uuid.uuid4() for _ in range(3)]
+    with postgres_db.connect() as conn:
+        driver = postgres(conn)
+        assert driver is not None
+        for values, cast in ((ids, "UUID[]"), ([1, 20, -3], "INTEGER[]"), ([], "UUID[]")):
+            query = f"SELECT %(values)s::{cast}"
+            assert driver.execute(query, {"values": array_literal(values)}, prepare=True).fetchone() == (values,)
 
 
 def test_kept_connections_plan_their_statements_generically_and_the_others_as_postgresql_chooses(postgres_db):
