@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -16,6 +17,9 @@ from ledger import maintenance, transitions
 from ledger.database import Database
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
+
+#: What expiring claims came to: the dispatches sent for the jobs to retry, and the jobs that failed.
+Expired = tuple[list[Dispatch], list[uuid.UUID]]
 
 log = logging.getLogger("wjp.reconciler")
 
@@ -37,7 +41,8 @@ class PassReport:
 
 class Reconciler:
     """One pass (`run_once`) or a loop of them. Overlapping passes are safe: every change is guarded on
-    the state it read, so of two passes at most one expires or re-dispatches a given job."""
+    the state it read, so of two passes at most one expires or re-dispatches a given job, and its messages are
+    sent before its transaction commits, so the other never finds them missing."""
 
     def __init__(
         self,
@@ -80,14 +85,16 @@ class Reconciler:
             report.checked += len(claims)
             if not claims:
                 return
-            dispatches, failed = self.database.run(
-                lambda conn, claims=claims: transitions.expire(conn, claims, now=now, cutoff=cutoff, error=error)
-            )
+
+            def expire_and_send(conn, claims: list[tuple[uuid.UUID, int]] = claims) -> Expired:
+                dispatches, failed = transitions.expire(conn, claims, now=now, cutoff=cutoff, error=error)
+                return self._send_before_commit(dispatches, now=now), failed
+
+            dispatches, failed = self.database.run(expire_and_send, transaction=True)
             for job_id in failed:
                 log.warning("⚠️ Job %s marked as FAILED due to timeout", job_id)
             for dispatch in dispatches:
                 log.info("Job %s: claim expired; attempt re-dispatched", dispatch.job_id)
-            self.dispatcher.send(dispatches, now=now)
             report.expired += len(dispatches)
             report.failed += len(failed)
             if len(claims) < self.batch_size:
@@ -112,13 +119,25 @@ class Reconciler:
             sent = [Dispatch(job_id, seq, due) for job_id, seq, due in candidates if seq > 0]
             never_sent = [(job_id, seq) for job_id, seq, _ in candidates if seq == 0]
             lost = [(d.job_id, d.seq) for d in self.dispatcher.missing(sent)] + never_sent
-            dispatches = self.database.run(lambda conn, lost=lost: transitions.redispatch(conn, lost, now=now))
-            self.dispatcher.send(dispatches, now=now)
+            dispatches = self.database.run(
+                lambda conn, lost=lost: self._send_before_commit(transitions.redispatch(conn, lost, now=now), now=now),
+                transaction=True,
+            )
             report.redispatched += len(dispatches)
             if len(candidates) < self.batch_size:
                 return
             last = candidates[-1]
             after = (last[2], last[0])
+
+    def _send_before_commit(self, dispatches: list[Dispatch], *, now: datetime) -> list[Dispatch]:
+        """Send `dispatches` while the transaction that made them still holds their rows.
+
+        Never after the commit: a concurrent pass reading the rows in between found the new dispatches missing from
+        Redis and sent them again. Before it, a pass that read the rows earlier waits on them and then finds them
+        changed, and one that reads them later finds their messages. A failed send rolls the transaction back,
+        leaving the rows to the next pass."""
+        self.dispatcher.send(dispatches, now=now)
+        return dispatches
 
     def run_forever(self, interval: float, stop: threading.Event, report: Callable[[PassReport], None]) -> None:
         """Run a pass every `interval` seconds until `stop` is set; an unreachable ledger or Redis is

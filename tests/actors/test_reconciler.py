@@ -4,9 +4,11 @@ exactly once, and leaves alone what is merely waiting."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import timedelta
 
+import pytest
 import redis
 from falcon import testing
 
@@ -150,6 +152,42 @@ def test_two_passes_at_the_same_moment_redispatch_each_lost_job_once(make_settin
         for job_id in jobs:
             wait_for_status(database, job_id)
     assert all(channel.count(job_id) == 1 for job_id in jobs)
+
+
+@pytest.mark.parametrize("lost", ["never_sent", "claim_expired"])
+def test_a_pass_running_while_another_sends_its_dispatches_does_not_send_them_again(
+    make_settings, database, dispatcher, queue_name, redis_server_url, lost
+):
+    settings = make_settings(WJP_RECONCILE_GRACE="0", WJP_VISIBILITY_TIMEOUT="60")
+    long_ago = utcnow() - timedelta(seconds=61)
+    jobs = [submit(database, None, settings, now=long_ago) for _ in range(20)]
+    if lost == "claim_expired":  # claimed by a worker that vanished with the messages
+        for job_id in jobs:
+            database.run(lambda conn, job_id=job_id: transitions.claim(conn, job_id, 1, now=long_ago, worker="gone"))
+    clock = lambda: utcnow() + timedelta(seconds=1)  # noqa: E731
+    slow_dispatcher = Dispatcher(make_broker(redis_server_url), queue_name)
+    sending = threading.Event()
+    send = slow_dispatcher.send
+
+    def slow_send(dispatches, *, now):
+        if dispatches:
+            sending.set()
+            time.sleep(0.5)  # the other pass runs meanwhile
+        return send(dispatches, now=now)
+
+    slow_dispatcher.send = slow_send
+    slow = make_reconciler(settings, database, slow_dispatcher, clock=clock)
+    reports = []
+    first = threading.Thread(target=lambda: reports.append(slow.run_once()))
+    first.start()
+    assert sending.wait(timeout=30)
+    second = make_reconciler(settings, database, dispatcher, clock=clock).run_once()
+    first.join()
+
+    (first_report,) = reports
+    assert first_report.expired + first_report.redispatched == len(jobs)
+    assert second.expired + second.redispatched == 0
+    assert queued_messages(settings.redis_url, queue_name) == len(jobs)
 
 
 def test_a_due_job_waiting_in_redis_behind_a_backlog_is_not_redispatched(make_settings, database, dispatcher):
