@@ -176,7 +176,8 @@ class OutageProofRedisBroker(RedisBroker):
         trip: their commands of Dramatiq's dispatch script, with the arguments its `_dispatch` gives them.
 
         The acks of a moment ride with the consumer's next fetch: an ack round trip per message was a seventh of a
-        worker's CPU, and a round trip of their own still was one per job at moderate rates (bench/README.md)."""
+        worker's CPU, and sending them in a round trip of their own cost 0.2-0.4 more round trips per job at
+        moderate rates (bench/README.md)."""
         script = self.scripts["dispatch"]
         commands: list[tuple[object, ...]] = [self._script_command(script.sha, "ack", queue_name, rid) for rid in acks]
         if count:

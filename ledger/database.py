@@ -211,9 +211,9 @@ class DriverStatement:
 def array_literal(values: Iterable[uuid.UUID | int]) -> str:
     """`values` as PostgreSQL's text of an array, for a parameter the statement casts to `UUID[]` or `INTEGER[]`.
 
-    psycopg adapts a list by inspecting and dumping each element in Python, which cost more client CPU than all
-    the other parameters of a hot-path statement together (bench/README.md); the text of a UUID or an integer
-    needs no quoting in an array literal."""
+    psycopg adapts a list by inspecting and dumping each element in Python: a claim or success statement's
+    parameters took 28-50 µs of client CPU to build and convert with lists, 14-18 µs with this text
+    (bench/README.md). The text of a UUID or an integer needs no quoting in an array literal."""
     return "{" + ",".join(map(str, values)) + "}"
 
 
