@@ -11,6 +11,7 @@ from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
 from actors.delivery import Delivery, declare_actor
 from actors.settings import Settings
+from actors.worker_logging import log_straight_to_stderr
 from ledger.database import Database
 
 settings = Settings.from_env()
@@ -31,3 +32,4 @@ delivery = Delivery(
 )
 deliver = declare_actor(broker, delivery, settings)
 logging.getLogger("wjp").setLevel(logging.INFO)
+log_straight_to_stderr()

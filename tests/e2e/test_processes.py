@@ -4,6 +4,8 @@ real processes on PostgreSQL and Redis, including a worker killed with `kill -9`
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import uuid
 
@@ -146,6 +148,25 @@ def test_sigterm_lets_a_worker_finish_the_attempt_in_hand_and_leaves_nothing_pro
     assert Status.SUCCESS in states
     # One human line per outcome, in the style the contract shows
     assert "✅ Job " in worker.output() and " success " in worker.output()
+
+
+def test_a_worker_process_writes_its_own_outcome_lines_while_dramatiqs_main_process_is_stopped(
+    postgres_db, redis_server_url, queue_name, dispatcher, tmp_path, processes
+):
+    env = ledger_env(postgres_db, redis_server_url, queue_name, tmp_path)
+    worker = Process(["worker", "--processes", "1", "--threads", "2"], env, tmp_path / "worker.log")
+    processes.append(worker)
+    wait_until(lambda: "Worker process is ready" in worker.output(), worker)
+    # The main process relays only the lines too long for one atomic write: stopped, it relays nothing
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        job_id = submit(postgres_db, dispatcher, type("S", (), {"max_attempts": 5}), channel="log")
+        assert wait_for_status(postgres_db, job_id).status is Status.SUCCESS
+        wait_until(lambda: f"Job {job_id} success" in worker.output(), worker, timeout=10)
+        assert f"notification job={job_id} attempt=1" in worker.output()
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    assert worker.terminate(timeout=30) == 0
 
 
 def test_wjp_prune_deletes_finished_jobs_older_than_the_duration_and_keeps_the_rest(
