@@ -20,6 +20,7 @@ import runpy
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -477,11 +478,11 @@ def peer(name: str, n: int) -> dict:
 # ------------------------------------------------------------------------------------------------------ e2e
 
 
-def phase_e2e(max_rps: float) -> dict:
+def phase_e2e(max_rps: float, server: Callable[[str], tuple[Service, int]] = api_server) -> dict:
     rate = round(max_rps / 2, 1)
     log(f"e2e: POST at {rate:.0f}/s (half of {max_rps:.0f}) for {E2E_SECONDS:g}s, open loop, with wjp worker running")
     reset_ledger()
-    api, port = api_server("e2e-api")
+    api, port = server("e2e-api")
     work = worker("worker-e2e")
     with running(api, work):
         time.sleep(3)  # the worker's processes are up and polling
