@@ -9,9 +9,12 @@ import hmac
 import ipaddress
 import json
 import ssl
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
@@ -31,6 +34,14 @@ MAX_RESPONSE_BYTES = 16 * 1024
 
 #: Length of the response excerpt quoted in an error message.
 EXCERPT_CHARS = 200
+
+#: How long an idle connection is kept for the next delivery to the same endpoint: under the shortest idle
+#: timeout servers commonly use (gunicorn's 2 s), so a receiver rarely closes one just as it is reused.
+KEEPALIVE_SECONDS = 1.5
+
+#: Endpoints (host name and address) each worker thread keeps a connection to; the least recently used
+#: one is closed when a new one would pass this.
+ENDPOINTS_PER_THREAD = 32
 
 _SECRET_PREFIX = "whsec_"
 
@@ -118,6 +129,13 @@ def excerpt(body: bytes) -> str:
     return " ".join(body.decode("utf-8", "replace").split())[:EXCERPT_CHARS]
 
 
+class _ThreadClients(threading.local):
+    """Each worker thread's kept clients, least recently used first."""
+
+    def __init__(self) -> None:
+        self.by_endpoint: OrderedDict[tuple[str, str, int | None, str], httpx.Client] = OrderedDict()
+
+
 @register
 class WebhookChannel(Channel):
     """POSTs the notification as JSON to the recipient URL, signed when a secret is set."""
@@ -140,6 +158,7 @@ class WebhookChannel(Channel):
         # Built once: loading the CA bundle is the slow part of a client, and a context is
         # safe to share between threads.
         self._ssl_context = ssl_context or ssl.create_default_context()
+        self._clients = _ThreadClients()
 
     def check_recipient(self, recipient: str) -> str | None:
         if any(char.isspace() or not char.isprintable() for char in recipient):
@@ -222,31 +241,52 @@ class WebhookChannel(Channel):
             # change the answer in between; Host and TLS (SNI and certificate check, via the
             # sni_hostname extension) still use the original host name.
             pinned = url.copy_with(host=address)
-            # One client per delivery: its pool is keyed by address, and reusing a TLS
-            # connection made for another host name on the same address would skip our
-            # certificate check for this one. trust_env=False: a proxy would resolve the name
-            # itself and undo the pinning.
-            with httpx.Client(
-                verify=self._ssl_context,
-                trust_env=False,
-                follow_redirects=False,
-                timeout=httpx.Timeout(remaining),
-            ) as client:
-                request = client.build_request("POST", pinned, content=body, headers=headers, extensions=sni)
-                try:
-                    response = client.send(request, stream=True)
-                except httpx.ConnectError as exc:
-                    if index + 1 < len(addresses):
-                        continue  # Nothing was sent; the host's next address may answer.
-                    raise TransientError(f"could not connect to {url.host} ({address}): {exc}") from exc
-                except httpx.TimeoutException as exc:
-                    raise TransientError(f"{url.host} timed out after {self.timeout:g}s") from exc
-                except httpx.TransportError as exc:
-                    raise TransientError(f"{url.host} failed ({type(exc).__name__}): {exc}") from exc
-                try:
-                    content = read_limited(response, deadline)
-                finally:
-                    response.close()
-                raise_for_status(response, content, now=self._clock())
-                return f"HTTP {response.status_code}"
+            client = self._client(url, address)
+            request = client.build_request(
+                "POST", pinned, content=body, headers=headers, extensions=sni, timeout=httpx.Timeout(remaining)
+            )
+            try:
+                response = client.send(request, stream=True)
+            except httpx.ConnectError as exc:
+                if index + 1 < len(addresses):
+                    continue  # Nothing was sent; the host's next address may answer.
+                raise TransientError(f"could not connect to {url.host} ({address}): {exc}") from exc
+            except httpx.TimeoutException as exc:
+                raise TransientError(f"{url.host} timed out after {self.timeout:g}s") from exc
+            except httpx.TransportError as exc:
+                raise TransientError(f"{url.host} failed ({type(exc).__name__}): {exc}") from exc
+            try:
+                content = read_limited(response, deadline)
+            finally:
+                response.close()
+            raise_for_status(response, content, now=self._clock())
+            return f"HTTP {response.status_code}"
         raise TransientError(f"{url.host} timed out after {self.timeout:g}s")
+
+    def _client(self, url: httpx.URL, address: str) -> httpx.Client:
+        """This thread's client for one host name at one address, kept for the next delivery there.
+
+        Its connections are made to that address only and checked against that host name, so reusing
+        them keeps the pinning and the certificate check a new connection gets; a host name that shares
+        the address has a client of its own. One thread's deliveries run one at a time: its clients need
+        no lock and hold one connection each.
+        """
+        clients = self._clients.by_endpoint
+        key = (url.scheme, url.host, url.port, address)
+        client = clients.get(key)
+        if client is not None:
+            clients.move_to_end(key)
+            return client
+        client = httpx.Client(
+            verify=self._ssl_context,
+            # A proxy would resolve the name itself and undo the pinning.
+            trust_env=False,
+            follow_redirects=False,
+            # A receiver's cookies must not ride along with later deliveries.
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
+            limits=httpx.Limits(max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS),
+        )
+        clients[key] = client
+        if len(clients) > ENDPOINTS_PER_THREAD:
+            clients.popitem(last=False)[1].close()
+        return client

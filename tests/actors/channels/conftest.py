@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -33,6 +34,8 @@ class Recorded:
     #: Header names in lower case.
     headers: dict[str, str]
     body: bytes
+    #: The client's port: requests that share it came over one connection.
+    client_port: int = 0
 
 
 @dataclass
@@ -46,21 +49,36 @@ class Reply:
 
 
 class HttpServer:
-    """A threading HTTP server on loopback that records every request and answers with `reply`."""
+    """A threading HTTP server on loopback that records every request and answers with `reply`.
 
-    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+    It closes each connection after one reply, unless `keep_alive` (HTTP/1.1); then it closes one after
+    `idle_timeout` seconds without a request, if given. `closed_ports` lists the client ports of the
+    connections that ended, in order.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
+        *,
+        keep_alive: bool = False,
+        idle_timeout: float | None = None,
+    ) -> None:
         self.requests: list[Recorded] = []
+        self.closed_ports: list[int] = []
         self.reply = Reply()
         self.released = threading.Event()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+            timeout = idle_timeout
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 owner.requests.append(
-                    Recorded(
-                        "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length)
-                    )
+                    Recorded("POST", self.path, headers, self.rfile.read(length), self.client_address[1])
                 )
                 reply = owner.reply
                 if reply.hang:
@@ -71,6 +89,10 @@ class HttpServer:
                 self.send_header("Content-Length", str(len(reply.body)))
                 self.end_headers()
                 self.wfile.write(reply.body)
+
+            def finish(self) -> None:
+                super().finish()
+                owner.closed_ports.append(self.client_address[1])
 
             def log_message(self, format: str, *args: object) -> None:
                 pass  # Keep pytest's output to the test results.
@@ -109,12 +131,13 @@ def http_server() -> Iterator[HttpServer]:
 
 @pytest.fixture
 def make_http_server() -> Iterator[Callable[..., HttpServer]]:
-    """Start servers on other loopback addresses (IPv6) or with TLS; they all stop at the test's end."""
+    """Start servers on other loopback addresses (IPv6), with TLS or keeping connections alive; they all stop
+    at the test's end."""
     servers: list[HttpServer] = []
 
-    def start(host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> HttpServer:
+    def start(host: str = "127.0.0.1", tls: ssl.SSLContext | None = None, **options: Any) -> HttpServer:
         try:
-            server = HttpServer(host, tls)
+            server = HttpServer(host, tls, **options)
         except OSError as exc:
             pytest.skip(f"cannot listen on {host}: {exc}")
         servers.append(server)
