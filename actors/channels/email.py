@@ -7,6 +7,7 @@ import re
 import smtplib
 import ssl
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +29,12 @@ from actors.channels.base import (
 
 #: Longest one SMTP socket operation may wait, in seconds, before `ChannelConfig.timeout_cap` cuts it.
 SMTP_TIMEOUT = 30.0
+
+#: How long a worker thread keeps its SMTP session open after a message, for the next one.
+SMTP_IDLE_SECONDS = 10.0
+
+#: Messages sent over one session before it is closed and a new one opened: relays may cap them per session.
+MESSAGES_PER_SESSION = 100
 
 #: Longest subject taken from the first line of the message.
 MAX_SUBJECT = 255
@@ -168,6 +175,7 @@ class EmailChannel(Channel):
         self.timeout = min(SMTP_TIMEOUT, config.timeout_cap)
         self._ssl_context = ssl_context or ssl.create_default_context()
         self._clock = clock
+        self._sessions = _ThreadSessions()
 
     def check_recipient(self, recipient: str) -> str | None:
         return address_problem(recipient)
@@ -214,23 +222,75 @@ class EmailChannel(Channel):
         return str(target)
 
     def _submit(self, server: SmtpServer, message: EmailMessage, recipient: str) -> str:
-        smtp: smtplib.SMTP | None = None
+        session = self._kept_session()
         try:
-            if server.implicit_tls:
-                smtp = smtplib.SMTP_SSL(server.host, server.port, timeout=self.timeout, context=self._ssl_context)
-            else:
-                smtp = smtplib.SMTP(server.host, server.port, timeout=self.timeout)
+            if session is None:
+                session = _Session(self._connect(server))
+            session.smtp.send_message(message, from_addr=self.sender, to_addrs=[recipient])
+        except (smtplib.SMTPException, OSError) as exc:
+            if session is not None:
+                _close_quietly(session.smtp)
+            raise classify_smtp_error(exc) from exc
+        session.sent += 1
+        if session.sent >= MESSAGES_PER_SESSION:
+            _close_quietly(session.smtp)
+        else:
+            session.idle_since = time.monotonic()
+            self._sessions.kept = session
+        return f"accepted by {server.host}:{server.port} as {message['Message-ID']}"
+
+    def _kept_session(self) -> _Session | None:
+        """This thread's session from its previous message, if it is young enough and still answers.
+
+        A reset the server answers proves the session before the message goes, so one the server has
+        dropped meanwhile is replaced without anything being sent twice.
+        """
+        session, self._sessions.kept = self._sessions.kept, None
+        if session is None:
+            return None
+        if time.monotonic() - session.idle_since > SMTP_IDLE_SECONDS:
+            _close_quietly(session.smtp)
+            return None
+        try:
+            code, _ = session.smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            session.smtp.close()
+            return None
+        if code != 250:
+            _close_quietly(session.smtp)
+            return None
+        return session
+
+    def _connect(self, server: SmtpServer) -> smtplib.SMTP:
+        if server.implicit_tls:
+            smtp = smtplib.SMTP_SSL(server.host, server.port, timeout=self.timeout, context=self._ssl_context)
+        else:
+            smtp = smtplib.SMTP(server.host, server.port, timeout=self.timeout)
+        try:
             if server.starttls:
                 smtp.starttls(context=self._ssl_context)
             if server.username:
                 smtp.login(server.username, server.password or "")
-            smtp.send_message(message, from_addr=self.sender, to_addrs=[recipient])
-        except (smtplib.SMTPException, OSError) as exc:
-            raise classify_smtp_error(exc) from exc
-        finally:
-            if smtp is not None:
-                _close_quietly(smtp)
-        return f"accepted by {server.host}:{server.port} as {message['Message-ID']}"
+        except BaseException:
+            _close_quietly(smtp)
+            raise
+        return smtp
+
+
+@dataclass
+class _Session:
+    """An open SMTP session and what it has carried."""
+
+    smtp: smtplib.SMTP
+    sent: int = 0
+    idle_since: float = 0.0
+
+
+class _ThreadSessions(threading.local):
+    """Each worker thread's session kept between messages; one thread sends one message at a time."""
+
+    def __init__(self) -> None:
+        self.kept: _Session | None = None
 
 
 def _close_quietly(smtp: smtplib.SMTP) -> None:

@@ -153,6 +153,8 @@ class SmtpHandler:
 
     def __init__(self) -> None:
         self.envelopes: list[object] = []
+        #: The client's (address, port) of each accepted envelope: envelopes that share it came in one session.
+        self.peers: list[tuple[str, int]] = []
         self.rcpt_reply: str | None = None
         self.data_reply: str | None = None
 
@@ -166,6 +168,7 @@ class SmtpHandler:
         if self.data_reply:
             return self.data_reply
         self.envelopes.append(envelope)
+        self.peers.append(session.peer)
         return "250 Message accepted for delivery"
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import email
 import email.policy
 import ssl
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from email.message import EmailMessage
@@ -14,6 +16,7 @@ import pytest
 from aiosmtpd.smtp import AuthResult
 
 from actors.channels import ChannelConfig, Notification, PermanentError, TransientError
+from actors.channels import email as email_channel
 from actors.channels.email import EmailChannel, parse_smtp_url
 from tests.actors.channels.conftest import SmtpServer, free_port
 
@@ -136,6 +139,92 @@ def test_a_server_that_is_not_listening_is_a_transient_error() -> None:
         EmailChannel(config).deliver(notification())
 
 
+# Kept sessions: a thread's messages share one SMTP session while it is young and answers.
+
+
+def test_messages_sent_by_one_thread_share_one_session(smtp_server: SmtpServer) -> None:
+    emails = channel_for(smtp_server)
+
+    for _ in range(3):
+        emails.deliver(notification())
+
+    assert len(smtp_server.handler.envelopes) == 3
+    assert len(set(smtp_server.handler.peers)) == 1
+
+
+def test_a_session_the_server_dropped_is_replaced_and_nothing_is_sent_twice(
+    start_smtp: Callable[..., SmtpServer],
+) -> None:
+    server = start_smtp(timeout=0.2)  # the server closes a session idle this long
+    emails = channel_for(server)
+
+    emails.deliver(notification())
+    time.sleep(0.6)
+    assert "accepted" in emails.deliver(notification())
+
+    assert len(server.handler.envelopes) == 2
+    assert server.handler.peers[0] != server.handler.peers[1]
+
+
+def test_a_session_idle_longer_than_its_time_is_not_reused(
+    smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(email_channel, "SMTP_IDLE_SECONDS", 0.1)
+    emails = channel_for(smtp_server)
+
+    emails.deliver(notification())
+    time.sleep(0.3)
+    emails.deliver(notification())
+
+    assert smtp_server.handler.peers[0] != smtp_server.handler.peers[1]
+
+
+def test_a_session_carries_a_bounded_number_of_messages(
+    smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(email_channel, "MESSAGES_PER_SESSION", 2)
+    emails = channel_for(smtp_server)
+
+    for _ in range(3):
+        emails.deliver(notification())
+
+    first, second, third = smtp_server.handler.peers
+    assert first == second != third
+
+
+def test_after_a_refused_recipient_the_next_message_still_goes(smtp_server: SmtpServer) -> None:
+    emails = channel_for(smtp_server)
+    emails.deliver(notification())
+    smtp_server.handler.rcpt_reply = "550 no such user"
+    with pytest.raises(PermanentError):
+        emails.deliver(notification(recipient="nobody@example.com"))
+    smtp_server.handler.rcpt_reply = None
+
+    emails.deliver(notification(recipient="grace@example.com"))
+
+    assert [envelope.rcpt_tos for envelope in smtp_server.handler.envelopes] == [  # type: ignore[attr-defined]
+        ["ada@example.com"],
+        ["grace@example.com"],
+    ]
+
+
+def test_threads_send_over_sessions_of_their_own(smtp_server: SmtpServer) -> None:
+    emails = channel_for(smtp_server)
+
+    def send_twice() -> None:
+        for _ in range(2):
+            emails.deliver(notification())
+
+    threads = [threading.Thread(target=send_twice) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(smtp_server.handler.envelopes) == 4
+    assert len(set(smtp_server.handler.peers)) == 2
+
+
 # AUTH without TLS is fine on loopback; only PLAIN is offered, so one failed login is one 535.
 AUTH_OPTIONS = {"auth_required": True, "auth_require_tls": False, "auth_exclude_mechanism": ["LOGIN"]}
 without_tls_warning = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -156,6 +245,25 @@ def test_url_encoded_credentials_are_decoded_and_used_to_log_in(start_smtp: Call
     channel_for(server, f"smtp://ada:p%40ss%3Aw%2Frd@127.0.0.1:{server.port}").deliver(notification())
 
     assert len(server.handler.envelopes) == 1
+
+
+@without_tls_warning
+def test_a_kept_session_logs_in_once(start_smtp: Callable[..., SmtpServer]) -> None:
+    logins: list[bytes] = []
+    check = accept(b"ada", b"secret")
+
+    def counting(server, session, envelope, mechanism, auth_data) -> AuthResult:  # type: ignore[no-untyped-def]
+        logins.append(auth_data.login)
+        return check(server, session, envelope, mechanism, auth_data)
+
+    server = start_smtp(**AUTH_OPTIONS, authenticator=counting)
+    emails = channel_for(server, f"smtp://ada:secret@127.0.0.1:{server.port}")
+
+    emails.deliver(notification())
+    emails.deliver(notification())
+
+    assert len(server.handler.envelopes) == 2
+    assert logins == [b"ada"]
 
 
 @without_tls_warning
