@@ -14,7 +14,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
@@ -129,11 +128,11 @@ def excerpt(body: bytes) -> str:
     return " ".join(body.decode("utf-8", "replace").split())[:EXCERPT_CHARS]
 
 
-class _ThreadClients(threading.local):
-    """Each worker thread's kept clients, least recently used first."""
+class _ThreadTransports(threading.local):
+    """Each worker thread's kept transports, least recently used first."""
 
     def __init__(self) -> None:
-        self.by_endpoint: OrderedDict[tuple[str, str, int | None, str], httpx.Client] = OrderedDict()
+        self.by_endpoint: OrderedDict[tuple[str, str, int | None, str], httpx.HTTPTransport] = OrderedDict()
 
 
 @register
@@ -158,7 +157,7 @@ class WebhookChannel(Channel):
         # Built once: loading the CA bundle is the slow part of a client, and a context is
         # safe to share between threads.
         self._ssl_context = ssl_context or ssl.create_default_context()
-        self._clients = _ThreadClients()
+        self._transports = _ThreadTransports()
 
     def check_recipient(self, recipient: str) -> str | None:
         if any(char.isspace() or not char.isprintable() for char in recipient):
@@ -241,12 +240,15 @@ class WebhookChannel(Channel):
             # change the answer in between; Host and TLS (SNI and certificate check, via the
             # sni_hostname extension) still use the original host name.
             pinned = url.copy_with(host=address)
-            client = self._client(url, address)
-            request = client.build_request(
-                "POST", pinned, content=body, headers=headers, extensions=sni, timeout=httpx.Timeout(remaining)
+            request = httpx.Request(
+                "POST",
+                pinned,
+                content=body,
+                headers=headers,
+                extensions={**sni, "timeout": httpx.Timeout(remaining).as_dict()},
             )
             try:
-                response = client.send(request, stream=True)
+                response = self._transport(url, address).handle_request(request)
             except httpx.ConnectError as exc:
                 if index + 1 < len(addresses):
                     continue  # Nothing was sent; the host's next address may answer.
@@ -263,30 +265,28 @@ class WebhookChannel(Channel):
             return f"HTTP {response.status_code}"
         raise TransientError(f"{url.host} timed out after {self.timeout:g}s")
 
-    def _client(self, url: httpx.URL, address: str) -> httpx.Client:
-        """This thread's client for one host name at one address, kept for the next delivery there.
+    def _transport(self, url: httpx.URL, address: str) -> httpx.HTTPTransport:
+        """This thread's transport for one host name at one address, kept for the next delivery there.
 
         Its connections are made to that address only and checked against that host name, so reusing
         them keeps the pinning and the certificate check a new connection gets; a host name that shares
-        the address has a client of its own. One thread's deliveries run one at a time: its clients need
-        no lock and hold one connection each.
+        the address has a transport of its own. A transport, not a client: no proxy from the environment
+        (it would resolve the name itself and undo the pinning), no redirects, no cookies carried from one
+        receiver's reply to the next delivery. One thread's deliveries run one at a time, so its transports
+        need no lock and hold one connection each.
         """
-        clients = self._clients.by_endpoint
+        transports = self._transports.by_endpoint
         key = (url.scheme, url.host, url.port, address)
-        client = clients.get(key)
-        if client is not None:
-            clients.move_to_end(key)
-            return client
-        client = httpx.Client(
+        transport = transports.get(key)
+        if transport is not None:
+            transports.move_to_end(key)
+            return transport
+        transport = httpx.HTTPTransport(
             verify=self._ssl_context,
-            # A proxy would resolve the name itself and undo the pinning.
             trust_env=False,
-            follow_redirects=False,
-            # A receiver's cookies must not ride along with later deliveries.
-            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
             limits=httpx.Limits(max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS),
         )
-        clients[key] = client
-        if len(clients) > ENDPOINTS_PER_THREAD:
-            clients.popitem(last=False)[1].close()
-        return client
+        transports[key] = transport
+        if len(transports) > ENDPOINTS_PER_THREAD:
+            transports.popitem(last=False)[1].close()
+        return transport
