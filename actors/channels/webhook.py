@@ -129,10 +129,12 @@ def excerpt(body: bytes) -> str:
 
 
 class _ThreadTransports(threading.local):
-    """Each worker thread's kept transports, least recently used first."""
+    """Each worker thread's kept transports with the time each was last taken, least recently used first."""
 
     def __init__(self) -> None:
-        self.by_endpoint: OrderedDict[tuple[str, str, int | None, str], httpx.HTTPTransport] = OrderedDict()
+        self.by_endpoint: OrderedDict[tuple[str, str, int | None, str], tuple[httpx.HTTPTransport, float]] = (
+            OrderedDict()
+        )
 
 
 @register
@@ -276,17 +278,26 @@ class WebhookChannel(Channel):
         need no lock and hold one connection each.
         """
         transports = self._transports.by_endpoint
+        now = time.monotonic()
+        # Those idle past the keep-alive hold only expired connections: close their sockets now rather
+        # than whenever the endpoint is next used, which may be never.
+        while transports:
+            stale_key, (stale, taken) = next(iter(transports.items()))
+            if now - taken <= KEEPALIVE_SECONDS:
+                break
+            del transports[stale_key]
+            stale.close()
         key = (url.scheme, url.host, url.port, address)
-        transport = transports.get(key)
-        if transport is not None:
-            transports.move_to_end(key)
-            return transport
-        transport = httpx.HTTPTransport(
+        kept = transports.pop(key, None)
+        transport = kept[0] if kept else self._new_transport()
+        transports[key] = (transport, now)
+        if len(transports) > ENDPOINTS_PER_THREAD:
+            transports.popitem(last=False)[1][0].close()
+        return transport
+
+    def _new_transport(self) -> httpx.HTTPTransport:
+        return httpx.HTTPTransport(
             verify=self._ssl_context,
             trust_env=False,
             limits=httpx.Limits(max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS),
         )
-        transports[key] = transport
-        if len(transports) > ENDPOINTS_PER_THREAD:
-            transports.popitem(last=False)[1].close()
-        return transport

@@ -315,6 +315,20 @@ def test_a_connection_idle_longer_than_the_keepalive_is_not_reused(
     assert wait_for(lambda: server.closed_ports == [server.requests[0].client_port])
 
 
+def test_a_connection_left_idle_past_the_keepalive_is_closed_at_the_threads_next_delivery_anywhere(
+    make_http_server: Callable[..., HttpServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhook, "KEEPALIVE_SECONDS", 0.1)
+    server = make_http_server(keep_alive=True)
+    webhooks = channel(resolver=resolving({"a.example.test": ["127.0.0.1"], "b.example.test": ["127.0.0.1"]}))
+
+    webhooks.deliver(notification(f"http://a.example.test:{server.port}/"))
+    time.sleep(0.3)
+    webhooks.deliver(notification(f"http://b.example.test:{server.port}/"))
+
+    assert wait_for(lambda: server.closed_ports == [server.requests[0].client_port])
+
+
 def test_a_thread_keeps_connections_to_a_bounded_number_of_endpoints(
     make_http_server: Callable[..., HttpServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
