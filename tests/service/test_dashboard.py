@@ -161,7 +161,8 @@ def test_an_operator_signs_in_sees_the_queue_retries_a_failure_and_finds_jobs_in
         box.clear()
         box.send_keys(text)
         click("#lookup button")
-        wait_until(lambda: read("#lookup-results") is not None, f"results for {text}")
+        # By its heading: the previous lookup's page also has results, until the browser has left it.
+        wait_until(lambda text=text: text in (read("#lookup-results h2") or ""), f"results for {text}")
         assert read(f'#found tr[data-job="{waiting}"] td.status') == "PENDING"
 
     # The retry button sends the failed job again.
