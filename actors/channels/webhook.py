@@ -162,25 +162,30 @@ class WebhookChannel(Channel):
         self._transports = _ThreadTransports()
 
     def check_recipient(self, recipient: str) -> str | None:
+        try:
+            self._recipient_url(recipient)
+        except PermanentError as exc:
+            return str(exc)
+        return None
+
+    def _recipient_url(self, recipient: str) -> httpx.URL:
+        """The recipient as a URL we may post to; the PermanentError says why it is not one."""
         if any(char.isspace() or not char.isprintable() for char in recipient):
-            return "The webhook URL must not contain spaces or control characters."
+            raise PermanentError("The webhook URL must not contain spaces or control characters.")
         try:
             url = httpx.URL(recipient)
         except httpx.InvalidURL as exc:
-            return f"The webhook URL is not valid: {exc}."
+            raise PermanentError(f"The webhook URL is not valid: {exc}.") from exc
         if url.scheme not in ("http", "https") or not url.host:
-            return "The webhook URL must be an absolute http:// or https:// URL with a host."
+            raise PermanentError("The webhook URL must be an absolute http:// or https:// URL with a host.")
         if not self.config.webhook_allow_private:
             reason = host_refusal(url.host)
             if reason:
-                return f"The webhook URL is refused because {reason}; private targets are not allowed."
-        return None
+                raise PermanentError(f"The webhook URL is refused because {reason}; private targets are not allowed.")
+        return url
 
     def deliver(self, notification: Notification) -> str:
-        problem = self.check_recipient(notification.recipient)
-        if problem:
-            raise PermanentError(problem)
-        url = httpx.URL(notification.recipient)
+        url = self._recipient_url(notification.recipient)
         addresses = self._checked_addresses(url)
         msg_id = str(notification.job_id)
         timestamp = int(self._clock())
