@@ -141,6 +141,14 @@ class Delivery:
         """Wait up to `timeout` seconds for the successes not yet written; say whether they all have been."""
         return self._ledger.flush(timeout)
 
+    def close_channels(self) -> None:
+        """Let every channel close what it keeps between deliveries (SMTP sessions say QUIT)."""
+        for channel in self.channels.values():
+            try:
+                channel.close()
+            except Exception:
+                log.warning("channel %s did not close cleanly", channel.name, exc_info=True)
+
     def __call__(self, job_id: str, rid: str) -> None:
         try:
             message_job_id, seq = parse_redis_message_id(rid)
@@ -273,7 +281,8 @@ def _retry_ledger_outages(retries: int, exception: BaseException) -> bool:
 
 
 class _WriteSuccessesBeforeExit(Middleware):
-    """A worker that stops (SIGTERM, `Worker.stop`) writes the successes its threads left to the batcher first."""
+    """A worker that stops (SIGTERM, `Worker.stop`) writes the successes its threads left to the batcher first,
+    then closes its channels' connections."""
 
     def __init__(self, delivery: Delivery, timeout: float) -> None:
         self.delivery = delivery
@@ -282,6 +291,7 @@ class _WriteSuccessesBeforeExit(Middleware):
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if not self.delivery.flush(self.timeout):
             log.error("stopping with successes not yet written; the reconciler will attempt those jobs again")
+        self.delivery.close_channels()
 
 
 def declare_actor(broker: RedisBroker, delivery: Delivery, settings: Settings) -> dramatiq.Actor:

@@ -73,3 +73,6 @@ class Channel(ABC):
     @abstractmethod
     def deliver(self, notification: Notification) -> str:
         """Deliver one attempt and return a short receipt, or raise a `DeliveryError`."""
+
+    def close(self) -> None:  # noqa: B027 - most channels keep nothing between deliveries
+        """Let go of what the channel keeps between deliveries; called once, after the worker's threads stopped."""

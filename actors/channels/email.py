@@ -176,6 +176,10 @@ class EmailChannel(Channel):
         self._ssl_context = ssl_context or ssl.create_default_context()
         self._clock = clock
         self._sessions = _ThreadSessions()
+        # The sessions kept between messages, whichever thread keeps them: the worker says goodbye to each as it
+        # stops, where the relay would otherwise log a lost connection for every one.
+        self._idle: set[_Session] = set()
+        self._idle_lock = threading.Lock()
 
     def check_recipient(self, recipient: str) -> str | None:
         return address_problem(recipient)
@@ -237,6 +241,8 @@ class EmailChannel(Channel):
         else:
             session.idle_since = time.monotonic()
             self._sessions.kept = session
+            with self._idle_lock:
+                self._idle.add(session)
         return f"accepted by {server.host}:{server.port} as {message['Message-ID']}"
 
     def _kept_session(self) -> _Session | None:
@@ -248,6 +254,10 @@ class EmailChannel(Channel):
         session, self._sessions.kept = self._sessions.kept, None
         if session is None:
             return None
+        with self._idle_lock:
+            if session not in self._idle:  # closed by `close` meanwhile
+                return None
+            self._idle.discard(session)
         if time.monotonic() - session.idle_since > SMTP_IDLE_SECONDS:
             _close_quietly(session.smtp)
             return None
@@ -260,6 +270,13 @@ class EmailChannel(Channel):
             _close_quietly(session.smtp)
             return None
         return session
+
+    def close(self) -> None:
+        """QUIT every kept session."""
+        with self._idle_lock:
+            sessions, self._idle = self._idle, set()
+        for session in sessions:
+            _close_quietly(session.smtp)
 
     def _connect(self, server: SmtpServer) -> smtplib.SMTP:
         if server.implicit_tls:
@@ -277,7 +294,7 @@ class EmailChannel(Channel):
         return smtp
 
 
-@dataclass
+@dataclass(eq=False)  # one per connection, kept in a set by identity
 class _Session:
     """An open SMTP session and what it has carried."""
 

@@ -202,6 +202,24 @@ def test_an_email_reaches_a_real_smtp_server_once_with_a_message_id_stable_acros
     assert delivered["To"] == "user@example.com"
 
 
+def test_a_stopping_worker_ends_its_smtp_sessions_with_quit(make_settings, database, dispatcher, smtp_server):
+    class Counting(SmtpRecorder):
+        quits = 0
+
+        async def handle_QUIT(self, server, session, envelope):
+            self.quits += 1
+            return "221 Bye"
+
+    recorder = Counting()
+    settings = make_settings(WJP_SMTP_URL=smtp_server(recorder))
+    with running_worker(settings, database):
+        job_id = submit(database, dispatcher, settings, channel="email", recipient="user@example.com")
+        assert wait_for_status(database, job_id).status is Status.SUCCESS
+        assert recorder.quits == 0  # the session is kept for the next message
+
+    assert (len(recorder.accepted), recorder.quits) == (1, 1)
+
+
 def test_an_email_refused_with_a_5xx_fails_at_once(make_settings, database, dispatcher, smtp_server):
     class Refusing(SmtpRecorder):
         async def handle_RCPT(self, server, session, envelope, address, rcpt_options):

@@ -157,12 +157,18 @@ class SmtpHandler:
         self.peers: list[tuple[str, int]] = []
         self.rcpt_reply: str | None = None
         self.data_reply: str | None = None
+        #: How many sessions the client ended with QUIT.
+        self.quits = 0
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.rcpt_reply:
             return self.rcpt_reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
+
+    async def handle_QUIT(self, server, session, envelope):
+        self.quits += 1
+        return "221 Bye"
 
     async def handle_DATA(self, server, session, envelope):
         if self.data_reply:

@@ -225,6 +225,31 @@ def test_threads_send_over_sessions_of_their_own(smtp_server: SmtpServer) -> Non
     assert len(set(smtp_server.handler.peers)) == 2
 
 
+def test_closing_the_channel_quits_the_sessions_every_thread_kept(smtp_server: SmtpServer) -> None:
+    emails = channel_for(smtp_server)
+    threads = [threading.Thread(target=emails.deliver, args=(notification(),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert smtp_server.handler.quits == 0
+
+    emails.close()
+
+    assert smtp_server.handler.quits == 2
+
+
+def test_a_thread_whose_session_was_closed_opens_a_new_one(smtp_server: SmtpServer) -> None:
+    emails = channel_for(smtp_server)
+    emails.deliver(notification())
+    emails.close()
+
+    assert "accepted" in emails.deliver(notification())
+
+    first, second = smtp_server.handler.peers
+    assert first != second
+
+
 # AUTH without TLS is fine on loopback; only PLAIN is offered, so one failed login is one 535.
 AUTH_OPTIONS = {"auth_required": True, "auth_require_tls": False, "auth_exclude_mechanism": ["LOGIN"]}
 without_tls_warning = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
