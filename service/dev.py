@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from actors.channels.email import parse_smtp_url
 from actors.embedded_redis import EmbeddedRedis
 from actors.settings import Settings
 from ledger.database import Database
@@ -86,6 +87,25 @@ class DevStack:
             self.redis.stop()
 
 
+def banner(*, host: str, port: int, env: dict[str, str], settings: Settings, embedded: bool) -> str:
+    """What `wjp dev` prints once everything serves: where each part is, and where emails go."""
+    if settings.channels.smtp_url:
+        # Host and port only: the URL may carry a password.
+        server = parse_smtp_url(settings.channels.smtp_url)
+        email = f"  email       sent to the SMTP server at {server.host}:{server.port} (WJP_SMTP_URL)\n"
+    else:
+        email = f"  outbox      {env['WJP_OUTBOX_DIR']}  (emails land here as .eml files)\n"
+    return (
+        "\nworker-job-processor is running (Ctrl-C stops everything)\n"
+        f"  API         http://{host}:{port}  (try /healthz, /internal/queue/stats, /openapi.json)\n"
+        f"  dashboard   http://{host}:{port}/internal/dashboard   metrics  http://{host}:{port}/metrics\n"
+        f"  ledger      {env['DATABASE_URL']}\n"
+        f"  redis       {env['REDIS_URL']}{'  (embedded)' if embedded else ''}\n"
+        f"{email}"
+        "  processes   API (gunicorn), worker (dramatiq), reconciler (loop)\n"
+    )
+
+
 def run(*, host: str, port: int) -> int:
     """Run until Ctrl-C or SIGTERM, then stop every process started here; 0 on a clean stop."""
     embedded = EmbeddedRedis().start() if not os.environ.get("REDIS_URL", "").strip() else None
@@ -104,16 +124,7 @@ def run(*, host: str, port: int) -> int:
             print("wjp dev: the API did not start; see the messages above", file=sys.stderr)
             return 1
         env = stack.environment()
-        print(
-            "\nworker-job-processor is running (Ctrl-C stops everything)\n"
-            f"  API         http://{host}:{port}  (try /healthz, /internal/queue/stats, /openapi.json)\n"
-            f"  dashboard   http://{host}:{port}/internal/dashboard   metrics  http://{host}:{port}/metrics\n"
-            f"  ledger      {env['DATABASE_URL']}\n"
-            f"  redis       {env['REDIS_URL']}{'  (embedded)' if embedded else ''}\n"
-            f"  outbox      {env['WJP_OUTBOX_DIR']}  (emails land here as .eml files)\n"
-            "  processes   API (gunicorn), worker (dramatiq), reconciler (loop)\n",
-            flush=True,
-        )
+        print(banner(host=host, port=port, env=env, settings=settings, embedded=embedded is not None), flush=True)
         while not stopping.wait(0.5):
             for name, child in stack.children.items():
                 if child.poll() is not None:
