@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from actors.channels.email import parse_smtp_url
 from actors.embedded_redis import EmbeddedRedis
@@ -88,7 +89,7 @@ class DevStack:
 
 
 def banner(*, host: str, port: int, env: dict[str, str], settings: Settings, embedded: bool) -> str:
-    """What `wjp dev` prints once everything serves: where each part is, and where emails go."""
+    """What `wjp dev` prints once everything serves: where each part is, and where emails go; no password."""
     if settings.channels.smtp_url:
         # Host and port only: the URL may carry a password.
         server = parse_smtp_url(settings.channels.smtp_url)
@@ -99,11 +100,19 @@ def banner(*, host: str, port: int, env: dict[str, str], settings: Settings, emb
         "\nworker-job-processor is running (Ctrl-C stops everything)\n"
         f"  API         http://{host}:{port}  (try /healthz, /internal/queue/stats, /openapi.json)\n"
         f"  dashboard   http://{host}:{port}/internal/dashboard   metrics  http://{host}:{port}/metrics\n"
-        f"  ledger      {env['DATABASE_URL']}\n"
-        f"  redis       {env['REDIS_URL']}{'  (embedded)' if embedded else ''}\n"
+        f"  ledger      {_without_password(env['DATABASE_URL'])}\n"
+        f"  redis       {_without_password(env['REDIS_URL'])}{'  (embedded)' if embedded else ''}\n"
         f"{email}"
         "  processes   API (gunicorn), worker (dramatiq), reconciler (loop)\n"
     )
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def run(*, host: str, port: int) -> int:

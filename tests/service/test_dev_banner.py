@@ -1,4 +1,4 @@
-"""What `wjp dev` prints once it serves: where emails go, and never the SMTP password."""
+"""What `wjp dev` prints once it serves: where emails go, and never a password."""
 
 from __future__ import annotations
 
@@ -28,3 +28,18 @@ def test_with_an_smtp_server_the_banner_names_it_without_its_credentials() -> No
     assert "outbox" not in text
     assert "s3cret" not in text
     assert "mailer" not in text
+
+
+def test_the_banner_hides_the_passwords_of_the_ledger_and_redis_urls() -> None:
+    settings = Settings.from_env(ENV)
+    shown = {
+        "DATABASE_URL": "postgresql+psycopg://wjp:pg-s3cret@db.internal:5432/wjp",
+        "REDIS_URL": "redis://:redis-s3cret@cache.internal:6379/0",
+        "WJP_OUTBOX_DIR": "/srv/outbox",
+    }
+
+    text = banner(host="127.0.0.1", port=8000, env=shown, settings=settings, embedded=False)
+
+    assert "postgresql+psycopg://wjp:***@db.internal:5432/wjp" in text
+    assert "redis://:***@cache.internal:6379/0" in text
+    assert "s3cret" not in text
