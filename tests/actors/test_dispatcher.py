@@ -12,7 +12,6 @@ import redis
 
 from actors.broker import (
     ACTOR_NAME,
-    MISSES_BEFORE_BELL,
     NAMESPACE,
     RID_OPTION,
     BrokerUnavailable,
@@ -21,6 +20,7 @@ from actors.broker import (
     make_broker,
     redis_message_id,
 )
+from actors.consumer import MISSES_BEFORE_BELL
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
 from tests.conftest import free_port
