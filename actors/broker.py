@@ -84,20 +84,25 @@ class OutageProofRedisBroker(RedisBroker):
         return dispatch_or_closed
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
+        self._return_own_leases(queue_name)
         if dq_name(queue_name) == queue_name:
-            self._requeue_own_leases(queue_name)
             return super().consume(queue_name, prefetch, timeout)
         return BelledConsumer(self, queue_name, prefetch, timeout)
 
-    def _requeue_own_leases(self, queue_name: str) -> None:
-        """A delay-queue consumer starts holding nothing, so whatever this process still leases from that queue
-        was dropped by the consumer before it: back to the queue with it."""
+    def _return_own_leases(self, queue_name: str) -> None:
+        """A consumer starts holding nothing, so whatever this process still leases from its queue was fetched
+        before it: by a consumer that dropped its cache on a lost connection, by a fetch whose reply was lost (held
+        by no one), or handed to a worker thread. Neither Dramatiq's maintenance (dead workers only) nor the
+        reconciler (the body is in Redis) would bring the first two back, so all of it goes back to the queue, after
+        the acks waiting to be sent (those messages are done). A copy of a message still in a worker thread's hands
+        is then dropped at its claim, which is fenced on the dispatch number: it is never delivered twice."""
         try:
+            self.ack_and_fetch(queue_name, 0)
             leased = self.client.smembers(f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}")
         except CONNECTION_LOST as exc:
             raise ConnectionClosed(exc) from None
         if leased:
-            log.warning("returning %d delayed messages this worker dropped to %s", len(leased), queue_name)
+            log.warning("returning %d messages this worker leased to %s", len(leased), queue_name)
             self.do_requeue(queue_name, *(rid.decode() for rid in leased))
 
     def enqueue_many(self, messages: Sequence[tuple[str, str, bytes]]) -> None:
@@ -154,23 +159,32 @@ class OutageProofRedisBroker(RedisBroker):
         """The Redis ids of the messages of `queue_name` this process's threads have acked, not yet sent."""
         return self._unsent_acks.setdefault(queue_name, collections.deque())
 
-    def ack_and_fetch(self, queue_name: str, acks: list[str], count: int) -> list[bytes]:
-        """Dramatiq's ack of each of `acks`, then (with `count`) its fetch of up to `count` messages, in one round
-        trip: their commands of Dramatiq's dispatch script, with the arguments its `_dispatch` gives them.
+    def ack_and_fetch(self, queue_name: str, count: int) -> list[bytes]:
+        """Dramatiq's ack of each of the unsent acks of `queue_name`, then (with `count`) its fetch of up to `count`
+        messages, in one round trip: their commands of Dramatiq's dispatch script, with the arguments its
+        `_dispatch` gives them. Acks that may not have reached Redis wait for the next call.
 
         The acks of a moment ride with the consumer's next fetch: an ack round trip per message was a seventh of a
         worker's CPU, and sending them in a round trip of their own cost 0.2-0.4 more round trips per job at
         moderate rates (bench/README.md)."""
+        unsent = self.unsent_acks(queue_name)
+        acks = [unsent.popleft() for _ in range(len(unsent))]
+        if not acks and not count:
+            return []
         script = self.scripts["dispatch"]
         commands: list[tuple[object, ...]] = [self._script_command(script.sha, "ack", queue_name, rid) for rid in acks]
         if count:
             commands.append(self._script_command(script.sha, "fetch", queue_name, count))
         try:
-            replies = self._exchange(commands)
-        except redis.exceptions.NoScriptError:
-            # Redis lost its scripts (a restart), so none of these ran: load it again, as redis-py's Script does.
-            self.client.script_load(script.script)
-            replies = self._exchange(commands)
+            try:
+                replies = self._exchange(commands)
+            except redis.exceptions.NoScriptError:
+                # Redis lost its scripts (a restart), so none of these ran: load it again, as redis-py's Script does.
+                self.client.script_load(script.script)
+                replies = self._exchange(commands)
+        except BaseException:
+            unsent.extendleft(reversed(acks))
+            raise
         return replies[-1] if count else []  # type: ignore[return-value]
 
     def _script_command(self, sha: str, command: str, queue_name: str, *args: object) -> tuple[object, ...]:
@@ -181,11 +195,11 @@ class OutageProofRedisBroker(RedisBroker):
         )  # fmt: skip
 
 
-def make_broker(redis_url: str, **options: object) -> OutageProofRedisBroker:
-    """A RedisBroker with bounded socket timeouts, message-id pinning and access to the current message, that
-    keeps its delayed messages across a Redis outage."""
+def make_broker(redis_url: str, *, timeout: float = REDIS_TIMEOUT, **options: object) -> OutageProofRedisBroker:
+    """A RedisBroker whose Redis calls give up after `timeout` seconds, with message-id pinning and access to the
+    current message, that keeps its messages across a Redis outage."""
     pool = redis.ConnectionPool.from_url(
-        redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, health_check_interval=30
+        redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
     )
     # Only the middleware we rely on: each one runs hooks on every message.
     middleware = [TimeLimit(), Retries(), PinRedisMessageId(), CurrentMessage()]

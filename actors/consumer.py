@@ -42,27 +42,16 @@ class BelledConsumer(_RedisConsumer):
     broker: OutageProofRedisBroker
 
     def ack(self, message: MessageProxy) -> None:
-        # Left for the consumer thread, which sends the acks of a moment with its next fetch (`_ack_and_fetch`), or
+        # Left for the consumer thread, which sends the acks of a moment with its next fetch (`ack_and_fetch`), or
         # alone when it is full or closing. Until then the message stays leased to this live process, which
         # redelivers nothing: a process that dies meanwhile has its leases requeued by Dramatiq, and their claims
         # then find the jobs taken.
         self.broker.unsent_acks(self.queue_name).append(message.options["redis_message_id"])
         self.queued_message_ids.discard(message.message_id)
 
-    def _ack_and_fetch(self, count: int) -> list[bytes]:
-        unsent = self.broker.unsent_acks(self.queue_name)
-        rids = [unsent.popleft() for _ in range(len(unsent))]
-        if not rids and not count:
-            return []
-        try:
-            return self.broker.ack_and_fetch(self.queue_name, rids, count)
-        except BaseException:
-            unsent.extendleft(reversed(rids))
-            raise
-
     def close(self) -> None:
         try:
-            self._ack_and_fetch(0)
+            self.broker.ack_and_fetch(self.queue_name, 0)
         except CONNECTION_LOST as exc:
             raise ConnectionClosed(exc) from None
 
@@ -70,7 +59,9 @@ class BelledConsumer(_RedisConsumer):
         try:
             if not self.message_cache:
                 # When full, only the acks go: what frees room is an ack of this process.
-                self.message_cache = self._ack_and_fetch(max(self.prefetch - self.outstanding_message_count, 0))
+                self.message_cache = self.broker.ack_and_fetch(
+                    self.queue_name, max(self.prefetch - self.outstanding_message_count, 0)
+                )
             while self.message_cache:
                 data = self.message_cache.pop(0)
                 if data is None:  # what Dramatiq's consumer skips too (its issue #266)
