@@ -5,13 +5,15 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import dramatiq
 import redis
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
 from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
@@ -58,6 +60,24 @@ class PinRedisMessageId(Middleware):
             message.options["redis_message_id"] = rid
 
 
+class _Processing(threading.local):
+    """The message a worker thread processes, and whether its ack went to Redis with a copy enqueued under its id."""
+
+    message: MessageProxy | None = None
+    acked: bool = False
+
+
+class NoteProcessedMessage(Middleware):
+    """Tell the broker which message each worker thread processes, until the thread acks or nacks it.
+
+    Dramatiq's `CurrentMessage` cannot: after-hooks run in reverse order, so it forgets the message before the
+    `Retries` middleware enqueues its copy."""
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        assert isinstance(broker, OutageProofRedisBroker)
+        broker.processing.message, broker.processing.acked = message, False
+
+
 class OutageProofRedisBroker(RedisBroker):
     """Dramatiq's Redis broker, made to ride out a Redis outage in a worker without losing delayed messages.
 
@@ -71,17 +91,50 @@ class OutageProofRedisBroker(RedisBroker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unsent_acks: dict[str, collections.deque[str]] = {}
+        self.processing = _Processing()
 
     def _dispatch(self, command: str) -> Callable[..., object]:
         dispatch = super()._dispatch(command)
 
         def dispatch_or_closed(*args: object) -> object:
             try:
+                if command == "enqueue":
+                    return self._enqueue_after_ack(dispatch, *args)
                 return dispatch(*args)
             except CONNECTION_LOST as exc:
                 raise ConnectionClosed(exc) from None
 
         return dispatch_or_closed
+
+    def _enqueue_after_ack(self, enqueue: Callable[..., object], queue_name: str, rid: str, data: bytes) -> None:
+        """Dramatiq's enqueue (its retries, delay-queue promotions, actors' sends), after the ack of the message this
+        thread processes when `rid` is its id (`ack_before_reenqueue`), in the same transaction."""
+        ack = self._ack_before_reenqueue([rid])
+        if ack is None:
+            enqueue(queue_name, rid, data)
+            return
+        self._transact([("MULTI",), ack, self._script_command("enqueue", queue_name, rid, data), ("EXEC",)])
+        self.processing.acked = True
+
+    def _ack_before_reenqueue(self, rids: Collection[str]) -> tuple[object, ...] | None:
+        """The ack of the message this worker thread processes, if one of `rids` is its id: a copy enqueued under it
+        (Dramatiq's retry, `Dispatcher.send` of its own dispatch) must not meet the original's deferred ack, which
+        would delete the copy's body once the copy sits in the queue's hash (a delay-queue copy gets there when it
+        is due, perhaps through another process). The consumer then skips the ack (`forget_processed`).
+
+        `EVAL`, not `EVALSHA`: in a MULTI, a script Redis lost fails alone, and the enqueue would go without it."""
+        message = self.processing.message
+        if message is None or self.processing.acked or message.options.get("redis_message_id") not in rids:
+            return None
+        return self._script_command("ack", message.queue_name, message.options["redis_message_id"])
+
+    def forget_processed(self, message: MessageProxy) -> bool:
+        """Called as a worker thread acks or nacks `message`: say whether its ack already went with a copy."""
+        if self.processing.message is not message:
+            return False
+        acked = self.processing.acked
+        self.processing.message, self.processing.acked = None, False
+        return acked
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
         self._return_own_leases(queue_name)
@@ -117,7 +170,8 @@ class OutageProofRedisBroker(RedisBroker):
         by_queue: dict[str, dict[str, bytes]] = {}
         for queue_name, rid, data in messages:
             by_queue.setdefault(queue_name, {})[rid] = data
-        commands: list[tuple[object, ...]] = [("MULTI",)]
+        ack = self._ack_before_reenqueue({rid for _, rid, _ in messages})
+        commands: list[tuple[object, ...]] = [("MULTI",), *([ack] if ack else [])]
         for queue_name, bodies in by_queue.items():
             key = f"{self.namespace}:{queue_name}"
             commands.append(("HSET", f"{key}.msgs", *itertools.chain.from_iterable(bodies.items())))
@@ -127,6 +181,8 @@ class OutageProofRedisBroker(RedisBroker):
                 commands.append(("LTRIM", bell_key(queue_name), -BELL_TOKENS, -1))
         commands.append(("EXEC",))
         self._transact(commands)
+        if ack:
+            self.processing.acked = True
 
     def _transact(self, commands: list[tuple[object, ...]]) -> None:
         """Send a MULTI … EXEC and raise the first error it met."""
@@ -171,25 +227,27 @@ class OutageProofRedisBroker(RedisBroker):
         acks = [unsent.popleft() for _ in range(len(unsent))]
         if not acks and not count:
             return []
-        script = self.scripts["dispatch"]
-        commands: list[tuple[object, ...]] = [self._script_command(script.sha, "ack", queue_name, rid) for rid in acks]
+        commands = [self._script_command("ack", queue_name, rid, sha=True) for rid in acks]
         if count:
-            commands.append(self._script_command(script.sha, "fetch", queue_name, count))
+            commands.append(self._script_command("fetch", queue_name, count, sha=True))
         try:
             try:
                 replies = self._exchange(commands)
             except redis.exceptions.NoScriptError:
                 # Redis lost its scripts (a restart), so none of these ran: load it again, as redis-py's Script does.
-                self.client.script_load(script.script)
+                self.client.script_load(self.scripts["dispatch"].script)
                 replies = self._exchange(commands)
         except BaseException:
             unsent.extendleft(reversed(acks))
             raise
         return replies[-1] if count else []  # type: ignore[return-value]
 
-    def _script_command(self, sha: str, command: str, queue_name: str, *args: object) -> tuple[object, ...]:
+    def _script_command(self, command: str, queue_name: str, *args: object, sha: bool = False) -> tuple[object, ...]:
+        """The call of Dramatiq's dispatch script `_dispatch` makes, as `EVALSHA` or (by default) `EVAL`."""
+        script = self.scripts["dispatch"]
+        call = ("EVALSHA", script.sha) if sha else ("EVAL", script.script)
         return (
-            "EVALSHA", sha, 1, self.namespace, command, current_millis(), queue_name, self.broker_id,
+            *call, 1, self.namespace, command, current_millis(), queue_name, self.broker_id,
             self.heartbeat_timeout, self.dead_message_ttl, self._should_do_maintenance(command),
             self._max_unpack_size(), *args,
         )  # fmt: skip
@@ -202,7 +260,7 @@ def make_broker(redis_url: str, *, timeout: float = REDIS_TIMEOUT, **options: ob
         redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
     )
     # Only the middleware we rely on: each one runs hooks on every message.
-    middleware = [TimeLimit(), Retries(), PinRedisMessageId(), CurrentMessage()]
+    middleware = [TimeLimit(), Retries(), PinRedisMessageId(), CurrentMessage(), NoteProcessedMessage()]
     return OutageProofRedisBroker(connection_pool=pool, namespace=NAMESPACE, middleware=middleware, **options)
 
 

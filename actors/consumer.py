@@ -46,8 +46,16 @@ class BelledConsumer(_RedisConsumer):
         # alone when it is full or closing. Until then the message stays leased to this live process, which
         # redelivers nothing: a process that dies meanwhile has its leases requeued by Dramatiq, and their claims
         # then find the jobs taken.
-        self.broker.unsent_acks(self.queue_name).append(message.options["redis_message_id"])
+        if not self.broker.forget_processed(message):
+            self.broker.unsent_acks(self.queue_name).append(message.options["redis_message_id"])
         self.queued_message_ids.discard(message.message_id)
+
+    def nack(self, message: MessageProxy) -> None:
+        if self.broker.forget_processed(message):
+            # Acked with the copy enqueued under its id: a dead letter now would be the copy's.
+            self.queued_message_ids.discard(message.message_id)
+        else:
+            super().nack(message)
 
     def close(self) -> None:
         try:

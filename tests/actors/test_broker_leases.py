@@ -6,13 +6,19 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
+from queue import PriorityQueue
 
 import pytest
 import redis
 from dramatiq import Worker
+from dramatiq.broker import MessageProxy
+from dramatiq.common import current_millis
+from dramatiq.worker import ConsumerThread, WorkerThread
 
 from actors.broker import NAMESPACE, Dispatcher, make_broker
 from actors.delivery import Delivery, declare_actor
@@ -22,7 +28,7 @@ from ledger.states import Status
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
 from tests.actors.conftest import RecordingChannel, submit, wait_for_status
-from tests.conftest import settings_env
+from tests.conftest import free_port, settings_env
 
 QUEUE = "leases"
 #: Seconds a worker's Redis call waits for its reply here: long enough for a loaded test machine, short for the test.
@@ -154,3 +160,113 @@ def test_a_consumer_that_starts_sends_the_acks_waiting_before_returning_the_leas
     other = f"{fetched.job_id}.1" if rid == f"{done.job_id}.1" else f"{done.job_id}.1"
     assert client.lrange(f"{NAMESPACE}:{QUEUE}", 0, -1) == [other.encode()]
     assert not leased(client, other)
+
+
+class SteppedProcess:
+    """The parts of one worker process, on Dramatiq's own consumer and worker thread code, driven a step at a time
+    so that a test can order what real threads of two processes do."""
+
+    def __init__(self, redis_url: str, database: Database, channel: RecordingChannel, settings: Settings) -> None:
+        self.broker = make_broker(redis_url)
+        delivery = Delivery(
+            database=database, dispatcher=Dispatcher(self.broker, QUEUE), channels={"log": channel}, settings=settings
+        )
+        declare_actor(self.broker, delivery, settings)
+        self.work: PriorityQueue[object] = PriorityQueue()
+        self.queue = self._consumer_thread(QUEUE, prefetch=1)
+        self.delay_queue = self._consumer_thread(f"{QUEUE}.DQ", prefetch=10)
+        self.worker = WorkerThread(
+            broker=self.broker, consumers={QUEUE: self.queue}, work_queue=self.work, worker_timeout=100
+        )  # type: ignore[arg-type]
+
+    def _consumer_thread(self, queue: str, prefetch: int) -> ConsumerThread:
+        thread = ConsumerThread(
+            broker=self.broker, queue_name=queue, prefetch=prefetch, work_queue=self.work, worker_timeout=100
+        )  # type: ignore[arg-type]
+        thread.consumer = self.broker.consume(queue, prefetch=prefetch, timeout=50)
+        return thread
+
+    def fetch(self) -> MessageProxy | None:
+        assert self.queue.consumer is not None
+        return next(self.queue.consumer)
+
+    def process(self, message: MessageProxy) -> None:
+        """What a worker thread does with a message: middleware, the actor, then the (deferred) ack."""
+        self.work.put(None)  # counted as Dramatiq's work queue counts it: the worker thread marks it done
+        self.worker.process_message(message)
+
+    def promote_when_due(self) -> None:
+        """What the delay-queue consumer thread does: fetch the delayed message, hold it, enqueue it when due."""
+        assert self.delay_queue.consumer is not None
+        message = next(self.delay_queue.consumer)
+        assert message is not None, "a copy on the delay queue"
+        self.delay_queue.handle_message(message)
+        time.sleep(max(0.0, (message.options["eta"] - current_millis()) / 1000))
+        self.delay_queue.handle_delayed_messages()
+
+    def close(self) -> None:
+        """What Dramatiq's worker does with its queue's consumer as it stops: the acks still due go."""
+        assert self.queue.consumer is not None
+        self.queue.consumer.close()
+
+
+def test_an_early_message_sent_again_under_its_id_is_not_deleted_by_the_originals_late_ack(
+    postgres_db, private_redis, tmp_path
+):
+    # The job is due in a moment, but its message arrives now (a sender whose clock runs ahead): the worker sends it
+    # again under the same id, to wait in the delay queue. Another process moves the copy to the queue when it is
+    # due, before this worker's deferred ack of the original went: that ack must not delete the copy's body.
+    client = redis.Redis(port=private_redis.port)
+    settings = Settings.from_env(
+        settings_env(postgres_db, private_redis.url, QUEUE, WJP_OUTBOX_DIR=str(tmp_path / "outbox"))
+    )
+    channel = RecordingChannel()
+    first, second = (SteppedProcess(private_redis.url, postgres_db, channel, settings) for _ in range(2))
+    now = utcnow()
+    job = submit(postgres_db, None, settings, send_at=now + timedelta(seconds=1))
+    Dispatcher(make_broker(private_redis.url), QUEUE).send([Dispatch(job, 1, now)], now=now)
+    message = first.fetch()
+    assert message is not None
+
+    first.process(message)
+    assert client.hexists(f"{NAMESPACE}:{QUEUE}.DQ.msgs", f"{job}.1"), "sent again, to wait for its time"
+    second.promote_when_due()
+    first.close()
+
+    assert client.hexists(f"{NAMESPACE}:{QUEUE}.msgs", f"{job}.1")
+    copy = second.fetch()
+    assert copy is not None
+    second.process(copy)
+    assert wait_for_status(postgres_db, job, timeout=10).status is Status.SUCCESS
+    assert channel.count(job) == 1
+
+
+def test_dramatiqs_retry_of_a_message_that_met_a_ledger_outage_is_not_deleted_by_the_originals_late_ack(
+    postgres_db, private_redis, tmp_path
+):
+    # A worker whose ledger is unreachable (nothing listens on its port) leaves the message to Dramatiq's retry,
+    # enqueued under the same id on the delay queue. Another process moves the retry to the queue when it is due,
+    # before this worker's deferred ack of the original went: that ack must not delete the retry's body.
+    client = redis.Redis(port=private_redis.port)
+    settings = Settings.from_env(
+        settings_env(postgres_db, private_redis.url, QUEUE, WJP_OUTBOX_DIR=str(tmp_path / "outbox"))
+    )
+    channel = RecordingChannel()
+    unreachable = Database(f"postgresql://postgres@127.0.0.1:{free_port()}/ledger", pool_size=1)
+    cut_off = SteppedProcess(private_redis.url, unreachable, channel, settings)
+    other = SteppedProcess(private_redis.url, postgres_db, channel, settings)
+    job = submit(postgres_db, Dispatcher(make_broker(private_redis.url), QUEUE), settings)
+    message = cut_off.fetch()
+    assert message is not None
+
+    cut_off.process(message)
+    assert client.hexists(f"{NAMESPACE}:{QUEUE}.DQ.msgs", f"{job}.1"), "Dramatiq's retry, under the same id"
+    other.promote_when_due()
+    cut_off.close()
+
+    assert client.hexists(f"{NAMESPACE}:{QUEUE}.msgs", f"{job}.1")
+    retry = other.fetch()
+    assert retry is not None
+    other.process(retry)
+    assert wait_for_status(postgres_db, job, timeout=10).status is Status.SUCCESS
+    assert channel.count(job) == 1
