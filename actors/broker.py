@@ -20,6 +20,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
 from actors.consumer import BELL_TOKENS, CONNECTION_LOST, NAMESPACE, BelledConsumer, bell_key
+from actors.settings import SettingsError
 from ledger.transitions import Dispatch
 
 log = logging.getLogger("wjp.dispatch")
@@ -28,8 +29,15 @@ log = logging.getLogger("wjp.dispatch")
 ACTOR_NAME = "deliver"
 #: Seconds a Redis call may take before the caller treats Redis as unreachable.
 REDIS_TIMEOUT = 5.0
+#: SHA-1 of the dispatch.lua of the Dramatiq this transport was tested with (constraints.txt pins it): the broker
+#: builds that script's calls itself and relies on its keys (tests/actors/test_broker_contract.py).
+TESTED_DISPATCH_SHA = "fdacc359c79a5adc3b8eeb53ff5772d7c42144e3"
 #: Option carrying the message's Redis id: "<job id>.<dispatch seq>".
 RID_OPTION = "wjp_rid"
+
+
+class UntestedDramatiq(SettingsError):
+    """The installed Dramatiq's Redis script is not the one the transport was tested with."""
 
 
 class BrokerUnavailable(Exception):
@@ -90,6 +98,12 @@ class OutageProofRedisBroker(RedisBroker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        sha = self.scripts["dispatch"].sha
+        if sha != TESTED_DISPATCH_SHA:
+            raise UntestedDramatiq(
+                f"Dramatiq {dramatiq.__version__}'s dispatch.lua has SHA-1 {sha}, the transport was tested with "
+                f"{TESTED_DISPATCH_SHA}; install the tested Dramatiq with pip install -c constraints.txt"
+            )
         self._unsent_acks: dict[str, collections.deque[str]] = {}
         self.processing = _Processing()
 
