@@ -22,7 +22,7 @@ CONNECTION_LOST = (redis.ConnectionError, redis.TimeoutError)
 #: Tokens a queue's bell holds at most: one wakes one idle consumer, which fetches all it may hold.
 BELL_TOKENS = 1
 #: Empty fetches in a row after which a consumer waits on the bell instead of sleeping through its back-off
-#: (2.5-5 ms, then 5-10 ms): within those pauses, what arrives is fetched, and claimed, together.
+#: (Dramatiq's 5-10 ms, then 10-20 ms): within those pauses, what arrives is fetched, and claimed, together.
 MISSES_BEFORE_BELL = 2
 
 
