@@ -270,3 +270,26 @@ def test_dramatiqs_retry_of_a_message_that_met_a_ledger_outage_is_not_deleted_by
     other.process(retry)
     assert wait_for_status(postgres_db, job, timeout=10).status is Status.SUCCESS
     assert channel.count(job) == 1
+
+
+def test_a_message_sent_again_under_its_id_then_rejected_leaves_the_copy_in_the_queue(private_redis):
+    # Rejecting the original dead-letters the body under its id, which is by then the copy's.
+    client = redis.Redis(port=private_redis.port)
+    broker = make_broker(private_redis.url)
+    dispatcher = Dispatcher(broker, QUEUE)
+    now = utcnow()
+    dispatch = Dispatch(uuid.uuid4(), 1, now)
+    dispatcher.send([dispatch], now=now)
+    consumer = broker.consume(QUEUE, prefetch=1, timeout=50)
+    message = next(consumer)
+    assert message is not None
+
+    broker.emit_before("process_message", message)  # as a worker thread takes it
+    dispatcher.send([dispatch], now=now)
+    message.fail()
+    consumer.nack(message)
+
+    assert client.hexists(f"{NAMESPACE}:{QUEUE}.msgs", f"{dispatch.job_id}.1")
+    assert client.zcard(f"{NAMESPACE}:{QUEUE}.XQ") == 0
+    copy = next(consumer)
+    assert copy is not None and copy.options["redis_message_id"] == f"{dispatch.job_id}.1"
