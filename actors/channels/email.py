@@ -255,7 +255,7 @@ class EmailChannel(Channel):
         """This thread's session from its previous message, if it is young enough and still answers.
 
         A reset the server answers proves the session before the message goes, so one the server has
-        dropped meanwhile is replaced without anything being sent twice. From the reset on, the session
+        dropped meanwhile is replaced without anything being sent twice. From here on, the session
         is this attempt's: its socket is cut at the attempt's deadline.
         """
         session, self._sessions.kept = self._sessions.kept, None

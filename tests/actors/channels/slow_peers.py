@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ def peer_closed(conn: socket.socket) -> bool:
     if not readable:
         return False
     try:
-        return conn.recv(1, socket.MSG_PEEK) == b""
+        # The plain socket's own peek, under TLS too: the end of the connection, not of a TLS record.
+        return socket.socket.recv(conn, 1, socket.MSG_PEEK) == b""
     except OSError:
         return True
 
@@ -26,7 +28,8 @@ def peer_closed(conn: socket.socket) -> bool:
 class _Server:
     """A loopback TCP server running one thread per connection until `stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None) -> None:
+        self.tls = tls
         self.stopped = threading.Event()
         #: The client port of each connection, in the order they were accepted.
         self.connections: list[int] = []
@@ -42,12 +45,15 @@ class _Server:
             except OSError:
                 return
             self.connections.append(peer[1])
-            self._conns.append(conn)
             threading.Thread(target=self._run, args=(conn, peer[1]), daemon=True).start()
 
     def _run(self, conn: socket.socket, port: int) -> None:
-        with contextlib.suppress(OSError), conn:
-            self.serve(conn, port)
+        with contextlib.suppress(OSError):
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            self._conns.append(conn)
+            with conn:
+                self.serve(conn, port)
 
     def serve(self, conn: socket.socket, port: int) -> None:
         raise NotImplementedError
@@ -77,12 +83,12 @@ class SlowRelay(_Server):
     """An SMTP relay that waits `delay` seconds before each reply, the greeting included; with `trickle`, it
     sends its (long) greeting one byte every `trickle` seconds."""
 
-    def __init__(self, *, delay: float = 0.0, trickle: float = 0.0) -> None:
+    def __init__(self, *, delay: float = 0.0, trickle: float = 0.0, tls: ssl.SSLContext | None = None) -> None:
         self.delay = delay
         self.trickle = trickle
         #: Every reply the relay was about to send, in order.
         self.answers: list[Answer] = []
-        super().__init__()
+        super().__init__(tls)
 
     @property
     def accepted(self) -> list[Answer]:
@@ -144,16 +150,16 @@ class TricklingReceiver(_Server):
     `trickle` seconds (all at once when zero). It records the requests and the responses it finished (by client
     port), and those it could not finish because the client had closed the connection."""
 
-    def __init__(self, *, trickle: float = 0.0) -> None:
+    def __init__(self, *, trickle: float = 0.0, tls: ssl.SSLContext | None = None) -> None:
         self.trickle = trickle
         self.requests: list[int] = []
         self.finished: list[int] = []
         self.cuts: list[Cut] = []
-        super().__init__()
+        super().__init__(tls)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def serve(self, conn: socket.socket, port: int) -> None:
         reader = conn.makefile("rb")

@@ -8,9 +8,11 @@ answered.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -123,6 +125,54 @@ def test_a_webhook_receiver_trickling_its_response_sees_the_connection_closed_at
     assert receiver.finished == []
     [cut] = receiver.cuts
     assert deadline < cut.at < deadline + SLACK
+
+
+@pytest.fixture
+def tls(make_certificate: Callable[[str], tuple[Path, Path]]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context for 127.0.0.1 and a client context that trusts it."""
+    cert, key = make_certificate("IP:127.0.0.1")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=str(cert))
+
+
+def test_a_webhook_receiver_trickling_its_response_over_tls_sees_the_connection_closed_at_the_deadline(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    # The cut shuts the kernel socket under the TLS layer; a read blocked inside TLS must wake all the same.
+    receiver = TricklingReceiver(trickle=0.1, tls=tls[0])
+    webhooks = WebhookChannel(
+        ChannelConfig(webhook_timeout=10, timeout_cap=CAP, webhook_allow_private=True), ssl_context=tls[1]
+    )
+    deadline = time.monotonic() + LIMIT
+    try:
+        with pytest.raises(TransientError, match="deadline"):
+            webhooks.deliver(notification(f"{receiver.url}/hooks", deadline=deadline))
+        wait_for(lambda: receiver.cuts)
+    finally:
+        receiver.stop()
+
+    assert receiver.finished == []
+    [cut] = receiver.cuts
+    assert deadline < cut.at < deadline + SLACK
+
+
+def test_a_relay_over_implicit_tls_that_delays_every_reply_is_cut_at_the_deadline(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    relay = SlowRelay(delay=1.0, tls=tls[0])
+    config = ChannelConfig(smtp_url=f"smtps://127.0.0.1:{relay.port}", email_from="wjp@example.org", timeout_cap=CAP)
+    deadline = time.monotonic() + LIMIT
+    try:
+        with pytest.raises(TransientError, match="deadline"):
+            EmailChannel(config, ssl_context=tls[1]).deliver(notification("ada@example.com", deadline=deadline))
+        wait_for(lambda: relay.answers and relay.answers[-1].at > deadline)
+    finally:
+        relay.stop()
+
+    late = [answer for answer in relay.answers if answer.at > deadline]
+    assert [answer.peer_closed for answer in late] == [True]
+    assert relay.accepted == []
 
 
 def test_a_kept_webhook_connection_cut_by_the_deadline_is_not_reused(receiver: TricklingReceiver) -> None:
