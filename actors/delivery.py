@@ -155,21 +155,26 @@ class Delivery:
         except ValueError:
             log.error("dropping a message with a malformed id %r (job %s)", rid, job_id)
             return
+        # Taken before the claim is written, so the attempt's deadline falls inside the claim the ledger records
+        # (the reconciler takes it back only a visibility timeout after that).
+        deadline = time.monotonic() + self.settings.attempt_time_limit
         claimed_at = self.clock()
         job = self._ledger.submit(_Claim(message_job_id, seq))
         if job is None:
             self._handle_unclaimed(Dispatch(message_job_id, seq, claimed_at))
             return
         started = time.perf_counter()
-        error = self._attempt(job)
+        error = self._attempt(job, deadline)
         metrics.observe_attempt(job.channel, error, time.perf_counter() - started)
         self._record(job, error, started=claimed_at)
 
-    def _attempt(self, job: ClaimedJob) -> DeliveryError | None:
+    def _attempt(self, job: ClaimedJob, deadline: float) -> DeliveryError | None:
         channel = self.channels.get(job.channel)
         if channel is None:
             return PermanentError(f"channel {job.channel!r} is not enabled on this worker")
-        notification = Notification(job.id, job.recipient, job.message, job.subject, job.metadata, job.attempt)
+        notification = Notification(
+            job.id, job.recipient, job.message, job.subject, job.metadata, job.attempt, deadline=deadline
+        )
         try:
             channel.deliver(notification)
         except DeliveryError as exc:

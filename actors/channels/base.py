@@ -19,13 +19,17 @@ class Notification:
     subject: str | None = None
     metadata: dict[str, Any] | None = None
     attempt: int = 1
+    #: The monotonic instant (`time.monotonic()`) the attempt must end by, inside the worker's claim; None when
+    #: delivered without a claim. The built-in channels cut their connections there (`actors.channels.deadline`).
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
 class ChannelConfig:
     """Settings shared by the channels; built once from the environment by `actors.settings`."""
 
-    #: Longest a single delivery call may take, in seconds; kept below the visibility timeout.
+    #: Longest one request or socket operation of a channel may wait, in seconds; the attempt's deadline
+    #: (`Notification.deadline`) bounds the whole delivery.
     timeout_cap: float = 50.0
     smtp_url: str | None = None
     email_from: str = "notifications@localhost"

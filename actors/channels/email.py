@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import smtplib
+import socket
 import ssl
 import tempfile
 import threading
@@ -17,7 +18,7 @@ from email.utils import formatdate, parseaddr
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from actors.channels import register
+from actors.channels import deadline, register
 from actors.channels.base import (
     Channel,
     ChannelConfig,
@@ -27,7 +28,8 @@ from actors.channels.base import (
     TransientError,
 )
 
-#: Longest one SMTP socket operation may wait, in seconds, before `ChannelConfig.timeout_cap` cuts it.
+#: Longest one SMTP socket operation may wait, in seconds, before `ChannelConfig.timeout_cap` and the time left
+#: before the attempt's deadline cut it.
 SMTP_TIMEOUT = 30.0
 
 #: How long a worker thread keeps its SMTP session open after a message, for the next one.
@@ -191,7 +193,8 @@ class EmailChannel(Channel):
         message = self.compose(notification)
         if self.server is None:
             return self._write_outbox(notification.job_id, message)
-        return self._submit(self.server, message, notification.recipient)
+        with deadline.Cutoff(notification.deadline) as cutoff:
+            return self._submit(self.server, message, notification.recipient, cutoff)
 
     def compose(self, notification: Notification) -> EmailMessage:
         """Build the message exactly as it is sent or written to the outbox."""
@@ -225,18 +228,21 @@ class EmailChannel(Channel):
             raise TransientError(f"could not write {target}: {exc}") from exc
         return str(target)
 
-    def _submit(self, server: SmtpServer, message: EmailMessage, recipient: str) -> str:
-        session = self._kept_session()
+    def _submit(self, server: SmtpServer, message: EmailMessage, recipient: str, cutoff: deadline.Cutoff) -> str:
+        session = self._kept_session(cutoff)
         try:
             if session is None:
-                session = _Session(self._connect(server))
+                session = _Session(self._connect(server, cutoff))
             session.smtp.send_message(message, from_addr=self.sender, to_addrs=[recipient])
         except (smtplib.SMTPException, OSError) as exc:
+            cut = cutoff.expired  # before the QUIT below, which may itself meet the deadline
             if session is not None:
                 _close_quietly(session.smtp)
+            if cut:
+                raise TransientError(cutoff.reason(f"SMTP server {server.host}:{server.port}")) from exc
             raise classify_smtp_error(exc) from exc
         session.sent += 1
-        if session.sent >= MESSAGES_PER_SESSION:
+        if session.sent >= MESSAGES_PER_SESSION or cutoff.fired:
             _close_quietly(session.smtp)
         else:
             session.idle_since = time.monotonic()
@@ -245,11 +251,12 @@ class EmailChannel(Channel):
                 self._idle.add(session)
         return f"accepted by {server.host}:{server.port} as {message['Message-ID']}"
 
-    def _kept_session(self) -> _Session | None:
+    def _kept_session(self, cutoff: deadline.Cutoff) -> _Session | None:
         """This thread's session from its previous message, if it is young enough and still answers.
 
         A reset the server answers proves the session before the message goes, so one the server has
-        dropped meanwhile is replaced without anything being sent twice.
+        dropped meanwhile is replaced without anything being sent twice. From here on, the session
+        is this attempt's: its socket is cut at the attempt's deadline.
         """
         session, self._sessions.kept = self._sessions.kept, None
         if session is None:
@@ -258,6 +265,12 @@ class EmailChannel(Channel):
             if session not in self._idle:  # closed by `close` meanwhile
                 return None
             self._idle.discard(session)
+        timeout = cutoff.left(self.timeout)
+        if timeout <= 0:
+            session.smtp.close()
+            return None
+        session.smtp.sock.settimeout(timeout)
+        cutoff.watch(session.smtp.sock)
         if time.monotonic() - session.idle_since > SMTP_IDLE_SECONDS:
             _close_quietly(session.smtp)
             return None
@@ -278,11 +291,14 @@ class EmailChannel(Channel):
         for session in sessions:
             _close_quietly(session.smtp)
 
-    def _connect(self, server: SmtpServer) -> smtplib.SMTP:
+    def _connect(self, server: SmtpServer, cutoff: deadline.Cutoff) -> smtplib.SMTP:
+        timeout = cutoff.left(self.timeout)
+        if timeout <= 0:
+            raise TimeoutError("no time left before the attempt's deadline")
         if server.implicit_tls:
-            smtp = smtplib.SMTP_SSL(server.host, server.port, timeout=self.timeout, context=self._ssl_context)
+            smtp: smtplib.SMTP = _WatchedSMTPSSL(server.host, server.port, timeout=timeout, context=self._ssl_context)
         else:
-            smtp = smtplib.SMTP(server.host, server.port, timeout=self.timeout)
+            smtp = _WatchedSMTP(server.host, server.port, timeout=timeout)
         try:
             if server.starttls:
                 smtp.starttls(context=self._ssl_context)
@@ -292,6 +308,23 @@ class EmailChannel(Channel):
             _close_quietly(smtp)
             raise
         return smtp
+
+
+class _WatchedSMTP(smtplib.SMTP):
+    """An SMTP client whose socket the attempt's cutoff watches from its creation, before the server's greeting.
+
+    `_get_socket` is smtplib's own hook for making the socket (SMTP_SSL and LMTP override it too); the constructor
+    connects and reads the greeting in one call, so no public step lies between the two.
+    """
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = super()._get_socket(host, port, timeout)
+        deadline.watch(sock)
+        return sock
+
+
+class _WatchedSMTPSSL(smtplib.SMTP_SSL, _WatchedSMTP):
+    """SMTP over implicit TLS whose plain socket is watched before the TLS handshake (SMTP_SSL wraps it after)."""
 
 
 @dataclass(eq=False)  # one per connection, kept in a set by identity

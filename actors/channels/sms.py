@@ -10,11 +10,13 @@ from urllib.parse import quote
 
 import httpx
 
-from actors.channels import register
+from actors.channels import deadline, register
 from actors.channels.base import Channel, ChannelConfig, Notification, PermanentError, TransientError
+from actors.channels.transport import WatchedTransport
 from actors.channels.webhook import USER_AGENT, raise_for_status, read_limited
 
-#: Longest one SMS request may take, in seconds, before `ChannelConfig.timeout_cap` cuts it.
+#: Longest one SMS request may take, in seconds, before `ChannelConfig.timeout_cap` and the time left before the
+#: attempt's deadline cut it.
 SMS_TIMEOUT = 10.0
 
 #: E.164: a plus sign and at most 15 digits; fewer than 8 is no real subscriber number.
@@ -56,12 +58,15 @@ class SmsChannel(Channel):
         self.timeout = min(SMS_TIMEOUT, config.timeout_cap)
         self._clock = clock
         # One pooled client for the channel's lifetime: every request goes to the same gateway,
-        # and httpx clients are safe to share between the worker's threads.
+        # and httpx clients are safe to share between the worker's threads. Its connections are cut at
+        # the attempt's deadline; a proxy from the environment would take the request out of their reach.
         self._client = httpx.Client(
             auth=(config.sms_account or "", config.sms_token or ""),
             headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(self.timeout),
             follow_redirects=False,
+            transport=WatchedTransport(ssl_context=httpx.create_ssl_context(), limits=httpx.Limits()),
+            trust_env=False,
         )
 
     def check_recipient(self, recipient: str) -> str | None:
@@ -74,14 +79,20 @@ class SmsChannel(Channel):
         if problem:
             raise PermanentError(problem)
         form = {"To": notification.recipient, "From": self.config.sms_from or "", "Body": notification.message}
-        deadline = time.monotonic() + self.timeout
-        try:
-            with self._client.stream("POST", self.endpoint, data=form) as response:
-                content = read_limited(response, deadline)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"SMS gateway timed out after {self.timeout:g}s") from exc
-        except httpx.TransportError as exc:
-            raise TransientError(f"SMS gateway failed ({type(exc).__name__}): {exc}") from exc
+        with deadline.Cutoff(notification.deadline) as cutoff:
+            timeout = cutoff.left(self.timeout)
+            ends = time.monotonic() + timeout
+            try:
+                if timeout <= 0:
+                    raise httpx.TimeoutException("no time left before the attempt's deadline")
+                with self._client.stream("POST", self.endpoint, data=form, timeout=timeout) as response:
+                    content = read_limited(response, ends)
+            except httpx.TransportError as exc:
+                if cutoff.expired:
+                    raise TransientError(cutoff.reason("SMS gateway")) from exc
+                if isinstance(exc, httpx.TimeoutException):
+                    raise TransientError(f"SMS gateway timed out after {self.timeout:g}s") from exc
+                raise TransientError(f"SMS gateway failed ({type(exc).__name__}): {exc}") from exc
         raise_for_status(response, content, now=self._clock())
         return _receipt(response.status_code, content)
 

@@ -17,9 +17,10 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from actors.channels import register
+from actors.channels import deadline, register
 from actors.channels.base import Channel, ChannelConfig, Notification, PermanentError, TransientError
 from actors.channels.netguard import Resolver, host_refusal, refusal_reason, system_resolver
+from actors.channels.transport import WatchedTransport
 
 #: Sent on every request, so receivers can tell our traffic apart in their logs.
 USER_AGENT = "worker-job-processor"
@@ -132,7 +133,7 @@ class _ThreadTransports(threading.local):
     """Each worker thread's kept transports with the time each was last taken, least recently used first."""
 
     def __init__(self) -> None:
-        self.by_endpoint: OrderedDict[tuple[str, str, int | None, str], tuple[httpx.HTTPTransport, float]] = (
+        self.by_endpoint: OrderedDict[tuple[str, str, int | None, str], tuple[WatchedTransport, float]] = (
             OrderedDict()
         )
 
@@ -210,7 +211,8 @@ class WebhookChannel(Channel):
         }
         if self._key is not None:
             headers["webhook-signature"] = sign(self._key, msg_id, timestamp, body)
-        return self._post(url, addresses, body, headers)
+        with deadline.Cutoff(notification.deadline) as cutoff:
+            return self._post(url, addresses, body, headers, cutoff)
 
     def _checked_addresses(self, url: httpx.URL) -> list[str]:
         """Resolve the URL's host once and refuse it if any address is off-limits.
@@ -236,11 +238,13 @@ class WebhookChannel(Channel):
                     )
         return addresses
 
-    def _post(self, url: httpx.URL, addresses: list[str], body: bytes, headers: dict[str, str]) -> str:
-        deadline = time.monotonic() + self.timeout
+    def _post(
+        self, url: httpx.URL, addresses: list[str], body: bytes, headers: dict[str, str], cutoff: deadline.Cutoff
+    ) -> str:
+        ends = time.monotonic() + cutoff.left(self.timeout)
         sni = {"sni_hostname": url.host} if url.scheme == "https" else {}
         for index, address in enumerate(addresses):
-            remaining = deadline - time.monotonic()
+            remaining = ends - time.monotonic()
             if remaining <= 0:
                 break
             # The URL names the checked address, so no second lookup happens and DNS cannot
@@ -256,23 +260,30 @@ class WebhookChannel(Channel):
             )
             try:
                 response = self._transport(url, address).handle_request(request)
-            except httpx.ConnectError as exc:
-                if index + 1 < len(addresses):
-                    continue  # Nothing was sent; the host's next address may answer.
-                raise TransientError(f"could not connect to {url.host} ({address}): {exc}") from exc
-            except httpx.TimeoutException as exc:
-                raise TransientError(f"{url.host} timed out after {self.timeout:g}s") from exc
             except httpx.TransportError as exc:
+                if cutoff.expired:
+                    self._forget(url, address)
+                    raise TransientError(cutoff.reason(url.host)) from exc
+                if isinstance(exc, httpx.ConnectError) and index + 1 < len(addresses):
+                    continue  # Nothing was sent; the host's next address may answer.
+                if isinstance(exc, httpx.ConnectError):
+                    raise TransientError(f"could not connect to {url.host} ({address}): {exc}") from exc
+                if isinstance(exc, httpx.TimeoutException):
+                    raise TransientError(f"{url.host} timed out after {self.timeout:g}s") from exc
                 raise TransientError(f"{url.host} failed ({type(exc).__name__}): {exc}") from exc
             try:
-                content = read_limited(response, deadline)
+                content = read_limited(response, ends)
             finally:
                 response.close()
+            if cutoff.fired:
+                self._forget(url, address)
             raise_for_status(response, content, now=self._clock())
             return f"HTTP {response.status_code}"
+        if cutoff.expired:
+            raise TransientError(cutoff.reason(url.host))
         raise TransientError(f"{url.host} timed out after {self.timeout:g}s")
 
-    def _transport(self, url: httpx.URL, address: str) -> httpx.HTTPTransport:
+    def _transport(self, url: httpx.URL, address: str) -> WatchedTransport:
         """This thread's transport for one host name at one address, kept for the next delivery there.
 
         Its connections are made to that address only and checked against that host name, so reusing
@@ -300,9 +311,14 @@ class WebhookChannel(Channel):
             transports.popitem(last=False)[1][0].close()
         return transport
 
-    def _new_transport(self) -> httpx.HTTPTransport:
-        return httpx.HTTPTransport(
-            verify=self._ssl_context,
-            trust_env=False,
+    def _forget(self, url: httpx.URL, address: str) -> None:
+        """Close this thread's connection to an endpoint that the attempt's deadline cut: it is never reused."""
+        kept = self._transports.by_endpoint.pop((url.scheme, url.host, url.port, address), None)
+        if kept is not None:
+            kept[0].close()
+
+    def _new_transport(self) -> WatchedTransport:
+        return WatchedTransport(
+            ssl_context=self._ssl_context,
             limits=httpx.Limits(max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS),
         )
