@@ -27,6 +27,7 @@ from ledger.states import FINISHED, Status
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
 from tests.conftest import settings_env
+from tests.pg_cluster import private_cluster, private_ledger  # noqa: F401 (fixtures offered here)
 
 
 @pytest.fixture
