@@ -33,17 +33,27 @@ def private_cluster() -> Iterator[PostgresCluster]:
         cluster.stop()
 
 
+#: Outages begun and not yet known to be over: the next `private_ledger` waits for them, so that a test that
+#: failed midway leaves no server start behind to race with its own.
+_outages: list[Outage] = []
+
+
 @pytest.fixture
 def private_ledger(private_cluster: PostgresCluster) -> Iterator[Database]:
     """The ledger on `private_cluster`, emptied; whatever the test stopped is started again afterwards."""
-    if not private_cluster.running:
-        private_cluster.start()
+    _running_again(private_cluster)
     database = Database(private_cluster.url, pool_size=5)
     reset_ledger(database)
     yield database
     database.dispose()
-    if not private_cluster.running:
-        private_cluster.start()
+    _running_again(private_cluster)
+
+
+def _running_again(cluster: PostgresCluster) -> None:
+    while _outages:
+        _outages.pop().over.wait(60)
+    if not cluster.running:
+        cluster.start()
 
 
 class Outage:
@@ -54,9 +64,17 @@ class Outage:
         self.cluster = cluster
         self.down_for = down_for
         self.over = threading.Event()
+        self.begun = False
+        self._beginning = threading.Lock()
         self._errors: list[BaseException] = []
 
     def begin(self) -> None:
+        """Only the first call stops the server; any later one returns at once."""
+        with self._beginning:
+            if self.begun:
+                return
+            self.begun = True
+        _outages.append(self)
         self.cluster.shut_down()
         threading.Thread(target=self._end_later, name="pg-outage", daemon=True).start()
 
@@ -70,7 +88,7 @@ class Outage:
             self.over.set()
 
     def wait_over(self, timeout: float = 60.0) -> None:
-        """Block until the server is back; raise what starting it raised."""
+        """Block until the server is back (the outage must have begun); raise what starting it raised."""
         assert self.over.wait(timeout), f"PostgreSQL was not started again within {timeout}s"
         if self._errors:
             raise self._errors[0]
