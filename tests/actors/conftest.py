@@ -27,17 +27,30 @@ from ledger.states import FINISHED, Status
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
 from tests.conftest import settings_env
+from tests.pg_cluster import private_cluster, private_ledger  # noqa: F401 (fixtures offered here)
 
 
-@pytest.fixture
-def make_settings(database: Database, redis_server_url: str, queue_name: str, tmp_path) -> Callable[..., Settings]:
+def settings_builder(database: Database, redis_url: str, queue: str, tmp_path) -> Callable[..., Settings]:
     def build(**env: str) -> Settings:
         env.setdefault("WJP_OUTBOX_DIR", str(tmp_path / "outbox"))
         env.setdefault("WJP_BACKOFF_INITIAL", "0.2")
         env.setdefault("WJP_BACKOFF_JITTER", "0.05")
-        return Settings.from_env(settings_env(database, redis_server_url, queue_name, **env))
+        return Settings.from_env(settings_env(database, redis_url, queue, **env))
 
     return build
+
+
+@pytest.fixture
+def make_settings(database: Database, redis_server_url: str, queue_name: str, tmp_path) -> Callable[..., Settings]:
+    return settings_builder(database, redis_server_url, queue_name, tmp_path)
+
+
+@pytest.fixture
+def make_private_settings(
+    request: pytest.FixtureRequest, redis_server_url: str, queue_name: str, tmp_path
+) -> Callable[..., Settings]:
+    """`make_settings` for the ledger on the private cluster (`private_ledger`), which the test may stop and start."""
+    return settings_builder(request.getfixturevalue("private_ledger"), redis_server_url, queue_name, tmp_path)
 
 
 @contextmanager

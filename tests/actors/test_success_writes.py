@@ -19,7 +19,8 @@ from ledger.states import Status
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
 from tests.actors.conftest import RecordingChannel, running_worker, submit, wait_for_status
-from tests.actors.test_ledger_outage import FlakyLedger, OutageDuringDelivery
+from tests.actors.test_ledger_outage import OutageDuringDelivery
+from tests.pg_cluster import Outage
 
 
 class RecordedStatements:
@@ -99,33 +100,38 @@ def test_a_success_shares_the_statement_of_the_next_claim(make_settings, databas
     assert {status(database, first), status(database, second)} == {Status.SUCCESS}
 
 
-def outage_at_delivery(make_settings, database) -> tuple[Any, FlakyLedger, OutageDuringDelivery]:
-    """Settings, the workers' ledger and a channel that makes that ledger unreachable for 1.5 s as it delivers."""
-    ledger = FlakyLedger(database)
-    return make_settings(), ledger, OutageDuringDelivery(ledger, outage=1.5)
+def test_a_stopping_worker_writes_the_successes_it_was_handed_before_it_exits(
+    make_private_settings, private_ledger, private_cluster, dispatcher
+):
+    settings = make_private_settings()
+    outage = Outage(private_cluster, down_for=1.5)
+    channel = OutageDuringDelivery(outage)
+    job_id = submit(private_ledger, dispatcher, settings)
 
-
-def test_a_stopping_worker_writes_the_successes_it_was_handed_before_it_exits(make_settings, database, dispatcher):
-    settings, ledger, channel = outage_at_delivery(make_settings, database)
-    job_id = submit(database, dispatcher, settings)
-
-    with running_worker(settings, ledger, channels={"log": channel}, threads=1):
+    with running_worker(settings, private_ledger, channels={"log": channel}, threads=1):
         wait_until_delivered(channel, job_id)
-    # The worker stopped while the write was riding out the outage, and waited for it: no polling needed here.
-    job = database.run(lambda conn: queries.get_job(conn, job_id, scope=None))
+    # The worker stopped while the write was riding out the outage, and waited for it: for the server to come back
+    # and the write to go through. No polling needed here.
+    assert outage.over.is_set()
+    job = private_ledger.run(lambda conn: queries.get_job(conn, job_id, scope=None))
     assert (job.status, job.attempts) == (Status.SUCCESS, 1)
     assert channel.count(job_id) == 1
 
 
 def test_a_job_that_comes_while_a_success_rides_out_an_outage_is_delivered_once_after_it(
-    make_settings, database, dispatcher
+    make_private_settings, private_ledger, private_cluster, dispatcher
 ):
-    settings, ledger, channel = outage_at_delivery(make_settings, database)
-    first = submit(database, dispatcher, settings)
+    settings = make_private_settings()
+    outage = Outage(private_cluster, down_for=1.5)
+    channel = OutageDuringDelivery(outage)
+    first = submit(private_ledger, dispatcher, settings)
+    second = submit(private_ledger, None, settings)  # recorded now; its message is sent during the outage
 
-    with running_worker(settings, ledger, channels={"log": channel}, threads=2):
+    with running_worker(settings, private_ledger, channels={"log": channel}, threads=2):
         wait_until_delivered(channel, first)
-        second = submit(database, dispatcher, settings)  # its claim waits behind the success, or meets the outage
+        # Its claim waits behind the success, or meets the outage and comes back later.
+        dispatcher.send([Dispatch(second, 1, utcnow())], now=utcnow())
+        outage.wait_over()
         for job_id in (first, second):
-            assert wait_for_status(database, job_id, timeout=15).status is Status.SUCCESS
+            assert wait_for_status(private_ledger, job_id, timeout=20).status is Status.SUCCESS
     assert (channel.count(first), channel.count(second)) == (1, 1)

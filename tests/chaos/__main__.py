@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tests.chaos.scenario import ChaosConfig, ChaosRun
+from tests.chaos.report import ChaosConfig
+from tests.chaos.scenario import ChaosRun
 from tests.chaos.servers import missing_servers
 
 

@@ -1,5 +1,6 @@
 """The producers of a chaos run: client threads that POST every notification twice with one idempotency key,
-riding out 503s and dropped connections with the same key, and recording every answer they get."""
+riding out 503s and dropped connections with the same key, and recording every answer they get (and every
+exchange that got none, with why)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ CONNECTION_ERROR = "connection_error"
 
 @dataclass(frozen=True)
 class Answer:
-    """One HTTP exchange: when it started and ended (monotonic), and its status (0: no answer)."""
+    """One HTTP exchange: when it started and ended (monotonic), and its status (0: no answer, see `error`)."""
 
     started: float
     ended: float
     status: int
+    #: Why there was no answer (refused, reset, timed out): the exception's type and text.
+    error: str = ""
 
 
 @dataclass
@@ -48,6 +51,11 @@ class Tally:
         with self.lock:
             counts = Counter(str(a.status) if a.status else CONNECTION_ERROR for a in self.answers)
         return dict(sorted(counts.items()))
+
+    def transport_errors(self) -> list[Answer]:
+        """The exchanges that got no HTTP answer at all: the API never goes away, so each one is a failure."""
+        with self.lock:
+            return [a for a in self.answers if not a.status]
 
     def accepted(self) -> set[str]:
         with self.lock:
@@ -134,9 +142,9 @@ class Producers:
         pause = 0.05
         for _ in range(MAX_TRIES):
             started = time.monotonic()
-            status, document = self._post(payload)
+            status, document, error = self._post(payload)
             with self.tally.lock:
-                self.tally.answers.append(Answer(started, time.monotonic(), status))
+                self.tally.answers.append(Answer(started, time.monotonic(), status, error))
             if status in (200, 202):
                 if replay and status != 200:
                     self._fail(f"the replay of {body['idempotency_key']} got {status}, not 200: a second row")
@@ -149,21 +157,21 @@ class Producers:
         self._fail(f"POST of {body['idempotency_key']} was not answered in {MAX_TRIES} tries")
         return None
 
-    def _post(self, payload: bytes) -> tuple[int, dict]:
+    def _post(self, payload: bytes) -> tuple[int, dict, str]:
         connection = http.client.HTTPConnection(self.host, self.port, timeout=REQUEST_TIMEOUT)
         try:
             connection.request("POST", "/api/notifications", body=payload, headers={"Content-Type": "application/json"})
             response = connection.getresponse()
             raw = response.read()
-        except (OSError, http.client.HTTPException):
-            return 0, {}
+        except (OSError, http.client.HTTPException) as exc:
+            return 0, {}, f"{type(exc).__name__}: {exc}"
         finally:
             connection.close()
         try:
             document = json.loads(raw)
         except ValueError:
             document = {"unreadable": raw[:200].decode(errors="replace")}
-        return response.status, document
+        return response.status, document, ""
 
     def _fail(self, text: str) -> None:
         with self.tally.lock:

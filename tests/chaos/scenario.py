@@ -1,6 +1,7 @@
 """A chaos run: its own PostgreSQL and Redis, `wjp serve`, two `wjp worker`s, `wjp reconcile --loop` and a webhook
-sink; producers submit notifications while the run kills workers, flushes and restarts Redis and restarts
-PostgreSQL; then it checks that every accepted notification was delivered, once per attempt, and nothing lost."""
+sink; producers submit notifications while the run kills workers (each while the sink holds one of its deliveries),
+flushes and restarts Redis and restarts PostgreSQL; then it checks that every accepted notification was delivered,
+once per attempt, nothing lost, every request answered, and that each fault had its effect."""
 
 from __future__ import annotations
 
@@ -12,81 +13,31 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
 from sqlalchemy import select
 
+from actors.broker import NAMESPACE, parse_redis_message_id
 from ledger.database import Database
+from ledger.errors import LedgerUnavailable
 from ledger.schema import attempts, jobs
-from ledger.states import Status
+from ledger.states import WAITING, Status
 from ledger.transitions import EARLY_CLAIM_TOLERANCE
+from tests.chaos.checks import check_answers, check_flush
 from tests.chaos.producers import Producers
+from tests.chaos.report import ChaosConfig, Flush, Kill, Report
 from tests.chaos.servers import PostgresCluster
-from tests.chaos.sink import running_sink
+from tests.chaos.sink import Delivered, running_sink
 from tests.conftest import RedisProcess, free_port
 from tests.e2e.conftest import Process, descendants, process_env, run_wjp, wait_for_http
 
+#: The run's Dramatiq queue, whose messages FLUSHALL deletes.
+QUEUE = "chaos"
+#: Seconds a kill waits for the sink to hold a delivery of its worker before it counts as a failure.
+HOLD_WAIT = 30.0
 
-@dataclass(frozen=True)
-class ChaosConfig:
-    jobs: int = 300
-    producer_threads: int = 6
-    #: Seconds over which the submissions are spread, so that every fault lands amid traffic.
-    spread: float = 30.0
-    api_workers: int = 2
-    worker_threads: int = 8
-    sink_think: float = 0.02
-    #: Seconds for every accepted job to reach SUCCESS once the producers are done.
-    drain_timeout: float = 300.0
-    #: Seconds PostgreSQL stays down in its restart (0: `pg_ctl restart`, as quick as it goes).
-    postgres_down: float = 0.0
-    #: Seconds redis-server stays down in its restart: long enough for every client to notice.
-    redis_down: float = 2.0
-
-
-@dataclass
-class Kill:
-    worker: str
-    pids: list[int]
-    at: float
-    #: Deliveries of this worker the sink was still answering when it died (seen just before the kill).
-    seen_in_flight: int
-
-
-@dataclass
-class Report:
-    jobs_requested: int = 0
-    accepted: int = 0
-    success: int = 0
-    stats: dict[str, Any] = field(default_factory=dict)
-    distinct_webhook_ids: int = 0
-    deliveries: int = 0
-    duplicates: int = 0
-    attempts_delivered_twice: int = 0
-    kills: int = 0
-    #: Kills that cut short at least one delivery (the sink got it, the ledger never heard how it ended).
-    kills_mid_delivery: int = 0
-    #: Per kill: the worker, when, and how many of its deliveries the sink was answering at that moment.
-    kill_details: list[dict[str, Any]] = field(default_factory=list)
-    deliveries_cut_by_kills: int = 0
-    lost: int = 0
-    status_codes: dict[str, int] = field(default_factory=dict)
-    unexpected_5xx: int = 0
-    faults: list[dict[str, Any]] = field(default_factory=list)
-    submit_seconds: float = 0.0
-    drain_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "ok": self.ok}, indent=2)
+WAITING_NAMES = {status.value for status in WAITING}
 
 
 class ChaosRun:
@@ -97,6 +48,7 @@ class ChaosRun:
         self.directory = directory or Path(tempfile.mkdtemp(prefix="wjp-chaos-"))
         self.report = Report(jobs_requested=config.jobs)
         self.kills: list[Kill] = []
+        self.flush: Flush | None = None
         self.pg_down: list[tuple[float, float]] = []
         self._started = time.monotonic()
         self._names = 0
@@ -111,7 +63,8 @@ class ChaosRun:
             self.postgres.init()
             self.postgres.start()
             self.redis.start()
-            self.ledger = Database(self.postgres.url, pool_size=2)
+            # The sink's threads ask it who holds each delivery while a kill waits for one (see `_kill_and_replace`).
+            self.ledger = Database(self.postgres.url, pool_size=4)
             with running_sink(self.config.sink_think) as sink:
                 self.sink = sink
                 self._start_system()
@@ -133,7 +86,7 @@ class ChaosRun:
         return process_env(
             DATABASE_URL=self.postgres.url,
             REDIS_URL=self.redis.url,
-            WJP_QUEUE="chaos",
+            WJP_QUEUE=QUEUE,
             WJP_OUTBOX_DIR=str(self.directory / "outbox"),
             WJP_WEBHOOK_ALLOW_PRIVATE="true",
             WJP_WEBHOOK_TIMEOUT="3",
@@ -198,28 +151,44 @@ class ChaosRun:
         self.report.submit_seconds = round(time.monotonic() - started, 1)
 
     # -- faults --------------------------------------------------------------------------------------------------
-    def _kill_and_replace(self, slot: int, wait_for_delivery: float = 20.0) -> None:
-        """kill -9 the worker's process group while the sink holds a request of it (within `wait_for_delivery`)."""
+    def _kill_and_replace(self, slot: int) -> None:
+        """kill -9 the worker's process group while the sink holds at least one of its deliveries unanswered, so
+        that the kill certainly cuts a delivery short; then the sink answers them (to nobody) and a new worker
+        takes the slot."""
         worker = self.processes[f"worker{slot}"]
         pids = sorted({worker.pid} | descendants(worker.pid))
         names = {worker_name(pid) for pid in pids}
-        deadline = time.monotonic() + wait_for_delivery
-        held: list[str] = []
-        while not held and time.monotonic() < deadline:
-            flying = {(d.job_id, d.attempt) for d in self.sink.in_flight() if d.delivered}
-            if flying:
-                holders = self._holders([job_id for job_id, _ in flying])
-                held = [job_id for job_id, attempt in flying if holders.get(job_id) in {(attempt, n) for n in names}]
-            if not held:
-                time.sleep(0.005)
+
+        def its_delivery(request: Delivered) -> bool:
+            if not request.delivered:
+                return False
+            try:
+                holder = self._holders([request.job_id]).get(request.job_id)
+            except LedgerUnavailable:
+                return False  # not held: answered as any other
+            return holder in {(request.attempt, name) for name in names}
+
+        self.sink.hold(its_delivery)
+        deadline = time.monotonic() + HOLD_WAIT
+        while not self.sink.held() and time.monotonic() < deadline:
+            time.sleep(0.005)
         worker.kill()
-        self.kills.append(Kill(f"worker{slot}", pids, time.monotonic(), len(held)))
+        held = self.sink.release()
+        self.kills.append(Kill(f"worker{slot}", pids, time.monotonic(), [(d.job_id, d.attempt) for d in held]))
         self._start_worker(slot)
 
     def _flushall(self) -> None:
+        """FLUSHALL, reading in the same transaction which Dramatiq messages it deletes."""
         client = redis.Redis(port=self.redis.port, socket_timeout=10)
-        client.flushall()
+        pipe = client.pipeline(transaction=True)
+        pipe.hkeys(f"{NAMESPACE}:{QUEUE}.msgs").hkeys(f"{NAMESPACE}:{QUEUE}.DQ.msgs").flushall()
+        queued, delayed, _ = pipe.execute()
         client.close()
+        offset = self.processes["reconciler"].log.stat().st_size
+        deleted = {parse_redis_message_id(rid.decode()) for rid in queued + delayed}
+        statuses = self._statuses()
+        waiting = {(job_id, seq) for job_id, seq in deleted if statuses.get(str(job_id)) in WAITING_NAMES}
+        self.flush = Flush(deleted, waiting, offset)
 
     def _restart_redis(self) -> None:
         # Data kept (the data lost is FLUSHALL's part): whatever the clients held, leases and connections, must
@@ -312,7 +281,12 @@ class ChaosRun:
             failures.append(f"{len(twice)} attempts were delivered more than once: {list(twice)[:5]}")
 
         self._check_duplicates_against_kills(deliveries)
-        self._check_status_codes()
+        if self.flush is None:
+            failures.append("FLUSHALL never ran")
+        else:
+            reconciler_log = self.processes["reconciler"].log.read_text(errors="replace")
+            check_flush(report, self.flush, self.ledger, reconciler_log, statuses)
+        check_answers(report, tally, self.pg_down, started=self._started)
 
     def _check_duplicates_against_kills(self, deliveries: list) -> None:
         """Every delivery beyond a job's first must follow an attempt cut short by a kill: one the sink received
@@ -327,12 +301,20 @@ class ChaosRun:
             key for key in delivered if outcome.get(key, (None, None))[0] == "timed_out" and outcome[key][1] in killed
         }
         report.kills = len(self.kills)
-        report.kill_details = [
-            {"worker": k.worker, "at_s": round(k.at - self._started, 2), "in_flight_at_sink": k.seen_in_flight}
-            for k in self.kills
-        ]
         report.deliveries_cut_by_kills = len(cut)
         report.kills_mid_delivery = len({id(killed[outcome[key][1]]) for key in cut})
+        for kill in self.kills:
+            closed = [key for key in kill.held if key in cut]
+            at = round(kill.at - self._started, 2)
+            report.kill_details.append(
+                {"worker": kill.worker, "at_s": at, "held": len(kill.held), "held_closed_as_timed_out": len(closed)}
+            )
+            # Held unanswered as the worker died: each must end as an attempt the reconciler closed as timed out.
+            if not kill.held or len(closed) < len(kill.held):
+                report.failures.append(
+                    f"the kill of {kill.worker} cut short {len(closed)} of the {len(kill.held)} deliveries the sink "
+                    "held for it: each kill must cut at least one, and the reconciler close each as timed out"
+                )
         per_job = Counter(job_id for job_id, _ in delivered)
         unexplained = []
         for job_id, count in per_job.items():
@@ -346,22 +328,6 @@ class ChaosRun:
             report.failures.append(
                 f"{report.duplicates} duplicate deliveries, more than the {report.deliveries_cut_by_kills} deliveries "
                 "cut short by kills"
-            )
-
-    def _check_status_codes(self) -> None:
-        report = self.report
-        report.status_codes = self.producers.tally.histogram()
-        unexpected = []
-        for answer in self.producers.tally.answers:
-            if answer.status >= 500:
-                during_outage = any(answer.started <= up and answer.ended >= down for down, up in self.pg_down)
-                if answer.status != 503 or not during_outage:
-                    unexpected.append(answer)
-        report.unexpected_5xx = len(unexpected)
-        if unexpected:
-            report.failures.append(
-                f"{len(unexpected)} unexpected 5xx answers: "
-                f"{[(a.status, round(a.started - self._started, 2)) for a in unexpected[:10]]}"
             )
 
     def _stop_system(self) -> None:

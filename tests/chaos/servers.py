@@ -1,5 +1,6 @@
-"""Servers a chaos run owns outright, so it may kill and restart them: a PostgreSQL cluster made with initdb in a
-temporary directory, and a redis-server (see `tests.conftest.RedisProcess`), each on a free port."""
+"""Servers a test owns outright, so it may kill, stop and restart them: a PostgreSQL cluster made with initdb in a
+temporary directory (the chaos run's, and `tests.pg_cluster`'s), and a redis-server (see
+`tests.conftest.RedisProcess`), each on a free port."""
 
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ def missing_servers() -> str | None:
     """Why a chaos run cannot start here, or None when it can."""
     if shutil.which("redis-server") is None:
         return "redis-server is not on PATH"
+    return missing_postgres()
+
+
+def missing_postgres() -> str | None:
+    """Why a `PostgresCluster` cannot be made here, or None when it can."""
     if postgres_bindir() is None:
         return "PostgreSQL's initdb and pg_ctl were not found (set WJP_PG_BIN)"
     if os.geteuid() == 0 and shutil.which("runuser") is None:
@@ -107,13 +113,21 @@ class PostgresCluster:
         if not down_for:
             self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "-t", "60", "restart")
             return
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+        self.shut_down()
         time.sleep(down_for)
         self.start()
 
+    def shut_down(self) -> None:
+        """Stop as an operator does (`pg_ctl stop -m fast`), data kept: returns once the port refuses connections."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    @property
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
     def stop(self) -> None:
         """Stop at once and remove the cluster."""
-        if (self.data / "postmaster.pid").exists():
+        if self.running:
             # Removed below all the same: a stray server stops when its data directory goes.
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                 self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop")

@@ -1,6 +1,8 @@
 """The webhook receiver of a chaos run: answers after a short think, and records every request with its
 `webhook-id`, the attempt number in its body, its answer, and whether it is still in flight. A notification whose
-metadata says `flaky` is refused with a 503 at its first attempt, so that retries wait in Redis's delay queue."""
+metadata says `flaky` is refused with a 503 at its first attempt, so that retries wait in Redis's delay queue.
+Asked to (`hold`), it keeps the requests it is told to pick unanswered until `release`: deliveries certainly in
+flight, for a kill to cut short."""
 
 from __future__ import annotations
 
@@ -8,11 +10,14 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+#: Longest a request is held when nobody releases it (a run that broke midway).
+HOLD_LIMIT = 60.0
 
 
 @dataclass
@@ -48,6 +53,9 @@ class ChaosSink:
         self.think = think
         self._lock = threading.Lock()
         self._deliveries: list[Delivered] = []
+        self._pick: Callable[[Delivered], bool] | None = None
+        self._held: list[Delivered] = []
+        self._released = threading.Event()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,6 +72,7 @@ class ChaosSink:
                 record = Delivered(webhook_id, job_id, attempt, status, time.monotonic(), time.time())
                 with sink._lock:
                     sink._deliveries.append(record)
+                sink._hold_if_picked(record)
                 time.sleep(sink.think)
                 try:
                     self.send_response(status)
@@ -83,6 +92,33 @@ class ChaosSink:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def hold(self, pick: Callable[[Delivered], bool]) -> None:
+        """From now on, keep every request that `pick` chooses unanswered until `release` (its sender waits)."""
+        with self._lock:
+            self._pick, self._held, self._released = pick, [], threading.Event()
+
+    def held(self) -> list[Delivered]:
+        with self._lock:
+            return list(self._held)
+
+    def release(self) -> list[Delivered]:
+        """Stop holding and answer the held requests (their sender may be gone by now); returns them."""
+        with self._lock:
+            held, self._pick, self._held = self._held, None, []
+            self._released.set()
+        return held
+
+    def _hold_if_picked(self, record: Delivered) -> None:
+        with self._lock:
+            pick, released = self._pick, self._released
+        if pick is None or not pick(record):
+            return
+        with self._lock:
+            if released is not self._released or released.is_set():
+                return  # released while `pick` looked
+            self._held.append(record)
+        released.wait(HOLD_LIMIT)
 
     def requests(self) -> list[Delivered]:
         with self._lock:

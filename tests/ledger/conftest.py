@@ -13,6 +13,7 @@ from ledger.database import Database
 from ledger.intake import NewNotification
 from ledger.schema import attempts, jobs
 from ledger.states import Outcome, Status
+from tests.pg_cluster import private_cluster, private_ledger  # noqa: F401 (fixtures offered here)
 
 #: The injected clock's origin; every test states its times relative to it.
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)

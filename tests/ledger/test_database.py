@@ -1,6 +1,7 @@
 """`Database.run` on PostgreSQL when the hot path's statements go through the driver itself: a connection the
-server dropped is replaced once without the caller noticing, and an error that is not about the connection is
-not mistaken for an outage."""
+server dropped (its session ended, or the server restarted for real) is replaced once without the caller
+noticing, a server that stays stopped is an outage, and an error that is not about the connection is not
+mistaken for an outage."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from tests.ledger.conftest import T0, job_row, notification
 
 
 def drop_every_connection_of(database: Database) -> int:
-    """What a PostgreSQL restart or an idle-session timeout does to the pooled connections: end their sessions."""
+    """What an idle-session timeout or an administrator's `pg_terminate_backend` does to the pooled connections,
+    on a server that stays up (a real restart: `private_cluster`)."""
     with psycopg.connect(database.engine.url.set(drivername="postgresql").render_as_string(False)) as admin:
         return admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -50,14 +52,30 @@ def test_the_hot_path_rides_over_connections_the_server_dropped(postgres_db):
     assert job_row(postgres_db, result.job_id).status == Status.PROCESSING
 
 
-def test_a_server_that_stays_unreachable_is_an_outage_not_a_crash(postgres_db):
-    def dropped_under_the_statement(conn):
-        drop_every_connection_of(postgres_db)
-        return intake.accept(conn, notification("k-3"), now=T0, dispatch_now=True)
+def backend_pid(conn) -> int:
+    return conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
 
-    # Every try meets a connection that dies under it: after the one retry, the caller hears of an outage.
+
+def test_a_server_that_stays_unreachable_is_an_outage_not_a_crash(private_ledger, private_cluster):
+    # Pooled and kept connections to a server that then stops for good (until the end of the test).
+    private_ledger.run(backend_pid)
+    private_ledger.run(backend_pid, kept=True)
+    private_cluster.shut_down()
+
+    # The dead connection is met, the retry is refused: the caller hears of an outage, by whichever path.
     with pytest.raises(LedgerUnavailable):
-        postgres_db.run(dropped_under_the_statement)
+        private_ledger.run(lambda conn: intake.accept(conn, notification("k-3"), now=T0, dispatch_now=True))
+    with pytest.raises(LedgerUnavailable):
+        private_ledger.run(
+            lambda conn: transitions.claim_many(conn, [(uuid.uuid4(), 1)], now=T0, worker="w"), kept=True
+        )
+    with pytest.raises(LedgerUnavailable):
+        private_ledger.ping()
+
+    # The same Database serves again once the server is back.
+    private_cluster.start()
+    created = private_ledger.run(lambda conn: intake.accept(conn, notification("k-3"), now=T0, dispatch_now=True))
+    assert created.outcome is Intake.CREATED
 
 
 def test_a_statement_error_through_the_driver_is_raised_as_it_is(postgres_db):
@@ -151,15 +169,23 @@ def test_a_kept_connection_is_never_asked_for_a_transaction(postgres_db):
         postgres_db.run(lambda conn: None, transaction=True, kept=True)
 
 
-def test_after_a_restart_every_dead_pooled_connection_is_replaced_not_just_the_first_one_met(postgres_db):
-    # Several connections in the pool, as a busy API has: a restart of PostgreSQL kills them all at once.
-    with postgres_db.connect() as a, postgres_db.connect() as b, postgres_db.connect() as c:
-        for conn in (a, b, c):
-            conn.exec_driver_sql("SELECT 1")
-    assert drop_every_connection_of(postgres_db) >= 3
+def test_after_a_restart_every_dead_pooled_connection_is_replaced_not_just_the_first_one_met(
+    private_ledger, private_cluster
+):
+    # Several connections in the pool, as a busy API has, and a kept one: a restart of PostgreSQL kills them all.
+    with private_ledger.connect() as a, private_ledger.connect() as b, private_ledger.connect() as c:
+        before = {backend_pid(conn) for conn in (a, b, c)}
+    before.add(private_ledger.run(backend_pid, kept=True))
+    private_cluster.restart()
 
     # The first statement meets a dead connection and goes again: on a live one, not the next dead one.
-    result = postgres_db.run(lambda conn: intake.accept(conn, notification("k-after"), now=T0, dispatch_now=True))
+    result = private_ledger.run(lambda conn: intake.accept(conn, notification("k-after"), now=T0, dispatch_now=True))
     assert result.outcome is Intake.CREATED
-    again = postgres_db.run(lambda conn: intake.accept(conn, notification("k-after-2"), now=T0, dispatch_now=True))
+    again = private_ledger.run(lambda conn: intake.accept(conn, notification("k-after-2"), now=T0, dispatch_now=True))
     assert again.outcome is Intake.CREATED
+    # The hot path's kept connection, through the driver, likewise.
+    claimed = private_ledger.run(
+        lambda conn: transitions.claim_many(conn, [(result.job_id, 1)], now=T0, worker="w"), kept=True
+    )
+    assert [job.attempt for job in claimed if job is not None] == [1]
+    assert private_ledger.run(backend_pid, kept=True) not in before
