@@ -61,8 +61,12 @@ def running_worker(
     channels: dict[str, Channel] | None = None,
     threads: int = 4,
     clock: Callable[[], datetime] = utcnow,
+    booted: bool = False,
 ) -> Iterator[Delivery]:
-    """Start a Dramatiq worker with the delivery actor; stop it (letting attempts finish) on exit."""
+    """Start a Dramatiq worker with the delivery actor; stop it (letting attempts finish) on exit.
+
+    `booted`: also run the middleware's process-boot hooks, as `dramatiq` does in each worker process (that is
+    where the time limit's watchdog thread starts); off by default, since that thread outlives the worker."""
     broker = make_broker(settings.redis_url)
     delivery = Delivery(
         database=database,
@@ -72,6 +76,8 @@ def running_worker(
         clock=clock,
     )
     declare_actor(broker, delivery, settings)
+    if booted:
+        broker.emit_after("process_boot")
     worker = Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()
     try:
