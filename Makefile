@@ -31,9 +31,19 @@ test: $(VENV)/.installed-test
 
 # Intake, delivery, end-to-end latency, maintenance at 1 M / 5 M rows and memory, next to baselines and peers:
 # writes bench/results/latest.json (see bench/README.md). BENCH_QUICK=1 for the reduced version (< 5 minutes).
-# Needs PostgreSQL and Redis as for `make test`, and wrk (Debian: apt-get install -y wrk).
+# Needs PostgreSQL and Redis as for `make test`, and the load generator wrk, which it installs with apt-get when
+# run as root on Debian or Ubuntu (otherwise it says what to install).
 bench: $(VENV)/.installed-bench
-	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install -y wrk" >&2; exit 1; }
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make bench: installing wrk, the HTTP load generator (apt-get)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq wrk >/dev/null \
+	      || { echo "make bench: apt-get could not install wrk; install it and run make bench again" >&2; exit 1; }; \
+	  else \
+	    echo "make bench needs wrk, the HTTP load generator: install it (Debian/Ubuntu: sudo apt-get install -y wrk)" >&2; \
+	    exit 1; \
+	  fi; }
 	$(BIN)/python -m bench.run
 
 # Fault injection on real components: its own PostgreSQL (initdb) and redis-server, `wjp serve`, two workers and the

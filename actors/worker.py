@@ -4,13 +4,14 @@ and declares the delivery actor. Run through `wjp worker`, which validates the s
 from __future__ import annotations
 
 import logging
+import os
 
 import dramatiq
 
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
 from actors.delivery import Delivery, declare_actor
-from actors.settings import Settings
+from actors.settings import Settings, positive_int
 from actors.worker_logging import log_straight_to_stderr
 from ledger.database import Database
 
@@ -23,7 +24,11 @@ if settings.worker_metrics_port:
 
     broker.add_middleware(Prometheus())
 dramatiq.set_broker(broker)
-database = Database(settings.database_url)
+# A connection per Dramatiq thread (`wjp worker --threads`, which passes the number on), one for transactions (none
+# on the delivery path) and the ledger batcher's kept one; README.md, "Running in production", sums them up.
+database = Database(
+    settings.database_url, pool_size=positive_int(os.environ, "WJP_WORKER_THREADS", 8), transactions=1, kept=1
+)
 delivery = Delivery(
     database=database,
     dispatcher=Dispatcher(broker, settings.queue),

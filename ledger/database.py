@@ -42,7 +42,8 @@ def normalize_url(url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int = 10, autocommit: bool = False) -> Engine:
-    """Create an engine for `url`; SQLite files get WAL mode so readers never block the writer."""
+    """Create an engine for `url` that opens at most `pool_size` PostgreSQL connections (more callers wait for
+    one); SQLite files get WAL mode so readers never block the writer."""
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -51,10 +52,11 @@ def make_engine(url: str, *, pool_size: int = 10, autocommit: bool = False) -> E
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False})
         event.listen(engine, "connect", _configure_sqlite)
         return engine
+    # No overflow: `pool_size` is all the engine ever opens, so a process's connections add up to what it states.
     return create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
         pool_recycle=1800,
         connect_args={"connect_timeout": CONNECT_TIMEOUT},
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
@@ -79,8 +81,20 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """The ledger's connections. `run` executes one unit of work and maps outages to `LedgerUnavailable`."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
-        self.engine = make_engine(url, pool_size=pool_size)
+    def __init__(
+        self, url: str, *, pool_size: int = 10, transactions: int | None = None, kept: int | None = None
+    ) -> None:
+        """On PostgreSQL, a connection each for up to `pool_size` threads running statements at the same moment,
+        `transactions` of them (default: all) in a transaction at once (more wait for one), and `kept` threads
+        (default: `pool_size`) keeping one of their own (`run(kept=True)`; 0: none does). The process never opens
+        more than `max_connections`, their sum; SQLite has a single file and no such budget."""
+        transactions = pool_size if transactions is None else transactions
+        kept = pool_size if kept is None else kept
+        if pool_size < 1 or transactions < 1 or kept < 0:
+            # SQLAlchemy reads a pool size of 0 as "no limit".
+            raise ValueError(f"pool_size {pool_size} and transactions {transactions} must be >= 1, kept {kept} >= 0")
+        self.max_connections = pool_size + transactions + kept
+        self.engine = make_engine(url, pool_size=transactions)
         # Single statements need no BEGIN/COMMIT round trips: each one is atomic on its own. On PostgreSQL
         # they get a pool of their own, born in autocommit, since switching a pooled connection's mode at
         # every checkout and back cost more CPU than the statement (bench/README.md). SQLite keeps one pool.
@@ -96,8 +110,8 @@ class Database:
         # nearly empty, it scans the whole table for every batch (a fresh install, a bench run: 2,000+ rows read
         # per job within seconds). Every statement here finds its rows by key, so a scan is never the right plan.
         self._kept_engine: Engine | None = None
-        if self.engine.dialect.name == "postgresql":
-            self._kept_engine = make_engine(url, pool_size=pool_size, autocommit=True)
+        if self.engine.dialect.name == "postgresql" and kept:
+            self._kept_engine = make_engine(url, pool_size=kept, autocommit=True)
             event.listen(self._kept_engine, "connect", _plan_by_key)
         self._kept = threading.local()
         self._all_kept: list[Connection] = []

@@ -7,7 +7,7 @@ import falcon
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
 from ledger.database import Database
-from service import errors, multiproc
+from service import errors, gunicorn_conf, multiproc
 from service.access import AdminTokenMiddleware, ApiKeyMiddleware
 from service.dashboard import Dashboard, DashboardLogin, DashboardRetry
 from service.metrics import Metrics
@@ -32,7 +32,9 @@ def create_app(
     core = settings.core
     ctx = Context(
         settings=settings,
-        database=database or Database(core.database_url),
+        # A connection per gunicorn thread, one for the rare transactions (cancel, retry: they take turns) and the
+        # intake batcher's kept one; README.md, "Running in production", sums them up per process.
+        database=database or Database(core.database_url, pool_size=gunicorn_conf.threads, transactions=1, kept=1),
         dispatcher=dispatcher or Dispatcher(make_broker(core.redis_url), core.queue),
         channels=build_channels(core.channels),
     )

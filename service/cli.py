@@ -66,9 +66,15 @@ def _settings() -> Settings:
     return settings
 
 
+def _ledger(settings: Settings) -> Database:
+    """The ledger of a one-thread command, the reconciler included: a connection for single statements and one
+    for transactions, no more (README.md, "Running in production")."""
+    return Database(settings.database_url, pool_size=1, transactions=1, kept=0)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings()
-    database = Database(settings.database_url)
+    database = _ledger(settings)
     upgrade(database)
     print(f"ledger schema is up to date ({database.engine.url.render_as_string(hide_password=True)})")
     return 0
@@ -106,6 +112,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # 1000). Messages our senders enqueue wake it at once (actors/broker.py, the queue's bell); this bounds the
     # wait for the others: Dramatiq's retries, and the delay queue's due messages.
     os.environ.setdefault("dramatiq_worker_timeout", "100")
+    # Each worker process sizes its ledger connections to its threads (actors/worker.py).
+    os.environ["WJP_WORKER_THREADS"] = str(args.threads)
     # Before Dramatiq starts: its processes' metrics are merged through this directory, which its Prometheus
     # exporter (WJP_WORKER_METRICS_PORT) also serves; both read it and the port from the environment.
     metrics_dir = _metrics_dir()
@@ -127,7 +135,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def make_reconciler(settings: Settings) -> Reconciler:
     return Reconciler(
-        database=Database(settings.database_url, pool_size=2),
+        database=_ledger(settings),
         dispatcher=Dispatcher(make_broker(settings.redis_url), settings.queue),
         visibility_timeout=settings.visibility_timeout,
         grace=settings.reconcile_grace,
@@ -154,7 +162,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     settings = _settings()
-    stats = Database(settings.database_url, pool_size=1).run(lambda conn: queries.queue_stats(conn, now=utcnow()))
+    stats = _ledger(settings).run(lambda conn: queries.queue_stats(conn, now=utcnow()))
     rows = [(status.value.lower(), str(count)) for status, count in stats.counts.items()]
     rows.append(("avg_attempts_success", f"{stats.avg_attempts_success:g}"))
     rows.append(("oldest_due_age_seconds", f"{stats.oldest_due_age:.1f}"))
@@ -178,7 +186,7 @@ def since(text: str) -> datetime:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     settings = _settings()
-    database = Database(settings.database_url, pool_size=1)
+    database = _ledger(settings)
     dispatcher = Dispatcher(make_broker(settings.redis_url), settings.queue)
     now = utcnow()
     retried, unsent = 0, 0
@@ -218,7 +226,7 @@ def _key_name(text: str) -> str:
 
 def cmd_api_key(args: argparse.Namespace) -> int:
     settings = _settings()
-    database = Database(settings.database_url, pool_size=1)
+    database = _ledger(settings)
     if args.action == "create":
         try:
             key, secret = database.run(lambda conn: api_keys.create(conn, args.name, now=utcnow()), transaction=True)
@@ -243,7 +251,7 @@ def cmd_api_key(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     settings = _settings()
-    database = Database(settings.database_url, pool_size=1)
+    database = _ledger(settings)
     now = utcnow()
     deleted = 0
     while True:
