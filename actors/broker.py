@@ -25,6 +25,10 @@ log = logging.getLogger("wjp.dispatch")
 
 #: Dramatiq's key prefix in Redis.
 NAMESPACE = "dramatiq"
+#: How often Dramatiq's time limit looks for attempts past their deadline, in ms (its default, 1000, would let
+#: an attempt outlive a 2 s visibility timeout); `Settings.attempt_time_limit` allows for it.
+TIME_LIMIT_CHECK_MS = 100
+
 #: The delivery actor's name; the API and the reconciler send to it without importing it.
 ACTOR_NAME = "deliver"
 #: Seconds a Redis call may take before the caller treats Redis as unreachable.
@@ -266,7 +270,7 @@ def make_broker(redis_url: str, **options: object) -> OutageProofRedisBroker:
         redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, health_check_interval=30
     )
     # Only the middleware we rely on: each one runs hooks on every message.
-    middleware = [TimeLimit(), Retries(), PinRedisMessageId(), CurrentMessage()]
+    middleware = [TimeLimit(interval=TIME_LIMIT_CHECK_MS), Retries(), PinRedisMessageId(), CurrentMessage()]
     return OutageProofRedisBroker(connection_pool=pool, namespace=NAMESPACE, middleware=middleware, **options)
 
 
