@@ -77,15 +77,17 @@ def _pairs(second: str, ids: str) -> Any:
 
 
 def _clock(postgresql: bool) -> Any:
-    """The instant a hot-path statement is made at: `:now` when the caller pins it, else (NULL) the database's own
-    clock, so that a claim's time and the reconciler's cutoff are read from one clock, whatever the hosts' skew.
-    SQLite has no such parameter: it runs in the process, so its host's clock is the process's (`_resolved`)."""
+    """The time a hot-path statement stamps its rows with: `:now`, or when it is NULL (`database_clock`), the
+    database's own, so that a claim's time and the reconciler's cutoff are read from one clock whatever the
+    skew between hosts. SQLite runs in this process: its host's clock is the process's (`_stamp`)."""
     now = bindparam("now", type_=UTCDateTime())
     return func.coalesce(now, func.statement_timestamp(), type_=UTCDateTime()) if postgresql else now
 
 
-def _resolved(now: datetime | None) -> datetime:
-    return utcnow() if now is None else now
+def _stamp(now: datetime, database_clock: bool, postgresql: bool) -> datetime | None:
+    if not database_clock:
+        return now
+    return None if postgresql else utcnow()
 
 
 _CLAIMED_COLUMNS = (
@@ -111,15 +113,13 @@ def _build_claim(postgresql: bool, ids: str = "ids", *flag: Any) -> tuple[Any, A
     if postgresql:
         pairs = _pairs("seq", ids)
         matching: tuple[Any, ...] = (jobs.c.id == pairs.c.id, jobs.c.dispatch_seq == pairs.c.seq)
-        due_by = now + literal(EARLY_CLAIM_TOLERANCE)
         held_guard = status_in_rows_found_by_key({Status.PROCESSING})
     else:
         matching = (tuple_(jobs.c.id, jobs.c.dispatch_seq).in_(bindparam("dispatches", expanding=True)),)
-        due_by = bindparam("due_by", type_=UTCDateTime())
         held_guard = status_in({Status.PROCESSING})
     claiming = (
         update(jobs)
-        .where(*matching, guard, jobs.c.next_attempt_at <= due_by)
+        .where(*matching, guard, jobs.c.next_attempt_at <= bindparam("due_by", type_=UTCDateTime()))
         .values(
             status=target,
             attempts=jobs.c.attempts + 1,
@@ -151,42 +151,42 @@ def claim_many(
     conn: Connection,
     dispatches: list[tuple[uuid.UUID, int]],
     *,
-    now: datetime | None,
+    now: datetime,
     worker: str,
     token: uuid.UUID | None = None,
+    database_clock: bool = False,
 ) -> list[ClaimedJob | None]:
     """Claim each `(job_id, seq)`: PENDING/RETRY and due, and `seq` its current dispatch → PROCESSING,
     attempts + 1. One statement for all; the answers follow the order asked, and of two requests for
     the same dispatch only the first gets the claim.
 
-    `now`: the claim's time, None for the database's clock (workers: their clocks may be skewed). `token`
+    `now` (the caller's clock) says what is due; it is also the claim's time, unless `database_clock` asks for
+    the database's, by which the reconciler expires claims (workers: their hosts' clocks may be skewed). `token`
     names this claim: drawn once outside `Database.run`, it lets a retry of the statement after a commit whose
     answer was lost return the claims it made (attempts counted once) instead of dropping them as taken."""
     token = uuid.uuid4() if token is None else token
     driver = postgres(conn)
+    params = {
+        "now": _stamp(now, database_clock, driver is not None),
+        "due_by": now + EARLY_CLAIM_TOLERANCE,
+        "worker": worker,
+        "token": token,
+    }
     if driver is None:
-        moment = _resolved(now)
-        params = {"now": moment, "due_by": moment + EARLY_CLAIM_TOLERANCE, "worker": worker, "token": token}
         rows = conn.execute(_HELD, {"dispatches": dispatches, "token": token}).all()
         rows += conn.execute(_CLAIM, {**params, "dispatches": dispatches}).all()
     else:
-        params = {
-            "now": now,
-            "worker": worker,
-            "token": token,
-            "ids": array_literal(job_id for job_id, _ in dispatches),
-            "seqs": array_literal(seq for _, seq in dispatches),
-        }
+        params.update(
+            ids=array_literal(job_id for job_id, _ in dispatches), seqs=array_literal(seq for _, seq in dispatches)
+        )
         rows = _DRIVER_CLAIM.execute(driver, params).fetchall()
     claimed = {row[0]: ClaimedJob(*row) for row in rows}
     return [claimed.pop(job_id, None) for job_id, _ in dispatches]
 
 
-def claim(
-    conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime | None, worker: str, token: uuid.UUID | None = None
-) -> ClaimedJob | None:
+def claim(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, worker: str) -> ClaimedJob | None:
     """Claim one dispatch; see `claim_many`."""
-    return claim_many(conn, [(job_id, seq)], now=now, worker=worker, token=token)[0]
+    return claim_many(conn, [(job_id, seq)], now=now, worker=worker)[0]
 
 
 def _build_fail() -> Any:
@@ -267,12 +267,15 @@ _FAIL = _build_fail()
 _SCHEDULE_RETRY = _build_schedule_retry()
 
 
-def succeed_many(conn: Connection, attempts: list[tuple[uuid.UUID, int]], *, now: datetime | None) -> list[bool]:
+def succeed_many(
+    conn: Connection, attempts: list[tuple[uuid.UUID, int]], *, now: datetime, database_clock: bool = False
+) -> list[bool]:
     """Each `(job_id, attempt)` still PROCESSING at that attempt → SUCCESS, in one statement; which took.
-    `now` None: the database's clock."""
+    `database_clock`: stamped with the database's clock rather than `now`."""
     driver = postgres(conn)
+    now = _stamp(now, database_clock, driver is not None)
     if driver is None:
-        rows = conn.execute(_SUCCEED, {"held": attempts, "now": _resolved(now)}).all()
+        rows = conn.execute(_SUCCEED, {"held": attempts, "now": now}).all()
     else:
         params = {
             "now": now,
@@ -289,18 +292,21 @@ def succeed_and_claim(
     attempts: list[tuple[uuid.UUID, int]],
     dispatches: list[tuple[uuid.UUID, int]],
     *,
-    now: datetime | None,
+    now: datetime,
     worker: str,
     token: uuid.UUID | None = None,
+    database_clock: bool = False,
 ) -> tuple[list[bool], list[ClaimedJob | None]]:
-    """`succeed_many(attempts)` and `claim_many(dispatches, token=token)`; on PostgreSQL in one statement, so a
-    worker's claims and outcomes share a commit."""
+    """`succeed_many(attempts)` and `claim_many(dispatches)` with the same options; on PostgreSQL in one
+    statement, so a worker's claims and outcomes share a commit."""
     driver = postgres(conn)
     if driver is None or not attempts or not dispatches:
-        done = succeed_many(conn, attempts, now=now) if attempts else []
-        return done, claim_many(conn, dispatches, now=now, worker=worker, token=token) if dispatches else []
+        options: dict[str, Any] = {"now": now, "database_clock": database_clock}
+        done = succeed_many(conn, attempts, **options) if attempts else []
+        return done, claim_many(conn, dispatches, worker=worker, token=token, **options) if dispatches else []
     params = {
-        "now": now,
+        "now": _stamp(now, database_clock, postgresql=True),
+        "due_by": now + EARLY_CLAIM_TOLERANCE,
         "worker": worker,
         "token": uuid.uuid4() if token is None else token,
         "success_ids": array_literal(job_id for job_id, _ in attempts),
