@@ -90,15 +90,10 @@ def _stamp(now: datetime, database_clock: bool, postgresql: bool) -> datetime | 
     return None if postgresql else utcnow()
 
 
-_CLAIMED_COLUMNS = (
-    jobs.c.id,
-    jobs.c.recipient,
-    jobs.c.channel,
-    jobs.c.message,
-    jobs.c.subject,
-    jobs.c.metadata,
-    jobs.c.attempts,
-    jobs.c.max_attempts,
+#: What a claim returns, in the order of `ClaimedJob`'s fields.
+_CLAIMED_COLUMNS = tuple(
+    jobs.c[name]
+    for name in ("id", "recipient", "channel", "message", "subject", "metadata", "attempts", "max_attempts")
 )
 
 
