@@ -20,7 +20,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
 from actors.consumer import BELL_TOKENS, CONNECTION_LOST, NAMESPACE, BelledConsumer, bell_key
-from actors.settings import SettingsError
+from actors.settings import TIME_LIMIT_CHECK_MS, SettingsError
 from ledger.transitions import Dispatch
 
 log = logging.getLogger("wjp.dispatch")
@@ -274,7 +274,8 @@ def make_broker(redis_url: str, *, timeout: float = REDIS_TIMEOUT, **options: ob
         redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
     )
     # Only the middleware we rely on: each one runs hooks on every message.
-    middleware = [TimeLimit(), Retries(), PinRedisMessageId(), CurrentMessage(), NoteProcessedMessage()]
+    limit = TimeLimit(interval=TIME_LIMIT_CHECK_MS)
+    middleware = [limit, Retries(), PinRedisMessageId(), CurrentMessage(), NoteProcessedMessage()]
     return OutageProofRedisBroker(connection_pool=pool, namespace=NAMESPACE, middleware=middleware, **options)
 
 

@@ -98,10 +98,15 @@ class Delivery:
         dispatches = [r for r in requests if isinstance(r, _Claim)]
         attempts = [(item.job.id, item.job.attempt) for item in delivered]
         now = self.clock()
+        # Drawn once, outside the retried statement: a retry finds the claims it committed. The claims are stamped
+        # with the database's clock, by which the reconciler expires them, whatever this host's clock says.
+        token = uuid.uuid4()
         claimed: list[ClaimedJob | None] | list[BaseException]
         try:
             done, claimed = self.database.run(
-                lambda conn: transitions.succeed_and_claim(conn, attempts, dispatches, now=now, worker=worker_name()),
+                lambda conn: transitions.succeed_and_claim(
+                    conn, attempts, dispatches, now=now, worker=worker_name(), token=token, database_clock=True
+                ),
                 kept=True,
             )
         except LedgerUnavailable as exc:

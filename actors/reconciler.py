@@ -75,7 +75,8 @@ class Reconciler:
         return report
 
     def _expire_claims(self, report: PassReport) -> None:
-        now = self.clock()
+        # The database's clock stamped the claims; a cutoff from this host's clock would expire them early or late.
+        now = self.database.run(maintenance.database_time)
         cutoff = now - self.visibility_timeout
         error = f"visibility timeout exceeded: no result within {self.visibility_timeout.total_seconds():g}s"
         while True:

@@ -13,6 +13,13 @@ from actors.backoff import BackoffPolicy
 from actors.channels.base import ChannelConfig
 from ledger.database import normalize_url
 
+#: How often Dramatiq's time limit looks for attempts past their deadline, in ms (its default, 1000, would let
+#: an attempt outlive a 2 s visibility timeout); `Settings.attempt_time_limit` allows for it.
+TIME_LIMIT_CHECK_MS = 100
+#: Shortest visibility timeout. An attempt is cut off by 0.9 of it (`Settings.attempt_time_limit`), leaving a tenth
+#: to write its outcome before the reconciler may take the claim back: below 2 s, too little for a write's round trips.
+MIN_VISIBILITY_TIMEOUT = 2.0
+
 DEFAULT_DATABASE_URL = "sqlite:///var/wjp.sqlite3"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -115,14 +122,15 @@ class Settings:
 
     @property
     def attempt_time_limit(self) -> float:
-        """Seconds after which an attempt is cut off: always inside the visibility timeout."""
-        return self.visibility_timeout * 0.9
+        """Seconds after which an attempt is cut off: always inside the visibility timeout, however short, since
+        Dramatiq's time limit strikes up to one check interval late and the outcome must be written after it."""
+        return self.visibility_timeout * 0.9 - TIME_LIMIT_CHECK_MS / 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, redis_url: str | None = None) -> Settings:
         """Read and validate every setting; raise `SettingsError` naming the first bad one."""
         env = os.environ if env is None else env
-        visibility = seconds(env, "WJP_VISIBILITY_TIMEOUT", 60.0, minimum=1.0)
+        visibility = seconds(env, "WJP_VISIBILITY_TIMEOUT", 60.0, minimum=MIN_VISIBILITY_TIMEOUT)
         queue = text(env, "WJP_QUEUE", "notifications")
         if not queue.replace("_", "").replace("-", "").replace(".", "").isalnum():
             raise SettingsError(f"WJP_QUEUE may hold letters, digits, '_', '-' and '.', got {queue!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -99,11 +99,14 @@ class Accepting:
     now: datetime
     #: Dispatch at once (its message is sent now), or leave it to the reconciler until it falls due.
     dispatch_now: bool
+    #: The id its job gets, drawn once when the request arrives: an INSERT retried after a commit whose answer
+    #: was lost with the connection meets a row of this id, and knows it for its own.
+    job_id: uuid.UUID = field(default_factory=uuid7)
 
     def row(self) -> dict[str, Any]:
         request, now = self.request, self.now
         return {
-            "id": uuid7(),
+            "id": self.job_id,
             "scope": request.scope,
             "idempotency_key": request.idempotency_key,
             "payload_hash": request.payload_hash(),
@@ -129,13 +132,16 @@ def _created(row: dict[str, Any]) -> IntakeResult:
     )
 
 
-def accept(conn: Connection, request: NewNotification, *, now: datetime, dispatch_now: bool) -> IntakeResult:
+def accept(
+    conn: Connection, request: NewNotification, *, now: datetime, dispatch_now: bool, job_id: uuid.UUID | None = None
+) -> IntakeResult:
     """Record `request` unless its idempotency key is known; say which of the three cases happened.
 
     Concurrent requests with one key race on the unique constraint: exactly one INSERT wins and
-    the others wait for it, find its row and answer as replays (or mismatches).
+    the others wait for it, find its row and answer as replays (or mismatches). `job_id`: the id drawn when the
+    request arrived (`Accepting`); a retry of this call that finds its key taken by that very id created it.
     """
-    values = Accepting(request, now, dispatch_now).row()
+    values = Accepting(request, now, dispatch_now, uuid7() if job_id is None else job_id).row()
     digest = values["payload_hash"]
     # Twice at most: the row that made our INSERT conflict may be pruned before we read it (its key is
     # forgotten, so this request is new after all); the second INSERT then succeeds or meets a newer row.
@@ -151,6 +157,8 @@ def accept(conn: Connection, request: NewNotification, *, now: datetime, dispatc
             break
     else:
         raise LedgerError(f"idempotency key {request.idempotency_key!r} is being written and pruned at once")
+    if existing.id == values["id"]:
+        return _created(values)
     outcome = Intake.REPLAYED if existing.payload_hash == digest else Intake.MISMATCH
     return IntakeResult(outcome, existing.id, Status(existing.status), existing.created_at)
 
@@ -174,12 +182,21 @@ def _build_insert_batch() -> Any:
     values = select(
         *(rows.c[name] for name in _BATCH_COLUMNS), literal(Status.PENDING.value), literal(0), rows.c.created_at
     )
-    return (
+    inserted = (
         postgresql.insert(jobs)
         .from_select([*_BATCH_COLUMNS, "status", "attempts", "updated_at"], values)
         .on_conflict_do_nothing(index_elements=["scope", "idempotency_key"])
         .returning(jobs.c.id)
+        .cte("inserted")
     )
+    # The batch's rows that exist already under their own ids: written by this statement's earlier run, committed
+    # but unanswered (it is retried when its connection dies). Read in the snapshot that predates the INSERT.
+    ours = (
+        func.json_to_recordset(bindparam("rows", type_=JSON()))
+        .table_valued(column("id", jobs.c.id.type))
+        .render_derived(name="ours", with_types=True)
+    )
+    return select(inserted.c.id).union_all(select(jobs.c.id).where(jobs.c.id == ours.c.id))
 
 
 _DRIVER_INSERT_BATCH = DriverStatement(_build_insert_batch())
@@ -199,10 +216,15 @@ def _as_json(row: dict[str, Any]) -> dict[str, Any]:
 def accept_many(conn: Connection, batch: list[Accepting]) -> list[IntakeResult | None]:
     """Record every request of `batch` whose idempotency key is new, in one statement: its result, in order,
     or None for a request whose key was taken (by an earlier row or by one before it in `batch`), which
-    `accept` then answers as a replay or a mismatch. On SQLite each request is simply accepted in turn."""
+    `accept` then answers as a replay or a mismatch. A request whose row (by its `job_id`) is there already
+    was created by this statement's earlier run, and is answered as created. On SQLite each request is simply
+    accepted in turn."""
     driver = postgres(conn)
     if driver is None:
-        return [accept(conn, item.request, now=item.now, dispatch_now=item.dispatch_now) for item in batch]
+        return [
+            accept(conn, item.request, now=item.now, dispatch_now=item.dispatch_now, job_id=item.job_id)
+            for item in batch
+        ]
     rows = [item.row() for item in batch]
     encoded = json.dumps([_as_json(row) for row in rows], ensure_ascii=False, separators=(",", ":"))
     inserted = {found for (found,) in _DRIVER_INSERT_BATCH.execute(driver, {"rows": encoded})}

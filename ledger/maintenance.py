@@ -5,13 +5,23 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, delete, or_, select, tuple_
+from sqlalchemy import Connection, and_, delete, func, or_, select, tuple_
 
 from ledger.schema import jobs, status_in
 from ledger.states import FINISHED, WAITING, Status
+from ledger.timestamps import UTCDateTime, utcnow
 
 #: However old the jobs to prune, an idempotency key is remembered at least this long.
 KEY_RETENTION = timedelta(hours=24)
+
+
+def database_time(conn: Connection) -> datetime:
+    """The database's clock, which stamps the workers' claims (see `transitions.claim_many`): the reconciler's
+    cutoff must be read from it, not from a host's clock that may be skewed. SQLite runs in this process, so
+    its clock is this host's."""
+    if conn.dialect.name != "postgresql":
+        return utcnow()
+    return conn.execute(select(func.statement_timestamp(type_=UTCDateTime()))).scalar_one()
 
 
 def expired_claims(conn: Connection, *, cutoff: datetime, limit: int) -> list[tuple[uuid.UUID, int]]:

@@ -61,6 +61,9 @@ jobs = Table(
     # tell the job's current message from a stale copy, and the reconciler can look it up in O(1).
     Column("dispatch_seq", Integer, nullable=False, server_default="0"),
     Column("claimed_at", UTCDateTime),
+    # Drawn once per claim statement by the worker that sends it, so that the statement, retried after a commit
+    # whose answer was lost with the connection, finds its own claims instead of taking them for someone else's.
+    Column("claim_token", Uuid),
     Column("worker", String(200)),
     Column("last_outcome", String(20)),
     Column("last_error", Text),

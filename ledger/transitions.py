@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from ledger.database import DriverStatement, array_literal, postgres
 from ledger.schema import jobs, status_in, status_in_rows_found_by_key
 from ledger.states import TRANSITIONS, WAITING, Outcome, Status
-from ledger.timestamps import UTCDateTime
+from ledger.timestamps import UTCDateTime, utcnow
 
 #: A message may arrive this much before its due time (clocks of different hosts) and still claim.
 EARLY_CLAIM_TOLERANCE = timedelta(milliseconds=500)
@@ -76,54 +76,100 @@ def _pairs(second: str, ids: str) -> Any:
     )
 
 
-def _build_claim(postgresql: bool, ids: str = "ids") -> Any:
-    guard, target = _transition("claim", found_by_key=postgresql)
+def _clock(postgresql: bool) -> Any:
+    """The time a hot-path statement stamps its rows with: `:now`, or when it is NULL (`database_clock`), the
+    database's own, so that a claim's time and the reconciler's cutoff are read from one clock whatever the
+    skew between hosts. SQLite runs in this process: its host's clock is the process's (`_stamp`)."""
     now = bindparam("now", type_=UTCDateTime())
+    return func.coalesce(now, func.statement_timestamp(), type_=UTCDateTime()) if postgresql else now
+
+
+def _stamp(now: datetime, database_clock: bool, postgresql: bool) -> datetime | None:
+    if not database_clock:
+        return now
+    return None if postgresql else utcnow()
+
+
+#: What a claim returns, in the order of `ClaimedJob`'s fields.
+_CLAIMED_COLUMNS = tuple(
+    jobs.c[name]
+    for name in ("id", "recipient", "channel", "message", "subject", "metadata", "attempts", "max_attempts")
+)
+
+
+def _build_claim(postgresql: bool, ids: str = "ids", *flag: Any) -> tuple[Any, Any]:
+    """A claim's two parts: the UPDATE of the dispatches asked for that are waiting and due, and the SELECT of
+    those already PROCESSING under this claim's token (its own earlier run, committed but unanswered: the
+    statement is retried when its connection dies). In one PostgreSQL statement both read one snapshot, which
+    predates the UPDATE, so no row is in both. `flag`: leading columns of the SELECT."""
+    guard, target = _transition("claim", found_by_key=postgresql)
+    now = _clock(postgresql)
+    token = bindparam("token", type_=Uuid())
     if postgresql:
         pairs = _pairs("seq", ids)
-        matching = (jobs.c.id == pairs.c.id, jobs.c.dispatch_seq == pairs.c.seq)
+        matching: tuple[Any, ...] = (jobs.c.id == pairs.c.id, jobs.c.dispatch_seq == pairs.c.seq)
+        held_guard = status_in_rows_found_by_key({Status.PROCESSING})
     else:
         matching = (tuple_(jobs.c.id, jobs.c.dispatch_seq).in_(bindparam("dispatches", expanding=True)),)
-    return (
+        held_guard = status_in({Status.PROCESSING})
+    claiming = (
         update(jobs)
         .where(*matching, guard, jobs.c.next_attempt_at <= bindparam("due_by", type_=UTCDateTime()))
         .values(
             status=target,
             attempts=jobs.c.attempts + 1,
             claimed_at=now,
+            claim_token=token,
             worker=bindparam("worker"),
             updated_at=now,
             last_outcome=None,
         )
-        .returning(
-            jobs.c.id,
-            jobs.c.recipient,
-            jobs.c.channel,
-            jobs.c.message,
-            jobs.c.subject,
-            jobs.c.metadata,
-            jobs.c.attempts,
-            jobs.c.max_attempts,
-        )
+        .returning(*_CLAIMED_COLUMNS)
     )
+    held = select(*flag, *_CLAIMED_COLUMNS).where(*matching, held_guard, jobs.c.claim_token == token)
+    return claiming, held
+
+
+def _build_driver_claim() -> Any:
+    claiming, held = _build_claim(postgresql=True)
+    claimed = claiming.cte("claimed")
+    return select(*claimed.c).union_all(held)
 
 
 # The worker's statements are built once: constructing a SQLAlchemy statement per call costs more CPU
 # than the round trip it makes.
-_CLAIM = _build_claim(postgresql=False)
-_DRIVER_CLAIM = DriverStatement(_build_claim(postgresql=True))
+_CLAIM, _HELD = _build_claim(postgresql=False)
+_DRIVER_CLAIM = DriverStatement(_build_driver_claim())
 
 
 def claim_many(
-    conn: Connection, dispatches: list[tuple[uuid.UUID, int]], *, now: datetime, worker: str
+    conn: Connection,
+    dispatches: list[tuple[uuid.UUID, int]],
+    *,
+    now: datetime,
+    worker: str,
+    token: uuid.UUID | None = None,
+    database_clock: bool = False,
 ) -> list[ClaimedJob | None]:
     """Claim each `(job_id, seq)`: PENDING/RETRY and due, and `seq` its current dispatch → PROCESSING,
     attempts + 1. One statement for all; the answers follow the order asked, and of two requests for
-    the same dispatch only the first gets the claim."""
-    params: dict[str, Any] = {"due_by": now + EARLY_CLAIM_TOLERANCE, "now": now, "worker": worker}
+    the same dispatch only the first gets the claim.
+
+    `now` (the caller's clock) says what is due; it is also the claim's time, unless `database_clock` asks for
+    the database's, by which the reconciler expires claims (workers: their hosts' clocks may be skewed). `token`
+    names this claim: drawn once outside `Database.run`, it lets a retry of the statement after a commit whose
+    answer was lost return the claims it made (attempts counted once) instead of dropping them as taken."""
+    token = uuid.uuid4() if token is None else token
     driver = postgres(conn)
+    params = {
+        "now": _stamp(now, database_clock, driver is not None),
+        "due_by": now + EARLY_CLAIM_TOLERANCE,
+        "worker": worker,
+        "token": token,
+    }
     if driver is None:
-        rows = conn.execute(_CLAIM, {**params, "dispatches": dispatches}).all()
+        rows = conn.execute(_HELD, {"dispatches": dispatches, "token": token}).all()
+        rows += conn.execute(_CLAIM, {**params, "dispatches": dispatches}).all()
     else:
         params.update(
             ids=array_literal(job_id for job_id, _ in dispatches), seqs=array_literal(seq for _, seq in dispatches)
@@ -175,7 +221,7 @@ def _build_schedule_retry() -> Any:
 
 def _build_succeed(postgresql: bool, ids: str = "ids") -> Any:
     guard, target = _transition("succeed", found_by_key=postgresql)
-    now = bindparam("now", type_=UTCDateTime())
+    now = _clock(postgresql)
     if postgresql:
         pairs = _pairs("attempt", ids)
         matching = (jobs.c.id == pairs.c.id, jobs.c.attempts == pairs.c.attempt)
@@ -197,13 +243,15 @@ def _build_succeed(postgresql: bool, ids: str = "ids") -> Any:
 
 
 def _build_succeed_and_claim() -> Any:
-    """Both batches in one PostgreSQL statement (one commit): the claimed rows, then the ids that succeeded with
-    the job's columns NULL. No row can be in both, since one guard wants PROCESSING and the other does not."""
-    succeeded = _build_succeed(postgresql=True, ids="success_ids").cte("succeeded")
-    claimed = _build_claim(postgresql=True, ids="claim_ids").cte("claimed")
+    """Both batches in one PostgreSQL statement (one commit): the claimed rows (made now, or held under the token),
+    then the ids that succeeded with the job's columns NULL. No row can be in both, since one guard wants
+    PROCESSING and the other does not."""
     flag = Boolean()
+    succeeded = _build_succeed(postgresql=True, ids="success_ids").cte("succeeded")
+    claiming, held = _build_claim(True, "claim_ids", literal(True, flag))
+    claimed = claiming.cte("claimed")
     return select(literal(True, flag).label("claimed"), *claimed.c).union_all(
-        select(literal(False, flag), succeeded.c.id, *(null() for _ in range(len(claimed.c) - 1)))
+        held, select(literal(False, flag), succeeded.c.id, *(null() for _ in range(len(claimed.c) - 1)))
     )
 
 
@@ -214,9 +262,13 @@ _FAIL = _build_fail()
 _SCHEDULE_RETRY = _build_schedule_retry()
 
 
-def succeed_many(conn: Connection, attempts: list[tuple[uuid.UUID, int]], *, now: datetime) -> list[bool]:
-    """Each `(job_id, attempt)` still PROCESSING at that attempt → SUCCESS, in one statement; which took."""
+def succeed_many(
+    conn: Connection, attempts: list[tuple[uuid.UUID, int]], *, now: datetime, database_clock: bool = False
+) -> list[bool]:
+    """Each `(job_id, attempt)` still PROCESSING at that attempt → SUCCESS, in one statement; which took.
+    `database_clock`: stamped with the database's clock rather than `now`."""
     driver = postgres(conn)
+    now = _stamp(now, database_clock, driver is not None)
     if driver is None:
         rows = conn.execute(_SUCCEED, {"held": attempts, "now": now}).all()
     else:
@@ -237,17 +289,21 @@ def succeed_and_claim(
     *,
     now: datetime,
     worker: str,
+    token: uuid.UUID | None = None,
+    database_clock: bool = False,
 ) -> tuple[list[bool], list[ClaimedJob | None]]:
-    """`succeed_many(attempts)` and `claim_many(dispatches)`; on PostgreSQL in one statement, so a worker's
-    claims and outcomes share a commit."""
+    """`succeed_many(attempts)` and `claim_many(dispatches)` with the same options; on PostgreSQL in one
+    statement, so a worker's claims and outcomes share a commit."""
     driver = postgres(conn)
     if driver is None or not attempts or not dispatches:
-        done = succeed_many(conn, attempts, now=now) if attempts else []
-        return done, claim_many(conn, dispatches, now=now, worker=worker) if dispatches else []
+        options: dict[str, Any] = {"now": now, "database_clock": database_clock}
+        done = succeed_many(conn, attempts, **options) if attempts else []
+        return done, claim_many(conn, dispatches, worker=worker, token=token, **options) if dispatches else []
     params = {
-        "now": now,
+        "now": _stamp(now, database_clock, postgresql=True),
         "due_by": now + EARLY_CLAIM_TOLERANCE,
         "worker": worker,
+        "token": uuid.uuid4() if token is None else token,
         "success_ids": array_literal(job_id for job_id, _ in attempts),
         "attempts": array_literal(n for _, n in attempts),
         "claim_ids": array_literal(job_id for job_id, _ in dispatches),

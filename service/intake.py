@@ -35,7 +35,9 @@ class GroupIntake:
             return result
         # Its key was taken (or the group failed as a whole): the replay, mismatch or rare creation alone.
         result = self.database.run(
-            lambda conn: intake.accept(conn, item.request, now=item.now, dispatch_now=item.dispatch_now)
+            lambda conn: intake.accept(
+                conn, item.request, now=item.now, dispatch_now=item.dispatch_now, job_id=item.job_id
+            )
         )
         if result.outcome is Intake.CREATED and result.dispatch_seq:
             self.dispatch([_dispatch_of(result)])

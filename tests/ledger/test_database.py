@@ -131,7 +131,7 @@ def test_kept_connections_find_the_hot_paths_rows_by_key_while_the_table_has_no_
         ),
     }
     for name, (statement, params) in statements.items():
-        params = {**params, "now": T0, "due_by": T0, "worker": "w"}
+        params = {**params, "now": T0, "due_by": T0, "worker": "w", "token": uuid.uuid4()}
         plan = postgres_db.run(lambda conn, s=statement, p=params: generic_plan(conn, s, p), kept=True)
         assert "Seq Scan" not in plan, f"{name}:\n{plan}"
         assert "Index Scan using pk_jobs" in plan, f"{name}:\n{plan}"
