@@ -101,7 +101,8 @@ local function leases_horizon(leases)
     return 0
 end
 
--- Keeps the known zset equal to "destinations that have keys", and drops those whose keys have lapsed.
+-- Keeps the known zset equal to "destinations that have keys", and drops those whose keys have lapsed
+-- (every admission is followed by a release, so doing it here keeps the zset bounded).
 local function track(dest, s, leases)
     local horizon = math.max(hash_horizon(s), leases_horizon(leases))
     if horizon > now then
@@ -128,9 +129,11 @@ end
 
 local function grant(dest, hash, leases, s, lease_id, lease_ms, dirty)
     redis.call('ZADD', leases, int(now + lease_ms), lease_id)
-    redis.call('PEXPIRE', leases, int(leases_horizon(leases) - now))
+    local horizon = leases_horizon(leases)
+    redis.call('PEXPIRE', leases, int(horizon - now))
     if dirty then save(hash, s) end
-    track(dest, s, leases)
+    -- An admission only adds state, so raising the destination's score is enough (one call, not track's three).
+    redis.call('ZADD', known, 'GT', int(math.max(horizon, hash_horizon(s))), dest)
     return {1, '', 0, (s.probe == lease_id) and 1 or 0}
 end
 
@@ -182,8 +185,8 @@ elseif op == 'release' then
     local dest, lease_id, outcome = ARGV[3], ARGV[4], ARGV[5]
     local retry_after_ms, threshold = tonumber(ARGV[6]), tonumber(ARGV[7])
     local cooldown_ms, max_cooldown_ms, forget_ms = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+    -- Expired leases are left to the next admission: they never raise the horizon `track` computes.
     redis.call('ZREM', leases, lease_id)
-    redis.call('ZREMRANGEBYSCORE', leases, '-inf', int(now))
     local s = load(hash)
     local was_default = breaker_is_default(s) and s.paused_until <= now
     -- Only the probe's own answer decides a half-open circuit; a late answer of an attempt sent before the

@@ -1,11 +1,9 @@
 """The typed Python face of gate.lua: one EVALSHA round trip per admit, release, reset, inspect or listing.
 
-Why not Dramatiq's rate limiters: ConcurrentRateLimiter is one counter whose TTL every caller refreshes, so a
-slot taken by a worker killed with kill -9 is never given back while traffic flows (a lease per holder is);
-BucketRateLimiter is a fixed window that lets twice the limit through across a boundary and cannot say when
-room frees; and both decide with WATCH/MULTI, several round trips and retries under contention, where every
-job pays admit + release. Why not Convoy's shape: it samples failure rates from its database on a loop; here
-each outcome moves the breaker at once, in the same atomic step that gives the lease back.
+Not Dramatiq's rate limiters: their concurrency counter has one TTL every caller refreshes (a kill -9'd worker's
+slot never comes back while traffic flows; a lease per holder does), their bucket is a fixed window (twice the
+limit across a boundary, no "until when"), and both decide by WATCH/MULTI: several round trips, retried under
+contention, on a path every job takes twice.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 
@@ -46,6 +44,8 @@ class Reason(StrEnum):
     THROTTLED = "throttled"
 
 
+# Convoy samples failure rates from its database on a loop and Svix disables an endpoint after days of
+# failures; here each outcome moves the breaker at once, in the same atomic step that gives the lease back.
 @dataclass(frozen=True)
 class BreakerPolicy:
     """Open after `threshold` consecutive transient failures for `cooldown` seconds, doubling on each reopening
@@ -205,7 +205,7 @@ class Gate:
             DestinationState(
                 key=key,
                 in_flight=int(in_flight),
-                circuit=_text(circuit),  # type: ignore[arg-type]
+                circuit=cast(Circuit, _text(circuit)),
                 consecutive_failures=int(failures),
                 opened_until=_moment(opened_until),
                 paused_until=_moment(paused_until),
