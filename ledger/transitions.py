@@ -163,7 +163,7 @@ def _build_schedule_retry(*, parked: bool) -> Any:
         .values(
             status=target,
             next_attempt_at=bindparam("due_at", type_=UTCDateTime()),
-            # A held job's seq is that of the message that claimed it, so it is positive.
+            # Held, the seq is that of the message that claimed it: positive, so a parked one is not.
             dispatch_seq=-jobs.c.dispatch_seq if parked else jobs.c.dispatch_seq + 1,
             last_outcome=Outcome.TRANSIENT_ERROR.value,
             last_error=bindparam("error"),
@@ -288,11 +288,8 @@ def schedule_retry(
 def park_retry(
     conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime, due_at: datetime, error: str
 ) -> bool:
-    """PROCESSING at `attempt` → RETRY due at `due_at`, parked: no message is to be sent now, and none sent
-    before can claim it. A reconciler pass dispatches it as it comes within the schedule horizon.
-
-    Parked, `dispatch_seq` is the negated seq of the last message sent (0: none ever was), so every seq a message
-    carries is positive and the next dispatch (`redispatch`) still gets a seq no message has had."""
+    """`schedule_retry` with no message to send: a reconciler pass dispatches it as it comes due (`redispatch`).
+    Its `dispatch_seq` is the negated seq of its last message, so none of its messages can claim it."""
     params = {"job_id": job_id, "attempt": attempt, "now": now, "due_at": due_at, "error": error}
     return conn.execute(_PARK_RETRY, params).first() is not None
 
