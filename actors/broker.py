@@ -49,9 +49,16 @@ def redis_message_id(dispatch: Dispatch) -> str:
 
 
 def parse_redis_message_id(rid: str) -> tuple[uuid.UUID, int]:
-    """Split "<job id>.<seq>"; raise ValueError for anything else."""
+    """Split "<job id>.<seq>" as `redis_message_id` writes it: a canonical UUID and a seq the ledger's INTEGER
+    can hold (1 to 2^31 - 1); raise ValueError for anything else, which no claim statement may carry."""
     job_id, _, seq = rid.rpartition(".")
-    return uuid.UUID(job_id), int(seq)
+    parsed = uuid.UUID(job_id)
+    if str(parsed) != job_id or not (seq.isascii() and seq.isdigit()) or len(seq) > 10 or str(int(seq)) != seq:
+        raise ValueError(f"not the Redis id of a dispatch: {rid!r}")
+    number = int(seq)
+    if not 1 <= number <= 2**31 - 1:
+        raise ValueError(f"dispatch seq out of range: {rid!r}")
+    return parsed, number
 
 
 class PinRedisMessageId(Middleware):

@@ -9,7 +9,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import NamedTuple, TypeVar
 
@@ -50,6 +50,11 @@ def _worker_name(pid: int) -> str:
 
 #: Longest a success waits for a claim to share a statement with (at most this much later in the ledger).
 SUCCESS_LINGER = 0.005
+#: Milliseconds before a message ahead of the ledger is looked at again: a transaction that sent it commits sooner.
+AHEAD_RECHECK_MS = 250
+#: Looks after which a message still ahead is dropped: the transaction that sent it rolled back, and the job is the
+#: reconciler's again.
+AHEAD_RECHECKS = 20
 
 
 class _Claim(NamedTuple):
@@ -101,7 +106,7 @@ class Delivery:
         # Drawn once, outside the retried statement: a retry finds the claims it committed. The claims are stamped
         # with the database's clock, by which the reconciler expires them, whatever this host's clock says.
         token = uuid.uuid4()
-        claimed: list[ClaimedJob | None] | list[BaseException]
+        claimed: Sequence[ClaimedJob | BaseException | None]
         try:
             done, claimed = self.database.run(
                 lambda conn: transitions.succeed_and_claim(
@@ -115,6 +120,12 @@ class Delivery:
             # The claims hear of it at once (their messages come back later); the successes ride it out.
             claimed = [exc] * len(dispatches)
             done = self._write_successes(attempts, delivered, now=now)
+        except Exception:
+            # One request the database refuses fails the statement it shares: each goes on its own, so that only it
+            # fails, and no success is dropped (to be delivered again once its claim expires).
+            log.exception("a ledger batch failed; writing its %d requests one by one", len(requests))
+            done = self._write_successes(attempts, delivered, now=now) if delivered else []
+            claimed = [self._claim_alone(dispatch, now=now, token=token) for dispatch in dispatches]
         for (job, _, elapsed_ms), succeeded in zip(delivered, done, strict=True):
             if succeeded:
                 log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms)
@@ -122,6 +133,17 @@ class Delivery:
                 _log_taken_back(job)
         successes, claims = iter(done), iter(claimed)
         return [next(successes) if isinstance(request, _Delivered) else next(claims) for request in requests]
+
+    def _claim_alone(self, dispatch: _Claim, *, now: datetime, token: uuid.UUID) -> ClaimedJob | BaseException | None:
+        try:
+            return self.database.run(
+                lambda conn: transitions.claim_many(
+                    conn, [dispatch], now=now, worker=worker_name(), token=token, database_clock=True
+                )[0],
+                kept=True,
+            )
+        except Exception as exc:  # raised in the claiming thread alone
+            return exc
 
     def _write_successes(
         self, attempts: list[tuple[uuid.UUID, int]], delivered: list[_Delivered], *, now: datetime
@@ -212,18 +234,33 @@ class Delivery:
         text = _error_text(error)
         if decision.verdict is Verdict.RETRY:
             assert decision.due_at is not None
-            dispatch = self._write(
-                lambda: self.database.run(
-                    lambda conn: transitions.schedule_retry(
-                        conn, job.id, job.attempt, now=now, due_at=decision.due_at, error=text
-                    )
-                ),
-                claimed_at=started,
-            )
-            if dispatch is not None:
+            due_at = decision.due_at
+            if (due_at - now).total_seconds() > self.settings.schedule_horizon:
+                # Far off: parked in the ledger, which a reconciler pass sends as it comes due, rather than in the
+                # delay queue, where what is due soon would wait behind it (read in FIFO order).
+                done = self._write(
+                    lambda: self.database.run(
+                        lambda conn: transitions.park_retry(
+                            conn, job.id, job.attempt, now=now, due_at=due_at, error=text
+                        )
+                    ),
+                    claimed_at=started,
+                )
+                dispatch = None
+            else:
+                dispatch = self._write(
+                    lambda: self.database.run(
+                        lambda conn: transitions.schedule_retry(
+                            conn, job.id, job.attempt, now=now, due_at=due_at, error=text
+                        )
+                    ),
+                    claimed_at=started,
+                )
+                done = dispatch is not None
+            if done:
                 log.info("🔁 Job %s retry in %.1fs (attempt %d: %s)", job.id, decision.delay, job.attempt, text)
+            if dispatch is not None:
                 self._send(dispatch)
-            done = dispatch is not None
         else:
             outcome = Outcome.PERMANENT_ERROR if isinstance(error, PermanentError) else Outcome.TRANSIENT_ERROR
             done = self._write(
@@ -238,8 +275,13 @@ class Delivery:
             _log_taken_back(job)
 
     def _handle_unclaimed(self, dispatch: Dispatch) -> None:
-        """A message that did not claim is dropped, unless it is the job's current one and merely early."""
+        """A message that did not claim is dropped, unless it is the job's current one and merely early, or one
+        newer than the ledger has committed yet."""
         state = self.database.run(lambda conn: queries.dispatch_state(conn, dispatch.job_id))
+        if state is not None and dispatch.seq > abs(state.dispatch_seq):
+            # Sent by a transaction that has not committed yet (a reconciler pass sends first): its claim takes once
+            # it has. Back to the delay queue for a moment; `_retry_when` bounds how often, for one that rolled back.
+            raise SequenceAhead(f"dispatch {dispatch.seq} of job {dispatch.job_id} is not committed yet")
         if state is None or state.status not in WAITING or state.dispatch_seq != dispatch.seq:
             log.debug("dropping stale message %s.%s", dispatch.job_id, dispatch.seq)
             return
@@ -284,9 +326,20 @@ def _error_text(error: DeliveryError | None) -> str:
     return text[:MAX_ERROR_LENGTH]
 
 
-def _retry_ledger_outages(retries: int, exception: BaseException) -> bool:
-    # Only an unreachable ledger is worth Dramatiq's own retry: the claim never happened, so the
-    # message must come back. Anything else is a bug, and the reconciler owns the job's fate.
+class SequenceAhead(dramatiq.Retry):
+    """A message whose dispatch the ledger has not committed yet: looked at again shortly (a `Retry`, which
+    Dramatiq does not log as an error)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, delay=AHEAD_RECHECK_MS)
+
+
+def _retry_when(retries: int, exception: BaseException) -> bool:
+    # Besides a message ahead of the ledger (a few looks), only an unreachable ledger is worth Dramatiq's own retry:
+    # the claim never happened, so the message must come back. Anything else is a bug, and the reconciler owns the
+    # job's fate.
+    if isinstance(exception, SequenceAhead):
+        return retries < AHEAD_RECHECKS
     return isinstance(exception, LedgerUnavailable)
 
 
@@ -318,7 +371,7 @@ def declare_actor(broker: RedisBroker, delivery: Delivery, settings: Settings) -
         broker=broker,
         actor_name=ACTOR_NAME,
         queue_name=settings.queue,
-        retry_when=_retry_ledger_outages,
+        retry_when=_retry_when,
         min_backoff=500,
         max_backoff=30_000,
         time_limit=int(settings.attempt_time_limit * 1000),

@@ -118,8 +118,9 @@ class Reconciler:
             if not candidates:
                 return
             sent = [Dispatch(job_id, seq, due) for job_id, seq, due in candidates if seq > 0]
-            never_sent = [(job_id, seq) for job_id, seq, _ in candidates if seq == 0]
-            lost = [(d.job_id, d.seq) for d in self.dispatcher.missing(sent)] + never_sent
+            # Never sent (a far `send_at`) or parked (a far retry): coming due within the horizon, sent now.
+            unsent = [(job_id, seq) for job_id, seq, _ in candidates if seq <= 0]
+            lost = [(d.job_id, d.seq) for d in self.dispatcher.missing(sent)] + unsent
             dispatches = self.database.run(
                 lambda conn, lost=lost: self._send_before_commit(transitions.redispatch(conn, lost, now=now), now=now),
                 transaction=True,

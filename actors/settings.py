@@ -116,8 +116,10 @@ class Settings:
 
     @property
     def schedule_horizon(self) -> float:
-        """Jobs due within this many seconds are parked in Redis's delay queue; later ones wait in the
-        ledger until a reconciler pass comes close enough to their time."""
+        """Jobs due within this many seconds (a `send_at`, a retry) wait in Redis's delay queue; later ones wait
+        in the ledger until a reconciler pass comes close enough to their time, so that the delay queue, read in
+        FIFO order, holds nothing far off for what is due soon to wait behind. Two intervals: every pass sees
+        each job within it at least once before it is due."""
         return max(30.0, 2 * self.reconcile_interval)
 
     @property

@@ -43,11 +43,12 @@ def waiting_candidates(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[tuple[uuid.UUID, int, datetime]]:
-    """Waiting jobs that should have a message in Redis: dispatched and overdue, or never dispatched
-    and due before `schedule_until`. Keyset-paged on (next_attempt_at, id) from `after`."""
+    """Waiting jobs that should have a message in Redis: dispatched and overdue, or without a message (never
+    dispatched or parked, seq <= 0) and due before `schedule_until`. Keyset-paged on (next_attempt_at, id)
+    from `after`."""
     waiting = status_in(WAITING)
     overdue = and_(jobs.c.dispatch_seq > 0, jobs.c.next_attempt_at < overdue_before)
-    scheduled = and_(jobs.c.dispatch_seq == 0, jobs.c.next_attempt_at <= schedule_until)
+    scheduled = and_(jobs.c.dispatch_seq <= 0, jobs.c.next_attempt_at <= schedule_until)
     query = select(jobs.c.id, jobs.c.dispatch_seq, jobs.c.next_attempt_at).where(
         waiting, jobs.c.next_attempt_at <= max(overdue_before, schedule_until), or_(overdue, scheduled)
     )

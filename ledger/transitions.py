@@ -201,7 +201,7 @@ def _build_fail() -> Any:
     )
 
 
-def _build_schedule_retry() -> Any:
+def _build_schedule_retry(*, parked: bool) -> Any:
     guard, target = _transition("schedule_retry")
     return (
         update(jobs)
@@ -209,7 +209,8 @@ def _build_schedule_retry() -> Any:
         .values(
             status=target,
             next_attempt_at=bindparam("due_at", type_=UTCDateTime()),
-            dispatch_seq=jobs.c.dispatch_seq + 1,
+            # Held, the seq is that of the message that claimed it: positive, so a parked one is not.
+            dispatch_seq=-jobs.c.dispatch_seq if parked else jobs.c.dispatch_seq + 1,
             last_outcome=Outcome.TRANSIENT_ERROR.value,
             last_error=bindparam("error"),
             updated_at=bindparam("now", type_=UTCDateTime()),
@@ -259,7 +260,8 @@ _SUCCEED = _build_succeed(postgresql=False)
 _DRIVER_SUCCEED = DriverStatement(_build_succeed(postgresql=True))
 _DRIVER_SUCCEED_AND_CLAIM = DriverStatement(_build_succeed_and_claim())
 _FAIL = _build_fail()
-_SCHEDULE_RETRY = _build_schedule_retry()
+_SCHEDULE_RETRY = _build_schedule_retry(parked=False)
+_PARK_RETRY = _build_schedule_retry(parked=True)
 
 
 def succeed_many(
@@ -339,6 +341,15 @@ def schedule_retry(
     return None if row is None else Dispatch(job_id, row.dispatch_seq, due_at)
 
 
+def park_retry(
+    conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime, due_at: datetime, error: str
+) -> bool:
+    """`schedule_retry` with no message to send: a reconciler pass dispatches it as it comes due (`redispatch`).
+    Its `dispatch_seq` is the negated seq of its last message, so none of its messages can claim it."""
+    params = {"job_id": job_id, "attempt": attempt, "now": now, "due_at": due_at, "error": error}
+    return conn.execute(_PARK_RETRY, params).first() is not None
+
+
 def cancel(conn: Connection, job_id: uuid.UUID, *, scope: str, now: datetime) -> bool:
     """PENDING/RETRY → CANCELLED: no worker holds it, and no message of it will claim it any more."""
     guard, target = _transition("cancel")
@@ -399,14 +410,14 @@ def expire(
 
 
 def redispatch(conn: Connection, lost: list[tuple[uuid.UUID, int]], *, now: datetime) -> list[Dispatch]:
-    """Give waiting jobs `(job_id, seq)` whose message is gone a new dispatch; guarded on the seq read,
-    so of two overlapping reconciler passes only one re-dispatches each job."""
+    """Give waiting jobs `(job_id, seq)` whose message is gone, never sent or parked (seq <= 0) a new dispatch;
+    guarded on the seq read, so of two overlapping reconciler passes only one re-dispatches each job."""
     if not lost:
         return []
     rows = conn.execute(
         update(jobs)
         .where(tuple_(jobs.c.id, jobs.c.dispatch_seq).in_(lost), status_in(WAITING))
-        .values(dispatch_seq=jobs.c.dispatch_seq + 1, updated_at=now)
+        .values(dispatch_seq=func.abs(jobs.c.dispatch_seq) + 1, updated_at=now)
         .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.next_attempt_at)
     ).all()
     return [Dispatch(r.id, r.dispatch_seq, r.next_attempt_at) for r in rows]

@@ -123,9 +123,15 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def claim_job(self, job_id: uuid.UUID, which: str) -> bool:
         job = self.model[job_id]
-        seq = job.seq + {"current": 0, "stale": -1, "next": 1}[which]
+        # A parked job (seq < 0) has no current message: its last one (-seq) is stale, and the next not sent yet.
+        seq = abs(job.seq) + {"current": 0, "stale": -1, "next": 1}[which]
         claimed = self.run(lambda conn: transitions.claim(conn, job_id, seq, now=self.now, worker="w"))
-        takes = job.status in WAITING and which == "current" and job.due <= self.now + EARLY_CLAIM_TOLERANCE
+        takes = (
+            job.status in WAITING
+            and which == "current"
+            and job.seq >= 0
+            and job.due <= self.now + EARLY_CLAIM_TOLERANCE
+        )
         assert (claimed is not None) == takes
         if takes:
             job.status, job.attempts, job.claimed_at = Status.PROCESSING, job.attempts + 1, self.now
@@ -155,7 +161,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if done:
             job.status, job.claimed_at = Status.FAILED, None
 
-    def retry_job(self, job_id: uuid.UUID, offset: int, delay: int) -> None:
+    def retry_job(self, job_id: uuid.UUID, offset: int, delay: int, parked: bool = False) -> None:
         job = self.model[job_id]
         attempt = job.attempts + offset
         if self.holds(job, attempt) and job.attempts >= job.max_attempts:
@@ -163,6 +169,14 @@ class LedgerMachine(RuleBasedStateMachine):
             self.fail_job(job_id, offset, Outcome.TRANSIENT_ERROR)
             return
         due_at = self.now + timedelta(seconds=delay)
+        if parked:
+            done = self.run(
+                lambda conn: transitions.park_retry(conn, job_id, attempt, now=self.now, due_at=due_at, error="later")
+            )
+            assert done == self.holds(job, attempt)
+            if done:
+                job.status, job.claimed_at, job.seq, job.due = Status.RETRY, None, -job.seq, due_at
+            return
         dispatch = self.run(
             lambda conn: transitions.schedule_retry(conn, job_id, attempt, now=self.now, due_at=due_at, error="later")
         )
@@ -174,7 +188,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(has_jobs)
     @rule(
         index=st.integers(0, 7),
-        result=st.sampled_from(["success", "retry", "permanent", "crash"]),
+        result=st.sampled_from(["success", "retry", "parked retry", "permanent", "crash"]),
         delay=st.sampled_from([0, 2, 4, 40]),
     )
     def deliver(self, index, result, delay):
@@ -184,8 +198,8 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         if result == "success":
             self.succeed_job(job_id, 0)
-        elif result == "retry":
-            self.retry_job(job_id, 0, delay)
+        elif result in ("retry", "parked retry"):
+            self.retry_job(job_id, 0, delay, parked=result == "parked retry")
         else:
             self.fail_job(job_id, 0, Outcome.PERMANENT_ERROR)
 
@@ -225,9 +239,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.fail_job(self.pick(index, PROCESSING)[0], offset, outcome)
 
     @precondition(has_jobs)
-    @rule(index=st.integers(0, 7), offset=ATTEMPT_OFFSETS, delay=st.integers(0, 30))
-    def schedule_retry(self, index, offset, delay):
-        self.retry_job(self.pick(index, PROCESSING)[0], offset, delay)
+    @rule(index=st.integers(0, 7), offset=ATTEMPT_OFFSETS, delay=st.integers(0, 90), parked=st.booleans())
+    def schedule_retry(self, index, offset, delay, parked):
+        self.retry_job(self.pick(index, PROCESSING)[0], offset, delay, parked)
 
     @precondition(has_jobs)
     @rule(visibility=st.sampled_from([0, 1, 30, 60]), read=st.sampled_from(["query", "every-job", "stale"]))
@@ -300,7 +314,7 @@ class LedgerMachine(RuleBasedStateMachine):
         takes = job.status in WAITING and not stale
         assert len(sent) == (1 if takes else 0)
         if takes:
-            job.seq += 1
+            job.seq = abs(job.seq) + 1
             assert (sent[0].seq, sent[0].due_at) == (job.seq, job.due)
 
     @rule()
@@ -316,7 +330,7 @@ class LedgerMachine(RuleBasedStateMachine):
             job_id
             for job_id, job in self.model.items()
             if job.status in WAITING
-            and ((job.seq > 0 and job.due < overdue_before) or (job.seq == 0 and job.due <= schedule_until))
+            and ((job.seq > 0 and job.due < overdue_before) or (job.seq <= 0 and job.due <= schedule_until))
         }
         assert {job_id for job_id, _, _ in found} == expected
         lost = [(job_id, seq) for job_id, seq, _ in found]
@@ -324,7 +338,7 @@ class LedgerMachine(RuleBasedStateMachine):
         second = self.run(lambda conn: transitions.redispatch(conn, lost, now=self.now))
         assert ({d.job_id for d in first}, second) == (expected, [])
         for job_id in expected:
-            self.model[job_id].seq += 1
+            self.model[job_id].seq = abs(self.model[job_id].seq) + 1
 
     @rule(seconds=st.sampled_from([0.3, 0.5, 0.7, 1, 5, 31, 61]))
     def advance_clock(self, seconds):
