@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.conftest import unavailable
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that was free a moment ago on `host`."""
@@ -139,7 +141,7 @@ def make_http_server() -> Iterator[Callable[..., HttpServer]]:
         try:
             server = HttpServer(host, tls, **options)
         except OSError as exc:
-            pytest.skip(f"cannot listen on {host}: {exc}")
+            unavailable(f"cannot listen on {host}: {exc}")
         servers.append(server)
         return server
 
@@ -214,7 +216,7 @@ def smtp_server(start_smtp: Callable[..., SmtpServer]) -> SmtpServer:
 def make_certificate(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Path]]:
     """Make a throwaway self-signed certificate (cert, key) for a subjectAltName like "IP:127.0.0.1"."""
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
+        unavailable("the openssl command is not installed")
     made: dict[str, tuple[Path, Path]] = {}
 
     def make(subject_alt_name: str) -> tuple[Path, Path]:
