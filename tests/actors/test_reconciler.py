@@ -4,8 +4,8 @@ exactly once, and leaves alone what is merely waiting."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -14,6 +14,7 @@ from falcon import testing
 
 from actors.broker import NAMESPACE, Dispatcher, make_broker
 from ledger import intake, queries, transitions
+from ledger.database import Database
 from ledger.intake import NewNotification
 from ledger.states import Status
 from ledger.timestamps import utcnow
@@ -127,24 +128,54 @@ def test_a_post_while_redis_is_down_is_accepted_and_delivered_once_redis_is_back
         assert wait_for_status(database, uuid.UUID(job_id)).status is Status.SUCCESS
 
 
-def test_two_passes_at_the_same_moment_redispatch_each_lost_job_once(make_settings, database, dispatcher, queue_name):
+class WatchedLedger:
+    """A pass's ledger, as the reconciler uses it (`run`), with hooks the test uses to order two passes:
+    `after_read` sees each non-empty read made outside a transaction, `after_commit` each committed transaction."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        after_read: Callable[[list], None] = lambda rows: None,
+        after_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.database = database
+        self.after_read = after_read
+        self.after_commit = after_commit
+
+    def run(self, operation, *, transaction: bool = False, kept: bool = False):
+        result = self.database.run(operation, transaction=transaction, kept=kept)
+        if transaction:
+            self.after_commit()
+        elif isinstance(result, list) and result:
+            self.after_read(result)
+        return result
+
+
+def test_two_passes_that_both_read_every_lost_job_before_either_changes_one_redispatch_each_once(
+    make_settings, database, dispatcher, queue_name
+):
     settings = make_settings(WJP_RECONCILE_GRACE="0")
     jobs = [submit(database, None, settings) for _ in range(200)]
     clock = lambda: utcnow() + timedelta(seconds=1)  # noqa: E731
-    reconcilers = [make_reconciler(settings, database, dispatcher, clock=clock) for _ in range(2)]
-    start = threading.Barrier(2)
+    # Each pass waits, after reading the lost jobs, until the other has read them too: both then act on one reading.
+    both_read = threading.Barrier(2, timeout=60)
+    reads: list[int] = []
+
+    def read_then_wait_for_the_other(rows: list) -> None:
+        reads.append(len(rows))
+        both_read.wait()
+
+    ledgers = [WatchedLedger(database, after_read=read_then_wait_for_the_other) for _ in range(2)]
+    reconcilers = [make_reconciler(settings, ledger, dispatcher, clock=clock) for ledger in ledgers]
     reports = []
-
-    def run(reconciler) -> None:
-        start.wait()
-        reports.append(reconciler.run_once())
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in reconcilers]
+    threads = [threading.Thread(target=lambda r=r: reports.append(r.run_once())) for r in reconcilers]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
 
+    assert reads == [200, 200] and not both_read.broken
     assert sum(r.redispatched for r in reports) == 200
     assert queued_messages(settings.redis_url, queue_name) == 200
     channel = RecordingChannel()
@@ -155,7 +186,7 @@ def test_two_passes_at_the_same_moment_redispatch_each_lost_job_once(make_settin
 
 
 @pytest.mark.parametrize("lost", ["never_sent", "claim_expired"])
-def test_a_pass_running_while_another_sends_its_dispatches_does_not_send_them_again(
+def test_a_pass_that_reads_the_jobs_while_another_holds_them_uncommitted_sends_none_of_them_again(
     make_settings, database, dispatcher, queue_name, redis_server_url, lost
 ):
     settings = make_settings(WJP_RECONCILE_GRACE="0", WJP_VISIBILITY_TIMEOUT="60")
@@ -165,28 +196,52 @@ def test_a_pass_running_while_another_sends_its_dispatches_does_not_send_them_ag
         for job_id in jobs:
             database.run(lambda conn, job_id=job_id: transitions.claim(conn, job_id, 1, now=long_ago, worker="gone"))
     clock = lambda: utcnow() + timedelta(seconds=1)  # noqa: E731
-    slow_dispatcher = Dispatcher(make_broker(redis_server_url), queue_name)
-    sending = threading.Event()
-    send = slow_dispatcher.send
+    # What each pass did, in the order it happened.
+    events: list[str] = []
+    sending, second_read = threading.Event(), threading.Event()
 
-    def slow_send(dispatches, *, now):
+    # The first pass, about to send its dispatches, waits until the second has read the jobs: the reconciler sends
+    # inside its transaction, so the second reads while the first holds the rows, changed but not committed.
+    first_dispatcher = Dispatcher(make_broker(redis_server_url), queue_name)
+    send = first_dispatcher.send
+
+    def send_once_the_second_has_read(dispatches, *, now):
         if dispatches:
+            events.append("first sends")
             sending.set()
-            time.sleep(0.5)  # the other pass runs meanwhile
-        return send(dispatches, now=now)
+            if not second_read.wait(timeout=60):
+                events.append("first gave up waiting")
+        sent = send(dispatches, now=now)
+        if dispatches:
+            events.append("first sent")
+        return sent
 
-    slow_dispatcher.send = slow_send
-    slow = make_reconciler(settings, database, slow_dispatcher, clock=clock)
+    first_dispatcher.send = send_once_the_second_has_read
+
+    def first_committed() -> None:
+        if "first committed" not in events:
+            events.append("first committed")
+
+    def second_reads(rows: list) -> None:
+        if not second_read.is_set():
+            events.append(f"second read {len(rows)}")
+            second_read.set()
+
+    first_ledger = WatchedLedger(database, after_commit=first_committed)
+    first = make_reconciler(settings, first_ledger, first_dispatcher, clock=clock)
+    second = make_reconciler(settings, WatchedLedger(database, after_read=second_reads), dispatcher, clock=clock)
     reports = []
-    first = threading.Thread(target=lambda: reports.append(slow.run_once()))
-    first.start()
-    assert sending.wait(timeout=30)
-    second = make_reconciler(settings, database, dispatcher, clock=clock).run_once()
-    first.join()
+    first_pass = threading.Thread(target=lambda: reports.append(first.run_once()))
+    first_pass.start()
+    assert sending.wait(timeout=60)
+    second_report = second.run_once()
+    first_pass.join()
 
+    # The passes overlapped: the second read all the jobs after the first changed them and before it committed.
+    assert events == ["first sends", f"second read {len(jobs)}", "first sent", "first committed"]
     (first_report,) = reports
     assert first_report.expired + first_report.redispatched == len(jobs)
-    assert second.expired + second.redispatched == 0
+    assert second_report.expired + second_report.redispatched == 0
     assert queued_messages(settings.redis_url, queue_name) == len(jobs)
 
 
@@ -212,7 +267,10 @@ def test_a_retry_waiting_in_the_delay_queue_is_not_redispatched(make_settings, d
     dispatcher.send([retry], now=now)
 
     later = make_reconciler(settings, database, dispatcher, clock=lambda: now + timedelta(seconds=31))
-    assert later.run_once().redispatched == 0
+    report = later.run_once()
+
+    # The pass did consider the retry, now overdue, and found its message waiting
+    assert (report.checked, report.redispatched) == (1, 0)
 
 
 def test_a_send_at_job_a_minute_ahead_is_not_delivered_before_its_time_and_is_after_it(

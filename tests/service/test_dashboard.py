@@ -13,6 +13,11 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 
 from ledger import intake, queries, transitions
 from ledger.database import Database
@@ -21,19 +26,13 @@ from ledger.states import Outcome, Status
 from ledger.timestamps import utcnow
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.conftest import settings_env
+from tests.conftest import settings_env, unavailable
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 TOKEN = "dashboard-test-token"
 #: An error as a hostile webhook receiver might word it: it must show as text, never run.
 HOSTILE_ERROR = '550 5.1.1 user unknown <script>document.title = "pwned"</script>'
-
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -48,7 +47,7 @@ class _QuietHandler(WSGIRequestHandler):
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        pytest.skip(f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}): apt-get install them")
+        unavailable(f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}): apt-get install them")
     options = Options()
     options.binary_location = str(CHROMIUM)
     for flag in (

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.conftest import unavailable
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that was free a moment ago on `host`."""
@@ -65,6 +67,8 @@ class HttpServer:
         idle_timeout: float | None = None,
     ) -> None:
         self.requests: list[Recorded] = []
+        #: Replies begun: counted before a byte of the reply is sent, so a client that has one is counted.
+        self.replies = 0
         self.closed_ports: list[int] = []
         self.reply = Reply()
         self.released = threading.Event()
@@ -83,12 +87,16 @@ class HttpServer:
                 reply = owner.reply
                 if reply.hang:
                     owner.released.wait(reply.hang)
-                self.send_response(reply.status)
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                self.wfile.write(reply.body)
+                owner.replies += 1
+                try:
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # The client gave up waiting (a timeout under test): nothing to report.
 
             def finish(self) -> None:
                 super().finish()
@@ -139,7 +147,7 @@ def make_http_server() -> Iterator[Callable[..., HttpServer]]:
         try:
             server = HttpServer(host, tls, **options)
         except OSError as exc:
-            pytest.skip(f"cannot listen on {host}: {exc}")
+            unavailable(f"cannot listen on {host}: {exc}")
         servers.append(server)
         return server
 
@@ -214,7 +222,7 @@ def smtp_server(start_smtp: Callable[..., SmtpServer]) -> SmtpServer:
 def make_certificate(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Path]]:
     """Make a throwaway self-signed certificate (cert, key) for a subjectAltName like "IP:127.0.0.1"."""
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
+        unavailable("the openssl command is not installed")
     made: dict[str, tuple[Path, Path]] = {}
 
     def make(subject_alt_name: str) -> tuple[Path, Path]:

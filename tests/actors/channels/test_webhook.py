@@ -166,14 +166,14 @@ def test_a_redirect_is_not_followed_and_is_permanent(http_server: HttpServer) ->
     assert len(http_server.requests) == 1
 
 
-def test_a_receiver_that_hangs_past_the_timeout_is_transient_and_quick(http_server: HttpServer) -> None:
-    http_server.reply = Reply(hang=10)
+def test_a_receiver_that_never_answers_is_cut_off_by_the_timeout_as_transient(http_server: HttpServer) -> None:
+    # It answers only after a minute (or when the test ends): the channel can return before that only by giving up.
+    http_server.reply = Reply(hang=60)
     config = ChannelConfig(webhook_allow_private=True, webhook_timeout=0.5)
-    started = time.monotonic()
 
     with pytest.raises(TransientError, match="timed out"):
         WebhookChannel(config).deliver(notification(http_server.url))
-    assert time.monotonic() - started < 2
+    assert (len(http_server.requests), http_server.replies) == (1, 0)
 
 
 def test_the_timeout_is_cut_to_the_cap() -> None:
