@@ -23,12 +23,13 @@ from actors.batching import Batcher
 from actors.broker import ACTOR_NAME, RID_OPTION, BrokerUnavailable, Dispatcher, parse_redis_message_id
 from actors.channels.base import Channel, DeliveryError, Notification, PermanentError, TransientError
 from actors.settings import Settings
-from ledger import queries, transitions
+from ledger import claims, queries, transitions
+from ledger.claims import ClaimedJob
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from ledger.states import WAITING, Outcome
 from ledger.timestamps import utcnow
-from ledger.transitions import ClaimedJob, Dispatch
+from ledger.transitions import Dispatch
 
 log = logging.getLogger("wjp.worker")
 T = TypeVar("T")
@@ -109,7 +110,7 @@ class Delivery:
         claimed: Sequence[ClaimedJob | BaseException | None]
         try:
             done, claimed = self.database.run(
-                lambda conn: transitions.succeed_and_claim(
+                lambda conn: claims.succeed_and_claim(
                     conn, attempts, dispatches, now=now, worker=worker_name(), token=token, database_clock=True
                 ),
                 kept=True,
@@ -137,7 +138,7 @@ class Delivery:
     def _claim_alone(self, dispatch: _Claim, *, now: datetime, token: uuid.UUID) -> ClaimedJob | BaseException | None:
         try:
             return self.database.run(
-                lambda conn: transitions.claim_many(
+                lambda conn: claims.claim_many(
                     conn, [dispatch], now=now, worker=worker_name(), token=token, database_clock=True
                 )[0],
                 kept=True,
@@ -150,7 +151,7 @@ class Delivery:
     ) -> list[bool]:
         try:
             return self._write(
-                lambda: self.database.run(lambda conn: transitions.succeed_many(conn, attempts, now=now), kept=True),
+                lambda: self.database.run(lambda conn: claims.succeed_many(conn, attempts, now=now), kept=True),
                 claimed_at=max(item.claimed_at for item in delivered),
             )
         except LedgerUnavailable as exc:

@@ -60,7 +60,7 @@ def threads() -> None:
 def plan() -> None:
     from sqlalchemy import event
 
-    from ledger import transitions
+    from ledger import claims
     from ledger.database import Database
     from ledger.timestamps import utcnow
 
@@ -78,7 +78,7 @@ def plan() -> None:
         with db.engine.connect() as c:
             trans = c.begin()
             captured.clear()
-            transitions.claim_many(c, ids, now=utcnow(), worker="exp:1")  # the statement, as the product sends it
+            claims.claim_many(c, ids, now=utcnow(), worker="exp:1")  # the statement, as the product sends it
             statement, params = captured[-1]
             trans.rollback()
             trans = c.begin()

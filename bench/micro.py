@@ -202,7 +202,7 @@ def worker_pieces() -> list[dict]:
     import logging
 
     from actors.batching import Batcher
-    from ledger import intake, transitions
+    from ledger import claims, intake
     from ledger.database import Database
     from ledger.timestamps import utcnow
 
@@ -223,7 +223,7 @@ def worker_pieces() -> list[dict]:
 
         def claim(i: int, batch: int = batch, claimed: list = claimed) -> None:
             chunk = [next(it) for _ in range(batch)]
-            jobs = database.run(lambda conn: transitions.claim_many(conn, chunk, now=utcnow(), worker="micro:1"))
+            jobs = database.run(lambda conn: claims.claim_many(conn, chunk, now=utcnow(), worker="micro:1"))
             claimed.extend((j.id, j.attempt) for j in jobs if j)
 
         n = N // batch if batch > 1 else N // 2
@@ -232,7 +232,7 @@ def worker_pieces() -> list[dict]:
 
         def succeed(i: int, batch: int = batch, done=done) -> None:  # type: ignore[no-untyped-def]
             chunk = [next(done) for _ in range(batch)]
-            database.run(lambda conn: transitions.succeed_many(conn, chunk, now=utcnow()))
+            database.run(lambda conn: claims.succeed_many(conn, chunk, now=utcnow()))
 
         n_ok = len(claimed) // batch // 2  # measure() runs up to n_ok warm-up calls first
         out.append(measure(f"PRODUCT succeed_many, batch of {batch} (per job)", succeed, n=n_ok, per=batch))

@@ -16,7 +16,7 @@ KEY_RETENTION = timedelta(hours=24)
 
 
 def database_time(conn: Connection) -> datetime:
-    """The database's clock, which stamps the workers' claims (see `transitions.claim_many`): the reconciler's
+    """The database's clock, which stamps the workers' claims (see `claims.claim_many`): the reconciler's
     cutoff must be read from it, not from a host's clock that may be skewed. SQLite runs in this process, so
     its clock is this host's."""
     if conn.dialect.name != "postgresql":

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from actors.delivery import Delivery
-from ledger import maintenance, queries, transitions
+from ledger import claims, maintenance, queries
 from ledger.states import Status
 from ledger.timestamps import utcnow
 from tests.actors.conftest import RecordingChannel, make_reconciler, submit
@@ -50,7 +50,7 @@ def test_a_reconciler_whose_clock_runs_ahead_leaves_a_fresh_claim_alone(make_set
     settings = make_settings(WJP_VISIBILITY_TIMEOUT="60")
     job_id = submit(database, None, settings)
     now = database_time(database)
-    assert database.run(lambda conn: transitions.claim(conn, job_id, 1, now=now, worker="busy:1:t")) is not None
+    assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=now, worker="busy:1:t")) is not None
 
     report = make_reconciler(settings, database, dispatcher, clock=skewed(SKEW)).run_once()
 
@@ -62,7 +62,7 @@ def test_a_reconciler_whose_clock_runs_behind_still_takes_back_an_expired_claim(
     settings = make_settings(WJP_VISIBILITY_TIMEOUT="60")
     long_ago = database_time(database) - timedelta(seconds=61)
     job_id = submit(database, None, settings, now=long_ago)
-    assert database.run(lambda conn: transitions.claim(conn, job_id, 1, now=long_ago, worker="gone:1:t")) is not None
+    assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=long_ago, worker="gone:1:t")) is not None
 
     report = make_reconciler(settings, database, dispatcher, clock=skewed(-SKEW)).run_once()
 

@@ -13,7 +13,7 @@ import redis
 from falcon import testing
 
 from actors.broker import NAMESPACE, Dispatcher, make_broker
-from ledger import intake, queries, transitions
+from ledger import claims, intake, queries, transitions
 from ledger.database import Database
 from ledger.intake import NewNotification
 from ledger.states import Status
@@ -37,7 +37,7 @@ def test_an_expired_claim_is_taken_back_and_the_job_delivered_by_another_worker(
     # Given a job whose worker claimed it 61 s ago and vanished with its message
     long_ago = utcnow() - timedelta(seconds=61)
     job_id = submit(database, None, settings, now=long_ago)
-    database.run(lambda conn: transitions.claim(conn, job_id, 1, now=long_ago, worker="gone:1:t"))
+    database.run(lambda conn: claims.claim(conn, job_id, 1, now=long_ago, worker="gone:1:t"))
 
     # When a pass runs
     report = make_reconciler(settings, database, dispatcher).run_once()
@@ -59,7 +59,7 @@ def test_a_stuck_job_with_no_attempts_left_is_marked_failed_for_the_visibility_t
     settings = make_settings(WJP_VISIBILITY_TIMEOUT="60", WJP_MAX_ATTEMPTS="1")
     long_ago = utcnow() - timedelta(seconds=120)
     job_id = submit(database, None, settings, now=long_ago)
-    database.run(lambda conn: transitions.claim(conn, job_id, 1, now=long_ago, worker="gone:1:t"))
+    database.run(lambda conn: claims.claim(conn, job_id, 1, now=long_ago, worker="gone:1:t"))
 
     report = make_reconciler(settings, database, dispatcher).run_once()
 
@@ -72,7 +72,7 @@ def test_a_stuck_job_with_no_attempts_left_is_marked_failed_for_the_visibility_t
 def test_a_claim_younger_than_the_visibility_timeout_is_left_alone(make_settings, database, dispatcher):
     settings = make_settings(WJP_VISIBILITY_TIMEOUT="60")
     job_id = submit(database, None, settings)
-    database.run(lambda conn: transitions.claim(conn, job_id, 1, now=utcnow(), worker="busy:1:t"))
+    database.run(lambda conn: claims.claim(conn, job_id, 1, now=utcnow(), worker="busy:1:t"))
 
     report = make_reconciler(settings, database, dispatcher).run_once()
 
@@ -194,7 +194,7 @@ def test_a_pass_that_reads_the_jobs_while_another_holds_them_uncommitted_sends_n
     jobs = [submit(database, None, settings, now=long_ago) for _ in range(20)]
     if lost == "claim_expired":  # claimed by a worker that vanished with the messages
         for job_id in jobs:
-            database.run(lambda conn, job_id=job_id: transitions.claim(conn, job_id, 1, now=long_ago, worker="gone"))
+            database.run(lambda conn, job_id=job_id: claims.claim(conn, job_id, 1, now=long_ago, worker="gone"))
     clock = lambda: utcnow() + timedelta(seconds=1)  # noqa: E731
     # What each pass did, in the order it happened.
     events: list[str] = []
@@ -260,7 +260,7 @@ def test_a_retry_waiting_in_the_delay_queue_is_not_redispatched(make_settings, d
     settings = make_settings(WJP_RECONCILE_GRACE="0")
     job_id = submit(database, None, settings)
     now = utcnow()
-    database.run(lambda conn: transitions.claim(conn, job_id, 1, now=now, worker="w"))
+    database.run(lambda conn: claims.claim(conn, job_id, 1, now=now, worker="w"))
     retry = database.run(
         lambda conn: transitions.schedule_retry(conn, job_id, 1, now=now, due_at=now + timedelta(seconds=30), error="x")
     )

@@ -9,11 +9,12 @@ import pytest
 
 from actors.broker import Dispatcher, make_broker, parse_redis_message_id, redis_message_id
 from actors.delivery import Delivery, _Claim, _Delivered
-from ledger import queries, transitions
+from ledger import claims, queries
+from ledger.claims import ClaimedJob
 from ledger.database import Database
 from ledger.states import Status
 from ledger.timestamps import utcnow
-from ledger.transitions import ClaimedJob, Dispatch
+from ledger.transitions import Dispatch
 from tests.actors.conftest import RecordingChannel, submit
 
 JOB = uuid.UUID("3827e2bd-4882-4c95-975c-b12342a809b5")
@@ -67,7 +68,7 @@ def test_a_claim_the_database_refuses_fails_alone_and_the_success_and_claim_shar
         settings=settings,
     )
     delivered, claimable, refused = (submit(database, None, settings) for _ in range(3))
-    held = database.run(lambda conn: transitions.claim(conn, delivered, 1, now=utcnow(), worker="w"))
+    held = database.run(lambda conn: claims.claim(conn, delivered, 1, now=utcnow(), worker="w"))
     assert held is not None
 
     # One batch as the ledger batcher hands it over: a success, a good claim, and a claim whose seq overflows the

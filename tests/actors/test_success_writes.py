@@ -14,7 +14,7 @@ import pytest
 from actors import delivery as delivery_module
 from actors.broker import Dispatcher, make_broker, redis_message_id
 from actors.delivery import Delivery
-from ledger import queries, transitions
+from ledger import claims, queries, transitions
 from ledger.states import Status
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
@@ -24,11 +24,11 @@ from tests.pg_cluster import Outage
 
 
 class RecordedStatements:
-    """`transitions.succeed_and_claim` as the worker calls it, recorded; statements carrying successes wait for
+    """`claims.succeed_and_claim` as the worker calls it, recorded; statements carrying successes wait for
     `release`."""
 
     def __init__(self) -> None:
-        self.real = transitions.succeed_and_claim
+        self.real = claims.succeed_and_claim
         self.calls: list[tuple[list[uuid.UUID], list[uuid.UUID]]] = []
         self.release = threading.Event()
         self.release.set()

@@ -19,11 +19,11 @@ import redis
 from sqlalchemy import select
 
 from actors.broker import NAMESPACE, parse_redis_message_id
+from ledger.claims import EARLY_CLAIM_TOLERANCE
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from ledger.schema import attempts, jobs
 from ledger.states import WAITING, Status
-from ledger.transitions import EARLY_CLAIM_TOLERANCE
 from tests.chaos.checks import check_answers, check_flush
 from tests.chaos.producers import Producers
 from tests.chaos.report import ChaosConfig, Flush, Kill, Report

@@ -9,7 +9,7 @@ import signal
 import time
 import uuid
 
-from ledger import queries
+from ledger import claims, queries
 from ledger.states import Status
 from tests.actors.conftest import submit, wait_for_status
 from tests.conftest import free_port
@@ -174,7 +174,6 @@ def test_wjp_prune_deletes_finished_jobs_older_than_the_duration_and_keeps_the_r
 ):
     from datetime import timedelta
 
-    from ledger import transitions
     from ledger.timestamps import utcnow
 
     env = ledger_env(postgres_db, redis_server_url, queue_name, tmp_path)
@@ -183,8 +182,8 @@ def test_wjp_prune_deletes_finished_jobs_older_than_the_duration_and_keeps_the_r
     finished = {}
     for label, moment in (("old", old), ("recent", recent)):
         job_id = submit(postgres_db, None, settings, now=moment)
-        postgres_db.run(lambda conn, j=job_id, m=moment: transitions.claim(conn, j, 1, now=m, worker="w"))
-        postgres_db.run(lambda conn, j=job_id, m=moment: transitions.succeed(conn, j, 1, now=m))
+        postgres_db.run(lambda conn, j=job_id, m=moment: claims.claim(conn, j, 1, now=m, worker="w"))
+        postgres_db.run(lambda conn, j=job_id, m=moment: claims.succeed(conn, j, 1, now=m))
         finished[label] = job_id
     waiting = submit(postgres_db, None, settings, now=old)
 

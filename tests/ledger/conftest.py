@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ledger import intake, queries, transitions
+from ledger import claims, intake, queries, transitions
 from ledger.database import Database
 from ledger.intake import NewNotification
 from ledger.schema import attempts, jobs
@@ -62,7 +62,7 @@ def claim(database: Database, job_id: uuid.UUID, *, now: datetime = T0, seq: int
     """Claim the job's current dispatch (or `seq`)."""
     if seq is None:
         seq = job_row(database, job_id).dispatch_seq
-    return database.run(lambda conn: transitions.claim(conn, job_id, seq, now=now, worker=worker))
+    return database.run(lambda conn: claims.claim(conn, job_id, seq, now=now, worker=worker))
 
 
 def job_in(database: Database, status: Status, key: str, *, now: datetime = T0, max_attempts: int = 3) -> uuid.UUID:
@@ -77,7 +77,7 @@ def job_in(database: Database, status: Status, key: str, *, now: datetime = T0, 
     if status is Status.PROCESSING:
         return job_id
     if status is Status.SUCCESS:
-        assert database.run(lambda conn: transitions.succeed(conn, job_id, 1, now=now))
+        assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=now))
     elif status is Status.FAILED:
         assert database.run(
             lambda conn: transitions.fail(conn, job_id, 1, now=now, outcome=Outcome.PERMANENT_ERROR, error="no")

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from ledger import intake, maintenance, queries, transitions
+from ledger import claims, intake, maintenance, queries, transitions
 from ledger.schema import jobs
 from ledger.states import Outcome, Status
 from tests.ledger.conftest import SECOND, T0, claim, notification, submit
@@ -48,16 +48,16 @@ def test_counters_follow_every_kind_of_transition(database):
 
     # claim, claim_many
     claim(database, a, now=later())
-    database.run(lambda conn: transitions.claim_many(conn, [(b, 1), (c, 1), (d, 1)], now=later(), worker="w"))
+    database.run(lambda conn: claims.claim_many(conn, [(b, 1), (c, 1), (d, 1)], now=later(), worker="w"))
     assert assert_counters_match(database).counts[Status.PROCESSING] == 4
 
     # succeed (single and many), after a retry so that success attempts are not all 1
     retry = database.run(lambda conn: transitions.schedule_retry(conn, a, 1, now=later(), due_at=T0, error="x"))
     assert_counters_match(database)
     claim(database, a, now=later(), seq=retry.seq)
-    database.run(lambda conn: transitions.succeed(conn, a, 2, now=later()))
+    database.run(lambda conn: claims.succeed(conn, a, 2, now=later()))
     assert_counters_match(database)
-    database.run(lambda conn: transitions.succeed_many(conn, [(b, 1)], now=later()))
+    database.run(lambda conn: claims.succeed_many(conn, [(b, 1)], now=later()))
     stats = assert_counters_match(database)
     assert (stats.counts[Status.SUCCESS], stats.avg_attempts_success) == (2, 1.5)
 
@@ -122,7 +122,7 @@ def test_counters_stay_right_when_a_transaction_changes_many_jobs_and_rolls_back
         pass
 
     def complete_then_abort(conn):
-        transitions.succeed_many(conn, [(j, 1) for j in ids[:3]], now=T0 + SECOND)
+        claims.succeed_many(conn, [(j, 1) for j in ids[:3]], now=T0 + SECOND)
         transitions.fail(conn, ids[3], 1, now=T0 + SECOND, outcome=Outcome.TRANSIENT_ERROR, error="x")
         raise Abort
 
@@ -131,7 +131,7 @@ def test_counters_stay_right_when_a_transaction_changes_many_jobs_and_rolls_back
     assert assert_counters_match(database).counts[Status.PROCESSING] == 6
 
     def complete(conn):
-        transitions.succeed_many(conn, [(j, 1) for j in ids[:3]], now=T0 + SECOND)
+        claims.succeed_many(conn, [(j, 1) for j in ids[:3]], now=T0 + SECOND)
         transitions.fail(conn, ids[3], 1, now=T0 + SECOND, outcome=Outcome.TRANSIENT_ERROR, error="x")
         transitions.expire(conn, [(ids[4], 1)], now=T0 + VISIBILITY * 2, cutoff=T0 + VISIBILITY, error="t")
 
@@ -165,9 +165,9 @@ def test_eight_concurrent_writers_on_postgresql_lose_no_counter_update_and_do_no
 
                 def deliver(conn, request=request, now=now):
                     created = intake.accept(conn, request, now=now, dispatch_now=True)
-                    claimed = transitions.claim(conn, created.job_id, created.dispatch_seq, now=now, worker=f"t{index}")
+                    claimed = claims.claim(conn, created.job_id, created.dispatch_seq, now=now, worker=f"t{index}")
                     assert claimed is not None
-                    assert transitions.succeed(conn, claimed.id, claimed.attempt, now=now + SECOND)
+                    assert claims.succeed(conn, claimed.id, claimed.attempt, now=now + SECOND)
 
                 # Half as one transaction, half as the service runs it: one autocommitted statement each.
                 if n % 2:

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from ledger import intake, transitions
+from ledger import claims, intake
 from ledger.database import Database, array_literal, postgres
 from ledger.errors import LedgerUnavailable
 from ledger.intake import Intake
@@ -41,12 +41,12 @@ def test_the_hot_path_rides_over_connections_the_server_dropped(postgres_db):
 
     drop_every_connection_of(postgres_db)
     claimed = postgres_db.run(
-        lambda conn: transitions.claim_many(conn, [(created.job_id, 1), (result.job_id, 1)], now=T0, worker="w")
+        lambda conn: claims.claim_many(conn, [(created.job_id, 1), (result.job_id, 1)], now=T0, worker="w")
     )
     assert [job.attempt for job in claimed if job is not None] == [1, 1]
 
     drop_every_connection_of(postgres_db)
-    done = postgres_db.run(lambda conn: transitions.succeed_many(conn, [(created.job_id, 1)], now=T0))
+    done = postgres_db.run(lambda conn: claims.succeed_many(conn, [(created.job_id, 1)], now=T0))
     assert done == [True]
     assert job_row(postgres_db, created.job_id).status == Status.SUCCESS
     assert job_row(postgres_db, result.job_id).status == Status.PROCESSING
@@ -67,7 +67,7 @@ def test_a_server_that_stays_unreachable_is_an_outage_not_a_crash(private_ledger
         private_ledger.run(lambda conn: intake.accept(conn, notification("k-3"), now=T0, dispatch_now=True))
     with pytest.raises(LedgerUnavailable):
         private_ledger.run(
-            lambda conn: transitions.claim_many(conn, [(uuid.uuid4(), 1)], now=T0, worker="w"), kept=True
+            lambda conn: claims.claim_many(conn, [(uuid.uuid4(), 1)], now=T0, worker="w"), kept=True
         )
     with pytest.raises(LedgerUnavailable):
         private_ledger.ping()
@@ -123,10 +123,10 @@ def test_kept_connections_find_the_hot_paths_rows_by_key_while_the_table_has_no_
     # plan made now is kept for the connection's life (until an ANALYZE), when the table holds millions of rows.
     a, b = uuid.uuid4(), uuid.uuid4()
     statements = {
-        "claim": (transitions._DRIVER_CLAIM, {"ids": [a], "seqs": [1]}),
-        "success": (transitions._DRIVER_SUCCEED, {"ids": [a], "attempts": [1]}),
+        "claim": (claims._DRIVER_CLAIM, {"ids": [a], "seqs": [1]}),
+        "success": (claims._DRIVER_SUCCEED, {"ids": [a], "attempts": [1]}),
         "success and claim": (
-            transitions._DRIVER_SUCCEED_AND_CLAIM,
+            claims._DRIVER_SUCCEED_AND_CLAIM,
             {"success_ids": [a], "attempts": [1], "claim_ids": [b], "seqs": [1]},
         ),
     }
@@ -185,7 +185,7 @@ def test_after_a_restart_every_dead_pooled_connection_is_replaced_not_just_the_f
     assert again.outcome is Intake.CREATED
     # The hot path's kept connection, through the driver, likewise.
     claimed = private_ledger.run(
-        lambda conn: transitions.claim_many(conn, [(result.job_id, 1)], now=T0, worker="w"), kept=True
+        lambda conn: claims.claim_many(conn, [(result.job_id, 1)], now=T0, worker="w"), kept=True
     )
     assert [job.attempt for job in claimed if job is not None] == [1]
     assert private_ledger.run(backend_pid, kept=True) not in before

@@ -8,7 +8,7 @@ from datetime import UTC, timedelta, timezone
 import pytest
 from sqlalchemy import event, func, select
 
-from ledger import intake, maintenance, transitions
+from ledger import claims, intake, maintenance
 from ledger.intake import Intake
 from ledger.schema import jobs
 from ledger.states import Status
@@ -214,7 +214,7 @@ def test_a_replay_that_races_the_pruner_deleting_its_old_job_makes_a_new_job_ins
     # conflict) and its SELECT of the existing row. The key is forgotten, so the request is simply new.
     old = accept(database, notification("k"), now=T0 - timedelta(days=3)).job_id
     claim(database, old, now=T0 - timedelta(days=3))
-    database.run(lambda conn: transitions.succeed(conn, old, 1, now=T0 - timedelta(days=3)))
+    database.run(lambda conn: claims.succeed(conn, old, 1, now=T0 - timedelta(days=3)))
 
     pruned = []
 

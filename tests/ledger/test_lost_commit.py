@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ledger import intake, transitions
+from ledger import claims, intake
 from ledger.database import Database
 from ledger.intake import Accepting, Intake
 from ledger.states import Status
@@ -40,7 +40,7 @@ def test_a_claim_whose_answer_was_lost_is_returned_by_its_retry_counting_the_att
 
     proxy.arm()
     claimed = lossy.run(
-        lambda conn: transitions.claim_many(conn, [(job_id, 1)], now=utcnow(), worker="w", token=token), kept=True
+        lambda conn: claims.claim_many(conn, [(job_id, 1)], now=utcnow(), worker="w", token=token), kept=True
     )
 
     assert proxy.lost.is_set()
@@ -51,12 +51,12 @@ def test_a_claim_whose_answer_was_lost_is_returned_by_its_retry_counting_the_att
 
 def test_a_claim_under_another_token_still_finds_the_job_taken(postgres_db, lossy):
     job_id = submit(postgres_db, "taken", now=utcnow())
-    first = lossy.run(lambda conn: transitions.claim_many(conn, [(job_id, 1)], now=utcnow(), worker="w"), kept=True)
+    first = lossy.run(lambda conn: claims.claim_many(conn, [(job_id, 1)], now=utcnow(), worker="w"), kept=True)
     assert first[0] is not None
 
     # The same dispatch again (a duplicate message), claimed by another statement: nothing to return.
     again = lossy.run(
-        lambda conn: transitions.claim_many(conn, [(job_id, 1)], now=utcnow(), worker="w", token=uuid.uuid4()),
+        lambda conn: claims.claim_many(conn, [(job_id, 1)], now=utcnow(), worker="w", token=uuid.uuid4()),
         kept=True,
     )
 
@@ -66,12 +66,12 @@ def test_a_claim_under_another_token_still_finds_the_job_taken(postgres_db, loss
 
 def test_a_success_and_claim_whose_answer_was_lost_returns_its_claims_once(postgres_db, proxy, lossy):
     done, waiting = submit(postgres_db, "done", now=utcnow()), submit(postgres_db, "waiting", now=utcnow())
-    assert lossy.run(lambda conn: transitions.claim(conn, done, 1, now=utcnow(), worker="w"), kept=True) is not None
+    assert lossy.run(lambda conn: claims.claim(conn, done, 1, now=utcnow(), worker="w"), kept=True) is not None
     token = uuid.uuid4()
 
     proxy.arm()
     _, claimed = lossy.run(
-        lambda conn: transitions.succeed_and_claim(
+        lambda conn: claims.succeed_and_claim(
             conn, [(done, 1)], [(waiting, 1)], now=utcnow(), worker="w", token=token
         ),
         kept=True,
@@ -120,7 +120,7 @@ def test_a_claim_run_again_under_its_token_returns_what_it_claimed_on_both_datab
     token = uuid.uuid4()
 
     def claim_both(conn):
-        return transitions.claim_many(conn, [(first, 1), (second, 1)], now=utcnow(), worker="w", token=token)
+        return claims.claim_many(conn, [(first, 1), (second, 1)], now=utcnow(), worker="w", token=token)
 
     assert [job.attempt for job in database.run(claim_both)] == [1, 1]
     assert [job.attempt for job in database.run(claim_both)] == [1, 1]

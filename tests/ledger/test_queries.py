@@ -6,7 +6,7 @@ import uuid
 
 from sqlalchemy import event
 
-from ledger import queries, transitions
+from ledger import claims, queries
 from ledger.states import Status
 from tests.ledger.conftest import SECOND, T0, claim, job_in, submit
 
@@ -57,7 +57,7 @@ def test_the_attempts_list_never_loses_an_attempt_that_ends_while_it_is_read(dat
 
     def finish_after_reading_attempts(conn, cursor, statement, parameters, context, executemany):
         if "FROM attempts" in statement:
-            database.run(lambda other: transitions.succeed(other, job_id, 1, now=T0 + SECOND))
+            database.run(lambda other: claims.succeed(other, job_id, 1, now=T0 + SECOND))
 
     def read_while_finishing(conn):
         event.listen(conn, "after_cursor_execute", finish_after_reading_attempts)

@@ -21,12 +21,12 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import func, select
 
-from ledger import intake, maintenance, queries, transitions
+from ledger import claims, intake, maintenance, queries, transitions
+from ledger.claims import EARLY_CLAIM_TOLERANCE
 from ledger.database import Database
 from ledger.intake import Intake, NewNotification
 from ledger.schema import attempts, jobs
 from ledger.states import FINISHED, WAITING, Outcome, Status
-from ledger.transitions import EARLY_CLAIM_TOLERANCE
 from tests.conftest import reset_ledger
 from tests.ledger.conftest import T0
 
@@ -125,7 +125,7 @@ class LedgerMachine(RuleBasedStateMachine):
         job = self.model[job_id]
         # A parked job (seq < 0) has no current message: its last one (-seq) is stale, and the next not sent yet.
         seq = abs(job.seq) + {"current": 0, "stale": -1, "next": 1}[which]
-        claimed = self.run(lambda conn: transitions.claim(conn, job_id, seq, now=self.now, worker="w"))
+        claimed = self.run(lambda conn: claims.claim(conn, job_id, seq, now=self.now, worker="w"))
         takes = (
             job.status in WAITING
             and which == "current"
@@ -136,7 +136,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if takes:
             job.status, job.attempts, job.claimed_at = Status.PROCESSING, job.attempts + 1, self.now
             assert (claimed.attempt, claimed.max_attempts) == (job.attempts, job.max_attempts)
-            again = self.run(lambda conn: transitions.claim(conn, job_id, seq, now=self.now, worker="w2"))
+            again = self.run(lambda conn: claims.claim(conn, job_id, seq, now=self.now, worker="w2"))
             assert again is None
         return takes
 
@@ -146,7 +146,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def succeed_job(self, job_id: uuid.UUID, offset: int) -> None:
         job = self.model[job_id]
         attempt = job.attempts + offset
-        done = self.run(lambda conn: transitions.succeed(conn, job_id, attempt, now=self.now))
+        done = self.run(lambda conn: claims.succeed(conn, job_id, attempt, now=self.now))
         assert done == self.holds(job, attempt)
         if done:
             job.status, job.claimed_at = Status.SUCCESS, None

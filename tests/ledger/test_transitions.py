@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from ledger import maintenance, transitions
+from ledger import claims, maintenance, transitions
+from ledger.claims import EARLY_CLAIM_TOLERANCE
 from ledger.states import FINISHED, TRANSITIONS, WAITING, Outcome, Status, allowed
-from ledger.transitions import EARLY_CLAIM_TOLERANCE, Dispatch
+from ledger.transitions import Dispatch
 from tests.ledger.conftest import SECOND, T0, WORKER, attempt_rows, claim, history, job_in, job_row, submit
 
 VISIBILITY = timedelta(seconds=60)
@@ -21,7 +22,7 @@ TIMEOUT_ERROR = "visibility timeout exceeded"
 
 
 def succeed(database, job_id, attempt, *, now=T0):
-    return database.run(lambda conn: transitions.succeed(conn, job_id, attempt, now=now))
+    return database.run(lambda conn: claims.succeed(conn, job_id, attempt, now=now))
 
 
 def fail(database, job_id, attempt, *, now=T0, outcome=Outcome.PERMANENT_ERROR, error="550 no such user"):
@@ -60,7 +61,7 @@ def test_a_due_pending_job_is_claimed_for_its_first_attempt(database):
 
     claimed = claim(database, job_id, now=T0 + SECOND, seq=1, worker="w:1:t")
 
-    assert claimed == transitions.ClaimedJob(
+    assert claimed == claims.ClaimedJob(
         id=job_id,
         recipient="user@example.com",
         channel="email",
@@ -167,7 +168,7 @@ def test_claim_many_answers_in_the_order_asked_and_only_the_first_of_two_copies_
     first, second, never = submit(database, "a"), submit(database, "b"), submit(database, "c", dispatch_now=False)
 
     answers = database.run(
-        lambda conn: transitions.claim_many(
+        lambda conn: claims.claim_many(
             conn, [(second, 1), (first, 1), (second, 1), (never, 1), (uuid.uuid4(), 1)], now=T0, worker=WORKER
         )
     )
@@ -313,7 +314,7 @@ def test_succeed_many_completes_only_the_attempts_still_held(database):
     succeed(database, done, 1)
 
     answers = database.run(
-        lambda conn: transitions.succeed_many(conn, [(done, 1), (held, 1), (taken_back, 1)], now=T0 + 2 * SECOND)
+        lambda conn: claims.succeed_many(conn, [(done, 1), (held, 1), (taken_back, 1)], now=T0 + 2 * SECOND)
     )
 
     assert answers == [False, True, False]
@@ -329,7 +330,7 @@ def test_succeed_and_claim_does_both_batches_at_once_with_the_answers_of_each_al
     now = T0 + VISIBILITY + 2 * SECOND
 
     done, claimed = database.run(
-        lambda conn: transitions.succeed_and_claim(
+        lambda conn: claims.succeed_and_claim(
             conn,
             [(held, 1), (taken_back, 1), (waiting, 1)],
             [(waiting, 1), (taken_back, 1), (held, 1), (scheduled, 1), (waiting, 1)],
@@ -341,7 +342,7 @@ def test_succeed_and_claim_does_both_batches_at_once_with_the_answers_of_each_al
     assert done == [True, False, False]
     # taken_back was re-dispatched by the expiry (seq 2), so its seq-1 message claims nothing.
     assert [c.id if c else None for c in claimed] == [waiting, None, None, scheduled, None]
-    assert claimed[0] == transitions.ClaimedJob(
+    assert claimed[0] == claims.ClaimedJob(
         waiting, "user@example.com", "email", "Halo dari sistem worker!", None, None, 1, 3
     )
     assert [job_row(database, j).status for j in (held, taken_back, waiting, scheduled)] == [
@@ -359,7 +360,7 @@ def test_succeed_and_claim_with_one_batch_empty(database, kinds):
     dispatches = [(waiting, 1)] if kinds == "claims only" else []
 
     done, claimed = database.run(
-        lambda conn: transitions.succeed_and_claim(conn, attempts, dispatches, now=T0 + SECOND, worker=WORKER)
+        lambda conn: claims.succeed_and_claim(conn, attempts, dispatches, now=T0 + SECOND, worker=WORKER)
     )
 
     assert done == [True] * len(attempts)

@@ -14,7 +14,7 @@ import redis
 from falcon import testing
 
 from actors.broker import NAMESPACE, Dispatcher, make_broker
-from ledger import queries, transitions
+from ledger import claims, queries, transitions
 from ledger.database import Database
 from ledger.states import Outcome, Status
 from ledger.timestamps import utcnow
@@ -135,12 +135,12 @@ class Worker:
     def claim(self, job_id: str) -> int:
         key = uuid.UUID(job_id)
         seq = self.seq.get(key, 1)
-        claimed = self._run(lambda conn: transitions.claim(conn, key, seq, now=utcnow(), worker="test"))
+        claimed = self._run(lambda conn: claims.claim(conn, key, seq, now=utcnow(), worker="test"))
         assert claimed is not None, f"could not claim {job_id} at dispatch {seq}"
         return claimed.attempt
 
     def succeed(self, job_id: str, attempt: int) -> None:
-        assert self._run(lambda conn: transitions.succeed(conn, uuid.UUID(job_id), attempt, now=utcnow()))
+        assert self._run(lambda conn: claims.succeed(conn, uuid.UUID(job_id), attempt, now=utcnow()))
 
     def fail(self, job_id: str, attempt: int, error: str = "550 mailbox unavailable") -> None:
         key = uuid.UUID(job_id)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from ledger import intake, queries, transitions
+from ledger import claims, intake, queries, transitions
 from ledger.database import Database
 from ledger.intake import NewNotification
 from ledger.states import Outcome, Status
@@ -48,7 +48,7 @@ def failed(database: Database, *, channel: str = "email", at: datetime | None = 
     job_id = record(database, channel=channel, at=at - timedelta(seconds=1))
 
     def fail(conn) -> None:
-        assert transitions.claim(conn, job_id, 1, now=at, worker="test") is not None
+        assert claims.claim(conn, job_id, 1, now=at, worker="test") is not None
         assert transitions.fail(conn, job_id, 1, now=at, outcome=Outcome.PERMANENT_ERROR, error="550 no such user")
 
     database.run(fail, transaction=True)
@@ -59,8 +59,8 @@ def succeeded(database: Database) -> uuid.UUID:
     job_id = record(database)
 
     def succeed(conn) -> None:
-        assert transitions.claim(conn, job_id, 1, now=utcnow(), worker="test") is not None
-        assert transitions.succeed(conn, job_id, 1, now=utcnow())
+        assert claims.claim(conn, job_id, 1, now=utcnow(), worker="test") is not None
+        assert claims.succeed(conn, job_id, 1, now=utcnow())
 
     database.run(succeed, transaction=True)
     return job_id

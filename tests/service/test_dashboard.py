@@ -19,7 +19,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from ledger import intake, queries, transitions
+from ledger import claims, intake, queries, transitions
 from ledger.database import Database
 from ledger.intake import NewNotification
 from ledger.states import Outcome, Status
@@ -96,9 +96,9 @@ def record(database: Database, key: str | None = None) -> uuid.UUID:
 
 def finish(database: Database, job_id: uuid.UUID, error: str | None) -> None:
     def run(conn) -> None:
-        assert transitions.claim(conn, job_id, 1, now=utcnow(), worker="test") is not None
+        assert claims.claim(conn, job_id, 1, now=utcnow(), worker="test") is not None
         if error is None:
-            assert transitions.succeed(conn, job_id, 1, now=utcnow())
+            assert claims.succeed(conn, job_id, 1, now=utcnow())
         else:
             assert transitions.fail(conn, job_id, 1, now=utcnow(), outcome=Outcome.PERMANENT_ERROR, error=error)
 

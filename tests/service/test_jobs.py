@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 from falcon import testing
 
-from ledger import transitions
+from ledger import claims
 from ledger.database import Database
 from ledger.timestamps import utcnow
 from tests.service.conftest import Worker, assert_error, ledger_counts, notification, post
@@ -154,7 +154,7 @@ def test_cancelling_a_pending_job_answers_200_cancelled_and_it_stays_cancelled(c
     assert result.json["status"] == "CANCELLED"
     assert get(client, job_id)["status"] == "CANCELLED"
     # It is never delivered: its message can no longer claim it
-    claimed = database.run(lambda conn: transitions.claim(conn, uuid.UUID(job_id), 1, now=utcnow(), worker="w"))
+    claimed = database.run(lambda conn: claims.claim(conn, uuid.UUID(job_id), 1, now=utcnow(), worker="w"))
     assert claimed is None
 
 
