@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     ColumnElement,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -64,6 +65,14 @@ jobs = Table(
     # Drawn once per claim statement by the worker that sends it, so that the statement, retried after a commit
     # whose answer was lost with the connection, finds its own claims instead of taking them for someone else's.
     Column("claim_token", Uuid),
+    # The party the job is delivered to (`webhook:<host>:<port>`, `email:<relay>:<port>`, …), fixed at intake: the
+    # unit of limits, throttling and circuit breaking.
+    Column("destination", String(300), nullable=False, server_default=""),
+    # Since when, and why, the job has waited on its destination without an attempt (cleared by a claim).
+    Column("deferred_since", UTCDateTime),
+    Column("deferred_reason", String(20)),
+    # Attempts answered by throttling, which gave their attempt back (up to WJP_MAX_THROTTLES).
+    Column("throttles", Integer, nullable=False, server_default="0"),
     Column("worker", String(200)),
     Column("last_outcome", String(20)),
     Column("last_error", Text),
@@ -91,6 +100,19 @@ jobs = Table(
         "completed_at",
         postgresql_where=text("completed_at IS NOT NULL"),
         sqlite_where=text("completed_at IS NOT NULL"),
+    ),
+    Index(
+        "ix_jobs_waiting_destination",
+        "destination",
+        "next_attempt_at",
+        postgresql_where=text("status IN ('PENDING', 'RETRY')"),
+        sqlite_where=text("status IN ('PENDING', 'RETRY')"),
+    ),
+    Index(
+        "ix_jobs_deferred_since",
+        "deferred_since",
+        postgresql_where=text("deferred_since IS NOT NULL AND status IN ('PENDING', 'RETRY')"),
+        sqlite_where=text("deferred_since IS NOT NULL AND status IN ('PENDING', 'RETRY')"),
     ),
     # Failures are few: operators' views of recent failures and bulk retries read them without
     # walking past the successes.
@@ -124,6 +146,16 @@ job_counts = Table(
     Column("slot", Integer, primary_key=True, autoincrement=False),
     *(Column(status.lower(), BigInteger, nullable=False, server_default="0") for status in sorted(FINISHED)),
     Column("success_attempts", BigInteger, nullable=False, server_default="0"),
+)
+
+# Operators' limits per destination; a destination without a row, or a NULL, takes the workers' defaults.
+destinations = Table(
+    "destinations",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("concurrency", Integer),
+    Column("rate", Float),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 api_keys = Table(

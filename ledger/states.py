@@ -21,6 +21,9 @@ class Outcome(StrEnum):
     TRANSIENT_ERROR = "transient_error"
     PERMANENT_ERROR = "permanent_error"
     TIMED_OUT = "timed_out"
+    #: The receiver asked us to slow down (429, a 503 with Retry-After, SMTP 421/450/451 about rate): the attempt
+    #: gave its place in the job's budget back.
+    THROTTLED = "throttled"
 
 
 #: Statuses a worker may claim from, and that a producer may still cancel.
