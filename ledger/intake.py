@@ -35,6 +35,9 @@ class NewNotification:
     send_at: datetime | None = None
     #: The API key that sent it ('' when no producer keys exist).
     scope: str = ""
+    #: The party it is delivered to, as its channel names it (`Channel.destination`); the channel's name when not
+    #: given. Not part of the payload: it follows from the recipient and the API's settings.
+    destination: str = ""
 
     def payload_hash(self) -> str:
         """A digest of what makes two requests "the same": key order and time zones do not count."""
@@ -60,6 +63,7 @@ _INSERT = {
 _COLUMNS = (
     "id", "scope", "idempotency_key", "payload_hash", "recipient", "channel", "message", "subject", "metadata",
     "send_at", "status", "attempts", "max_attempts", "next_attempt_at", "dispatch_seq", "created_at", "updated_at",
+    "destination",
 )  # fmt: skip
 _DRIVER_INSERT = DriverStatement(_INSERT["postgresql"], column_keys=_COLUMNS)
 
@@ -123,6 +127,7 @@ class Accepting:
             "dispatch_seq": 1 if self.dispatch_now else 0,
             "created_at": now,
             "updated_at": now,
+            "destination": request.destination or request.channel,
         }
 
 
@@ -167,7 +172,7 @@ def accept(
 # parameter to encode (C-accelerated), where an array per column cost more client CPU than the round trip.
 _BATCH_COLUMNS = (
     "id", "scope", "idempotency_key", "payload_hash", "recipient", "channel", "message", "subject", "metadata",
-    "send_at", "max_attempts", "next_attempt_at", "dispatch_seq", "created_at",
+    "send_at", "max_attempts", "next_attempt_at", "dispatch_seq", "created_at", "destination",
 )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ class JobView:
     status: Status
     recipient: str
     channel: str
+    destination: str
     idempotency_key: str
     subject: str | None
     metadata: dict[str, Any] | None
@@ -50,6 +51,7 @@ JOB_COLUMNS = (
     jobs.c.status,
     jobs.c.recipient,
     jobs.c.channel,
+    jobs.c.destination,
     jobs.c.idempotency_key,
     jobs.c.subject,
     jobs.c.metadata,
@@ -72,6 +74,7 @@ def job_view(row: Any) -> JobView:
         status=status,
         recipient=row.recipient,
         channel=row.channel,
+        destination=row.destination,
         idempotency_key=row.idempotency_key,
         subject=row.subject,
         metadata=row.metadata,

@@ -223,6 +223,7 @@ def document(channels: list[str]) -> dict[str, Any]:
                         "status",
                         "recipient",
                         "channel",
+                        "destination",
                         "idempotency_key",
                         "attempts",
                         "max_attempts",
@@ -237,6 +238,10 @@ def document(channels: list[str]) -> dict[str, Any]:
                         "status": {"type": "string", "enum": statuses},
                         "recipient": {"type": "string"},
                         "channel": {"type": "string"},
+                        "destination": {
+                            "type": "string",
+                            "description": "The party the job is delivered to: the unit of limits and circuits.",
+                        },
                         "idempotency_key": {"type": "string"},
                         "subject": {"type": ["string", "null"]},
                         "metadata": {"type": ["object", "null"]},

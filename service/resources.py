@@ -119,6 +119,7 @@ def job_document(job: queries.JobView) -> dict[str, Any]:
         "status": job.status.value,
         "recipient": job.recipient,
         "channel": job.channel,
+        "destination": job.destination,
         "idempotency_key": job.idempotency_key,
         "subject": job.subject,
         "metadata": job.metadata,
