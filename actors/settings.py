@@ -100,6 +100,84 @@ def database_url(env: Mapping[str, str]) -> str:
         raise SettingsError(f"DATABASE_URL: {exc}") from None
 
 
+def fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    """A share: more than 0, at most 1."""
+    raw = text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number above 0 and at most 1, got {raw!r}") from None
+    if not 0 < value <= 1:
+        raise SettingsError(f"{name} must be a number above 0 and at most 1, got {raw!r}")
+    return value
+
+
+def rate(env: Mapping[str, str], name: str) -> float | None:
+    """Events per second, above 0; None when unset (unlimited)."""
+    raw = text(env, name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of events per second, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{name} must be a number of events per second above 0, got {raw!r}")
+    return value
+
+
+def whole(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number of at least 0."""
+    raw = text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 0:
+        raise SettingsError(f"{name} must be at least 0, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """Flow control per destination (SPEC "Destinations and flow control"): the defaults of its limits, the
+    circuit breaker and how long a job may wait on its destination."""
+
+    #: Whether the workers apply it at all (off: every job goes straight to its claim, as before destinations).
+    enabled: bool = True
+    #: Most attempts to one destination in flight at once, fleet-wide, unless an operator set another.
+    concurrency: int = 20
+    #: Most share of one worker process's threads that one destination may hold.
+    share: float = 0.5
+    #: Most attempts started per second per destination; None: unlimited.
+    rate: float | None = None
+    #: Throttling answers per job that give their attempt back; past them they count as transient errors.
+    max_throttles: int = 20
+    #: Consecutive transient failures of a destination that open its circuit.
+    breaker_threshold: int = 10
+    #: Seconds a circuit stays open before its probe, doubling on each reopening up to `WJP_BACKOFF_MAX`.
+    breaker_cooldown: float = 30.0
+    #: Most seconds a job may wait deferred, in all, before it is FAILED.
+    max_deferral: float = 86400.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FlowSettings:
+        return cls(
+            enabled=flag(env, "WJP_FLOW_CONTROL", True),
+            concurrency=positive_int(env, "WJP_DESTINATION_CONCURRENCY", 20),
+            share=fraction(env, "WJP_DESTINATION_SHARE", 0.5),
+            rate=rate(env, "WJP_DESTINATION_RATE"),
+            max_throttles=whole(env, "WJP_MAX_THROTTLES", 20),
+            breaker_threshold=positive_int(env, "WJP_BREAKER_THRESHOLD", 10),
+            breaker_cooldown=seconds(env, "WJP_BREAKER_COOLDOWN", 30.0, minimum=0.1),
+            max_deferral=seconds(env, "WJP_MAX_DEFERRAL", 86400.0, minimum=1.0),
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -113,6 +191,7 @@ class Settings:
     channels: ChannelConfig
     #: Where each worker host serves its own /metrics (Dramatiq's Prometheus exporter); None: not served.
     worker_metrics_port: int | None = None
+    flow: FlowSettings = FlowSettings()
 
     @property
     def schedule_horizon(self) -> float:
@@ -167,4 +246,5 @@ class Settings:
                 extra_modules=tuple(m.strip() for m in text(env, "WJP_CHANNEL_MODULES", "").split(",") if m.strip()),
             ),
             worker_metrics_port=port(env, "WJP_WORKER_METRICS_PORT"),
+            flow=FlowSettings.from_env(env),
         )

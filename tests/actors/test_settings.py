@@ -67,6 +67,16 @@ def test_a_visibility_timeout_of_2_s_keeps_every_margin_and_one_under_it_is_refu
         ("REDIS_URL", "http://localhost"),
         ("DATABASE_URL", "mysql://db"),
         ("WJP_QUEUE", "bad queue!"),
+        ("WJP_FLOW_CONTROL", "sometimes"),
+        ("WJP_DESTINATION_CONCURRENCY", "0"),
+        ("WJP_DESTINATION_SHARE", "0"),
+        ("WJP_DESTINATION_SHARE", "1.5"),
+        ("WJP_DESTINATION_RATE", "-1"),
+        ("WJP_DESTINATION_RATE", "inf"),
+        ("WJP_MAX_THROTTLES", "-1"),
+        ("WJP_BREAKER_THRESHOLD", "0"),
+        ("WJP_BREAKER_COOLDOWN", "0"),
+        ("WJP_MAX_DEFERRAL", "never"),
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_naming_the_variable(name, value):
@@ -74,3 +84,15 @@ def test_a_bad_value_is_refused_with_a_message_naming_the_variable(name, value):
         Settings.from_env({name: value})
     message = str(refused.value)
     assert name in message and "\n" not in message
+
+
+def test_flow_control_has_the_contracts_defaults_and_takes_fractional_values():
+    defaults = Settings.from_env({}).flow
+    assert (defaults.enabled, defaults.concurrency, defaults.share, defaults.rate) == (True, 20, 0.5, None)
+    assert (defaults.max_throttles, defaults.breaker_threshold, defaults.breaker_cooldown) == (20, 10, 30.0)
+    assert defaults.max_deferral == 86400.0
+    flow = Settings.from_env(
+        {"WJP_DESTINATION_RATE": "2.5", "WJP_DESTINATION_SHARE": "0.25", "WJP_BREAKER_COOLDOWN": "0.5"}
+    ).flow
+    assert (flow.rate, flow.share, flow.breaker_cooldown) == (2.5, 0.25, 0.5)
+    assert Settings.from_env({"WJP_FLOW_CONTROL": "false", "WJP_MAX_THROTTLES": "0"}).flow.enabled is False
