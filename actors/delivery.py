@@ -126,16 +126,19 @@ class Delivery:
             # fails, and no success is dropped (to be delivered again once its claim expires).
             log.exception("a ledger batch failed; writing its %d requests one by one", len(requests))
             done = self._write_successes(attempts, delivered, now=now) if delivered else []
-            claimed = [self._claim_alone(dispatch, now=now, token=token) for dispatch in dispatches]
+            claimed = [self._claim_alone(dispatch, now=now) for dispatch in dispatches]
         for (job, _, elapsed_ms), succeeded in zip(delivered, done, strict=True):
             if succeeded:
                 log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms)
             else:
                 _log_taken_back(job)
-        successes, claims = iter(done), iter(claimed)
-        return [next(successes) if isinstance(request, _Delivered) else next(claims) for request in requests]
+        successes, claim_results = iter(done), iter(claimed)
+        return [next(successes) if isinstance(request, _Delivered) else next(claim_results) for request in requests]
 
-    def _claim_alone(self, dispatch: _Claim, *, now: datetime, token: uuid.UUID) -> ClaimedJob | BaseException | None:
+    def _claim_alone(self, dispatch: _Claim, *, now: datetime) -> ClaimedJob | BaseException | None:
+        # A token of its own: under the batch's, a second request for the same dispatch would take the first's
+        # claim for its own and deliver the attempt again.
+        token = uuid.uuid4()
         try:
             return self.database.run(
                 lambda conn: claims.claim_many(

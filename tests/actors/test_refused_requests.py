@@ -81,3 +81,22 @@ def test_a_claim_the_database_refuses_fails_alone_and_the_success_and_claim_shar
     ids = (delivered, claimable, refused)
     jobs = [database.run(lambda conn, j=j: queries.get_job(conn, j, scope=None)) for j in ids]
     assert [job.status for job in jobs] == [Status.SUCCESS, Status.PROCESSING, Status.PENDING]
+
+
+def test_two_copies_of_one_message_in_a_refused_batch_claim_its_attempt_once(make_settings, database):
+    settings = make_settings()
+    delivery = Delivery(
+        database=database,
+        dispatcher=Dispatcher(make_broker(settings.redis_url), settings.queue),
+        channels={"log": RecordingChannel()},
+        settings=settings,
+    )
+    duplicated, refused = (submit(database, None, settings) for _ in range(2))
+
+    # A message sent twice under one id, both copies claiming in the batch a refused request sends one by one
+    results = delivery._write_batch([_Claim(duplicated, 1), _Claim(duplicated, 1), _Claim(refused, 2**31)])
+
+    assert [isinstance(result, ClaimedJob) for result in results[:2]].count(True) == 1
+    assert results[:2].count(None) == 1
+    job = database.run(lambda conn: queries.get_job(conn, duplicated, scope=None))
+    assert (job.status, job.attempts) == (Status.PROCESSING, 1)

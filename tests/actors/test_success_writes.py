@@ -14,7 +14,7 @@ import pytest
 from actors import delivery as delivery_module
 from actors.broker import Dispatcher, make_broker, redis_message_id
 from actors.delivery import Delivery
-from ledger import claims, queries, transitions
+from ledger import claims, queries
 from ledger.states import Status
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
@@ -43,7 +43,7 @@ class RecordedStatements:
 @pytest.fixture
 def statements(monkeypatch) -> RecordedStatements:
     recorded = RecordedStatements()
-    monkeypatch.setattr(transitions, "succeed_and_claim", recorded)
+    monkeypatch.setattr(claims, "succeed_and_claim", recorded)
     return recorded
 
 
