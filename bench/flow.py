@@ -81,18 +81,27 @@ def phase_flow_cost(h: Harness) -> dict:
             runs["webhook"][setting].append(h.webhook_drain(f"flow_cost_webhook_{setting}", **_flow(setting)))
     out: dict = {"pairs": FLOW_COST_PAIRS, "jobs": h.drain_jobs}
     for kind, by_setting in runs.items():
-        ratios = [on["jobs_per_s"] / off["jobs_per_s"] if off["jobs_per_s"] else float("nan")
-                  for on, off in zip(by_setting["on"], by_setting["off"], strict=True)]  # fmt: skip
+        pairs = list(zip(by_setting["on"], by_setting["off"], strict=True))
+        ratios = [_ratio(on["jobs_per_s"], off["jobs_per_s"]) for on, off in pairs]
+        # CPU per job moves far less with the machine's other users than the rates do (bench/README.md, "Noise").
+        cpu = [_ratio(on["worker_cpu_us_per_job"], off["worker_cpu_us_per_job"]) for on, off in pairs]
         out[kind] = {
             "ratio": round(median(ratios), 3),
             "ratios_per_pair": [round(x, 3) for x in ratios],
+            "cpu_per_job_ratio": round(median(cpu), 3),
             **{f"{figure}_{s}": [r[figure] for r in by_setting[s]]
                for figure in ("jobs_per_s", "worker_cpu_us_per_job") for s in ("on", "off")},
+            **{f"other_users_cores_{s}": [r["cores"].get("unaccounted_other_users") for r in by_setting[s]]
+               for s in ("on", "off")},
             "runs": by_setting,
         }  # fmt: skip
         log(f"  flow_cost {kind}: on/off {out[kind]['ratios_per_pair']} (jobs/s on {out[kind]['jobs_per_s_on']}, "
-            f"off {out[kind]['jobs_per_s_off']})")  # fmt: skip
+            f"off {out[kind]['jobs_per_s_off']}); worker CPU per job on/off {out[kind]['cpu_per_job_ratio']}")
     return out
+
+
+def _ratio(a: float | None, b: float | None) -> float:
+    return a / b if a and b else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------- noisy
@@ -267,6 +276,7 @@ def sink_counts(sink: Service) -> dict[str, int] | None:
 def summary(res: dict) -> dict:
     """The top-level fields of latest.json for these phases, and their targets."""
     noisy, cost = res.get("noisy") or {}, res.get("flow_cost") or {}
+    drains = {kind: cost.get(kind) or {} for kind in ("log", "webhook")}
 
     def healthy(run: str) -> dict:
         figures = (noisy.get(run) or {}).get("healthy") or {}
@@ -281,15 +291,16 @@ def summary(res: dict) -> dict:
             "with_noise": healthy("with_noise"),
         },
         "flow_cost": {
-            **{f"{kind}_ratio": (cost.get(kind) or {}).get("ratio") for kind in ("log", "webhook")},
-            **{f"{kind}_jobs_per_s": {s: _median((cost.get(kind) or {}).get(f"jobs_per_s_{s}")) for s in ("on", "off")}
-               for kind in ("log", "webhook")},
+            **{f"{kind}_ratio": drains[kind].get("ratio") for kind in drains},
+            **{f"{kind}_cpu_per_job_ratio": drains[kind].get("cpu_per_job_ratio") for kind in drains},
+            **{f"{kind}_jobs_per_s": {s: _median(drains[kind].get(f"jobs_per_s_{s}")) for s in ("on", "off")}
+               for kind in drains},
         },
         "targets": {
             "noisy_healthy_throughput": target(noisy.get("healthy_throughput_ratio"), ">=", 0.8),
             "noisy_healthy_p99": target(noisy.get("healthy_p99_ratio"), "<=", 2.0),
-            "flow_cost_log": target((cost.get("log") or {}).get("ratio"), ">=", 0.9),
-            "flow_cost_webhook": target((cost.get("webhook") or {}).get("ratio"), ">=", 0.9),
+            "flow_cost_log": target(drains["log"].get("ratio"), ">=", 0.9),
+            "flow_cost_webhook": target(drains["webhook"].get("ratio"), ">=", 0.9),
         },
     }
 
@@ -312,7 +323,8 @@ def table(res: dict) -> list[str]:
         f"{fmt(w['p50_ms'], 1)} / {fmt(w['p99_ms'], 1)} | {fmt(n['healthy_p99_ratio'], 2)} | p99 ≤ 2.0 × | "
         f"{t['noisy_healthy_p99']['pass']} |",
     ] + [
-        f"| {name} drain jobs/s, flow control off / on | {fmt(c[f'{kind}_jobs_per_s']['off'])} | "
+        f"| {name} drain jobs/s, flow control off / on (worker CPU per job on / off: "
+        f"{fmt(c[f'{kind}_cpu_per_job_ratio'], 2)}) | {fmt(c[f'{kind}_jobs_per_s']['off'])} | "
         f"{fmt(c[f'{kind}_jobs_per_s']['on'])} | {fmt(c[f'{kind}_ratio'], 2)} | ≥ 0.9 | "
         f"{t[f'flow_cost_{kind}']['pass']} |"
         for kind, name in (("log", "`log`"), ("webhook", "webhook"))
