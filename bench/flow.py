@@ -128,7 +128,7 @@ def phase_noisy(h: Harness, rate: float, basis: str) -> dict:
 
     def ratio(key: str) -> float | None:
         a, b = alone["healthy"][key], noise["healthy"][key]
-        return round(b / a, 3) if a and b == b else None
+        return round(b / a, 3) if a and b is not None and b == b else None
 
     return {
         "rate": rate,
