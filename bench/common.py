@@ -53,6 +53,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def target(measured: float | None, op: str, goal: float, **extra: object) -> dict:
+    """A target of the results: its goal, the figure measured and whether it passed (None: not measured)."""
+    ok = None
+    if measured is not None and measured == measured:
+        ok = {">=": measured >= goal, "<=": measured <= goal, "<": measured < goal}[op]
+    rounded = None if measured is None else round(measured, 3)
+    return {"target": f"{op} {goal:g}", "measured": rounded, "pass": ok, **extra}
+
+
 def median(values: Iterable[float]) -> float:
     values = [v for v in values if v == v]
     return statistics.median(values) if values else float("nan")

@@ -4,10 +4,13 @@ over keep-alive connections (a new one whenever all are busy).
 Request i is started at t0 + i / rate. Prints one JSON line: requests sent, answers by status, the achieved
 rate, how late requests started (the generator's own lag) and client-side HTTP latency percentiles.
 
-usage: python -m bench.openloop PORT RATE SECONDS TAG [WARMUP_SECONDS [SENT_FILE]]
+usage: python -m bench.openloop PORT RATE SECONDS TAG [WARMUP_SECONDS [SENT_FILE [STREAMS]]]
 Keys are `<TAG>w-<i>` during the warm-up and `<TAG>-<i>` after it, so the ledger can tell them apart.
 SENT_FILE receives {key: Unix time the request was started} for the measured requests, so that the latency a
 producer sees (request start → SUCCESS) can be computed next to the ledger's (created_at → completed_at).
+STREAMS (JSON) mixes several open-loop streams, each on its own schedule: a list of {"tag", "share", "channel",
+"recipient"}, a stream posting at RATE × share with keys `<TAG>.<tag>-<i>` (`<TAG>.<tag>w-<i>` in the warm-up);
+`{i}` in a recipient is the request's number. Without it, one stream of `log` notifications at RATE.
 
 The generator shares the machine's 2 cores with what it measures, so it is lean: uvloop when installed, one
 protocol object per connection and plain callbacks, no coroutine or task per request (about 60 µs of CPU per
@@ -22,6 +25,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from bench.common import pct
 
@@ -112,9 +116,19 @@ class Pool:
         connection.send(request, answered, started)
 
 
-async def run(port: int, rate: float, seconds: float, tag: str, warmup: float, sent: dict[str, float]) -> dict:
+@dataclass(frozen=True)
+class Stream:
+    """One open-loop stream of notifications: its requests are keyed `<key_prefix>-<i>`."""
+
+    key_prefix: str
+    rate: float
+    channel: str = "log"
+    recipient: str = "user{i}@example.com"
+
+
+async def run(port: int, streams: list[Stream], seconds: float, warmup: float, sent: dict[str, float]) -> dict:
     loop = asyncio.get_running_loop()
-    total = int((seconds + warmup) * rate)
+    total = sum(int((seconds + warmup) * s.rate) for s in streams)
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
     lags: list[float] = []
@@ -136,28 +150,31 @@ async def run(port: int, rate: float, seconds: float, tag: str, warmup: float, s
 
     started: list[float] = []
 
-    def start(i: int, due: float) -> None:
+    def start(stream: Stream, i: int, due: float) -> None:
         now = time.perf_counter()
         started.append(now)
         lags.append((now - due) * 1000)
-        measured = i / rate >= warmup
-        key = f"{tag}-{i}" if measured else f"{tag}w-{i}"
+        measured = i / stream.rate >= warmup
+        key = f"{stream.key_prefix}-{i}" if measured else f"{stream.key_prefix}w-{i}"
         body = json.dumps(
-            {"idempotency_key": key, "recipient": f"user{i}@example.com", "channel": "log", "message": MESSAGE}
-        ).encode()
+            {"idempotency_key": key, "recipient": stream.recipient.format(i=i), "channel": stream.channel,
+             "message": MESSAGE}
+        ).encode()  # fmt: skip
         if measured:
             sent[key] = time.time()
         pool.post(body, on_answer(measured))
 
     # Each request is scheduled on the loop's clock, so a late one does not delay the next.
     t0 = loop.time() + 0.05
-    for i in range(total):
-        due = t0 + i / rate
-        loop.call_at(due, start, i, time.perf_counter() + (due - loop.time()))
+    for stream in streams:
+        for i in range(int((seconds + warmup) * stream.rate)):
+            due = t0 + i / stream.rate
+            loop.call_at(due, start, stream, i, time.perf_counter() + (due - loop.time()))
     await done
+    started.sort()
     sent_s = started[-1] - started[0]
     return {
-        "target_rate": rate,
+        "target_rate": sum(s.rate for s in streams),
         "sent": total,
         "achieved_rate": round((total - 1) / sent_s, 1),
         "statuses": {str(k): v for k, v in statuses.items()},
@@ -172,6 +189,11 @@ async def run(port: int, rate: float, seconds: float, tag: str, warmup: float, s
 def main() -> None:
     port, rate, seconds, tag = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     warmup = float(sys.argv[5]) if len(sys.argv) > 5 else 2.0
+    if len(sys.argv) > 7:
+        streams = [Stream(f"{tag}.{s['tag']}", rate * s["share"], s["channel"], s["recipient"])
+                   for s in json.loads(sys.argv[7])]  # fmt: skip
+    else:
+        streams = [Stream(tag, rate)]
     sent: dict[str, float] = {}
     try:
         import uvloop
@@ -179,7 +201,7 @@ def main() -> None:
         runner = asyncio.run
     else:
         runner = uvloop.run
-    result = runner(run(port, rate, seconds, tag, warmup, sent))
+    result = runner(run(port, streams, seconds, warmup, sent))
     if len(sys.argv) > 6:
         with open(sys.argv[6], "w") as f:
             json.dump(sent, f)

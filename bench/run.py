@@ -4,7 +4,7 @@ baselines and peers, in one run on one machine. Writes `bench/results/latest.jso
 BENCH_QUICK=1 runs a reduced version (fewer jobs, shorter runs, 1 M rows only) in under 5 minutes.
 Other knobs: BENCH_API_WORKERS (gunicorn workers for our API and both baselines, default 4),
 BENCH_INTAKE_REPS, BENCH_INTAKE_SECONDS, BENCH_DRAIN_JOBS, BENCH_E2E_SECONDS, BENCH_SCALES (e.g. "1000000"),
-BENCH_ONLY (comma-separated phases: intake, drain, peers, e2e, maintenance), BENCH_KEEP_DB=1.
+BENCH_ONLY (comma-separated phases: intake, drain, peers, e2e, flow_cost, noisy, maintenance), BENCH_KEEP_DB=1.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import common
+from bench import common, flow
 from bench.common import (
     BENCH,
     DATABASE_URL,
@@ -42,6 +42,7 @@ from bench.common import (
     pct,
     running,
     start,
+    target,
 )
 
 os.environ["DATABASE_URL"] = DATABASE_URL
@@ -62,7 +63,7 @@ SCALES = [int(s) for s in os.environ.get("BENCH_SCALES", "1000000" if QUICK else
 STATS_SAMPLES = 50 if QUICK else 200
 RECONCILE_SAMPLES = 10 if QUICK else 30
 CANDIDATE_PASSES = 3 if QUICK else 7
-PHASES = [p for p in os.environ.get("BENCH_ONLY", "intake,drain,peers,e2e,maintenance").split(",") if p]
+PHASES = [p for p in os.environ.get("BENCH_ONLY", "intake,drain,peers,e2e,flow_cost,noisy,maintenance").split(",") if p]
 QUEUE = "notifications"
 
 r = redis.Redis.from_url(REDIS_URL)
@@ -361,14 +362,14 @@ def drain(name: str, n: int, channel: str, recipient: str, extra_groups: dict | 
     return out
 
 
-def webhook_drain() -> dict:
+def webhook_drain(name: str = "drain_webhook", **env: str) -> dict:
     port = common.free_port()
     sink = start("webhook-sink", [PYTHON, "-m", "bench.sink", str(port), "2"])
     with running(sink):
         common.wait_http(port, "/")
         out = drain(
-            "drain_webhook", DRAIN_JOBS, "webhook", f"http://127.0.0.1:{port}/hook",
-            extra_groups={"sink": sink.tree()}, WJP_WEBHOOK_ALLOW_PRIVATE="true",
+            name, DRAIN_JOBS, "webhook", f"http://127.0.0.1:{port}/hook",
+            extra_groups={"sink": sink.tree()}, WJP_WEBHOOK_ALLOW_PRIVATE="true", **env,
         )  # fmt: skip
     served = re.findall(r"served=(\d+)", sink.log_path.read_text())
     out["sink_served"] = sum(map(int, served[-2:])) if served else None
@@ -747,11 +748,6 @@ def machine() -> dict:
     }
 
 
-def target(ratio: float | None, op: str, goal: float, **extra: object) -> dict:
-    ok = None if ratio is None or ratio != ratio else (ratio >= goal if op == ">=" else ratio < goal)
-    return {"target": f"{op} {goal:g}", "measured": None if ratio is None else round(ratio, 3), "pass": ok, **extra}
-
-
 def summarise(res: dict) -> dict:
     intake, drain_, peers, e2e, maint = (res.get(k, {}) for k in ("intake", "drain", "peers", "e2e", "maintenance"))
     big = "5m" if "5m" in maint else None
@@ -805,6 +801,9 @@ def summarise(res: dict) -> dict:
         "rss_api_mb": target(out["rss_mb"]["api"], "<", 100),
         "rss_worker_mb": target(out["rss_mb"]["worker"], "<", 100),
     }  # fmt: skip
+    destinations = flow.summary(res)
+    out["targets"].update(destinations.pop("targets"))
+    out.update(destinations)
     rate = {k: out[k]["jobs_per_s"] for k in ("drain_webhook", "peer_dramatiq", "peer_celery")}
     out["info_ratios"] = {
         "drain_webhook_vs_dramatiq": _round(ratio(rate["drain_webhook"], rate["peer_dramatiq"])),
@@ -856,6 +855,8 @@ def main() -> int:
         if "e2e" in PHASES:
             max_rps = _dig(results, ("intake", "intake", "rps")) or float(os.environ.get("BENCH_E2E_MAX_RPS", "1000"))
             results["e2e"] = phase_e2e(max_rps)
+        harness = flow.Harness(reset_ledger, api_server, worker, drain, webhook_drain, DRAIN_JOBS)
+        results.update(flow.run_phases(PHASES, results, harness))
         if "maintenance" in PHASES:
             results["maintenance"] = phase_maintenance()
     finally:
@@ -866,7 +867,8 @@ def main() -> int:
     results["duration_s"] = round(time.time() - started)
     final = {**summarise(results), "meta": {k: results[k] for k in (
         "date", "quick", "loadavg_before", "loadavg_after", "machine_busy_cores_before", "duration_s", "machine")},
-        "details": {k: results.get(k) for k in ("intake", "drain", "peers", "e2e", "maintenance")}}  # fmt: skip
+        "details": {k: results.get(k) for k in ("intake", "drain", "peers", "e2e", "noisy", "flow_cost",
+                                                 "maintenance")}}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     common.write_json(RESULTS / "latest.json", final)
     table = render_table(final)
@@ -959,6 +961,7 @@ def render_table(res: dict) -> str:
               "| --- | --- |",
               f"| {' / '.join(fmt(v) for v in cpu['gunicorn_per_request'].values())} | "
               f"{' / '.join(fmt(v) for v in cpu['worker_per_job'].values())} |"]  # fmt: skip
+    lines += flow.table(res)
     return "\n".join(lines)
 
 
