@@ -163,8 +163,9 @@ def _destinations(views: list[DestinationView] | None, now: datetime) -> str:
 
     rows = "".join(
         f'<tr data-destination="{escape(view.key)}"><td><code>{escape(view.key)}</code></td>'
-        f"<td>{view.concurrency}{'' if not view.overridden else ' *'}</td>"
-        f"<td>{'unlimited' if view.rate is None else f'{view.rate:g}/s'}</td><td>{view.in_flight}</td>"
+        f"<td>{view.concurrency}{' *' if view.override.concurrency is not None else ''}</td>"
+        f"<td>{'unlimited' if view.rate is None else f'{view.rate:g}/s'}"
+        f"{' *' if view.override.rate is not None else ''}</td><td>{view.in_flight}</td>"
         f'<td class="circuit" data-circuit="{view.circuit}">{view.circuit.replace("_", "-")}</td>'
         f"<td>{view.consecutive_failures}</td><td>{until(view.opened_until)}</td><td>{until(view.paused_until)}</td>"
         f"<td>{view.waiting}</td></tr>"

@@ -37,14 +37,14 @@ class DestinationView:
     paused_until: datetime | None
     #: Jobs PENDING or RETRY on this destination (due or not).
     waiting: int
-    #: Whether an operator set a limit of its own.
-    overridden: bool = False
+    #: The limits an operator set (None: that limit is the default).
+    override: Limits
 
     def noteworthy(self, now: datetime) -> bool:
         """Listed by `GET /internal/destinations`: limits set, a circuit not closed, a pause, work in flight or
         waiting. Every other destination is at its defaults with nothing to say."""
         paused = self.paused_until is not None and self.paused_until > now
-        return self.overridden or self.circuit != "closed" or paused or self.in_flight > 0 or self.waiting > 0
+        return self.override != Limits() or self.circuit != "closed" or paused or self.in_flight > 0 or self.waiting > 0
 
 
 class Destinations:
@@ -112,7 +112,7 @@ class Destinations:
             opened_until=state.opened_until,
             paused_until=state.paused_until,
             waiting=waiting,
-            overridden=limits != Limits(),
+            override=limits,
         )
 
     @staticmethod

@@ -229,5 +229,5 @@ def test_the_destinations_panel_shows_limits_circuits_and_waiting_jobs_as_escape
     cells = {html.unescape(key): re.findall(r"<td[^>]*>(.*?)</td>", row) for key, row in rows}
     assert list(cells) == ["custom:<img src=x onerror=\"document.title=1\">:443", "log", "sms:gateway.example.net"]
     assert cells[HOSTILE_DESTINATION][-1] == "1"  # waiting
-    assert cells["log"][1:3] == ["3 *", "0.5/s"]
+    assert cells["log"][1:3] == ["3 *", "0.5/s *"]
     assert cells["sms:gateway.example.net"][4] == "open"
