@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -55,3 +56,32 @@ def waiting(conn: Connection, keys: Iterable[str] | None = None) -> dict[str, in
     if keys is not None:
         query = query.where(jobs.c.destination.in_(list(keys)))
     return {destination: int(count) for destination, count in conn.execute(query).all()}
+
+
+#: Leaves a limit as it is in `change_limits`.
+KEEP: Any = object()
+
+
+def change_limits(conn: Connection, key: str, *, concurrency: Any = KEEP, rate: Any = KEEP, now: datetime) -> Limits:
+    """Set the limits given (None: back to the default), keep the others; one upsert, so two operators changing
+    different limits of one destination at once both take effect. Returns the destination's limits now."""
+    changes = {name: value for name, value in (("concurrency", concurrency), ("rate", rate)) if value is not KEEP}
+    if not changes:
+        return overrides_of(conn, key)
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(destinations).values(key=key, updated_at=now, **changes)
+    row = conn.execute(
+        statement.on_conflict_do_update(index_elements=[destinations.c.key], set_={**changes, "updated_at": now})
+        .returning(destinations.c.concurrency, destinations.c.rate)
+    ).one()
+    if row.concurrency is None and row.rate is None:
+        clear_limits(conn, key)
+    return Limits(row.concurrency, row.rate)
+
+
+def overrides_of(conn: Connection, key: str) -> Limits:
+    """The override of one destination; the defaults (both None) when it has none."""
+    row = conn.execute(
+        select(destinations.c.concurrency, destinations.c.rate).where(destinations.c.key == key)
+    ).one_or_none()
+    return Limits(row.concurrency, row.rate) if row is not None else Limits()

@@ -6,10 +6,13 @@ import falcon
 
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
+from actors.flow import Gate
+from actors.flow.overview import Destinations
 from ledger.database import Database
 from service import errors, gunicorn_conf, multiproc
 from service.access import AdminTokenMiddleware, ApiKeyMiddleware
 from service.dashboard import Dashboard, DashboardLogin, DashboardRetry
+from service.destinations import DestinationCollection, DestinationItem
 from service.metrics import Metrics
 from service.openapi import OpenApiDocument
 from service.resources import (
@@ -26,9 +29,13 @@ from service.settings import ServiceSettings
 
 
 def create_app(
-    settings: ServiceSettings, *, database: Database | None = None, dispatcher: Dispatcher | None = None
+    settings: ServiceSettings,
+    *,
+    database: Database | None = None,
+    dispatcher: Dispatcher | None = None,
+    gate: Gate | None = None,
 ) -> falcon.App:
-    """Build the API. Tests pass their own ledger and dispatcher; production builds them from settings."""
+    """Build the API. Tests pass their own ledger, dispatcher and gate; production builds them from settings."""
     core = settings.core
     ctx = Context(
         settings=settings,
@@ -38,6 +45,8 @@ def create_app(
         dispatcher=dispatcher or Dispatcher(make_broker(core.redis_url), core.queue),
         channels=build_channels(core.channels),
     )
+    # The destinations' state lives in the broker's Redis, read through the same connections.
+    destinations = Destinations(ctx.database, gate or Gate(ctx.dispatcher.broker.client), core.flow)
     middleware: list[object] = [ApiKeyMiddleware(ctx.database)]
     if settings.admin_token:
         middleware.insert(0, AdminTokenMiddleware(settings.admin_token))
@@ -49,10 +58,12 @@ def create_app(
     app.add_route("/api/notifications/{job_id}/attempts", NotificationAttempts(ctx))
     app.add_route("/internal/queue/stats", QueueStats(ctx))
     app.add_route("/internal/notifications/{job_id}/retry", NotificationRetry(ctx))
-    app.add_route("/internal/dashboard", Dashboard(ctx))
+    app.add_route("/internal/destinations", DestinationCollection(destinations))
+    app.add_route("/internal/destinations/{key}", DestinationItem(destinations))
+    app.add_route("/internal/dashboard", Dashboard(ctx, destinations))
     app.add_route("/internal/dashboard/login", DashboardLogin(ctx))
     app.add_route("/internal/dashboard/jobs/{job_id}/retry", DashboardRetry(ctx))
-    app.add_route("/metrics", Metrics(ctx.database, settings.metrics_dir))
+    app.add_route("/metrics", Metrics(ctx.database, settings.metrics_dir, destinations))
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(ctx))
     app.add_route("/openapi.json", OpenApiDocument(sorted(ctx.channels)))

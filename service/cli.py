@@ -1,4 +1,4 @@
-"""The `wjp` command line: migrate, serve, worker, reconcile, stats, retry, api-key, prune, dev."""
+"""The `wjp` command line: migrate, serve, worker, reconcile, stats, retry, api-key, destinations, prune, dev."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from pathlib import Path
 
 from actors.broker import BrokerUnavailable, Dispatcher, make_broker
 from actors.channels import build_channels
+from actors.flow import Gate
+from actors.flow.keys import MalformedKey
+from actors.flow.overview import Destinations
 from actors.reconciler import PassReport, Reconciler
 from actors.settings import Settings, SettingsError
 from ledger import api_keys, maintenance, queries, transitions
@@ -22,7 +25,7 @@ from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from ledger.migrate import upgrade
 from ledger.timestamps import rfc3339, utcnow
-from service import multiproc
+from service import cli_destinations, multiproc
 from service.settings import ServiceSettings
 
 log = logging.getLogger("wjp")
@@ -249,6 +252,17 @@ def cmd_api_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_destinations(args: argparse.Namespace) -> int:
+    settings = _settings()
+    gate = Gate(make_broker(settings.redis_url).client)
+    try:
+        return cli_destinations.run(args, Destinations(_ledger(settings), gate, settings.flow))
+    except MalformedKey as exc:
+        raise CommandError(f"not a destination key: {exc}") from None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     settings = _settings()
     database = _ledger(settings)
@@ -303,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name", type=_key_name)
     key_actions.add_parser("list", help="every key (never the keys themselves)")
     key_actions.add_parser("revoke", help="stop a key from working").add_argument("name")
+    cli_destinations.add_parser(commands, cmd_destinations)
     prune = command("prune", cmd_prune, "delete finished jobs older than a duration")
     prune.add_argument("--older-than", type=parse_duration, required=True, metavar="DURATION")
     dev = command("dev", cmd_dev, "run API, worker and reconciler on SQLite and an embedded Redis")

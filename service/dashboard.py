@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import falcon
 
+from actors.broker import BrokerUnavailable
+from actors.flow.overview import Destinations, DestinationView
 from ledger import activity, queries, transitions
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
@@ -63,8 +66,9 @@ def _form(req: falcon.Request) -> dict[str, str]:
 class Dashboard:
     """GET /internal/dashboard"""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, destinations: Destinations) -> None:
         self.ctx = ctx
+        self.destinations = destinations
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         query = (req.get_param("q") or "").strip()[: activity.MAX_KEY_LENGTH]
@@ -82,7 +86,15 @@ class Dashboard:
                 notice_job=req.get_param("job"),
             )
 
-        _html(resp, dashboard_page.render(self.ctx.database.run(read)))
+        overview = self.ctx.database.run(read)
+        _html(resp, dashboard_page.render(replace(overview, destinations=self._destinations(now))))
+
+    def _destinations(self, now: datetime) -> list[DestinationView] | None:
+        """The noteworthy destinations, or None when Redis does not answer: the rest of the page still shows."""
+        try:
+            return self.destinations.listing(now=now)
+        except BrokerUnavailable:
+            return None
 
 
 class DashboardRetry:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 
+from actors.flow.overview import DestinationView
 from ledger.activity import Minute
 from ledger.queries import JobView, QueueStats
 from ledger.states import Status
@@ -27,7 +28,7 @@ header p, .muted { color: #666; margin: .2rem 0; }
 #counts { display: flex; flex-wrap: wrap; gap: .5rem; margin-top: 1rem; }
 .count { border: 1px solid #ccc; border-radius: 6px; padding: .5rem .8rem; min-width: 6rem; }
 .count .value { display: block; font-size: 1.6rem; font-variant-numeric: tabular-nums; }
-.count[data-status=failed] .value { color: #b00020; }
+.count[data-status=failed] .value, td.circuit[data-circuit=open] { color: #b00020; }
 table { border-collapse: collapse; width: 100%; } th, td { text-align: left; padding: .3rem .5rem; }
 tr + tr td { border-top: 1px solid #eee; } td.error { color: #b00020; white-space: pre-wrap; word-break: break-word; }
 code { font-size: .85em; } meter { width: 12rem; }
@@ -82,6 +83,8 @@ class Overview:
     found: list[JobView] | None
     notice: str | None = None
     notice_job: str | None = None
+    #: The noteworthy destinations (limits set, circuits not closed, jobs waiting); None: Redis did not answer.
+    destinations: list[DestinationView] | None = None
 
 
 def _time(moment: datetime | None) -> str:
@@ -148,6 +151,36 @@ def _throughput(minutes: list[Minute]) -> str:
     )
 
 
+def _destinations(views: list[DestinationView] | None, now: datetime) -> str:
+    title = '<section id="destinations"><h2>Destinations</h2>'
+    if views is None:
+        return f'{title}<p class="muted">Redis cannot be reached: limits and circuits are unknown.</p></section>'
+    if not views:
+        return f'{title}<p class="muted">Every destination is at its defaults, with nothing waiting.</p></section>'
+
+    def until(moment: datetime | None) -> str:
+        return _time(moment) if moment is not None and moment > now else ""
+
+    rows = "".join(
+        f'<tr data-destination="{escape(view.key)}"><td><code>{escape(view.key)}</code></td>'
+        f"<td>{view.concurrency}{' *' if view.override.concurrency is not None else ''}</td>"
+        f"<td>{'unlimited' if view.rate is None else f'{view.rate:g}/s'}"
+        f"{' *' if view.override.rate is not None else ''}</td><td>{view.in_flight}</td>"
+        f'<td class="circuit" data-circuit="{view.circuit}">{view.circuit.replace("_", "-")}</td>'
+        f"<td>{view.consecutive_failures}</td><td>{until(view.opened_until)}</td><td>{until(view.paused_until)}</td>"
+        f"<td>{view.waiting}</td></tr>"
+        for view in views
+    )
+    head = (
+        "<tr><th>destination</th><th>concurrency</th><th>rate</th><th>in flight</th><th>circuit</th>"
+        "<th>failures</th><th>open until</th><th>paused until</th><th>waiting</th></tr>"
+    )
+    return (
+        f'{title}<table id="destination-list">{head}{rows}</table>'
+        '<p class="muted">* limit set by an operator (<code>wjp destinations set</code>)</p></section>'
+    )
+
+
 def _notice(overview: Overview) -> str:
     template = NOTICES.get(overview.notice or "")
     if template is None or overview.notice_job is None:
@@ -180,7 +213,8 @@ def render(overview: Overview) -> str:
         f'<main id="live">{_notice(overview)}{_counts(stats)}'
         f'<p id="oldest-due">Oldest due job has waited <strong>{_duration(stats.oldest_due_age)}</strong>'
         f" · mean attempts of successful jobs {stats.avg_attempts_success:g}</p>"
-        f'{_lookup_results(overview)}<section id="failures"><h2>Recent failures</h2>{failures}</section>'
+        f'{_lookup_results(overview)}{_destinations(overview.destinations, overview.now)}'
+        f'<section id="failures"><h2>Recent failures</h2>{failures}</section>'
         f"{_throughput(overview.minutes)}</main>"
     )
     return _page(

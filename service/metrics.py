@@ -10,6 +10,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from actors.broker import BrokerUnavailable
+from actors.flow.overview import Destinations
 from ledger import queries
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
@@ -59,10 +61,29 @@ class LedgerCollector:
         )
 
 
+class DestinationsCollector:
+    """The destinations' circuits, read from Redis at each scrape: the same for every API process, so computed here
+    rather than counted by the workers (where each process would hold a part of it)."""
+
+    def __init__(self, destinations: Destinations) -> None:
+        self.destinations = destinations
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            count = self.destinations.open_circuits()
+        except BrokerUnavailable:
+            return  # Redis unreachable: no value rather than a wrong one (/readyz says what is down).
+        yield GaugeMetricFamily(
+            "wjp_destinations_open_circuits",
+            "Destinations whose circuit is open or half-open: their jobs are deferred, at most one probe goes out.",
+            value=count,
+        )
+
+
 class Metrics:
     """GET /metrics, in the Prometheus text format."""
 
-    def __init__(self, database: Database, multiprocess_dir: str | None) -> None:
+    def __init__(self, database: Database, multiprocess_dir: str | None, destinations: Destinations) -> None:
         # Every outcome exists from the start, so rate() and alerts see a zero rather than no series at all.
         # (Here, not at import: in multiprocess mode the first value opens this process's file.)
         for outcome in INTAKE_OUTCOMES:
@@ -75,6 +96,7 @@ class Metrics:
         else:
             self._registry.register(REGISTRY)
         self._registry.register(LedgerCollector(database))
+        self._registry.register(DestinationsCollector(destinations))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = CONTENT_TYPE_PLAIN_0_0_4

@@ -23,6 +23,7 @@ _ERROR_CODES = [
     "payload_too_large",
     "unsupported_media_type",
     "ledger_unavailable",
+    "redis_unavailable",
     "not_ready",
     "forbidden",
     "internal_error",
@@ -59,6 +60,30 @@ _FORM = {
 
 
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_DESTINATION_KEY = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "description": "`<channel>` or `<channel>:<host>[:<port>]`, an IPv6 host in brackets: `webhook:[2001:db8::1]:443`. "
+    "Read case-insensitively in the host; any well-formed key answers (the defaults when nothing is known of it).",
+    "schema": {"type": "string"},
+}
+#: Every field of a destination's document, all of them always present.
+_DESTINATION_PROPERTIES = {
+    "key": {"type": "string"},
+    "concurrency": {"type": "integer", "description": "The override, else the default."},
+    "rate": {"type": ["number", "null"], "description": "The override, else the default; null: unlimited."},
+    "in_flight": {"type": "integer"},
+    "circuit": {
+        "type": "string",
+        "enum": ["closed", "open", "half_open"],
+        "description": "An open circuit past `opened_until` reads open until its probe goes out.",
+    },
+    "consecutive_failures": {"type": "integer"},
+    "opened_until": _TIME,
+    "paused_until": _TIME,
+    "waiting": {"type": "integer", "description": "Jobs PENDING or RETRY on this destination."},
+}
 
 
 def document(channels: list[str]) -> dict[str, Any]:
@@ -124,6 +149,32 @@ def document(channels: list[str]) -> dict[str, Any]:
                     "summary": "Send a FAILED notification again with a fresh attempt budget",
                     "security": _ADMIN,
                     "responses": {"202": _json(_ref("Job"), "Queued again"), **_errors(401, 404, 409, 503)},
+                },
+            },
+            "/internal/destinations": {
+                "get": {
+                    "summary": "Destinations with limits set, a circuit not closed, a pause, jobs in flight or waiting",
+                    "security": _ADMIN,
+                    "responses": {"200": _json(_ref("Destinations"), "The destinations"), **_errors(401, 503)},
+                }
+            },
+            "/internal/destinations/{key}": {
+                "parameters": [_DESTINATION_KEY],
+                "get": {
+                    "summary": "One destination: its limits, circuit and waiting jobs",
+                    "security": _ADMIN,
+                    "responses": {"200": _json(_ref("Destination"), "The destination"), **_errors(401, 404, 503)},
+                },
+                "put": {
+                    "summary": "Override a destination's limits; every worker applies them within 5 s",
+                    "description": "A number sets a limit, null takes it back to the default, a limit left out of "
+                    "the body stays as it is.",
+                    "security": _ADMIN,
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Limits")}}},
+                    "responses": {
+                        "200": _json(_ref("Destination"), "The destination with its new limits"),
+                        **_errors(400, 401, 404, 413, 415, 503),
+                    },
                 },
             },
             "/internal/dashboard": {
@@ -288,6 +339,34 @@ def document(channels: list[str]) -> dict[str, Any]:
                         "avg_attempts_success": {"type": "number"},
                         "oldest_due_age_seconds": {"type": "number"},
                     },
+                },
+                "Limits": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "concurrency": {
+                            "type": ["integer", "null"],
+                            "minimum": 1,
+                            "maximum": 1_000_000,
+                            "description": "Most attempts in flight at once, fleet-wide; null: the default.",
+                        },
+                        "rate": {
+                            "type": ["number", "null"],
+                            "minimum": 0.001,
+                            "maximum": 1_000_000,
+                            "description": "Most attempts started per second; null: the default.",
+                        },
+                    },
+                },
+                "Destination": {
+                    "type": "object",
+                    "required": list(_DESTINATION_PROPERTIES),
+                    "properties": _DESTINATION_PROPERTIES,
+                },
+                "Destinations": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {"data": {"type": "array", "items": _ref("Destination")}},
                 },
                 "Error": {
                     "type": "object",

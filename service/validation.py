@@ -174,7 +174,7 @@ def parse_notification(
 
     if problems:
         raise _invalid(problems)
-    assert recipient is not None and channel_name is not None and message is not None
+    assert recipient is not None and channel_name is not None and channel is not None and message is not None
     return NewNotification(
         idempotency_key=key,
         recipient=recipient,
@@ -185,6 +185,7 @@ def parse_notification(
         metadata=metadata,
         send_at=send_at,
         scope=scope,
+        destination=channel.destination(recipient),
     )
 
 

@@ -78,5 +78,10 @@ class Channel(ABC):
     def deliver(self, notification: Notification) -> str:
         """Deliver one attempt and return a short receipt, or raise a `DeliveryError`."""
 
+    def destination(self, recipient: str) -> str:
+        """The key of the party an attempt to `recipient` talks to (SPEC "Destinations and flow control"), for a
+        recipient `check_recipient` accepted; a channel that talks to one party is that party: its name."""
+        return self.name
+
     def close(self) -> None:  # noqa: B027 - most channels keep nothing between deliveries
         """Let go of what the channel keeps between deliveries; called once, after the worker's threads stopped."""

@@ -27,6 +27,7 @@ from actors.channels.base import (
     PermanentError,
     TransientError,
 )
+from actors.flow.keys import destination_key
 
 #: Longest one SMTP socket operation may wait, in seconds, before `ChannelConfig.timeout_cap` and the time left
 #: before the attempt's deadline cut it.
@@ -185,6 +186,12 @@ class EmailChannel(Channel):
 
     def check_recipient(self, recipient: str) -> str | None:
         return address_problem(recipient)
+
+    def destination(self, recipient: str) -> str:
+        """`email:<relay host>:<port>`, the one relay every message goes through; `email:outbox` without one."""
+        if self.server is None:
+            return destination_key(self.name, "outbox")
+        return destination_key(self.name, self.server.host, self.server.port)
 
     def deliver(self, notification: Notification) -> str:
         problem = self.check_recipient(notification.recipient)

@@ -14,6 +14,7 @@ from actors.channels import deadline, register
 from actors.channels.base import Channel, ChannelConfig, Notification, PermanentError, TransientError
 from actors.channels.transport import WatchedTransport
 from actors.channels.webhook import USER_AGENT, raise_for_status, read_limited
+from actors.flow.keys import destination_key
 
 #: Longest one SMS request may take, in seconds, before `ChannelConfig.timeout_cap` and the time left before the
 #: attempt's deadline cut it.
@@ -55,6 +56,11 @@ class SmsChannel(Channel):
             raise ValueError("WJP_SMS_URL must be an http:// or https:// URL")
         account = quote(config.sms_account or "", safe="")
         self.endpoint = f"{base}/2010-04-01/Accounts/{account}/Messages.json"
+        try:
+            #: `sms:<gateway host>`: every message goes to the one gateway.
+            self._destination = destination_key(self.name, httpx.URL(base).raw_host.decode("ascii"))
+        except (httpx.InvalidURL, ValueError):
+            raise ValueError("WJP_SMS_URL needs a host name, as in https://api.twilio.com") from None
         self.timeout = min(SMS_TIMEOUT, config.timeout_cap)
         self._clock = clock
         # One pooled client for the channel's lifetime: every request goes to the same gateway,
@@ -73,6 +79,9 @@ class SmsChannel(Channel):
         if not _E164.fullmatch(recipient):
             return "The phone number must be in E.164 form: + and 8 to 15 digits, as in +14155550123."
         return None
+
+    def destination(self, recipient: str) -> str:
+        return self._destination
 
     def deliver(self, notification: Notification) -> str:
         problem = self.check_recipient(notification.recipient)

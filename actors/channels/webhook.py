@@ -21,6 +21,7 @@ from actors.channels import deadline, register
 from actors.channels.base import Channel, ChannelConfig, Notification, PermanentError, TransientError
 from actors.channels.netguard import Resolver, host_refusal, refusal_reason, system_resolver
 from actors.channels.transport import WatchedTransport
+from actors.flow.keys import destination_key
 
 #: Sent on every request, so receivers can tell our traffic apart in their logs.
 USER_AGENT = "worker-job-processor"
@@ -44,6 +45,9 @@ KEEPALIVE_SECONDS = 1.5
 ENDPOINTS_PER_THREAD = 32
 
 _SECRET_PREFIX = "whsec_"
+
+#: The port of a URL that names none.
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 def decode_secret(secret: str) -> bytes:
@@ -168,6 +172,11 @@ class WebhookChannel(Channel):
         except PermanentError as exc:
             return str(exc)
         return None
+
+    def destination(self, recipient: str) -> str:
+        """`webhook:<host>:<port>`: the port explicit, the host as httpx connects to it (IDNA ASCII)."""
+        url = httpx.URL(recipient)
+        return destination_key(self.name, url.raw_host.decode("ascii"), url.port or _DEFAULT_PORTS[url.scheme])
 
     def _recipient_url(self, recipient: str) -> httpx.URL:
         """The recipient as a URL we may post to; the PermanentError says why it is not one."""

@@ -4,6 +4,8 @@ by idempotency key, and the page refreshing itself, checked as a person would se
 
 from __future__ import annotations
 
+import html
+import re
 import threading
 import time
 import uuid
@@ -13,14 +15,19 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
+import redis
+from falcon import testing
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from ledger import claims, intake, queries, transitions
+from actors.flow import BreakerPolicy, Gate
+from actors.flow import Outcome as GateOutcome
+from ledger import claims, destinations, intake, queries, transitions
 from ledger.database import Database
+from ledger.destinations import Limits
 from ledger.intake import NewNotification
 from ledger.states import Outcome, Status
 from ledger.timestamps import utcnow
@@ -181,3 +188,46 @@ def test_an_operator_signs_in_sees_the_queue_retries_a_failure_and_finds_jobs_in
     # Nothing the page does is blocked by its own Content-Security-Policy.
     problems = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not [message for message in problems if "Content Security Policy" in message], problems
+
+
+#: A destination as a channel of an operator's own (WJP_CHANNEL_MODULES) might name it from a hostile recipient.
+HOSTILE_DESTINATION = 'custom:<img src=x onerror="document.title=1">:443'
+
+
+def test_the_destinations_panel_shows_limits_circuits_and_waiting_jobs_as_escaped_text(
+    database, dispatcher, redis_server_url, queue_name, tmp_path
+):
+    client = redis.Redis.from_url(redis_server_url)
+    gate = Gate(client, prefix=f"wjp:test-flow-{uuid.uuid4().hex[:10]}:")
+    database.run(lambda conn: conn.exec_driver_sql("DELETE FROM destinations"), transaction=True)
+    try:
+        request = NewNotification(
+            idempotency_key=uuid.uuid4().hex, recipient="r", channel="log", message="m", max_attempts=1,
+            destination=HOSTILE_DESTINATION,
+        )  # fmt: skip
+        database.run(lambda conn: intake.accept(conn, request, now=utcnow(), dispatch_now=True))
+        database.run(lambda conn: destinations.set_limits(conn, "log", Limits(3, 0.5), now=utcnow()), transaction=True)
+        gate.admit("sms:gateway.example.net", "l", lease_seconds=60, concurrency=None, rate=None)
+        gate.release("sms:gateway.example.net", "l", GateOutcome.TRANSIENT, breaker=BreakerPolicy(threshold=1))
+        env = settings_env(database, redis_server_url, queue_name, WJP_ADMIN_TOKEN=TOKEN, WJP_OUTBOX_DIR=str(tmp_path))
+        app = create_app(ServiceSettings.from_env(env), database=database, dispatcher=dispatcher, gate=gate)
+
+        page = testing.TestClient(app).simulate_get(
+            "/internal/dashboard", headers={"Authorization": f"Bearer {TOKEN}"}
+        ).text
+    finally:
+        keys = list(client.scan_iter(match=f"{gate.prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+    panel = page[page.index('<section id="destinations">') :]
+    panel = panel[: panel.index("</section>")]
+    assert "<img" not in panel
+    assert html.escape(HOSTILE_DESTINATION) in panel
+    rows = re.findall(r'<tr data-destination="([^"]*)">(.*?)</tr>', panel)
+    cells = {html.unescape(key): re.findall(r"<td[^>]*>(.*?)</td>", row) for key, row in rows}
+    assert list(cells) == ["custom:<img src=x onerror=\"document.title=1\">:443", "log", "sms:gateway.example.net"]
+    assert cells[HOSTILE_DESTINATION][-1] == "1"  # waiting
+    assert cells["log"][1:3] == ["3 *", "0.5/s *"]
+    assert cells["sms:gateway.example.net"][4] == "open"
