@@ -84,11 +84,12 @@ def postgres_server_url() -> Iterator[str]:
 def reset_ledger(database: Database) -> None:
     def wipe(conn) -> None:
         if database.dialect == "postgresql":
-            conn.execute(text("TRUNCATE jobs, attempts, api_keys"))
+            conn.execute(text("TRUNCATE jobs, attempts, api_keys, destinations"))
         else:
             conn.execute(text("DELETE FROM attempts"))
             conn.execute(text("DELETE FROM jobs"))
             conn.execute(text("DELETE FROM api_keys"))
+            conn.execute(text("DELETE FROM destinations"))
         conn.execute(text("DELETE FROM job_counts"))
         conn.execute(text("INSERT INTO job_counts (slot) VALUES " + ", ".join(f"({i})" for i in range(COUNTER_SLOTS))))
 
