@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import create_engine
 
+from actors.redis_address import parse_sentinel_url
 from actors.settings import Settings, SettingsError
 
 
@@ -29,3 +30,28 @@ def test_a_bad_database_url_is_refused_in_one_line_without_its_password(raw):
     message = str(refused.value)
     assert message.startswith("DATABASE_URL") and "\n" not in message
     assert "s3cret" not in message and "u:***@" in message
+
+
+def test_a_redis_url_may_name_sentinels_the_service_and_a_database():
+    raw = "redis+sentinel://:s3cret@s1:26379,s2:26380,s3/wjp/2"
+
+    assert Settings.from_env({"REDIS_URL": raw}).redis_url == raw
+    address = parse_sentinel_url(raw)
+    assert address.sentinels == (("s1", 26379), ("s2", 26380), ("s3", 26379))
+    assert (address.service, address.db, address.password) == ("wjp", 2, "s3cret")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "redis+sentinel://:s3cret@s1:26379",
+        "redis+sentinel://:s3cret@s1:26379/wjp/zero",
+        "redis+sentinel://:s3cret@s1:port/wjp",
+        "redis+sentinel://:s3cret@s1,,s2/wjp",
+    ],
+)
+def test_a_bad_sentinel_url_is_refused_in_one_line_naming_redis_url_without_its_password(raw):
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"REDIS_URL": raw})
+    message = str(refused.value)
+    assert message.startswith("REDIS_URL") and "\n" not in message and "s3cret" not in message
