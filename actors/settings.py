@@ -204,6 +204,9 @@ class Settings:
     channels: ChannelConfig
     #: Where each worker host serves its own /metrics (Dramatiq's Prometheus exporter); None: not served.
     worker_metrics_port: int | None = None
+    #: Whether the ledger's statements may be prepared on the server: off behind a pooler in transaction mode that
+    #: cannot track them (PgBouncer before 1.21, or without max_prepared_statements).
+    prepared_statements: bool = True
     flow: FlowSettings = FlowSettings()
 
     @property
@@ -259,5 +262,6 @@ class Settings:
                 extra_modules=tuple(m.strip() for m in text(env, "WJP_CHANNEL_MODULES", "").split(",") if m.strip()),
             ),
             worker_metrics_port=port(env, "WJP_WORKER_METRICS_PORT"),
+            prepared_statements=flag(env, "WJP_PREPARED_STATEMENTS", True),
             flow=FlowSettings.from_env(env),
         )
