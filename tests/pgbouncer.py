@@ -4,8 +4,10 @@ connections shared by many clients, as in production. Nothing is installed here:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -53,7 +55,10 @@ class PgBouncer:
         command = [str(pgbouncer_binary()), str(self.root / "pgbouncer.ini")]
         if os.geteuid() == 0:
             command = ["runuser", "-u", PG_USER, "--", *command]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A session of its own: runuser forks pgbouncer as a child, and `stop` must reach both.
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -67,7 +72,8 @@ class PgBouncer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
             self.process = None
         shutil.rmtree(self.root, ignore_errors=True)
