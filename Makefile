@@ -53,6 +53,14 @@ CHAOS_JOBS ?= 2000
 chaos: $(VENV)/.installed-test
 	$(BIN)/python -m tests.chaos --jobs $(CHAOS_JOBS)
 
+# A failover drill on real replicated servers: PostgreSQL primary and synchronous standby, Redis master, replica and
+# three Sentinels, `wjp serve`, two workers, the reconciler loop, 100 POST/s; kill -9 the Redis master, then the
+# PostgreSQL primary (its standby promoted). Prints the figures as JSON; fails if anything accepted is lost.
+# FAILOVER_SECONDS=N for another length; `make test` runs a reduced version (25 s).
+FAILOVER_SECONDS ?= 60
+failover: $(VENV)/.installed-test
+	$(BIN)/python -m tests.failover --seconds $(FAILOVER_SECONDS)
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check ledger actors service tests bench
 

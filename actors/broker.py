@@ -20,6 +20,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
 from actors.consumer import BELL_TOKENS, CONNECTION_LOST, NAMESPACE, BelledConsumer, bell_key
+from actors.redis_address import connection_pool
 from actors.settings import TIME_LIMIT_CHECK_MS, SettingsError
 from ledger.transitions import Dispatch
 
@@ -276,10 +277,8 @@ class OutageProofRedisBroker(RedisBroker):
 
 def make_broker(redis_url: str, *, timeout: float = REDIS_TIMEOUT, **options: object) -> OutageProofRedisBroker:
     """A RedisBroker whose Redis calls give up after `timeout` seconds, with message-id pinning and access to the
-    current message, that keeps its messages across a Redis outage."""
-    pool = redis.ConnectionPool.from_url(
-        redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
-    )
+    current message, that keeps its messages across a Redis outage and, behind Sentinels, follows a failover."""
+    pool = connection_pool(redis_url, timeout=timeout)
     # Only the middleware we rely on: each one runs hooks on every message.
     limit = TimeLimit(interval=TIME_LIMIT_CHECK_MS)
     middleware = [limit, Retries(), PinRedisMessageId(), CurrentMessage(), NoteProcessedMessage()]

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from actors.backoff import BackoffPolicy
 from actors.channels.base import ChannelConfig
+from actors.redis_address import SENTINEL_SCHEME, parse_sentinel_url
 from ledger.database import normalize_url
 
 #: How often Dramatiq's time limit looks for attempts past their deadline, in ms (its default, 1000, would let
@@ -89,6 +90,18 @@ def url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], default: st
     parts = urlsplit(raw)
     if parts.scheme not in schemes or not (parts.hostname or parts.scheme.startswith("sqlite")):
         raise SettingsError(f"{name} must be a {' or '.join(s + '://' for s in schemes)} URL, got {raw!r}")
+    return raw
+
+
+def redis_server_url(env: Mapping[str, str]) -> str:
+    """One Redis server's URL, or Sentinels' (`redis+sentinel://`), which is checked in full here."""
+    raw = text(env, "REDIS_URL", DEFAULT_REDIS_URL)
+    if not raw.startswith(f"{SENTINEL_SCHEME}:"):
+        return url(env, "REDIS_URL", ("redis", "rediss", "unix", SENTINEL_SCHEME), DEFAULT_REDIS_URL)
+    try:
+        parse_sentinel_url(raw)
+    except ValueError as exc:
+        raise SettingsError(f"REDIS_URL: {exc}") from None
     return raw
 
 
@@ -191,6 +204,9 @@ class Settings:
     channels: ChannelConfig
     #: Where each worker host serves its own /metrics (Dramatiq's Prometheus exporter); None: not served.
     worker_metrics_port: int | None = None
+    #: Whether the ledger's statements may be prepared on the server: off behind a pooler in transaction mode that
+    #: cannot track them (PgBouncer before 1.21, or without max_prepared_statements).
+    prepared_statements: bool = True
     flow: FlowSettings = FlowSettings()
 
     @property
@@ -220,7 +236,7 @@ class Settings:
             raise SettingsError("WJP_WEBHOOK_SECRET must have the form whsec_<base64 key>")
         return cls(
             database_url=database_url(env),
-            redis_url=redis_url or url(env, "REDIS_URL", ("redis", "rediss", "unix"), DEFAULT_REDIS_URL),
+            redis_url=redis_url or redis_server_url(env),
             queue=queue,
             max_attempts=positive_int(env, "WJP_MAX_ATTEMPTS", 5),
             backoff=BackoffPolicy(
@@ -246,5 +262,6 @@ class Settings:
                 extra_modules=tuple(m.strip() for m in text(env, "WJP_CHANNEL_MODULES", "").split(",") if m.strip()),
             ),
             worker_metrics_port=port(env, "WJP_WORKER_METRICS_PORT"),
+            prepared_statements=flag(env, "WJP_PREPARED_STATEMENTS", True),
             flow=FlowSettings.from_env(env),
         )

@@ -27,7 +27,11 @@ dramatiq.set_broker(broker)
 # A connection per Dramatiq thread (`wjp worker --threads`, which passes the number on), one for transactions (none
 # on the delivery path) and the ledger batcher's kept one; README.md, "Running in production", sums them up.
 database = Database(
-    settings.database_url, pool_size=positive_int(os.environ, "WJP_WORKER_THREADS", 8), transactions=1, kept=1
+    settings.database_url,
+    pool_size=positive_int(os.environ, "WJP_WORKER_THREADS", 8),
+    transactions=1,
+    kept=1,
+    prepared_statements=settings.prepared_statements,
 )
 delivery = Delivery(
     database=database,

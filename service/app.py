@@ -41,7 +41,14 @@ def create_app(
         settings=settings,
         # A connection per gunicorn thread, one for the rare transactions (cancel, retry: they take turns) and the
         # intake batcher's kept one; README.md, "Running in production", sums them up per process.
-        database=database or Database(core.database_url, pool_size=gunicorn_conf.threads, transactions=1, kept=1),
+        database=database
+        or Database(
+            core.database_url,
+            pool_size=gunicorn_conf.threads,
+            transactions=1,
+            kept=1,
+            prepared_statements=core.prepared_statements,
+        ),
         dispatcher=dispatcher or Dispatcher(make_broker(core.redis_url), core.queue),
         channels=build_channels(core.channels),
     )

@@ -72,7 +72,9 @@ def _settings() -> Settings:
 def _ledger(settings: Settings) -> Database:
     """The ledger of a one-thread command, the reconciler included: a connection for single statements and one
     for transactions, no more (README.md, "Running in production")."""
-    return Database(settings.database_url, pool_size=1, transactions=1, kept=0)
+    return Database(
+        settings.database_url, pool_size=1, transactions=1, kept=0, prepared_statements=settings.prepared_statements
+    )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -1,0 +1,236 @@
+"""A failover drill: PostgreSQL primary and synchronous standby, Redis master, replica and three Sentinels,
+`wjp serve`, two workers, `wjp reconcile --loop` and a webhook sink; producers post at a steady rate (retrying each
+503 with the same key) while the drill kills the Redis master, then the PostgreSQL primary and promotes its standby.
+Every process is told both PostgreSQL hosts and the Sentinels, and must follow on its own; nothing accepted may be
+lost."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import select
+
+from ledger.database import Database
+from ledger.schema import jobs
+from ledger.states import Status
+from tests.chaos.producers import Answer, Producers
+from tests.chaos.sink import running_sink
+from tests.conftest import free_port
+from tests.e2e.conftest import Process, process_env, run_wjp, wait_for_http
+from tests.failover.report import DrillConfig, DrillReport, Failover
+from tests.failover.servers import ReplicatedCluster, SentinelGroup
+
+QUEUE = "failover"
+
+
+class FailoverDrill:
+    """Owns every server and process of one drill; `run()` returns its figures and what went wrong."""
+
+    def __init__(self, config: DrillConfig, directory: Path | None = None) -> None:
+        self.config = config
+        self.directory = directory or Path(tempfile.mkdtemp(prefix="wjp-failover-"))
+        self.report = DrillReport()
+        self.processes: dict[str, Process] = {}
+        self._started = time.monotonic()
+        #: (monotonic, wall) of each kill.
+        self._kills: dict[str, tuple[float, float]] = {}
+        #: Wall time at which each new primary or master was in place.
+        self._promoted: dict[str, float] = {}
+
+    @property
+    def database_url(self) -> str:
+        hosts = f"127.0.0.1:{self.primary.port},127.0.0.1:{self.standby.port}"
+        return f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write"
+
+    def run(self) -> DrillReport:
+        self._started = time.monotonic()
+        self.primary, self.standby = ReplicatedCluster(), ReplicatedCluster()
+        self.redis = SentinelGroup(self.directory / "redis")
+        try:
+            self.primary.init_primary(synchronous=True)
+            self.primary.start()
+            self.standby.init_standby(self.primary)
+            self.standby.start()
+            self.redis.start()
+            # The drill's own look-ups follow the failover as the system's processes must.
+            self.ledger = Database(self.database_url, pool_size=2)
+            with running_sink(0.01) as sink:
+                self.sink = sink
+                self._start_system()
+                self._produce_through_failovers()
+                self._drain()
+                self._check()
+                self._stop_system()
+        finally:
+            for process in self.processes.values():
+                process.kill()
+            if hasattr(self, "ledger"):
+                self.ledger.dispose()
+            self.redis.stop()
+            self.primary.stop()
+            self.standby.stop()
+        self.report.wall_seconds = round(time.monotonic() - self._started, 1)
+        return self.report
+
+    def _env(self) -> dict[str, str]:
+        return process_env(
+            DATABASE_URL=self.database_url,
+            REDIS_URL=self.redis.url,
+            WJP_QUEUE=QUEUE,
+            WJP_WEBHOOK_ALLOW_PRIVATE="true",
+            WJP_WEBHOOK_TIMEOUT="3",
+            WJP_VISIBILITY_TIMEOUT="5",
+            WJP_RECONCILE_INTERVAL="1",
+            WJP_RECONCILE_GRACE="2",
+            WJP_BACKOFF_INITIAL="0.2",
+            WJP_BACKOFF_JITTER="0.2",
+            WJP_BACKOFF_MAX="2",
+        )
+
+    def _start(self, name: str, args: list[str]) -> Process:
+        process = Process(args, self._env(), self.directory / f"{len(self.processes) + 1:02d}-{name}.log")
+        self.processes[name] = process
+        return process
+
+    def _start_system(self) -> None:
+        migrated = run_wjp(["migrate"], self._env())
+        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}"
+        api = self._start("api", ["serve", "--port", str(port), "--workers", str(self.config.api_workers)])
+        for slot in (1, 2):
+            self._start(f"worker{slot}", ["worker", "--processes", "1", "--threads", str(self.config.worker_threads)])
+        self._start("reconciler", ["reconcile", "--loop"])
+        wait_for_http(f"{self.api_url}/healthz", api)
+
+    def _produce_through_failovers(self) -> None:
+        seconds = self.config.seconds
+        self.producers = Producers(
+            self.api_url,
+            self.sink.url,
+            jobs=int(self.config.rate * seconds / 2),  # each posted twice
+            threads=self.config.producer_threads,
+            spread=seconds,
+            run_id=uuid.uuid4().hex[:8],
+        )
+        started = time.monotonic()
+        self.producers.start()
+        self._sleep_until(started + seconds / 3)
+        self._kill_redis_master()
+        self._sleep_until(started + 2 * seconds / 3)
+        self._kill_postgres_primary()
+        if not self.producers.join(timeout=seconds + 300):
+            self.report.failures.append("the producers did not finish")
+        self.report.submit_seconds = round(time.monotonic() - started, 1)
+
+    @staticmethod
+    def _sleep_until(moment: float) -> None:
+        time.sleep(max(0.0, moment - time.monotonic()))
+
+    def _kill_redis_master(self) -> None:
+        old = self.redis.master.port
+        self._kills["redis"] = (time.monotonic(), time.time())
+        self.redis.master.kill()
+        self.redis.wait_for_new_master(old)
+        self._promoted["redis"] = time.time()
+        self.report.redis.promoted_s = round(time.monotonic() - self._kills["redis"][0], 2)
+
+    def _kill_postgres_primary(self) -> None:
+        self._kills["postgres"] = (time.monotonic(), time.time())
+        self.primary.kill()
+        time.sleep(self.config.promote_after)
+        self.standby.promote()
+        self._promoted["postgres"] = time.time()
+        self.report.postgres.promoted_s = round(time.monotonic() - self._kills["postgres"][0], 2)
+
+    def _statuses(self) -> dict[str, str]:
+        rows = self.ledger.run(lambda conn: conn.execute(select(jobs.c.id, jobs.c.status)).all())
+        return {str(row.id): row.status for row in rows}
+
+    def _drain(self) -> None:
+        started = time.monotonic()
+        accepted = self.producers.tally.accepted()
+        deadline = started + self.config.drain_timeout
+        while time.monotonic() < deadline:
+            statuses = self._statuses()
+            if all(statuses.get(job_id) == Status.SUCCESS.value for job_id in accepted):
+                break
+            time.sleep(0.5)
+        quiet_by = time.monotonic() + 10
+        while self.sink.in_flight() and time.monotonic() < quiet_by:
+            time.sleep(0.05)
+        self.report.drain_seconds = round(time.monotonic() - started, 1)
+
+    def _check(self) -> None:
+        report, tally = self.report, self.producers.tally
+        report.failures.extend(tally.failures)
+        accepted = tally.accepted()
+        statuses = self._statuses()
+        report.accepted = len(accepted)
+        report.success = sum(1 for job_id in accepted if statuses.get(job_id) == Status.SUCCESS.value)
+        report.lost = report.accepted - report.success
+        if report.lost:
+            report.failures.append(f"{report.lost} accepted notifications did not reach SUCCESS")
+        if unknown := set(statuses) - accepted:
+            report.failures.append(f"{len(unknown)} jobs in the ledger were never answered to a producer")
+        deliveries = self.sink.deliveries()
+        report.deliveries = len(deliveries)
+        report.duplicates = report.deliveries - len({d.webhook_id for d in deliveries})
+        if {d.webhook_id for d in deliveries} != accepted:
+            report.failures.append("the notifications delivered are not those accepted")
+
+        report.status_codes = tally.histogram()
+        with tally.lock:
+            answers = list(tally.answers)
+        unanswered = [a for a in answers if not a.status]
+        report.transport_errors = len(unanswered)
+        if unanswered:
+            report.failures.append(f"{len(unanswered)} POSTs got no HTTP answer: {[a.error for a in unanswered[:5]]}")
+        unavailable = [a for a in answers if a.status == 503]
+        report.answers_503 = len(unavailable)
+        report.intake_503_seconds = _span(unavailable)
+        if other := [a.status for a in answers if a.status >= 500 and a.status != 503]:
+            report.failures.append(f"{len(other)} 5xx answers other than 503: {other[:10]}")
+        self._measure(report.redis, "redis", answers, until=self._kills["postgres"][0])
+        self._measure(report.postgres, "postgres", answers, until=float("inf"))
+        if report.redis.answers_503:
+            report.failures.append(f"intake answered {report.redis.answers_503} 503s while Redis failed over")
+
+    def _measure(self, failover: Failover, name: str, answers: list[Answer], *, until: float) -> None:
+        """How long after its kill intake answered 503 for the last time, and the first notification accepted by
+        the new primary or master (no earlier one, which the dying server may still have served) was delivered."""
+        killed, killed_wall = self._kills[name]
+        failover.at_s = round(killed - self._started, 2)
+        window = [a for a in answers if killed <= a.started < until or (a.started < killed < a.ended)]
+        unavailable = [a for a in window if a.status == 503]
+        failover.answers_503 = len(unavailable)
+        failover.intake_503_seconds = _span(unavailable)
+        failover.intake_healed_s = round(max((a.ended for a in unavailable), default=killed) - killed, 2)
+        created = self.ledger.run(lambda conn: conn.execute(select(jobs.c.id, jobs.c.created_at)).all())
+        after = {str(row.id) for row in created if row.created_at.timestamp() >= self._promoted[name]}
+        arrivals = [d.arrived_wall for d in self.sink.deliveries() if d.webhook_id in after]
+        if arrivals:
+            failover.deliveries_resumed_s = round(min(arrivals) - killed_wall, 2)
+        else:
+            self.report.failures.append(f"no delivery of a notification accepted after the {name} failover")
+
+    def _stop_system(self) -> None:
+        for name, process in list(self.processes.items()):
+            code = process.terminate(timeout=60)
+            if code != 0:
+                self.report.failures.append(f"{name} exited {code} on SIGTERM: see {process.log}")
+
+    def logs(self, tail: int = 4000) -> str:
+        parts = []
+        for path in sorted(self.directory.glob("*.log")):
+            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}")
+        return "\n".join(parts)
+
+
+def _span(answers: list[Answer]) -> float:
+    if not answers:
+        return 0.0
+    return round(max(a.ended for a in answers) - min(a.started for a in answers), 2)
