@@ -40,6 +40,9 @@ class Dispatch:
     job_id: uuid.UUID
     seq: int
     due_at: datetime
+    #: The job's destination (`jobs.destination`), carried by its message so a worker admits it before its claim;
+    #: "" when unknown (the worker then skips admission).
+    destination: str = ""
 
 
 def _build_fail() -> Any:
@@ -74,7 +77,7 @@ def _build_schedule_retry(*, parked: bool) -> Any:
             updated_at=bindparam("now", type_=UTCDateTime()),
             claimed_at=None,
         )
-        .returning(jobs.c.dispatch_seq)
+        .returning(jobs.c.dispatch_seq, jobs.c.destination)
     )
 
 
@@ -95,7 +98,7 @@ def schedule_retry(
     """PROCESSING at `attempt` → RETRY due at `due_at`, with a new dispatch to send after commit."""
     params = {"job_id": job_id, "attempt": attempt, "now": now, "due_at": due_at, "error": error}
     row = conn.execute(_SCHEDULE_RETRY, params).first()
-    return None if row is None else Dispatch(job_id, row.dispatch_seq, due_at)
+    return None if row is None else Dispatch(job_id, row.dispatch_seq, due_at, row.destination)
 
 
 def park_retry(
@@ -132,9 +135,9 @@ def manual_retry(conn: Connection, job_id: uuid.UUID, *, now: datetime, extra_at
             updated_at=now,
             completed_at=None,
         )
-        .returning(jobs.c.dispatch_seq)
+        .returning(jobs.c.dispatch_seq, jobs.c.destination)
     ).first()
-    return None if row is None else Dispatch(job_id, row.dispatch_seq, now)
+    return None if row is None else Dispatch(job_id, row.dispatch_seq, now, row.destination)
 
 
 def expire(
@@ -154,7 +157,7 @@ def expire(
         update(jobs)
         .where(held, guard, jobs.c.claimed_at < cutoff, jobs.c.attempts < jobs.c.max_attempts)
         .values(status=target, next_attempt_at=now, dispatch_seq=jobs.c.dispatch_seq + 1, **common)
-        .returning(jobs.c.id, jobs.c.dispatch_seq)
+        .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.destination)
     ).all()
     guard, target = transition_guard("expire_to_failed")
     failed = conn.execute(
@@ -163,7 +166,7 @@ def expire(
         .values(status=target, completed_at=now, **common)
         .returning(jobs.c.id)
     ).all()
-    return [Dispatch(r.id, r.dispatch_seq, now) for r in retried], [r.id for r in failed]
+    return [Dispatch(r.id, r.dispatch_seq, now, r.destination) for r in retried], [r.id for r in failed]
 
 
 def redispatch(conn: Connection, lost: list[tuple[uuid.UUID, int]], *, now: datetime) -> list[Dispatch]:
@@ -175,9 +178,9 @@ def redispatch(conn: Connection, lost: list[tuple[uuid.UUID, int]], *, now: date
         update(jobs)
         .where(tuple_(jobs.c.id, jobs.c.dispatch_seq).in_(lost), status_in(WAITING))
         .values(dispatch_seq=func.abs(jobs.c.dispatch_seq) + 1, updated_at=now)
-        .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.next_attempt_at)
+        .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.next_attempt_at, jobs.c.destination)
     ).all()
-    return [Dispatch(r.id, r.dispatch_seq, r.next_attempt_at) for r in rows]
+    return [Dispatch(r.id, r.dispatch_seq, r.next_attempt_at, r.destination) for r in rows]
 
 
 def retry_failed(
@@ -214,6 +217,6 @@ def retry_failed(
             updated_at=now,
             completed_at=None,
         )
-        .returning(jobs.c.id, jobs.c.dispatch_seq)
+        .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.destination)
     ).all()
-    return [Dispatch(row.id, row.dispatch_seq, now) for row in rows]
+    return [Dispatch(row.id, row.dispatch_seq, now, row.destination) for row in rows]
