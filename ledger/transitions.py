@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     Connection,
+    String,
     bindparam,
+    case,
     func,
+    literal,
     select,
     tuple_,
     update,
@@ -81,7 +84,34 @@ def _build_schedule_retry(*, parked: bool) -> Any:
     )
 
 
+def _build_throttle(*, parked: bool) -> Any:
+    guard, target = transition_guard("throttle")
+    return (
+        update(jobs)
+        .where(
+            jobs.c.id == bindparam("job_id"),
+            guard,
+            jobs.c.attempts == bindparam("attempt"),
+            jobs.c.throttles < bindparam("max_throttles"),
+        )
+        .values(
+            status=target,
+            next_attempt_at=bindparam("due_at", type_=UTCDateTime()),
+            dispatch_seq=-jobs.c.dispatch_seq if parked else jobs.c.dispatch_seq + 1,
+            max_attempts=jobs.c.max_attempts + 1,
+            throttles=jobs.c.throttles + 1,
+            last_outcome=Outcome.THROTTLED.value,
+            last_error=bindparam("error"),
+            updated_at=bindparam("now", type_=UTCDateTime()),
+            claimed_at=None,
+        )
+        .returning(jobs.c.dispatch_seq, jobs.c.destination)
+    )
+
+
 _FAIL = _build_fail()
+_THROTTLE = _build_throttle(parked=False)
+_PARK_THROTTLED = _build_throttle(parked=True)
 _SCHEDULE_RETRY = _build_schedule_retry(parked=False)
 _PARK_RETRY = _build_schedule_retry(parked=True)
 
@@ -110,6 +140,98 @@ def park_retry(
     return conn.execute(_PARK_RETRY, params).first() is not None
 
 
+def throttle(
+    conn: Connection,
+    job_id: uuid.UUID,
+    attempt: int,
+    *,
+    now: datetime,
+    due_at: datetime,
+    error: str,
+    max_throttles: int,
+    parked: bool = False,
+) -> Dispatch | bool | None:
+    """PROCESSING at `attempt`, throttled fewer than `max_throttles` times → RETRY due at `due_at`, the attempt
+    recorded `throttled` and given back (max_attempts + 1). The new dispatch to send, or (`parked`, as
+    `park_retry`) True; None when the guard failed (the caller then counts the answer as a transient error)."""
+    params = {"job_id": job_id, "attempt": attempt, "now": now, "due_at": due_at, "error": error,
+              "max_throttles": max_throttles}  # fmt: skip
+    row = conn.execute(_PARK_THROTTLED if parked else _THROTTLE, params).first()
+    if row is None:
+        return None
+    return True if parked else Dispatch(job_id, row.dispatch_seq, due_at, row.destination)
+
+
+#: How `give_up_deferred` names each reason in `last_error`.
+DEFERRAL_REASONS = {
+    "circuit": "circuit open",
+    "throttled": "throttled",
+    "limit": "at its limit",
+    "rate": "rate limited",
+}
+
+
+def record_deferrals(conn: Connection, deferred: list[tuple[uuid.UUID, int, str]], *, now: datetime) -> None:
+    """Each waiting job `(job_id, seq, reason)` of that dispatch was deferred on its destination (no attempt):
+    since when (kept from its first deferral, until a claim clears it) and why."""
+    for job_id, seq, reason in deferred:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.dispatch_seq == seq, status_in(WAITING))
+            .values(deferred_since=func.coalesce(jobs.c.deferred_since, now), deferred_reason=reason)
+        )
+
+
+def park_deferred(
+    conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, due_at: datetime, reason: str
+) -> bool:
+    """A waiting job deferred until `due_at`, beyond the schedule horizon: its message goes (the seq negated, as
+    `park_retry` does) and a reconciler pass dispatches it as it comes due; the deferral is recorded."""
+    return (
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.dispatch_seq == seq, status_in(WAITING))
+            .values(
+                next_attempt_at=due_at,
+                dispatch_seq=-jobs.c.dispatch_seq,
+                deferred_since=func.coalesce(jobs.c.deferred_since, now),
+                deferred_reason=reason,
+                updated_at=now,
+            )
+        ).rowcount
+        == 1
+    )
+
+
+def give_up_deferred(
+    conn: Connection, *, now: datetime, max_deferral: float, job_ids: list[uuid.UUID] | None = None, limit: int = 500
+) -> list[uuid.UUID]:
+    """Waiting jobs deferred for more than `max_deferral` seconds (of `job_ids`, or up to `limit` of any, read
+    through the index of deferred jobs) → FAILED, with a `last_error` naming the destination and why."""
+    guard, target = transition_guard("give_up_deferred")
+    cutoff = now - timedelta(seconds=max_deferral)
+    overdue = (guard, jobs.c.deferred_since.is_not(None), jobs.c.deferred_since < cutoff)
+    if job_ids is not None:
+        if not job_ids:
+            return []
+        chosen: Any = jobs.c.id.in_(job_ids)
+    else:
+        candidates = select(jobs.c.id).where(*overdue).order_by(jobs.c.deferred_since).limit(limit)
+        chosen = jobs.c.id.in_(candidates.scalar_subquery())
+    why = case(
+        *((jobs.c.deferred_reason == reason, literal(text)) for reason, text in DEFERRAL_REASONS.items()),
+        else_=jobs.c.deferred_reason,
+    )
+    error = literal(f"waited more than {max_deferral:g} s on destination ", String()).concat(jobs.c.destination)
+    rows = conn.execute(
+        update(jobs)
+        .where(chosen, *overdue)
+        .values(status=target, last_error=error.concat(": ").concat(why), updated_at=now, completed_at=now)
+        .returning(jobs.c.id)
+    ).all()
+    return [row.id for row in rows]
+
+
 def cancel(conn: Connection, job_id: uuid.UUID, *, scope: str, now: datetime) -> bool:
     """PENDING/RETRY → CANCELLED: no worker holds it, and no message of it will claim it any more."""
     guard, target = transition_guard("cancel")
@@ -134,6 +256,9 @@ def manual_retry(conn: Connection, job_id: uuid.UUID, *, now: datetime, extra_at
             dispatch_seq=jobs.c.dispatch_seq + 1,
             updated_at=now,
             completed_at=None,
+            # A job that failed waiting on its destination starts its deferral afresh.
+            deferred_since=None,
+            deferred_reason=None,
         )
         .returning(jobs.c.dispatch_seq, jobs.c.destination)
     ).first()
@@ -216,6 +341,9 @@ def retry_failed(
             dispatch_seq=jobs.c.dispatch_seq + 1,
             updated_at=now,
             completed_at=None,
+            # A job that failed waiting on its destination starts its deferral afresh.
+            deferred_since=None,
+            deferred_reason=None,
         )
         .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.destination)
     ).all()

@@ -615,6 +615,22 @@ def _op_redispatch(database, job_id, row):
     return redispatch(database, [(job_id, row.dispatch_seq)], now=T0 + SECOND)
 
 
+def _op_throttle(database, job_id, row):
+    return database.run(
+        lambda conn: transitions.throttle(
+            conn, job_id, row.attempts, now=T0 + SECOND, due_at=T0 + 2 * SECOND, error="429", max_throttles=5
+        )
+    )
+
+
+def _op_give_up_deferred(database, job_id, row):
+    """Deferred (if waiting) at T0, then given up 100 s later with a most deferral of 10 s."""
+    database.run(lambda conn: transitions.record_deferrals(conn, [(job_id, row.dispatch_seq, "circuit")], now=T0))
+    return database.run(
+        lambda conn: transitions.give_up_deferred(conn, now=T0 + 100 * SECOND, max_deferral=10, job_ids=[job_id])
+    )
+
+
 #: Every way the ledger changes a job, each with the job's current seq and attempt (the most permissive call).
 OPERATIONS: dict[str, Operation] = {
     "claim": _op_claim,
@@ -625,6 +641,8 @@ OPERATIONS: dict[str, Operation] = {
     "cancel": _op_cancel,
     "manual_retry": _op_manual_retry,
     "redispatch": _op_redispatch,
+    "throttle": _op_throttle,
+    "give_up_deferred": _op_give_up_deferred,
 }
 
 #: Which operation (and with how many attempts allowed) performs each named transition of `TRANSITIONS`.
@@ -637,6 +655,8 @@ PERFORMS = {
     "expire_to_failed": ("expire", 1),
     "cancel": ("cancel", 3),
     "manual_retry": ("manual_retry", 3),
+    "throttle": ("throttle", 3),
+    "give_up_deferred": ("give_up_deferred", 3),
 }
 
 
@@ -651,7 +671,7 @@ def test_each_transition_moves_a_job_from_each_of_its_sources_to_its_target(data
     for n, source in enumerate(sorted(sources)):
         job_id = job_in(database, source, f"{name}-{n}", max_attempts=max_attempts)
         result = OPERATIONS[operation](database, job_id, job_row(database, job_id))
-        assert result not in (None, False, ([], [])), (name, source)
+        assert result not in (None, False, [], ([], [])), (name, source)
         assert job_row(database, job_id).status == target, (name, source)
 
 
