@@ -74,6 +74,7 @@ def running_worker(
         channels=channels if channels is not None else build_channels(settings.channels),
         settings=settings,
         clock=clock,
+        threads=threads,
     )
     declare_actor(broker, delivery, settings)
     if booted:
