@@ -66,6 +66,16 @@ def gate_outcome(error: DeliveryError | None) -> Outcome:
     return Outcome.THROTTLED if getattr(error, "throttled", False) else Outcome.TRANSIENT
 
 
+def effective_limits(defaults: Limits, override: destinations.Limits | None) -> Limits:
+    """An operator's override where set, else the defaults, limit by limit."""
+    if override is None:
+        return defaults
+    return Limits(
+        defaults.concurrency if override.concurrency is None else override.concurrency,
+        defaults.rate if override.rate is None else override.rate,
+    )
+
+
 class FlowControl:
     """Shared by the threads of one worker process; `admit` and `record_deferrals` run in its ledger batcher's
     thread, `post` queues a request for that batcher."""
@@ -130,13 +140,7 @@ class FlowControl:
                 self._overrides = self.database.run(destinations.overrides)
             except Exception as exc:  # the ledger is out: the last overrides read stay in force
                 log.warning("could not read the destinations' limits (%s); keeping the last ones", exc)
-        override = self._overrides.get(key)
-        if override is None:
-            return self.defaults
-        return Limits(
-            self.defaults.concurrency if override.concurrency is None else override.concurrency,
-            self.defaults.rate if override.rate is None else override.rate,
-        )
+        return effective_limits(self.defaults, self._overrides.get(key))
 
     def admit(
         self, asking: Sequence[tuple[int, str, str, bool]], releases: Sequence[Released]

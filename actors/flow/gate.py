@@ -96,8 +96,10 @@ class DestinationState:
 @dataclass(frozen=True)
 class QueueKeys:
     """Where Dramatiq keeps a queue in Redis (`actors/broker.py`): a woken message goes back on its list with a
-    token on its bell; a parked one leaves the acks set of the worker process that fetched it."""
+    token on its bell; a parked one leaves the acks set of the worker process that fetched it. Waiting lists are
+    per queue (`name`): a message can only be woken onto the queue that holds its body."""
 
+    name: str
     queue: str
     bodies: str
     bell: str
@@ -106,6 +108,7 @@ class QueueKeys:
     @classmethod
     def of(cls, queue_name: str, broker_id: str = "") -> QueueKeys:
         return cls(
+            name=queue_name,
             queue=f"{NAMESPACE}:{queue_name}",
             bodies=f"{NAMESPACE}:{queue_name}.msgs",
             bell=bell_key(queue_name),
@@ -185,11 +188,13 @@ class Gate:
         # other's Redis key.
         self._known = f"{prefix}known"
 
-    def _waiting_set(self) -> str:
-        return f"{self.prefix}waiting"
+    def _waiting_set(self, queue: QueueKeys) -> str:
+        # Queue names hold no ':', so no destination key can make a list's name equal a set's.
+        return f"{self.prefix}waiting:{queue.name}"
 
-    def _waiting_list(self, key: str) -> str:
-        return f"{self.prefix}waiting:{key}"
+    def waiting_list(self, queue: QueueKeys, key: str) -> str:
+        """The Redis key of the list where messages of `queue` wait for room at destination `key`."""
+        return f"{self.prefix}waiting:{queue.name}:{key}"
 
     def _keys(self, key: str) -> list[str]:
         if not key:
@@ -302,12 +307,12 @@ class Gate:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
         index: dict[str, int] = {}
-        keys = [self._known, self._waiting_set(), queue.queue, queue.bodies, queue.bell, queue.acks]
+        keys = [self._known, self._waiting_set(queue), queue.queue, queue.bodies, queue.bell, queue.acks]
         per_destination: list[object] = []
         for request in (*releases, *admits):
             if request.key not in index:
                 index[request.key] = len(index) + 1
-                keys.extend([*self._keys(request.key)[1:], self._waiting_list(request.key)])
+                keys.extend([*self._keys(request.key)[1:], self.waiting_list(queue, request.key)])
                 limits = request.limits
                 per_destination += [
                     request.key,
@@ -341,9 +346,10 @@ class Gate:
             for granted, reason, until, probe, parked in rows
         ]
 
-    def waiting(self) -> list[str]:
-        """Destinations that have messages on their waiting lists."""
-        return sorted(_text(key) for key in self._script(keys=[self._known, self._waiting_set()], args=["waiting", ""]))
+    def waiting(self, queue: QueueKeys) -> list[str]:
+        """Destinations that have messages of `queue` on their waiting lists."""
+        keys = [self._known, self._waiting_set(queue)]
+        return sorted(_text(key) for key in self._script(keys=keys, args=["waiting", ""]))
 
     def wake(
         self, limits: dict[str, Limits], *, queue: QueueKeys, cap: int = 100, now: datetime | None = None
@@ -353,9 +359,9 @@ class Gate:
         woke, per destination."""
         if not limits:
             return {}
-        keys = [self._known, self._waiting_set(), queue.queue, queue.bodies, queue.bell]
+        keys = [self._known, self._waiting_set(queue), queue.queue, queue.bodies, queue.bell]
         args: list[object] = ["wake", _ms(now), BELL_TOKENS, cap]
         for key, limit in limits.items():
-            keys += [self._keys(key)[2], self._waiting_list(key)]
+            keys += [self._keys(key)[2], self.waiting_list(queue, key)]
             args += [key, "" if limit.concurrency is None else limit.concurrency]
         return dict(zip(limits, (int(n) for n in self._script(keys=keys, args=args)), strict=True))

@@ -166,4 +166,5 @@ def make_reconciler(
         grace=settings.reconcile_grace,
         schedule_horizon=settings.schedule_horizon,
         clock=clock,
+        flow=settings.flow,
     )

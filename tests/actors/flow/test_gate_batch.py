@@ -21,7 +21,7 @@ FAST = "webhook:fast.example:443"
 @pytest.fixture
 def queue(gate: Gate) -> QueueKeys:
     """A queue under the gate's prefix, deleted with it."""
-    return QueueKeys(f"{gate.prefix}q", f"{gate.prefix}q.msgs", f"{gate.prefix}q.bell", f"{gate.prefix}acks")
+    return QueueKeys("q", f"{gate.prefix}q", f"{gate.prefix}q.msgs", f"{gate.prefix}q.bell", f"{gate.prefix}acks")
 
 
 def fetched(client: redis.Redis, queue: QueueKeys, *rids: str) -> None:
@@ -83,10 +83,10 @@ def test_a_message_at_its_destinations_limit_leaves_this_workers_leases_for_the_
 
     assert first == granted()
     assert second == Admission(granted=False, reason=Reason.LIMIT, until=at(LEASE), parked=True)
-    assert listed(client, f"{gate.prefix}waiting:{SLOW}") == ["b.1"]
+    assert listed(client, gate.waiting_list(queue, SLOW)) == ["b.1"]
     assert client.smembers(queue.acks) == {b"a.1"}
     assert client.hexists(queue.bodies, "b.1"), "its body stays, where the reconciler finds it queued"
-    assert gate.waiting() == [SLOW]
+    assert gate.waiting(queue) == [SLOW]
 
 
 def test_a_full_share_parks_the_message_without_taking_a_slot(client, gate, queue):
@@ -96,7 +96,7 @@ def test_a_full_share_parks_the_message_without_taking_a_slot(client, gate, queu
 
     assert (admission.granted, admission.reason, admission.parked) == (False, "limit", True)
     assert gate.inspect([SLOW], now=at(0))[0].in_flight == 0
-    assert listed(client, f"{gate.prefix}waiting:{SLOW}") == ["a.1"]
+    assert listed(client, gate.waiting_list(queue, SLOW)) == ["a.1"]
 
 
 def test_a_message_no_longer_leased_to_this_worker_is_not_parked(client, gate, queue):
@@ -106,7 +106,7 @@ def test_a_message_no_longer_leased_to_this_worker_is_not_parked(client, gate, q
     (admission,) = batch(gate, queue, admits=[AdmitRequest(SLOW, "b.1", ONE, park="b.1")])
 
     assert (admission.reason, admission.parked) == ("limit", False)
-    assert client.llen(f"{gate.prefix}waiting:{SLOW}") == 0
+    assert client.llen(gate.waiting_list(queue, SLOW)) == 0
 
 
 def test_a_release_wakes_waiting_messages_onto_the_queue_with_a_bell_as_far_as_there_is_room(client, gate, queue):
@@ -119,7 +119,7 @@ def test_a_release_wakes_waiting_messages_onto_the_queue_with_a_bell_as_far_as_t
 
     assert listed(client, queue.queue) == ["c.1"]
     assert listed(client, queue.bell) == ["1"]
-    assert listed(client, f"{gate.prefix}waiting:{SLOW}") == ["d.1"]
+    assert listed(client, gate.waiting_list(queue, SLOW)) == ["d.1"]
 
 
 def test_a_release_wakes_no_more_than_its_own_slot_and_one_more_without_a_limit(client, gate, queue):
@@ -131,7 +131,7 @@ def test_a_release_wakes_no_more_than_its_own_slot_and_one_more_without_a_limit(
     batch(gate, queue, releases=[ReleaseRequest(SLOW, "held", Outcome.SUCCESS, UNLIMITED)], when=1)
 
     assert listed(client, queue.queue) == rids[:2]
-    assert gate.waiting() == [SLOW]
+    assert gate.waiting(queue) == [SLOW]
 
 
 def test_the_reconcilers_wake_finds_the_room_that_expired_leases_left(client, gate, queue):
@@ -147,4 +147,4 @@ def test_the_reconcilers_wake_finds_the_room_that_expired_leases_left(client, ga
     assert gate.wake({SLOW: TWO}, queue=queue, now=at(LEASE + 1)) == {SLOW: 2}
     assert listed(client, queue.queue) == ["w.1", "x.1"]
     assert gate.wake({SLOW: UNLIMITED}, queue=queue, cap=5, now=at(LEASE + 1)) == {SLOW: 1}
-    assert gate.waiting() == []
+    assert gate.waiting(queue) == []
