@@ -156,7 +156,7 @@ class Delivery:
                 log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms)
             else:
                 _log_taken_back(job)
-        successes, claims = iter(done), iter(claimed)
+        successes, claim_results = iter(done), iter(claimed)
         results: list[_Result | BaseException] = []
         for n, request in enumerate(requests):
             if isinstance(request, _Delivered):
@@ -166,7 +166,7 @@ class Delivery:
             elif not admissions.get(n, _GRANTED).granted:
                 results.append(admissions[n])
             else:
-                result = next(claims)
+                result = next(claim_results)
                 if n in admissions and not isinstance(result, ClaimedJob):
                     # Admitted but not claimed: nothing is sent, the lease goes back with the next batch.
                     self._ledger.post(Released(request.destination, request.rid, GateOutcome.NONE))
