@@ -68,8 +68,6 @@ class _Claim(NamedTuple):
     seq: int
     destination: str = ""
     rid: str = ""
-    #: This process's share of the destination's threads is full: deferred for 'limit' without asking.
-    share_full: bool = False
 
 
 class _Delivered(NamedTuple):
@@ -115,7 +113,7 @@ class Delivery:
         admissions: dict[int, Admission] = {}
         if self.flow is not None:
             admissions = self.flow.admit(
-                [(n, r.destination, r.rid, r.share_full) for n, r in enumerate(requests)
+                [(n, r.destination, r.rid) for n, r in enumerate(requests)
                  if isinstance(r, _Claim) and r.destination],
                 [r for r in requests if isinstance(r, Released)],
             )  # fmt: skip
@@ -169,6 +167,7 @@ class Delivery:
                 result = next(claim_results)
                 if n in admissions and not isinstance(result, ClaimedJob):
                     # Admitted but not claimed: nothing is sent, the lease goes back with the next batch.
+                    self.flow.give_share(request.destination)  # type: ignore[union-attr]
                     self._ledger.post(Released(request.destination, request.rid, GateOutcome.NONE))
                 results.append(result)
         return results
@@ -224,21 +223,12 @@ class Delivery:
             log.error("dropping a message with a malformed id %r (job %s)", rid, job_id)
             return
         flow = self.flow if destination else None
-        holds_share = flow is not None and flow.take_share(destination)
         # Taken before the claim is written, so the attempt's deadline falls inside the claim the ledger records
         # (the reconciler takes it back only a visibility timeout after that).
         deadline = time.monotonic() + self.settings.attempt_time_limit
         claimed_at = self.clock()
         dispatch = Dispatch(message_job_id, seq, claimed_at, destination)
-        claim = _Claim(message_job_id, seq, destination if flow else "", rid, flow is not None and not holds_share)
-        try:
-            job = self._ledger.submit(claim)
-        except BaseException:
-            if holds_share:
-                flow.give_share(destination)  # type: ignore[union-attr]
-            raise
-        if holds_share and not isinstance(job, ClaimedJob):
-            flow.give_share(destination)  # type: ignore[union-attr]
+        job = self._ledger.submit(_Claim(message_job_id, seq, destination if flow else "", rid))
         if isinstance(job, Admission):
             flow.defer(dispatch, job)  # type: ignore[union-attr]
             return

@@ -117,15 +117,8 @@ class FlowControl:
         self._monotonic = monotonic
         self._outage = False
 
-    def take_share(self, key: str) -> bool:
-        """Count one more attempt of `key` in this process, unless its share is full (then say so)."""
-        with self._shares_lock:
-            if self._shares[key] >= self.share:
-                return False
-            self._shares[key] += 1
-            return True
-
     def give_share(self, key: str) -> None:
+        """An attempt of `key` admitted in this process ended (or its claim did not take)."""
         with self._shares_lock:
             self._shares[key] -= 1
             if self._shares[key] <= 0:
@@ -142,20 +135,34 @@ class FlowControl:
                 log.warning("could not read the destinations' limits (%s); keeping the last ones", exc)
         return effective_limits(self.defaults, self._overrides.get(key))
 
-    def admit(
-        self, asking: Sequence[tuple[int, str, str, bool]], releases: Sequence[Released]
-    ) -> dict[int, Admission]:
-        """The gate's answer to each claim `(index, destination, rid, share full)` of a batch, by index, the
-        batch's releases done in the same round trip."""
+    def admit(self, asking: Sequence[tuple[int, str, str]], releases: Sequence[Released]) -> dict[int, Admission]:
+        """The gate's answer to each claim `(index, destination, rid)` of a batch, by index, the batch's releases
+        done in the same round trip. A granted one holds a share of this process until `give_share`.
+
+        The share is counted here, in the batcher's one thread, from the admission on: a thread waiting for its
+        claim holds none, so a destination whose attempts are quick never finds its share full (a count taken
+        before the claim made the log drain park most of its messages)."""
         if not asking and not releases:
             return {}
+        with self._shares_lock:
+            taken = [self._take_share(key) for _, key, _ in asking]
         admits = [
-            AdmitRequest(key, rid, self.limits(key), park=rid, share_full=share_full)
-            for _, key, rid, share_full in asking
+            AdmitRequest(key, rid, self.limits(key), park=rid, share_full=not took)
+            for (_, key, rid), took in zip(asking, taken, strict=True)
         ]
         freed = [ReleaseRequest(r.destination, r.rid, r.outcome, self.limits(r.destination), r.retry_after)
                  for r in releases]  # fmt: skip
-        return {n: admission for (n, *_), admission in zip(asking, self.decide(admits, freed), strict=True)}
+        admissions = self.decide(admits, freed)
+        for (_, key, _), took, admission in zip(asking, taken, admissions, strict=True):
+            if took and not admission.granted:
+                self.give_share(key)
+        return {n: admission for (n, *_), admission in zip(asking, admissions, strict=True)}
+
+    def _take_share(self, key: str) -> bool:
+        if self._shares[key] >= self.share:
+            return False
+        self._shares[key] += 1
+        return True
 
     def decide(self, admits: Sequence[AdmitRequest], releases: Sequence[ReleaseRequest]) -> list[Admission]:
         """The gate's answers to `admits`, its releases done, in one round trip. With Redis unreachable every
