@@ -35,6 +35,9 @@ REDIS_TIMEOUT = 5.0
 TESTED_DISPATCH_SHA = "fdacc359c79a5adc3b8eeb53ff5772d7c42144e3"
 #: Option carrying the message's Redis id: "<job id>.<dispatch seq>".
 RID_OPTION = "wjp_rid"
+#: Option carrying the job's destination, so that a worker admits the message before claiming its job; a message
+#: without it (sent by an older version) goes straight to its claim.
+DEST_OPTION = "wjp_dest"
 
 
 class UntestedDramatiq(SettingsError):
@@ -309,6 +312,8 @@ class Dispatcher:
             rid = redis_message_id(dispatch)
             delay_ms = int((dispatch.due_at - now).total_seconds() * 1000)
             options: dict[str, object] = {RID_OPTION: rid, "redis_message_id": rid}
+            if dispatch.destination:
+                options[DEST_OPTION] = dispatch.destination
             queue = self.queue
             if delay_ms > 0:
                 queue = dq_name(self.queue)

@@ -20,8 +20,11 @@ from dramatiq.middleware import CurrentMessage, Middleware, TimeLimitExceeded
 from actors import metrics
 from actors.backoff import Verdict, decide
 from actors.batching import Batcher
-from actors.broker import ACTOR_NAME, RID_OPTION, BrokerUnavailable, Dispatcher, parse_redis_message_id
+from actors.broker import ACTOR_NAME, DEST_OPTION, RID_OPTION, BrokerUnavailable, Dispatcher, parse_redis_message_id
 from actors.channels.base import Channel, DeliveryError, Notification, PermanentError, TransientError
+from actors.flow import Admission
+from actors.flow import Outcome as GateOutcome
+from actors.flow.control import Deferred, FlowControl, Released, gate_outcome
 from actors.settings import Settings
 from ledger import claims, queries, transitions
 from ledger.claims import ClaimedJob
@@ -59,10 +62,12 @@ AHEAD_RECHECKS = 20
 
 
 class _Claim(NamedTuple):
-    """A message that is to claim its job's attempt."""
+    """A message that is to claim its job's attempt; with a destination, admitted by the gate first."""
 
     job_id: uuid.UUID
     seq: int
+    destination: str = ""
+    rid: str = ""
 
 
 class _Delivered(NamedTuple):
@@ -85,6 +90,7 @@ class Delivery:
         settings: Settings,
         clock: Callable[[], datetime] = utcnow,
         rand: Callable[[], float] = random.random,
+        threads: int = 8,
     ) -> None:
         self.database = database
         self.dispatcher = dispatcher
@@ -95,13 +101,29 @@ class Delivery:
         # Claims and successes are the two writes of every job: the process's threads share statements of them, and
         # a success waits a moment for a claim to share its statement (and commit) with. A thread waits for its
         # claim, but not for its success to be written: it takes its next message meanwhile.
-        self._ledger: Batcher[_Claim | _Delivered, ClaimedJob | bool | None] = Batcher(
-            self._write_batch, "wjp-ledger", linger=SUCCESS_LINGER
-        )
+        self._ledger: Batcher[_Request, _Result] = Batcher(self._write_batch, "wjp-ledger", linger=SUCCESS_LINGER)
+        self.flow: FlowControl | None = None
+        if settings.flow.enabled:
+            self.flow = FlowControl(
+                database=database, dispatcher=dispatcher, settings=settings, threads=threads, post=self._ledger.post,
+                clock=clock, rand=rand,
+            )  # fmt: skip
 
-    def _write_batch(self, requests: list[_Claim | _Delivered]) -> list[ClaimedJob | bool | BaseException | None]:
+    def _write_batch(self, requests: list[_Request]) -> list[_Result | BaseException]:
+        admissions: dict[int, Admission] = {}
+        if self.flow is not None:
+            admissions = self.flow.admit(
+                [(n, r.destination, r.rid) for n, r in enumerate(requests)
+                 if isinstance(r, _Claim) and r.destination],
+                [r for r in requests if isinstance(r, Released)],
+            )  # fmt: skip
+            self.flow.record_deferrals([r for r in requests if isinstance(r, Deferred)])
         delivered = [r for r in requests if isinstance(r, _Delivered)]
-        dispatches = [r for r in requests if isinstance(r, _Claim)]
+        dispatches = [
+            (r.job_id, r.seq)
+            for n, r in enumerate(requests)
+            if isinstance(r, _Claim) and admissions.get(n, _GRANTED).granted
+        ]
         attempts = [(item.job.id, item.job.attempt) for item in delivered]
         now = self.clock()
         # Drawn once, outside the retried statement: a retry finds the claims it committed. The claims are stamped
@@ -133,9 +155,24 @@ class Delivery:
             else:
                 _log_taken_back(job)
         successes, claim_results = iter(done), iter(claimed)
-        return [next(successes) if isinstance(request, _Delivered) else next(claim_results) for request in requests]
+        results: list[_Result | BaseException] = []
+        for n, request in enumerate(requests):
+            if isinstance(request, _Delivered):
+                results.append(next(successes))
+            elif not isinstance(request, _Claim):
+                results.append(None)
+            elif not admissions.get(n, _GRANTED).granted:
+                results.append(admissions[n])
+            else:
+                result = next(claim_results)
+                if n in admissions and not isinstance(result, ClaimedJob):
+                    # Admitted but not claimed: nothing is sent, the lease goes back with the next batch.
+                    self.flow.give_share(request.destination)  # type: ignore[union-attr]
+                    self._ledger.post(Released(request.destination, request.rid, GateOutcome.NONE))
+                results.append(result)
+        return results
 
-    def _claim_alone(self, dispatch: _Claim, *, now: datetime) -> ClaimedJob | BaseException | None:
+    def _claim_alone(self, dispatch: tuple[uuid.UUID, int], *, now: datetime) -> ClaimedJob | BaseException | None:
         # A token of its own: under the batch's, a second request for the same dispatch would take the first's
         # claim for its own and deliver the attempt again.
         token = uuid.uuid4()
@@ -180,23 +217,31 @@ class Delivery:
             except Exception:
                 log.warning("channel %s did not close cleanly", channel.name, exc_info=True)
 
-    def __call__(self, job_id: str, rid: str) -> None:
+    def __call__(self, job_id: str, rid: str, destination: str = "") -> None:
         try:
             message_job_id, seq = parse_redis_message_id(rid)
         except ValueError:
             log.error("dropping a message with a malformed id %r (job %s)", rid, job_id)
             return
+        flow = self.flow if destination else None
         # Taken before the claim is written, so the attempt's deadline falls inside the claim the ledger records
         # (the reconciler takes it back only a visibility timeout after that).
         deadline = time.monotonic() + self.settings.attempt_time_limit
         claimed_at = self.clock()
-        job = self._ledger.submit(_Claim(message_job_id, seq))
+        dispatch = Dispatch(message_job_id, seq, claimed_at, destination)
+        job = self._ledger.submit(_Claim(message_job_id, seq, destination if flow else "", rid))
+        if isinstance(job, Admission):
+            flow.defer(dispatch, job)  # type: ignore[union-attr]
+            return
         if job is None:
-            self._handle_unclaimed(Dispatch(message_job_id, seq, claimed_at))
+            self._handle_unclaimed(dispatch)
             return
         started = time.perf_counter()
         error = self._attempt(job, deadline)
         metrics.observe_attempt(job.channel, error, time.perf_counter() - started)
+        if flow is not None:
+            flow.give_share(destination)
+            self._ledger.post(Released(destination, rid, gate_outcome(error), getattr(error, "retry_after", None)))
         self._record(job, error, started=claimed_at)
 
     def _attempt(self, job: ClaimedJob, deadline: float) -> DeliveryError | None:
@@ -220,6 +265,8 @@ class Delivery:
 
     def _record(self, job: ClaimedJob, error: DeliveryError | None, *, started: datetime) -> None:
         now = self.clock()
+        if isinstance(error, TransientError) and error.throttled and self._throttle(job, error, now, started):
+            return
         decision = decide(
             attempt=job.attempt,
             max_attempts=job.max_attempts,
@@ -278,6 +325,32 @@ class Delivery:
         if not done:
             _log_taken_back(job)
 
+    def _throttle(self, job: ClaimedJob, error: TransientError, now: datetime, started: datetime) -> bool:
+        """A throttling answer gives its attempt back (`transitions.throttle`), unless the job had its most
+        throttles: then say so, and it counts as a transient error."""
+        # The attempt given back: the backoff of a job with one more attempt, never before the Retry-After.
+        due_at = decide(
+            attempt=job.attempt, max_attempts=job.max_attempts + 1, failed=True, permanent=False,
+            retry_after=error.retry_after, policy=self.settings.backoff, now=now, rand=self.rand,
+        ).due_at  # fmt: skip
+        assert due_at is not None
+        parked = (due_at - now).total_seconds() > self.settings.schedule_horizon
+        text, most = _error_text(error), self.settings.flow.max_throttles
+        result = self._write(
+            lambda: self.database.run(
+                lambda conn: transitions.throttle(
+                    conn, job.id, job.attempt, now=now, due_at=due_at, error=text, max_throttles=most, parked=parked
+                )
+            ),
+            claimed_at=started,
+        )
+        if result is None:
+            return False
+        log.info("🐢 Job %s throttled; attempt given back, next at %s (%s)", job.id, due_at.isoformat(), text)
+        if isinstance(result, Dispatch):
+            self._send(result)
+        return True
+
     def _handle_unclaimed(self, dispatch: Dispatch) -> None:
         """A message that did not claim is dropped, unless it is the job's current one and merely early, or one
         newer than the ledger has committed yet."""
@@ -290,7 +363,7 @@ class Delivery:
             log.debug("dropping stale message %s.%s", dispatch.job_id, dispatch.seq)
             return
         # Early (the sender's clock runs ahead): wait in the delay queue for the rest of the time.
-        self._send(Dispatch(dispatch.job_id, dispatch.seq, state.next_attempt_at))
+        self._send(Dispatch(dispatch.job_id, dispatch.seq, state.next_attempt_at, dispatch.destination))
 
     def _send(self, dispatch: Dispatch) -> None:
         try:
@@ -317,6 +390,12 @@ class Delivery:
                 log.warning("ledger unavailable while recording an outcome; trying again in %.1fs", pause)
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
+
+
+_Request = _Claim | _Delivered | Released | Deferred
+#: A claim's answer: the job claimed, None (not claimed) or the gate's deferral; a success's: whether it was written.
+_Result = ClaimedJob | Admission | bool | None
+_GRANTED = Admission(granted=True)
 
 
 def _log_taken_back(job: ClaimedJob) -> None:
@@ -368,7 +447,8 @@ def declare_actor(broker: RedisBroker, delivery: Delivery, settings: Settings) -
 
     def deliver(job_id: str) -> None:
         message = CurrentMessage.get_current_message()
-        delivery(job_id, message.options.get(RID_OPTION, "") if message else "")
+        options = message.options if message else {}
+        delivery(job_id, options.get(RID_OPTION, ""), options.get(DEST_OPTION, ""))
 
     return dramatiq.actor(
         deliver,

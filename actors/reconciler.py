@@ -11,9 +11,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
+import redis
+
 from actors import metrics
-from actors.broker import Dispatcher
-from ledger import maintenance, transitions
+from actors.broker import BrokerUnavailable, Dispatcher
+from actors.flow import Gate, Limits, QueueKeys
+from actors.flow.control import effective_limits
+from actors.settings import FlowSettings
+from ledger import destinations, maintenance, transitions
 from ledger.database import Database
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
@@ -54,6 +59,7 @@ class Reconciler:
         schedule_horizon: float,
         clock: Callable[[], datetime] = utcnow,
         batch_size: int = BATCH_SIZE,
+        flow: FlowSettings | None = None,
     ) -> None:
         self.database = database
         self.dispatcher = dispatcher
@@ -62,6 +68,7 @@ class Reconciler:
         self.schedule_horizon = timedelta(seconds=schedule_horizon)
         self.clock = clock
         self.batch_size = batch_size
+        self.flow = FlowSettings() if flow is None else flow
 
     def run_once(self) -> PassReport:
         """Raise `LedgerUnavailable` or `BrokerUnavailable` when either cannot be reached."""
@@ -69,7 +76,11 @@ class Reconciler:
         report = PassReport()
         self.dispatcher.requeue_abandoned()
         self._expire_claims(report)
+        if self.flow.enabled:
+            self._give_up_deferred(report)
         self._redispatch_missing(report)
+        if self.flow.enabled:
+            self._wake_waiting()
         report.duration_ms = round((time.perf_counter() - started) * 1000)
         metrics.observe_pass(expired=report.expired, failed=report.failed, redispatched=report.redispatched)
         return report
@@ -100,6 +111,47 @@ class Reconciler:
             report.failed += len(failed)
             if len(claims) < self.batch_size:
                 return
+
+    def _give_up_deferred(self, report: PassReport) -> None:
+        """Fail the jobs deferred past WJP_MAX_DEFERRAL that no worker looks at any more (waiting on a list nobody
+        wakes, parked in the ledger)."""
+        now = self.clock()
+        before = now - timedelta(seconds=self.flow.max_deferral)
+        while True:
+            overdue = self.database.run(
+                lambda conn: maintenance.deferred_too_long(conn, deferred_before=before, limit=self.batch_size)
+            )
+            if not overdue:
+                return
+            failed = self.database.run(
+                lambda conn, overdue=overdue: transitions.give_up_deferred(
+                    conn, now=now, max_deferral=self.flow.max_deferral, job_ids=overdue
+                ),
+                transaction=True,
+            )
+            for job_id in failed:
+                log.warning("⚠️ Job %s marked as FAILED: deferred for over %gs", job_id, self.flow.max_deferral)
+            report.failed += len(failed)
+            if len(overdue) < self.batch_size:
+                return
+
+    def _wake_waiting(self) -> None:
+        """Wake waiting lists as far as their destinations have room: the leases of killed workers expire with no
+        release to wake anyone."""
+        gate, queue = Gate(self.dispatcher.broker.client), QueueKeys.of(self.dispatcher.queue)
+        try:
+            keys = gate.waiting(queue)
+            if not keys:
+                return
+            overrides = self.database.run(destinations.overrides)
+            defaults = Limits(self.flow.concurrency, self.flow.rate)
+            limits = {key: effective_limits(defaults, overrides.get(key)) for key in keys}
+            woken = gate.wake(limits, queue=queue)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
+        for key, count in woken.items():
+            if count:
+                log.info("woke %d messages waiting on %s", count, key)
 
     def _redispatch_missing(self, report: PassReport) -> None:
         now = self.clock()

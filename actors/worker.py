@@ -26,9 +26,10 @@ if settings.worker_metrics_port:
 dramatiq.set_broker(broker)
 # A connection per Dramatiq thread (`wjp worker --threads`, which passes the number on), one for transactions (none
 # on the delivery path) and the ledger batcher's kept one; README.md, "Running in production", sums them up.
+threads = positive_int(os.environ, "WJP_WORKER_THREADS", 8)
 database = Database(
     settings.database_url,
-    pool_size=positive_int(os.environ, "WJP_WORKER_THREADS", 8),
+    pool_size=threads,
     transactions=1,
     kept=1,
     prepared_statements=settings.prepared_statements,
@@ -38,6 +39,7 @@ delivery = Delivery(
     dispatcher=Dispatcher(broker, settings.queue),
     channels=build_channels(settings.channels),
     settings=settings,
+    threads=threads,
 )
 deliver = declare_actor(broker, delivery, settings)
 logging.getLogger("wjp").setLevel(logging.INFO)

@@ -109,6 +109,8 @@ def _build_claim(postgresql: bool, ids: str = "ids", *flag: Any) -> tuple[Any, A
             worker=bindparam("worker"),
             updated_at=now,
             last_outcome=None,
+            deferred_since=None,
+            deferred_reason=None,
         )
         .returning(*_CLAIMED_COLUMNS)
     )

@@ -93,6 +93,8 @@ class IntakeResult:
     #: The dispatch to send now (CREATED only); 0 means "not yet: the reconciler sends it when due".
     dispatch_seq: int = 0
     next_attempt_at: datetime | None = None
+    #: The job's destination (CREATED only), which its message carries.
+    destination: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,13 @@ class Accepting:
 
 def _created(row: dict[str, Any]) -> IntakeResult:
     return IntakeResult(
-        Intake.CREATED, row["id"], Status.PENDING, row["created_at"], row["dispatch_seq"], row["next_attempt_at"]
+        Intake.CREATED,
+        row["id"],
+        Status.PENDING,
+        row["created_at"],
+        row["dispatch_seq"],
+        row["next_attempt_at"],
+        row["destination"],
     )
 
 

@@ -35,6 +35,18 @@ def expired_claims(conn: Connection, *, cutoff: datetime, limit: int) -> list[tu
     return [(row.id, row.attempts) for row in rows]
 
 
+def deferred_too_long(conn: Connection, *, deferred_before: datetime, limit: int) -> list[uuid.UUID]:
+    """Waiting jobs deferred on their destination since before `deferred_before`, oldest first, read from the
+    partial index of deferred jobs (a read, so a pass with none of them writes nothing)."""
+    rows = conn.execute(
+        select(jobs.c.id)
+        .where(status_in(WAITING), jobs.c.deferred_since.is_not(None), jobs.c.deferred_since < deferred_before)
+        .order_by(jobs.c.deferred_since)
+        .limit(limit)
+    ).all()
+    return [row.id for row in rows]
+
+
 def waiting_candidates(
     conn: Connection,
     *,

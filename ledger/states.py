@@ -42,6 +42,10 @@ TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
     "expire_to_failed": (frozenset({Status.PROCESSING}), Status.FAILED),
     "cancel": (WAITING, Status.CANCELLED),
     "manual_retry": (frozenset({Status.FAILED}), Status.PENDING),
+    # A throttling answer gives its attempt back (max_attempts + 1), up to WJP_MAX_THROTTLES per job.
+    "throttle": (frozenset({Status.PROCESSING}), Status.RETRY),
+    # A job deferred on its destination (never claimed meanwhile) for longer than WJP_MAX_DEFERRAL.
+    "give_up_deferred": (WAITING, Status.FAILED),
 }
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     Connection,
+    String,
     bindparam,
+    case,
     func,
+    literal,
     select,
     tuple_,
     update,
@@ -40,6 +43,9 @@ class Dispatch:
     job_id: uuid.UUID
     seq: int
     due_at: datetime
+    #: The job's destination (`jobs.destination`), carried by its message so a worker admits it before its claim;
+    #: "" when unknown (the worker then skips admission).
+    destination: str = ""
 
 
 def _build_fail() -> Any:
@@ -74,11 +80,38 @@ def _build_schedule_retry(*, parked: bool) -> Any:
             updated_at=bindparam("now", type_=UTCDateTime()),
             claimed_at=None,
         )
-        .returning(jobs.c.dispatch_seq)
+        .returning(jobs.c.dispatch_seq, jobs.c.destination)
+    )
+
+
+def _build_throttle(*, parked: bool) -> Any:
+    guard, target = transition_guard("throttle")
+    return (
+        update(jobs)
+        .where(
+            jobs.c.id == bindparam("job_id"),
+            guard,
+            jobs.c.attempts == bindparam("attempt"),
+            jobs.c.throttles < bindparam("max_throttles"),
+        )
+        .values(
+            status=target,
+            next_attempt_at=bindparam("due_at", type_=UTCDateTime()),
+            dispatch_seq=-jobs.c.dispatch_seq if parked else jobs.c.dispatch_seq + 1,
+            max_attempts=jobs.c.max_attempts + 1,
+            throttles=jobs.c.throttles + 1,
+            last_outcome=Outcome.THROTTLED.value,
+            last_error=bindparam("error"),
+            updated_at=bindparam("now", type_=UTCDateTime()),
+            claimed_at=None,
+        )
+        .returning(jobs.c.dispatch_seq, jobs.c.destination)
     )
 
 
 _FAIL = _build_fail()
+_THROTTLE = _build_throttle(parked=False)
+_PARK_THROTTLED = _build_throttle(parked=True)
 _SCHEDULE_RETRY = _build_schedule_retry(parked=False)
 _PARK_RETRY = _build_schedule_retry(parked=True)
 
@@ -95,7 +128,7 @@ def schedule_retry(
     """PROCESSING at `attempt` → RETRY due at `due_at`, with a new dispatch to send after commit."""
     params = {"job_id": job_id, "attempt": attempt, "now": now, "due_at": due_at, "error": error}
     row = conn.execute(_SCHEDULE_RETRY, params).first()
-    return None if row is None else Dispatch(job_id, row.dispatch_seq, due_at)
+    return None if row is None else Dispatch(job_id, row.dispatch_seq, due_at, row.destination)
 
 
 def park_retry(
@@ -105,6 +138,98 @@ def park_retry(
     Its `dispatch_seq` is the negated seq of its last message, so none of its messages can claim it."""
     params = {"job_id": job_id, "attempt": attempt, "now": now, "due_at": due_at, "error": error}
     return conn.execute(_PARK_RETRY, params).first() is not None
+
+
+def throttle(
+    conn: Connection,
+    job_id: uuid.UUID,
+    attempt: int,
+    *,
+    now: datetime,
+    due_at: datetime,
+    error: str,
+    max_throttles: int,
+    parked: bool = False,
+) -> Dispatch | bool | None:
+    """PROCESSING at `attempt`, throttled fewer than `max_throttles` times → RETRY due at `due_at`, the attempt
+    recorded `throttled` and given back (max_attempts + 1). The new dispatch to send, or (`parked`, as
+    `park_retry`) True; None when the guard failed (the caller then counts the answer as a transient error)."""
+    params = {"job_id": job_id, "attempt": attempt, "now": now, "due_at": due_at, "error": error,
+              "max_throttles": max_throttles}  # fmt: skip
+    row = conn.execute(_PARK_THROTTLED if parked else _THROTTLE, params).first()
+    if row is None:
+        return None
+    return True if parked else Dispatch(job_id, row.dispatch_seq, due_at, row.destination)
+
+
+#: How `give_up_deferred` names each reason in `last_error`.
+DEFERRAL_REASONS = {
+    "circuit": "circuit open",
+    "throttled": "throttled",
+    "limit": "at its limit",
+    "rate": "rate limited",
+}
+
+
+def record_deferrals(conn: Connection, deferred: list[tuple[uuid.UUID, int, str]], *, now: datetime) -> None:
+    """Each waiting job `(job_id, seq, reason)` of that dispatch was deferred on its destination (no attempt):
+    since when (kept from its first deferral, until a claim clears it) and why."""
+    for job_id, seq, reason in deferred:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.dispatch_seq == seq, status_in(WAITING))
+            .values(deferred_since=func.coalesce(jobs.c.deferred_since, now), deferred_reason=reason)
+        )
+
+
+def park_deferred(
+    conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, due_at: datetime, reason: str
+) -> bool:
+    """A waiting job deferred until `due_at`, beyond the schedule horizon: its message goes (the seq negated, as
+    `park_retry` does) and a reconciler pass dispatches it as it comes due; the deferral is recorded."""
+    return (
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.dispatch_seq == seq, status_in(WAITING))
+            .values(
+                next_attempt_at=due_at,
+                dispatch_seq=-jobs.c.dispatch_seq,
+                deferred_since=func.coalesce(jobs.c.deferred_since, now),
+                deferred_reason=reason,
+                updated_at=now,
+            )
+        ).rowcount
+        == 1
+    )
+
+
+def give_up_deferred(
+    conn: Connection, *, now: datetime, max_deferral: float, job_ids: list[uuid.UUID] | None = None, limit: int = 500
+) -> list[uuid.UUID]:
+    """Waiting jobs deferred for more than `max_deferral` seconds (of `job_ids`, or up to `limit` of any, read
+    through the index of deferred jobs) → FAILED, with a `last_error` naming the destination and why."""
+    guard, target = transition_guard("give_up_deferred")
+    cutoff = now - timedelta(seconds=max_deferral)
+    overdue = (guard, jobs.c.deferred_since.is_not(None), jobs.c.deferred_since < cutoff)
+    if job_ids is not None:
+        if not job_ids:
+            return []
+        chosen: Any = jobs.c.id.in_(job_ids)
+    else:
+        candidates = select(jobs.c.id).where(*overdue).order_by(jobs.c.deferred_since).limit(limit)
+        chosen = jobs.c.id.in_(candidates.scalar_subquery())
+    why = case(
+        *((jobs.c.deferred_reason == reason, literal(text)) for reason, text in DEFERRAL_REASONS.items()),
+        else_=jobs.c.deferred_reason,
+    )
+    error = literal(f"waited more than {max_deferral:g} s on destination ", String()).concat(jobs.c.destination)
+    rows = conn.execute(
+        update(jobs)
+        .where(chosen, *overdue)
+        .values(status=target, last_error=error.concat(": ").concat(why), updated_at=now, completed_at=now)
+        .returning(jobs.c.id)
+    ).all()
+    return [row.id for row in rows]
 
 
 def cancel(conn: Connection, job_id: uuid.UUID, *, scope: str, now: datetime) -> bool:
@@ -131,10 +256,13 @@ def manual_retry(conn: Connection, job_id: uuid.UUID, *, now: datetime, extra_at
             dispatch_seq=jobs.c.dispatch_seq + 1,
             updated_at=now,
             completed_at=None,
+            # A job that failed waiting on its destination starts its deferral afresh.
+            deferred_since=None,
+            deferred_reason=None,
         )
-        .returning(jobs.c.dispatch_seq)
+        .returning(jobs.c.dispatch_seq, jobs.c.destination)
     ).first()
-    return None if row is None else Dispatch(job_id, row.dispatch_seq, now)
+    return None if row is None else Dispatch(job_id, row.dispatch_seq, now, row.destination)
 
 
 def expire(
@@ -154,7 +282,7 @@ def expire(
         update(jobs)
         .where(held, guard, jobs.c.claimed_at < cutoff, jobs.c.attempts < jobs.c.max_attempts)
         .values(status=target, next_attempt_at=now, dispatch_seq=jobs.c.dispatch_seq + 1, **common)
-        .returning(jobs.c.id, jobs.c.dispatch_seq)
+        .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.destination)
     ).all()
     guard, target = transition_guard("expire_to_failed")
     failed = conn.execute(
@@ -163,7 +291,7 @@ def expire(
         .values(status=target, completed_at=now, **common)
         .returning(jobs.c.id)
     ).all()
-    return [Dispatch(r.id, r.dispatch_seq, now) for r in retried], [r.id for r in failed]
+    return [Dispatch(r.id, r.dispatch_seq, now, r.destination) for r in retried], [r.id for r in failed]
 
 
 def redispatch(conn: Connection, lost: list[tuple[uuid.UUID, int]], *, now: datetime) -> list[Dispatch]:
@@ -175,9 +303,9 @@ def redispatch(conn: Connection, lost: list[tuple[uuid.UUID, int]], *, now: date
         update(jobs)
         .where(tuple_(jobs.c.id, jobs.c.dispatch_seq).in_(lost), status_in(WAITING))
         .values(dispatch_seq=func.abs(jobs.c.dispatch_seq) + 1, updated_at=now)
-        .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.next_attempt_at)
+        .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.next_attempt_at, jobs.c.destination)
     ).all()
-    return [Dispatch(r.id, r.dispatch_seq, r.next_attempt_at) for r in rows]
+    return [Dispatch(r.id, r.dispatch_seq, r.next_attempt_at, r.destination) for r in rows]
 
 
 def retry_failed(
@@ -213,7 +341,10 @@ def retry_failed(
             dispatch_seq=jobs.c.dispatch_seq + 1,
             updated_at=now,
             completed_at=None,
+            # A job that failed waiting on its destination starts its deferral afresh.
+            deferred_since=None,
+            deferred_reason=None,
         )
-        .returning(jobs.c.id, jobs.c.dispatch_seq)
+        .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.destination)
     ).all()
-    return [Dispatch(row.id, row.dispatch_seq, now) for row in rows]
+    return [Dispatch(row.id, row.dispatch_seq, now, row.destination) for row in rows]

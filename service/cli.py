@@ -145,6 +145,7 @@ def make_reconciler(settings: Settings) -> Reconciler:
         visibility_timeout=settings.visibility_timeout,
         grace=settings.reconcile_grace,
         schedule_horizon=settings.schedule_horizon,
+        flow=settings.flow,
     )
 
 

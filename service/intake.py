@@ -59,4 +59,4 @@ class GroupIntake:
 
 def _dispatch_of(result: IntakeResult) -> Dispatch:
     assert result.next_attempt_at is not None
-    return Dispatch(result.job_id, result.dispatch_seq, result.next_attempt_at)
+    return Dispatch(result.job_id, result.dispatch_seq, result.next_attempt_at, result.destination)

@@ -52,10 +52,13 @@ class DeliveryError(Exception):
 class TransientError(DeliveryError):
     """Worth retrying: timeouts, connection errors, 5xx/408/429, SMTP 4xx."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, throttled: bool = False) -> None:
         super().__init__(message)
         #: The provider's own Retry-After, in seconds: the next attempt waits at least this long.
         self.retry_after = retry_after
+        #: The receiver asked us to slow down (429, a 503 with Retry-After, SMTP 421 or 450/451 about rate): the
+        #: attempt gives its place in the budget back, and a Retry-After pauses the whole destination.
+        self.throttled = throttled
 
 
 class PermanentError(DeliveryError):

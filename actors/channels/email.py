@@ -366,22 +366,35 @@ def classify_smtp_error(exc: Exception) -> DeliveryError:
         text = "; ".join(f"{code} {_text(reply)}" for code, reply in replies)
         if replies and all(500 <= code < 600 for code, _ in replies):
             return PermanentError(f"SMTP server refused the recipient: {text}")
-        return TransientError(f"SMTP server deferred the recipient: {text}")
+        throttled = any(_throttling(code, _text(reply)) for code, reply in replies)
+        return TransientError(f"SMTP server deferred the recipient: {text}", throttled=throttled)
     if isinstance(
         exc,
         smtplib.SMTPAuthenticationError | smtplib.SMTPSenderRefused | smtplib.SMTPConnectError | smtplib.SMTPHeloError,
     ):
         # Failures of our own set-up (credentials, sender address, the server refusing us), not
         # of this message: an operator can fix them, so the job must not be used up meanwhile.
-        return TransientError(f"SMTP set-up failed ({type(exc).__name__}): {exc.smtp_code} {_text(exc.smtp_error)}")
+        reply = _text(exc.smtp_error)
+        return TransientError(
+            f"SMTP set-up failed ({type(exc).__name__}): {exc.smtp_code} {reply}",
+            throttled=_throttling(exc.smtp_code, reply),
+        )
     if isinstance(exc, smtplib.SMTPResponseException):
         text = f"SMTP {exc.smtp_code} {_text(exc.smtp_error)}"
         if 500 <= exc.smtp_code < 600:
             return PermanentError(text)
-        return TransientError(text)
+        return TransientError(text, throttled=_throttling(exc.smtp_code, _text(exc.smtp_error)))
     if isinstance(exc, TimeoutError):
         return TransientError(f"SMTP server timed out: {exc}")
     return TransientError(f"SMTP failed ({type(exc).__name__}): {exc}")
+
+
+def _throttling(code: int, reply: str) -> bool:
+    """A relay asking us to slow down: 421 (service busy, closing), or 450/451 whose text says rate or too many."""
+    if code == 421:
+        return True
+    lowered = reply.lower()
+    return code in (450, 451) and ("rate" in lowered or "too many" in lowered)
 
 
 def _text(reply: bytes | str) -> str:

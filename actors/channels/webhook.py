@@ -96,8 +96,9 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
 def raise_for_status(response: httpx.Response, body: bytes, *, now: float) -> None:
     """Raise the delivery error a non-2xx response means; return for 2xx.
 
-    408, 429 and 5xx are transient (with the provider's Retry-After); 3xx are permanent because
-    redirects are not followed (one could lead to a private address); other 4xx are permanent.
+    408, 429 and 5xx are transient (with the provider's Retry-After), 429 and a 503 with Retry-After throttling
+    ones; 3xx are permanent because redirects are not followed (one could lead to a private address); other 4xx
+    are permanent.
     """
     status = response.status_code
     if 200 <= status < 300:
@@ -106,7 +107,8 @@ def raise_for_status(response: httpx.Response, body: bytes, *, now: float) -> No
     detail = f"HTTP {status}" + (f": {quoted}" if quoted else "")
     if status in (408, 429) or 500 <= status < 600:
         retry_after = parse_retry_after(response.headers.get("retry-after"), now=now)
-        raise TransientError(detail, retry_after=retry_after)
+        throttled = status == 429 or (status == 503 and retry_after is not None)
+        raise TransientError(detail, retry_after=retry_after, throttled=throttled)
     if 300 <= status < 400:
         location = response.headers.get("location", "")
         raise PermanentError(f"HTTP {status}: redirects are not followed (Location: {location[:200]})")

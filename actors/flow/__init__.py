@@ -2,11 +2,26 @@
 
 from actors.flow.gate import (
     Admission,
+    AdmitRequest,
     BreakerPolicy,
     DestinationState,
     Gate,
+    Limits,
     Outcome,
+    QueueKeys,
     Reason,
+    ReleaseRequest,
 )
 
-__all__ = ["Admission", "BreakerPolicy", "DestinationState", "Gate", "Outcome", "Reason"]
+__all__ = [
+    "Admission",
+    "AdmitRequest",
+    "BreakerPolicy",
+    "DestinationState",
+    "Gate",
+    "Limits",
+    "Outcome",
+    "QueueKeys",
+    "Reason",
+    "ReleaseRequest",
+]

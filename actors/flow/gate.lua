@@ -8,6 +8,10 @@
 --   reset   ARGV: dest                                                         -> 1
 --   inspect KEYS[2..]: hash, leases pairs -> per pair {in_flight, circuit, failures, opened_until, paused_until}
 --   known   -> destinations that have state
+--   batch   a worker's admits and releases of many destinations at once, parking on waiting lists (below)
+--   wake    the waiting lists of some destinations, as far as they have room (the reconciler's pass)
+-- Waiting lists: a message deferred for 'limit' leaves its worker's Dramatiq acks set for the destination's list
+-- (its body stays in the queue's hash, where the reconciler finds it); a release wakes it back onto the queue.
 -- Every time-bound field reads as its default once its time has passed, so the logic never depends on when
 -- Redis actually expires a key (tests inject `now`); PEXPIRE only collects the garbage.
 
@@ -137,10 +141,7 @@ local function grant(dest, hash, leases, s, lease_id, lease_ms, dirty)
     return {1, '', 0, (s.probe == lease_id) and 1 or 0}
 end
 
-if op == 'admit' then
-    local hash, leases = KEYS[2], KEYS[3]
-    local dest, lease_id, lease_ms = ARGV[3], ARGV[4], tonumber(ARGV[5])
-    local concurrency, rate = tonumber(ARGV[6]), tonumber(ARGV[7])
+local function admit(hash, leases, dest, lease_id, lease_ms, concurrency, rate)
     -- A worker killed with kill -9 never releases: its slot frees when its lease expires.
     redis.call('ZREMRANGEBYSCORE', leases, '-inf', int(now))
     local s = load(hash)
@@ -179,12 +180,11 @@ if op == 'admit' then
         s.circuit, s.probe, dirty = 'half_open', lease_id, true
     end
     return grant(dest, hash, leases, s, lease_id, lease_ms, dirty)
+end
 
-elseif op == 'release' then
-    local hash, leases = KEYS[2], KEYS[3]
-    local dest, lease_id, outcome = ARGV[3], ARGV[4], ARGV[5]
-    local retry_after_ms, threshold = tonumber(ARGV[6]), tonumber(ARGV[7])
-    local cooldown_ms, max_cooldown_ms, forget_ms = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+-- breaker = {threshold, cooldown_ms, max_cooldown_ms, forget_ms}
+local function release(hash, leases, dest, lease_id, outcome, retry_after_ms, breaker)
+    local threshold, cooldown_ms, max_cooldown_ms, forget_ms = unpack(breaker)
     -- Expired leases are left to the next admission: they never raise the horizon `track` computes.
     redis.call('ZREM', leases, lease_id)
     local s = load(hash)
@@ -219,7 +219,123 @@ elseif op == 'release' then
     end
     if not (was_default and breaker_is_default(s) and s.paused_until <= now) then save(hash, s) end
     track(dest, s, leases)
+end
+
+-- The Dramatiq queue woken messages go back to: KEYS[3..5] of `batch` and `wake` (its list, bodies hash, bell).
+local queue_list, queue_bodies, queue_bell = KEYS[3], KEYS[4], KEYS[5]
+local waiting_set = KEYS[2]
+
+-- A message deferred for 'limit' leaves this worker's leases of the queue (so its ack, which the worker skips,
+-- cannot be needed and Dramatiq's maintenance never requeues it) for the destination's waiting list.
+local function park(waiting, acks, dest, rid)
+    if redis.call('SREM', acks, rid) == 0 then return 0 end
+    redis.call('RPUSH', waiting, rid)
+    redis.call('SADD', waiting_set, dest)
     return 1
+end
+
+-- Up to `count` waiting messages back onto the queue (a message whose body went meanwhile is dropped); the bell
+-- wakes an idle consumer.
+local function wake(waiting, dest, count, bell_tokens)
+    local woken = 0
+    while woken < count do
+        local rid = redis.call('LPOP', waiting)
+        if not rid then break end
+        if redis.call('HEXISTS', queue_bodies, rid) == 1 then
+            redis.call('RPUSH', queue_list, rid)
+            woken = woken + 1
+        end
+    end
+    if redis.call('EXISTS', waiting) == 0 then redis.call('SREM', waiting_set, dest) end
+    if woken > 0 then
+        redis.call('RPUSH', queue_bell, 1)
+        redis.call('LTRIM', queue_bell, -bell_tokens, -1)
+    end
+    return woken
+end
+
+local function live_leases(leases)
+    redis.call('ZREMRANGEBYSCORE', leases, '-inf', int(now))
+    return redis.call('ZCARD', leases)
+end
+
+if op == 'admit' then
+    return admit(KEYS[2], KEYS[3], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
+
+elseif op == 'release' then
+    local breaker = {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])}
+    release(KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), breaker)
+    return 1
+
+elseif op == 'batch' then
+    -- KEYS: known, waiting set, queue list, bodies, bell, this worker's acks set of the queue, then per destination
+    -- its hash, leases and waiting list. ARGV[3..9]: threshold, cooldown_ms, max_cooldown_ms, forget_ms, lease_ms,
+    -- bell tokens, destinations; per destination: key, concurrency|'', rate|''; releases; per release: destination
+    -- index, lease id, outcome, retry_after_ms; admits; per admit: destination index, lease id, rid to park|'',
+    -- '1' when the worker's own share is full (park without asking).
+    local acks = KEYS[6]
+    local breaker = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}
+    local lease_ms, bell_tokens = tonumber(ARGV[7]), tonumber(ARGV[8])
+    local dests, i = {}, 10
+    for d = 1, tonumber(ARGV[9]) do
+        local k = 6 + 3 * (d - 1)
+        dests[d] = {hash = KEYS[k + 1], leases = KEYS[k + 2], waiting = KEYS[k + 3], key = ARGV[i],
+                    concurrency = tonumber(ARGV[i + 1]), rate = tonumber(ARGV[i + 2]), released = 0}
+        i = i + 3
+    end
+    -- Releases first: the slots they free are there for this batch's admits.
+    local releases = tonumber(ARGV[i])
+    i = i + 1
+    for _ = 1, releases do
+        local d = dests[tonumber(ARGV[i])]
+        release(d.hash, d.leases, d.key, ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), breaker)
+        d.released = d.released + 1
+        i = i + 4
+    end
+    local out = {}
+    local admits = tonumber(ARGV[i])
+    i = i + 1
+    for n = 1, admits do
+        local d, lease_id, rid, share_full = dests[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3] == '1'
+        local r
+        if share_full then
+            r = deferred('limit', 0)
+        else
+            r = admit(d.hash, d.leases, d.key, lease_id, lease_ms, d.concurrency, d.rate)
+        end
+        r[5] = 0
+        if r[1] == 0 and r[2] == 'limit' and rid ~= '' then r[5] = park(d.waiting, acks, d.key, rid) end
+        out[n] = r
+        i = i + 4
+    end
+    -- Each release wakes one waiting message and one more (a woken message another worker's full share parks
+    -- again must not be the last), as far as the fleet-wide limit has room after this batch's admits.
+    for _, d in ipairs(dests) do
+        if d.released > 0 then
+            local count = d.released + 1
+            if d.concurrency then count = math.min(count, d.concurrency - live_leases(d.leases)) end
+            if count > 0 then wake(d.waiting, d.key, count, bell_tokens) end
+        end
+    end
+    return out
+
+elseif op == 'wake' then
+    -- KEYS: known, waiting set, queue list, bodies, bell, then per destination its leases and waiting list.
+    -- ARGV[3..4]: bell tokens, most to wake of a destination without a limit; per destination: key, concurrency|''.
+    -- Leases that expired (killed workers) free room no release will announce.
+    local bell_tokens, cap = tonumber(ARGV[3]), tonumber(ARGV[4])
+    local out = {}
+    for d = 1, (#KEYS - 5) / 2 do
+        local leases, waiting = KEYS[4 + 2 * d], KEYS[5 + 2 * d]
+        local key, concurrency = ARGV[3 + 2 * d], tonumber(ARGV[4 + 2 * d])
+        local count = cap
+        if concurrency then count = concurrency - live_leases(leases) end
+        out[d] = count > 0 and wake(waiting, key, count, bell_tokens) or 0
+    end
+    return out
+
+elseif op == 'waiting' then
+    return redis.call('SMEMBERS', waiting_set)
 
 elseif op == 'reset' then
     local hash, leases = KEYS[2], KEYS[3]

@@ -18,6 +18,8 @@ from typing import Any, Literal, cast
 
 import redis
 
+from actors.consumer import BELL_TOKENS, NAMESPACE, bell_key
+
 #: Every key of the gate starts with this, so that operators can find (and tests can delete) them all.
 DEFAULT_PREFIX = "wjp:flow:"
 
@@ -75,6 +77,9 @@ class Admission:
     until: datetime | None = None
     #: This attempt is the one probe of a half-open circuit: its outcome closes or reopens it.
     probe: bool = False
+    #: Deferred for 'limit', the message now waits on the destination's waiting list, no longer leased to this
+    #: worker: its ack must not be sent (`Gate.batch`).
+    parked: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,67 @@ class DestinationState:
     consecutive_failures: int
     opened_until: datetime | None
     paused_until: datetime | None
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Where Dramatiq keeps a queue in Redis (`actors/broker.py`): a woken message goes back on its list with a
+    token on its bell; a parked one leaves the acks set of the worker process that fetched it. Waiting lists are
+    per queue (`name`): a message can only be woken onto the queue that holds its body."""
+
+    name: str
+    queue: str
+    bodies: str
+    bell: str
+    acks: str
+
+    @classmethod
+    def of(cls, queue_name: str, broker_id: str = "") -> QueueKeys:
+        return cls(
+            name=queue_name,
+            queue=f"{NAMESPACE}:{queue_name}",
+            bodies=f"{NAMESPACE}:{queue_name}.msgs",
+            bell=bell_key(queue_name),
+            acks=f"{NAMESPACE}:__acks__.{broker_id}.{queue_name}",
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A destination's limits as the workers apply them; None: unlimited."""
+
+    concurrency: int | None
+    rate: float | None
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1 or None")
+        if self.rate is not None and not self.rate > 0:
+            raise ValueError("rate must be positive or None")
+
+
+@dataclass(frozen=True)
+class AdmitRequest:
+    """An admission asked in a batch. `park`: the message's Redis id, to park on the destination's waiting list
+    if the destination is at its limit. `share_full`: the worker's own share of the destination is full, so it
+    is deferred for 'limit' without asking (and parked)."""
+
+    key: str
+    lease_id: str
+    limits: Limits
+    park: str = ""
+    share_full: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    """A release sent in a batch (see `Gate.release`); `limits` bound how many waiting messages it wakes."""
+
+    key: str
+    lease_id: str
+    outcome: Outcome
+    limits: Limits
+    retry_after: float | None = None
 
 
 def _ms(moment: datetime | None) -> str:
@@ -121,6 +187,14 @@ class Gate:
         # State and leases under separate infixes: no destination key, whatever it ends with, can name the
         # other's Redis key.
         self._known = f"{prefix}known"
+
+    def _waiting_set(self, queue: QueueKeys) -> str:
+        # Queue names hold no ':', so no destination key can make a list's name equal a set's.
+        return f"{self.prefix}waiting:{queue.name}"
+
+    def waiting_list(self, queue: QueueKeys, key: str) -> str:
+        """The Redis key of the list where messages of `queue` wait for room at destination `key`."""
+        return f"{self.prefix}waiting:{queue.name}:{key}"
 
     def _keys(self, key: str) -> list[str]:
         if not key:
@@ -216,3 +290,78 @@ class Gate:
     def known(self, *, now: datetime | None = None) -> list[str]:
         """Destinations that hold any state (leases, a pause, a breaker that is not at rest, a drained rate)."""
         return sorted(_text(key) for key in self._script(keys=[self._known], args=["known", _ms(now)]))
+
+    def batch(
+        self,
+        admits: Sequence[AdmitRequest],
+        releases: Sequence[ReleaseRequest],
+        *,
+        queue: QueueKeys,
+        lease_seconds: float,
+        breaker: BreakerPolicy,
+        now: datetime | None = None,
+    ) -> list[Admission]:
+        """The releases, then the admits (in order), of any destinations, in one round trip; a release wakes
+        waiting messages of its destination as far as its limit has room. An admit deferred for 'limit' with a
+        `park` id moves that message from `queue.acks` to the destination's waiting list (`Admission.parked`)."""
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
+        index: dict[str, int] = {}
+        keys = [self._known, self._waiting_set(queue), queue.queue, queue.bodies, queue.bell, queue.acks]
+        per_destination: list[object] = []
+        for request in (*releases, *admits):
+            if request.key not in index:
+                index[request.key] = len(index) + 1
+                keys.extend([*self._keys(request.key)[1:], self.waiting_list(queue, request.key)])
+                limits = request.limits
+                per_destination += [
+                    request.key,
+                    "" if limits.concurrency is None else limits.concurrency,
+                    "" if limits.rate is None else repr(float(limits.rate)),
+                ]
+        args: list[object] = [
+            "batch",
+            _ms(now),
+            breaker.threshold,
+            _seconds_to_ms(breaker.cooldown),
+            _seconds_to_ms(breaker.max_cooldown),
+            _seconds_to_ms(breaker.forget_after),
+            _seconds_to_ms(lease_seconds),
+            BELL_TOKENS,
+            len(index),
+            *per_destination,
+            len(releases),
+        ]
+        for release in releases:
+            args += [index[release.key], release.lease_id, Outcome(release.outcome).value,
+                     _seconds_to_ms(release.retry_after or 0.0)]  # fmt: skip
+        args.append(len(admits))
+        for admit in admits:
+            args += [index[admit.key], admit.lease_id, admit.park, "1" if admit.share_full else ""]
+        rows = self._script(keys=keys, args=args)
+        return [
+            Admission(granted=True, probe=bool(probe))
+            if granted
+            else Admission(granted=False, reason=Reason(_text(reason)), until=_moment(until), parked=bool(parked))
+            for granted, reason, until, probe, parked in rows
+        ]
+
+    def waiting(self, queue: QueueKeys) -> list[str]:
+        """Destinations that have messages of `queue` on their waiting lists."""
+        keys = [self._known, self._waiting_set(queue)]
+        return sorted(_text(key) for key in self._script(keys=keys, args=["waiting", ""]))
+
+    def wake(
+        self, limits: dict[str, Limits], *, queue: QueueKeys, cap: int = 100, now: datetime | None = None
+    ) -> dict[str, int]:
+        """Wake the waiting messages of each destination of `limits` onto `queue` as far as its limit has room (up to
+        `cap` for one without a limit): leases of killed workers expire with no release to wake anyone. How many
+        woke, per destination."""
+        if not limits:
+            return {}
+        keys = [self._known, self._waiting_set(queue), queue.queue, queue.bodies, queue.bell]
+        args: list[object] = ["wake", _ms(now), BELL_TOKENS, cap]
+        for key, limit in limits.items():
+            keys += [self._keys(key)[2], self.waiting_list(queue, key)]
+            args += [key, "" if limit.concurrency is None else limit.concurrency]
+        return dict(zip(limits, (int(n) for n in self._script(keys=keys, args=args)), strict=True))

@@ -74,6 +74,7 @@ def running_worker(
         channels=channels if channels is not None else build_channels(settings.channels),
         settings=settings,
         clock=clock,
+        threads=threads,
     )
     declare_actor(broker, delivery, settings)
     if booted:
@@ -104,7 +105,9 @@ def submit(
     now = now or utcnow()
     result = database.run(lambda conn: intake.accept(conn, request, now=now, dispatch_now=True))
     if dispatcher is not None:
-        dispatcher.send([Dispatch(result.job_id, result.dispatch_seq, result.next_attempt_at)], now=now)
+        # Only a job given a destination has it on its message: others go straight to their claims, as before.
+        destination = result.destination if "destination" in fields else ""
+        dispatcher.send([Dispatch(result.job_id, result.dispatch_seq, result.next_attempt_at, destination)], now=now)
     return result.job_id
 
 
@@ -165,4 +168,5 @@ def make_reconciler(
         grace=settings.reconcile_grace,
         schedule_horizon=settings.schedule_horizon,
         clock=clock,
+        flow=settings.flow,
     )

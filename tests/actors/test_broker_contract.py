@@ -20,6 +20,7 @@ from dramatiq.common import current_millis
 
 from actors.broker import (
     ACTOR_NAME,
+    DEST_OPTION,
     NAMESPACE,
     RID_OPTION,
     TESTED_DISPATCH_SHA,
@@ -88,7 +89,8 @@ def test_dispatcher_send_writes_what_dramatiqs_own_enqueue_writes(private_redis)
     dramatiqs = RedisBroker(client=client, namespace=NAMESPACE, middleware=[PinRedisMessageId()])
     dispatcher = Dispatcher(make_broker(private_redis.url), QUEUE)
     now = utcnow()
-    due, later = Dispatch(uuid.uuid4(), 1, now), Dispatch(uuid.uuid4(), 2, now + timedelta(minutes=5))
+    due = Dispatch(uuid.uuid4(), 1, now, "log")
+    later = Dispatch(uuid.uuid4(), 2, now + timedelta(minutes=5), "webhook:example.com:443")
     delay_ms = 5 * 60 * 1000
 
     before = current_millis()
@@ -101,7 +103,7 @@ def test_dispatcher_send_writes_what_dramatiqs_own_enqueue_writes(private_redis)
         sent_at = ours[f"{NAMESPACE}:{QUEUE}{'.DQ' if delay else ''}.msgs"][1][rid]["message_timestamp"]
         message = dramatiq.Message(
             queue_name=QUEUE, actor_name=ACTOR_NAME, args=(str(dispatch.job_id),), kwargs={},
-            options={RID_OPTION: rid}, message_id=rid, message_timestamp=sent_at,
+            options={RID_OPTION: rid, DEST_OPTION: dispatch.destination}, message_id=rid, message_timestamp=sent_at,
         )  # fmt: skip
         dramatiqs.enqueue(message, delay=delay)
     theirs = snapshot(client)

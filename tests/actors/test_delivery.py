@@ -278,7 +278,7 @@ def test_the_attempts_endpoint_shows_every_attempt_in_order_with_outcome_and_err
         wait_for_status(database, uuid.UUID(answer.json["job_id"]))
     shown = client.simulate_get(f"/api/notifications/{answer.json['job_id']}/attempts").json
     assert [a["number"] for a in shown["attempts"]] == [1, 2, 3]
-    assert [a["outcome"] for a in shown["attempts"]] == ["transient_error", "transient_error", "success"]
+    assert [a["outcome"] for a in shown["attempts"]] == ["transient_error", "throttled", "success"]
     assert "500" in shown["attempts"][0]["error"] and "429" in shown["attempts"][1]["error"]
     assert shown["attempts"][2]["error"] is None
     assert all(a["started_at"] <= a["finished_at"] and a["worker"] for a in shown["attempts"])

@@ -50,6 +50,8 @@ class Expected:
     seq: int
     due: datetime
     claimed_at: datetime | None = None
+    throttles: int = 0
+    deferred_since: datetime | None = None
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -135,6 +137,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert (claimed is not None) == takes
         if takes:
             job.status, job.attempts, job.claimed_at = Status.PROCESSING, job.attempts + 1, self.now
+            job.deferred_since = None
             assert (claimed.attempt, claimed.max_attempts) == (job.attempts, job.max_attempts)
             again = self.run(lambda conn: claims.claim(conn, job_id, seq, now=self.now, worker="w2"))
             assert again is None
@@ -244,6 +247,76 @@ class LedgerMachine(RuleBasedStateMachine):
         self.retry_job(self.pick(index, PROCESSING)[0], offset, delay, parked)
 
     @precondition(has_jobs)
+    @rule(
+        index=st.integers(0, 7),
+        offset=ATTEMPT_OFFSETS,
+        delay=st.integers(0, 90),
+        max_throttles=st.integers(0, 2),
+        parked=st.booleans(),
+    )
+    def throttle(self, index, offset, delay, max_throttles, parked):
+        """A throttling answer: the attempt goes back into the budget, up to `max_throttles` per job."""
+        job_id, job = self.pick(index, PROCESSING)
+        attempt, due_at = job.attempts + offset, self.now + timedelta(seconds=delay)
+        done = self.run(
+            lambda conn: transitions.throttle(
+                conn, job_id, attempt, now=self.now, due_at=due_at, error="429", max_throttles=max_throttles,
+                parked=parked,
+            )
+        )
+        takes = self.holds(job, attempt) and job.throttles < max_throttles
+        assert (done is not None) == takes
+        if takes:
+            job.status, job.claimed_at, job.due = Status.RETRY, None, due_at
+            job.seq = -job.seq if parked else job.seq + 1
+            job.max_attempts, job.throttles = job.max_attempts + 1, job.throttles + 1
+            assert parked or (done.seq, done.due_at) == (job.seq, due_at)
+
+    @precondition(has_jobs)
+    @rule(
+        index=st.integers(0, 7),
+        stale=st.booleans(),
+        reason=st.sampled_from(["limit", "rate", "circuit", "throttled"]),
+        park_for=st.sampled_from([None, 40, 120]),
+    )
+    def defer(self, index, stale, reason, park_for):
+        """A worker defers the job's message on its destination: recorded, or (far off) parked in the ledger."""
+        job_id, job = self.pick(index, WAITING)
+        seq = job.seq - 1 if stale else job.seq
+        takes = job.status in WAITING and not stale
+        if park_for is None:
+            self.run(lambda conn: transitions.record_deferrals(conn, [(job_id, seq, reason)], now=self.now))
+        else:
+            due_at = self.now + timedelta(seconds=park_for)
+            done = self.run(
+                lambda conn: transitions.park_deferred(conn, job_id, seq, now=self.now, due_at=due_at, reason=reason)
+            )
+            assert done == takes
+            if takes:
+                job.seq, job.due = -job.seq, due_at
+        if takes and job.deferred_since is None:
+            job.deferred_since = self.now
+
+    @precondition(has_jobs)
+    @rule(max_deferral=st.sampled_from([1, 30, 100]), by_id=st.booleans(), index=st.integers(0, 7))
+    def give_up_deferred(self, max_deferral, by_id, index):
+        """Jobs deferred longer than the most deferral fail, found by the index or named by a worker."""
+        cutoff = self.now - timedelta(seconds=max_deferral)
+        job_ids = [self.pick(index)[0]] if by_id else None
+        failed = self.run(
+            lambda conn: transitions.give_up_deferred(conn, now=self.now, max_deferral=max_deferral, job_ids=job_ids)
+        )
+        expected = {
+            job_id
+            for job_id, job in self.model.items()
+            if job.status in WAITING and job.deferred_since is not None and job.deferred_since < cutoff
+            and (job_ids is None or job_id in job_ids)
+        }
+        assert set(failed) == expected
+        for job_id in expected:
+            self.model[job_id].status = Status.FAILED
+
+    @precondition(has_jobs)
     @rule(visibility=st.sampled_from([0, 1, 30, 60]), read=st.sampled_from(["query", "every-job", "stale"]))
     def expire(self, visibility, read):
         cutoff = self.now - timedelta(seconds=visibility)
@@ -297,11 +370,12 @@ class LedgerMachine(RuleBasedStateMachine):
         dispatch = self.run(lambda conn: transitions.manual_retry(conn, job_id, now=self.now, extra_attempts=extra))
         assert (dispatch is not None) == (job.status is Status.FAILED)
         if dispatch is not None:
-            job.status, job.max_attempts, job.seq, job.due = (
+            job.status, job.max_attempts, job.seq, job.due, job.deferred_since = (
                 Status.PENDING,
                 job.attempts + extra,
                 job.seq + 1,
                 self.now,
+                None,
             )
             assert dispatch.seq == job.seq
 
@@ -369,12 +443,14 @@ class LedgerMachine(RuleBasedStateMachine):
         for row in rows:
             job = self.model[row.id]
             status = Status(row.status)
-            assert (status, row.attempts, row.max_attempts, row.dispatch_seq) == (
+            assert (status, row.attempts, row.max_attempts, row.dispatch_seq, row.throttles) == (
                 job.status,
                 job.attempts,
                 job.max_attempts,
                 job.seq,
+                job.throttles,
             ), row
+            assert row.deferred_since == job.deferred_since, row
             assert row.attempts <= row.max_attempts
             if status in WAITING:
                 assert row.next_attempt_at == job.due

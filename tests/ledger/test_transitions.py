@@ -236,7 +236,7 @@ def test_a_retry_moves_the_job_to_retry_with_a_new_dispatch_and_closes_the_attem
 
     dispatch = schedule_retry(database, job_id, 1, now=T0 + SECOND, due_at=T0 + 3 * SECOND, error="503 busy")
 
-    assert dispatch == Dispatch(job_id, 2, T0 + 3 * SECOND)
+    assert dispatch == Dispatch(job_id, 2, T0 + 3 * SECOND, "email")
     row = job_row(database, job_id)
     assert (row.status, row.next_attempt_at, row.dispatch_seq, row.attempts) == ("RETRY", T0 + 3 * SECOND, 2, 1)
     assert (row.last_error, row.claimed_at, row.completed_at, row.updated_at) == ("503 busy", None, None, T0 + SECOND)
@@ -418,7 +418,7 @@ def test_a_manual_retry_gives_a_failed_job_a_fresh_budget_and_keeps_its_history(
 
     retried = manual_retry(database, job_id, now=T0 + 10 * SECOND, extra=5)
 
-    assert retried == Dispatch(job_id, seq + 1, T0 + 10 * SECOND)
+    assert retried == Dispatch(job_id, seq + 1, T0 + 10 * SECOND, "email")
     row = job_row(database, job_id)
     assert (row.status, row.attempts, row.max_attempts, row.dispatch_seq) == ("PENDING", 2, 7, seq + 1)
     assert (row.next_attempt_at, row.completed_at, row.updated_at) == (T0 + 10 * SECOND, None, T0 + 10 * SECOND)
@@ -449,7 +449,7 @@ def test_an_expired_claim_with_attempts_left_goes_back_to_retry_due_now(database
 
     dispatches, failed = expire(database, [(job_id, 1)], now=now, error="visibility timeout: 60s")
 
-    assert (dispatches, failed) == ([Dispatch(job_id, 2, now)], [])
+    assert (dispatches, failed) == ([Dispatch(job_id, 2, now, "email")], [])
     row = job_row(database, job_id)
     assert (row.status, row.next_attempt_at, row.dispatch_seq, row.attempts) == ("RETRY", now, 2, 1)
     assert (row.claimed_at, row.completed_at, row.last_error) == (None, None, "visibility timeout: 60s")
@@ -549,7 +549,7 @@ def test_a_lost_message_is_redispatched_once_for_the_seq_that_was_read(database,
     first = redispatch(database, [(job_id, row.dispatch_seq)], now=T0 + SECOND)
     second = redispatch(database, [(job_id, row.dispatch_seq)], now=T0 + SECOND)
 
-    assert first == [Dispatch(job_id, row.dispatch_seq + 1, row.next_attempt_at)]
+    assert first == [Dispatch(job_id, row.dispatch_seq + 1, row.next_attempt_at, "email")]
     assert second == []
     after = job_row(database, job_id)
     assert (after.status, after.dispatch_seq, after.next_attempt_at) == (
@@ -564,7 +564,7 @@ def test_a_lost_message_is_redispatched_once_for_the_seq_that_was_read(database,
 def test_a_job_never_dispatched_gets_its_first_dispatch(database):
     job_id = submit(database, dispatch_now=False, send_at=T0 + timedelta(hours=1))
 
-    assert redispatch(database, [(job_id, 0)]) == [Dispatch(job_id, 1, T0 + timedelta(hours=1))]
+    assert redispatch(database, [(job_id, 0)]) == [Dispatch(job_id, 1, T0 + timedelta(hours=1), "email")]
     assert redispatch(database, [(job_id, 0)]) == []
 
 
@@ -615,6 +615,22 @@ def _op_redispatch(database, job_id, row):
     return redispatch(database, [(job_id, row.dispatch_seq)], now=T0 + SECOND)
 
 
+def _op_throttle(database, job_id, row):
+    return database.run(
+        lambda conn: transitions.throttle(
+            conn, job_id, row.attempts, now=T0 + SECOND, due_at=T0 + 2 * SECOND, error="429", max_throttles=5
+        )
+    )
+
+
+def _op_give_up_deferred(database, job_id, row):
+    """Deferred (if waiting) at T0, then given up 100 s later with a most deferral of 10 s."""
+    database.run(lambda conn: transitions.record_deferrals(conn, [(job_id, row.dispatch_seq, "circuit")], now=T0))
+    return database.run(
+        lambda conn: transitions.give_up_deferred(conn, now=T0 + 100 * SECOND, max_deferral=10, job_ids=[job_id])
+    )
+
+
 #: Every way the ledger changes a job, each with the job's current seq and attempt (the most permissive call).
 OPERATIONS: dict[str, Operation] = {
     "claim": _op_claim,
@@ -625,6 +641,8 @@ OPERATIONS: dict[str, Operation] = {
     "cancel": _op_cancel,
     "manual_retry": _op_manual_retry,
     "redispatch": _op_redispatch,
+    "throttle": _op_throttle,
+    "give_up_deferred": _op_give_up_deferred,
 }
 
 #: Which operation (and with how many attempts allowed) performs each named transition of `TRANSITIONS`.
@@ -637,6 +655,8 @@ PERFORMS = {
     "expire_to_failed": ("expire", 1),
     "cancel": ("cancel", 3),
     "manual_retry": ("manual_retry", 3),
+    "throttle": ("throttle", 3),
+    "give_up_deferred": ("give_up_deferred", 3),
 }
 
 
@@ -651,7 +671,7 @@ def test_each_transition_moves_a_job_from_each_of_its_sources_to_its_target(data
     for n, source in enumerate(sorted(sources)):
         job_id = job_in(database, source, f"{name}-{n}", max_attempts=max_attempts)
         result = OPERATIONS[operation](database, job_id, job_row(database, job_id))
-        assert result not in (None, False, ([], [])), (name, source)
+        assert result not in (None, False, [], ([], [])), (name, source)
         assert job_row(database, job_id).status == target, (name, source)
 
 

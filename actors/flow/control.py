@@ -1,0 +1,232 @@
+"""The worker's side of flow control: each process's share of its threads per destination, the limits in force
+(defaults and operators' overrides), one gate call per ledger batch (failing open when Redis is unreachable), and
+what becomes of a deferred message."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+import redis
+
+from actors import metrics
+from actors.broker import BrokerUnavailable, Dispatcher
+from actors.channels.base import DeliveryError, PermanentError
+from actors.flow.gate import (
+    Admission,
+    AdmitRequest,
+    BreakerPolicy,
+    Gate,
+    Limits,
+    Outcome,
+    QueueKeys,
+    ReleaseRequest,
+)
+from actors.settings import Settings
+from ledger import destinations, transitions
+from ledger.database import Database
+from ledger.transitions import Dispatch
+
+log = logging.getLogger("wjp.flow")
+
+#: Seconds between two reads of the operators' overrides: a change reaches every worker within this (SPEC: 5 s).
+OVERRIDES_TTL = 2.0
+
+
+class Released(NamedTuple):
+    """What became of an admitted attempt, for the gate (rides with the next ledger batch)."""
+
+    destination: str
+    rid: str
+    outcome: Outcome
+    retry_after: float | None = None
+
+
+class Deferred(NamedTuple):
+    """A message its destination deferred, for the ledger's record of the job's deferral."""
+
+    job_id: uuid.UUID
+    seq: int
+    reason: str
+
+
+def gate_outcome(error: DeliveryError | None) -> Outcome:
+    """What an attempt's result tells the gate about its destination."""
+    if error is None:
+        return Outcome.SUCCESS
+    if isinstance(error, PermanentError):
+        return Outcome.PERMANENT
+    return Outcome.THROTTLED if getattr(error, "throttled", False) else Outcome.TRANSIENT
+
+
+def effective_limits(defaults: Limits, override: destinations.Limits | None) -> Limits:
+    """An operator's override where set, else the defaults, limit by limit."""
+    if override is None:
+        return defaults
+    return Limits(
+        defaults.concurrency if override.concurrency is None else override.concurrency,
+        defaults.rate if override.rate is None else override.rate,
+    )
+
+
+class FlowControl:
+    """Shared by the threads of one worker process; `admit` and `record_deferrals` run in its ledger batcher's
+    thread, `post` queues a request for that batcher."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        dispatcher: Dispatcher,
+        settings: Settings,
+        threads: int,
+        post: Callable[[Any], None],
+        clock: Callable[[], datetime],
+        rand: Callable[[], float],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        flow = settings.flow
+        broker = dispatcher.broker
+        self.gate = Gate(broker.client)
+        self.queue = QueueKeys.of(settings.queue, broker.broker_id)
+        self.database = database
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.post = post
+        self.clock = clock
+        self.rand = rand
+        self.defaults = Limits(flow.concurrency, flow.rate)
+        self.breaker = BreakerPolicy(
+            threshold=flow.breaker_threshold,
+            cooldown=flow.breaker_cooldown,
+            max_cooldown=max(flow.breaker_cooldown, settings.backoff.maximum),
+        )
+        #: Most attempts of one destination this process runs at once (SPEC: WJP_DESTINATION_SHARE of its threads).
+        self.share = max(1, math.floor(flow.share * threads))
+        self._shares: collections.Counter[str] = collections.Counter()
+        self._shares_lock = threading.Lock()
+        self._overrides: dict[str, destinations.Limits] = {}
+        self._overrides_read_at = -math.inf
+        self._monotonic = monotonic
+        self._outage = False
+
+    def give_share(self, key: str) -> None:
+        """An attempt of `key` admitted in this process ended (or its claim did not take)."""
+        with self._shares_lock:
+            self._shares[key] -= 1
+            if self._shares[key] <= 0:
+                del self._shares[key]
+
+    def limits(self, key: str) -> Limits:
+        """The limits of `key`: an operator's override where set, else the defaults."""
+        now = self._monotonic()
+        if now - self._overrides_read_at >= OVERRIDES_TTL:
+            self._overrides_read_at = now
+            try:
+                self._overrides = self.database.run(destinations.overrides)
+            except Exception as exc:  # the ledger is out: the last overrides read stay in force
+                log.warning("could not read the destinations' limits (%s); keeping the last ones", exc)
+        return effective_limits(self.defaults, self._overrides.get(key))
+
+    def admit(self, asking: Sequence[tuple[int, str, str]], releases: Sequence[Released]) -> dict[int, Admission]:
+        """The gate's answer to each claim `(index, destination, rid)` of a batch, by index, the batch's releases
+        done in the same round trip. A granted one holds a share of this process until `give_share`.
+
+        The share is counted here, in the batcher's one thread, from the admission on: a thread waiting for its
+        claim holds none, so a destination whose attempts are quick never finds its share full (a count taken
+        before the claim made the log drain park most of its messages)."""
+        if not asking and not releases:
+            return {}
+        with self._shares_lock:
+            taken = [self._take_share(key) for _, key, _ in asking]
+        admits = [
+            AdmitRequest(key, rid, self.limits(key), park=rid, share_full=not took)
+            for (_, key, rid), took in zip(asking, taken, strict=True)
+        ]
+        freed = [ReleaseRequest(r.destination, r.rid, r.outcome, self.limits(r.destination), r.retry_after)
+                 for r in releases]  # fmt: skip
+        admissions = self.decide(admits, freed)
+        for (_, key, _), took, admission in zip(asking, taken, admissions, strict=True):
+            if took and not admission.granted:
+                self.give_share(key)
+        return {n: admission for (n, *_), admission in zip(asking, admissions, strict=True)}
+
+    def _take_share(self, key: str) -> bool:
+        if self._shares[key] >= self.share:
+            return False
+        self._shares[key] += 1
+        return True
+
+    def decide(self, admits: Sequence[AdmitRequest], releases: Sequence[ReleaseRequest]) -> list[Admission]:
+        """The gate's answers to `admits`, its releases done, in one round trip. With Redis unreachable every
+        admit is granted (the ledger's claim still fences each attempt) and the releases are dropped (their leases
+        expire): one warning per outage."""
+        try:
+            admissions = self.gate.batch(
+                admits, releases, queue=self.queue, lease_seconds=self.settings.visibility_timeout,
+                breaker=self.breaker,
+            )  # fmt: skip
+        except redis.RedisError as exc:
+            if not self._outage:
+                self._outage = True
+                log.warning("flow control cannot reach Redis (%s); admitting every attempt until it can", exc)
+            return [Admission(granted=True)] * len(admits)
+        if self._outage:
+            self._outage = False
+            log.warning("flow control reaches Redis again")
+        return admissions
+
+    def record_deferrals(self, deferred: list[Deferred]) -> None:
+        """Record since when and why each deferred job waits; fail those that waited past WJP_MAX_DEFERRAL."""
+        if not deferred:
+            return
+        now, max_deferral = self.clock(), self.settings.flow.max_deferral
+
+        def record(conn: Any) -> list[uuid.UUID]:
+            transitions.record_deferrals(conn, [(d.job_id, d.seq, d.reason) for d in deferred], now=now)
+            ids = [d.job_id for d in deferred]
+            return transitions.give_up_deferred(conn, now=now, max_deferral=max_deferral, job_ids=ids)
+
+        try:
+            failed = self.database.run(record, transaction=True)
+        except Exception as exc:  # a record missed is made at the job's next deferral
+            log.warning("could not record %d deferrals: %s", len(deferred), exc)
+            return
+        for job_id in failed:
+            log.warning("⚠️ Job %s marked as FAILED: deferred on its destination for over %gs", job_id, max_deferral)
+
+    def defer(self, dispatch: Dispatch, admission: Admission) -> None:
+        """No attempt and no claim: the message waits on its destination's waiting list (parked by the gate), or
+        comes back when the gate says (in the delay queue, or parked in the ledger beyond the schedule horizon).
+        Called in the worker thread that processes the message."""
+        reason = admission.reason
+        assert reason is not None
+        metrics.observe_deferral(reason.value)
+        deferral = Deferred(dispatch.job_id, dispatch.seq, reason.value)
+        if admission.parked:
+            # Its lease left this process with the gate's script: an ack now would drop it once it comes back.
+            self.dispatcher.broker.processing.acked = True
+            self.post(deferral)
+            return
+        now = self.clock()
+        # Spread over a second, so that a destination's deferred jobs do not all come back at one instant.
+        due_at = max(admission.until or now, now) + timedelta(seconds=self.rand())
+        if (due_at - now).total_seconds() > self.settings.schedule_horizon:
+            self.database.run(
+                lambda conn: transitions.park_deferred(
+                    conn, dispatch.job_id, dispatch.seq, now=now, due_at=due_at, reason=reason.value
+                )
+            )
+            return
+        self.post(deferral)
+        try:
+            self.dispatcher.send([Dispatch(dispatch.job_id, dispatch.seq, due_at, dispatch.destination)], now=now)
+        except BrokerUnavailable as exc:
+            log.warning("Job %s: could not defer its message (%s); the reconciler will send it", dispatch.job_id, exc)
