@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import falcon
 
+from actors.ratelimit import RateLimiter
 from ledger import api_keys
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
@@ -29,8 +30,11 @@ LOGIN = "/internal/dashboard/login"
 #: Carries a browser's dashboard session (a browser cannot add an Authorization header to a page load).
 SESSION_COOKIE = "wjp_dashboard"
 #: Seconds a process trusts what it read about producer keys: saves a query per request, and bounds how long
-#: a revoked key keeps working (or a first key goes unenforced) in a process that has just seen it.
+#: a revoked key keeps working (or a first key goes unenforced, or an old rate holds) in a process that has just
+#: seen it.
 KEY_CACHE_SECONDS = 2.0
+#: The producer of every request while no key exists: no scope, and no limit (there is no key to limit).
+NO_KEY = api_keys.Producer(scope="", rate=None)
 
 
 def bearer_token(req: falcon.Request) -> str | None:
@@ -76,42 +80,64 @@ class AdminTokenMiddleware:
 
 class ApiKeyMiddleware:
     """Once any producer key exists, /api/* needs `Authorization: Bearer <key>`; sets `req.context.scope` to
-    the key's id ('' while no key exists), which scopes idempotency keys and the jobs a producer can see."""
+    the key's id ('' while no key exists), which scopes idempotency keys and the jobs a producer can see. A key's
+    submissions are held to its rate (or `default_rate`) by `limiter`, shared by every API process."""
 
     def __init__(
         self,
         database: Database,
         *,
+        limiter: RateLimiter | None = None,
+        default_rate: float | None = None,
         cache_seconds: float = KEY_CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.database = database
+        self.limiter = limiter
+        self.default_rate = default_rate
         self.cache_seconds = cache_seconds
         self.clock = clock
         self._keys_exist = (False, -math.inf)  # (answer, until)
-        # Digest of a key → (its scope, until). Only keys that worked are kept, so it holds at most one entry
-        # per producer key; never the keys themselves.
-        self._scopes: dict[str, tuple[str, float]] = {}
+        # Digest of a key → (its scope and rate, until). Only keys that worked are kept, so it holds at most one
+        # entry per producer key; never the keys themselves.
+        self._producers: dict[str, tuple[api_keys.Producer, float]] = {}
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
         if not (req.uri_template or "").startswith(PRODUCER_PREFIX):
             return
         try:
-            scope = self._scope(bearer_token(req))
+            producer = self._producer(bearer_token(req))
         except LedgerUnavailable as exc:
             # No scope, so the request cannot reach the ledger; it fails with this 503 when it tries, after
             # the checks that need no ledger (a bad request is still told what is wrong with it).
             req.context.scope_error = exc
             return
-        if scope is None:
+        if producer is None:
             raise _unauthorized("This endpoint needs 'Authorization: Bearer <API key>'.", "wjp")
-        req.context.scope = scope
+        req.context.scope = producer.scope
+        if req.method == "POST":
+            self._hold_to_rate(producer)
 
-    def _scope(self, given: str | None) -> str | None:
-        """'' while no key exists; else the scope of the key given, or None when it is missing or unknown."""
+    def _hold_to_rate(self, producer: api_keys.Producer) -> None:
+        """Spend one notification of the key's rate or answer 429. No key, no limit: there is nothing to limit.
+        A batch's further items are to be spent by its endpoint through the limiter's `cost`."""
+        rate = producer.rate if producer.rate is not None else self.default_rate
+        if self.limiter is None or rate is None or not producer.scope:
+            return
+        wait = self.limiter.wait(producer.scope, rate)
+        if wait > 0:
+            raise ApiError(
+                falcon.HTTP_429,
+                "rate_limited",
+                f"This API key may submit {rate:g} notifications per second; try again later.",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+
+    def _producer(self, given: str | None) -> api_keys.Producer | None:
+        """No scope ('') while no key exists; else the given key's, or None when it is missing or unknown."""
         if not self._any_keys():
-            return ""
-        return self._scope_of(given) if given is not None else None
+            return NO_KEY
+        return self._producer_of(given) if given is not None else None
 
     def _any_keys(self) -> bool:
         answer, until = self._keys_exist
@@ -121,15 +147,15 @@ class ApiKeyMiddleware:
             self._keys_exist = (answer, now + self.cache_seconds)
         return answer
 
-    def _scope_of(self, key: str) -> str | None:
+    def _producer_of(self, key: str) -> api_keys.Producer | None:
         digest = api_keys.digest(key)
         now = self.clock()
-        cached = self._scopes.get(digest)
+        cached = self._producers.get(digest)
         if cached is not None and now < cached[1]:
             return cached[0]
-        scope = self.database.run(lambda conn: api_keys.scope_of(conn, key))
-        if scope is None:
-            self._scopes.pop(digest, None)
+        producer = self.database.run(lambda conn: api_keys.producer_of(conn, key))
+        if producer is None:
+            self._producers.pop(digest, None)
         else:
-            self._scopes[digest] = (scope, now + self.cache_seconds)
-        return scope
+            self._producers[digest] = (producer, now + self.cache_seconds)
+        return producer

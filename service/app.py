@@ -6,6 +6,7 @@ import falcon
 
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
+from actors.ratelimit import RateLimiter
 from ledger.database import Database
 from service import errors, gunicorn_conf, multiproc
 from service.access import AdminTokenMiddleware, ApiKeyMiddleware
@@ -38,7 +39,8 @@ def create_app(
         dispatcher=dispatcher or Dispatcher(make_broker(core.redis_url), core.queue),
         channels=build_channels(core.channels),
     )
-    middleware: list[object] = [ApiKeyMiddleware(ctx.database)]
+    limiter = RateLimiter(ctx.dispatcher.broker.client)
+    middleware: list[object] = [ApiKeyMiddleware(ctx.database, limiter=limiter, default_rate=settings.api_key_rate)]
     if settings.admin_token:
         middleware.insert(0, AdminTokenMiddleware(settings.admin_token))
     app = falcon.App(middleware=middleware)

@@ -23,6 +23,7 @@ _ERROR_CODES = [
     "payload_too_large",
     "unsupported_media_type",
     "ledger_unavailable",
+    "rate_limited",
     "not_ready",
     "forbidden",
     "internal_error",
@@ -39,6 +40,15 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): {"$ref": "#/components/responses/Error"} for status in statuses}
+
+
+def _rate_limited(description: str) -> dict[str, Any]:
+    """429 `rate_limited`, with the whole seconds to wait in `Retry-After`."""
+    return {
+        "description": description,
+        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
 
 
 def _html(description: str) -> dict[str, Any]:
@@ -87,6 +97,7 @@ def document(channels: list[str]) -> dict[str, Any]:
                         "202": _json(_ref("Accepted"), "Recorded; delivery follows"),
                         "200": _json(_ref("Accepted"), "A replay of an earlier request with this key"),
                         **_errors(400, 401, 413, 415, 422, 503),
+                        "429": _rate_limited("Over the API key's rate (WJP_API_KEY_RATE or its own)"),
                     },
                 }
             },
