@@ -15,10 +15,11 @@ from collections.abc import Callable
 import falcon
 
 from actors.ratelimit import RateLimiter
+from actors.sessions import DashboardSessions, SessionsUnavailable
 from ledger import api_keys
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
-from service.errors import ApiError
+from service.errors import RETRY_AFTER, ApiError
 
 #: Routes that need the admin token when one is configured.
 ADMIN_PREFIXES = ("/internal/", "/metrics")
@@ -27,6 +28,8 @@ PRODUCER_PREFIX = "/api/"
 DASHBOARD = "/internal/dashboard"
 #: The dashboard's sign-in page: open, since it is where the token is given.
 LOGIN = "/internal/dashboard/login"
+#: Sign-out: open too, so that a session that has already expired can still clear its cookie.
+LOGOUT = "/internal/dashboard/logout"
 #: Carries a browser's dashboard session (a browser cannot add an Authorization header to a page load).
 SESSION_COOKIE = "wjp_dashboard"
 #: Seconds a process trusts what it read about producer keys: saves a query per request, and bounds how long
@@ -43,10 +46,11 @@ def bearer_token(req: falcon.Request) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def dashboard_session(admin_token: str) -> str:
-    """The session cookie's value: derived from the admin token, so the cookie is not the token itself and
-    changing the token ends every session."""
-    return hmac.new(admin_token.encode(), b"wjp dashboard session", hashlib.sha256).hexdigest()
+def session_record(session: str, admin_token: str) -> str:
+    """What a dashboard session keeps on the server: a digest of the admin token it was started with, so that
+    changing the token ends every session. Keyed by the session value, which Redis never holds: Redis's contents
+    alone give nothing to test guesses of the token against."""
+    return hmac.new(session.encode(), admin_token.encode(), hashlib.sha256).hexdigest()
 
 
 def _unauthorized(message: str, realm: str) -> ApiError:
@@ -57,25 +61,43 @@ class AdminTokenMiddleware:
     """Rejects operator routes without `Authorization: Bearer <WJP_ADMIN_TOKEN>` (or, on the dashboard, its
     session cookie); a browser opening the dashboard without either is sent to the sign-in page."""
 
-    def __init__(self, token: str) -> None:
-        self._token = token.encode()
-        self._session = dashboard_session(token).encode()
+    def __init__(self, token: str, sessions: DashboardSessions) -> None:
+        self.token = token
+        self.sessions = sessions
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
         template = req.uri_template or ""
-        if not template.startswith(ADMIN_PREFIXES) or template == LOGIN:
+        if not template.startswith(ADMIN_PREFIXES) or template in (LOGIN, LOGOUT):
             return
         given = bearer_token(req)
         # Constant-time comparisons: the answer's timing must not reveal how much of a guess was right.
-        if given is not None and hmac.compare_digest(given.encode(), self._token):
+        if given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
             return
         if given is None and template.startswith(DASHBOARD):
             cookie = req.cookies.get(SESSION_COOKIE)
-            if cookie is not None and hmac.compare_digest(cookie.encode(), self._session):
+            if cookie is not None and self._live(cookie):
                 return
             if template == DASHBOARD and req.method == "GET" and req.get_header("Authorization") is None:
                 raise falcon.HTTPSeeOther(LOGIN)
         raise _unauthorized("This endpoint needs 'Authorization: Bearer <admin token>'.", "wjp-admin")
+
+
+    def _live(self, session: str) -> bool:
+        """Whether `session` was started with the current token and has neither expired nor ended."""
+        try:
+            record = self.sessions.record(session)
+        except SessionsUnavailable:
+            raise sessions_unavailable() from None
+        return record is not None and hmac.compare_digest(record.encode(), session_record(session, self.token).encode())
+
+
+def sessions_unavailable() -> ApiError:
+    return ApiError(
+        falcon.HTTP_503,
+        "sessions_unavailable",
+        "Dashboard sessions are kept in Redis, which cannot be reached; the admin token still works as a bearer token.",
+        headers={"Retry-After": str(RETRY_AFTER)},
+    )
 
 
 class ApiKeyMiddleware:

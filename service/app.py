@@ -7,10 +7,11 @@ import falcon
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
 from actors.ratelimit import RateLimiter
+from actors.sessions import DashboardSessions
 from ledger.database import Database
 from service import errors, gunicorn_conf, multiproc
 from service.access import AdminTokenMiddleware, ApiKeyMiddleware
-from service.dashboard import Dashboard, DashboardLogin, DashboardRetry
+from service.dashboard import Dashboard, DashboardLogin, DashboardLogout, DashboardRetry
 from service.metrics import Metrics
 from service.openapi import OpenApiDocument
 from service.resources import (
@@ -40,9 +41,11 @@ def create_app(
         channels=build_channels(core.channels),
     )
     limiter = RateLimiter(ctx.dispatcher.broker.client)
+    # Per queue, like the queue's own keys: deployments sharing one Redis keep their sign-ins apart.
+    sessions = DashboardSessions(ctx.dispatcher.broker.client, prefix=f"wjp:dashboard:{core.queue}:")
     middleware: list[object] = [ApiKeyMiddleware(ctx.database, limiter=limiter, default_rate=settings.api_key_rate)]
     if settings.admin_token:
-        middleware.insert(0, AdminTokenMiddleware(settings.admin_token))
+        middleware.insert(0, AdminTokenMiddleware(settings.admin_token, sessions))
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
@@ -52,7 +55,8 @@ def create_app(
     app.add_route("/internal/queue/stats", QueueStats(ctx))
     app.add_route("/internal/notifications/{job_id}/retry", NotificationRetry(ctx))
     app.add_route("/internal/dashboard", Dashboard(ctx))
-    app.add_route("/internal/dashboard/login", DashboardLogin(ctx))
+    app.add_route("/internal/dashboard/login", DashboardLogin(ctx, sessions))
+    app.add_route("/internal/dashboard/logout", DashboardLogout(ctx, sessions))
     app.add_route("/internal/dashboard/jobs/{job_id}/retry", DashboardRetry(ctx))
     app.add_route("/metrics", Metrics(ctx.database, settings.metrics_dir))
     app.add_route("/healthz", Health())

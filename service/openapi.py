@@ -24,6 +24,7 @@ _ERROR_CODES = [
     "unsupported_media_type",
     "ledger_unavailable",
     "rate_limited",
+    "sessions_unavailable",
     "not_ready",
     "forbidden",
     "internal_error",
@@ -157,9 +158,19 @@ def document(channels: list[str]) -> dict[str, Any]:
                     "responses": {"200": _html("The sign-in form"), "303": _see_other("No admin token is set")},
                 },
                 "post": {
-                    "summary": "Sign in with the admin token: sets the dashboard's session cookie",
+                    "summary": "Sign in with the admin token: starts a session of 12 h, set in the session cookie",
                     "requestBody": _FORM,
-                    "responses": {"303": _see_other("To the dashboard, or back to the form"), **_errors(403, 413, 415)},
+                    "responses": {
+                        "303": _see_other("To the dashboard, or back to the form"),
+                        **_errors(403, 413, 415, 503),
+                        "429": _rate_limited("10 failed sign-ins from this address within its minute"),
+                    },
+                },
+            },
+            "/internal/dashboard/logout": {
+                "post": {
+                    "summary": "Sign out: ends the session on the server and clears the cookie",
+                    "responses": {"303": _see_other("To the sign-in page"), **_errors(403, 503)},
                 },
             },
             "/internal/dashboard/jobs/{job_id}/retry": {
