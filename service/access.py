@@ -81,7 +81,6 @@ class AdminTokenMiddleware:
                 raise falcon.HTTPSeeOther(LOGIN)
         raise _unauthorized("This endpoint needs 'Authorization: Bearer <admin token>'.", "wjp-admin")
 
-
     def _live(self, session: str) -> bool:
         """Whether `session` was started with the current token and has neither expired nor ended."""
         try:
