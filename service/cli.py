@@ -269,9 +269,9 @@ def cmd_api_key(args: argparse.Namespace) -> int:
         print(f"API key {args.name!r} now has rate {_rate_text(rate)}; running APIs follow within seconds.")
         return 0
     keys = database.run(api_keys.list_keys)
-    rows = [("name", "scope", "created", "revoked", "rate")]
+    rows = [("name", "scope", "created", "rate", "revoked")]
     rows += [
-        (k.name, k.id, rfc3339(k.created_at) or "", rfc3339(k.revoked_at) or "-", _rate_text(k.rate)) for k in keys
+        (k.name, k.id, rfc3339(k.created_at) or "", _rate_text(k.rate), rfc3339(k.revoked_at) or "-") for k in keys
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
