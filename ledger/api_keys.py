@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +32,22 @@ class ApiKey:
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    #: Notifications per second; None: the API's default.
+    rate: float | None = None
+
+
+@dataclass(frozen=True)
+class Producer:
+    """What a request made with an active key is allowed: its scope and its rate (None: the API's default)."""
+
+    scope: str
+    rate: float | None
+
+
+def _checked(rate: float | None) -> float | None:
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise ValueError("a key's rate is a number of notifications per second above 0, or None")
+    return rate
 
 
 def digest(key: str) -> str:
@@ -40,13 +57,16 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def create(conn: Connection, name: str, *, now: datetime) -> tuple[ApiKey, str]:
-    """Record a new key named `name`; return it and the secret, which exists nowhere else from now on."""
+def create(conn: Connection, name: str, *, now: datetime, rate: float | None = None) -> tuple[ApiKey, str]:
+    """Record a new key named `name` (limited to `rate` notifications per second, None: the API's default);
+    return it and the secret, which exists nowhere else from now on."""
     secret = PREFIX + secrets.token_urlsafe(KEY_BYTES)
-    key = ApiKey(id=str(uuid7()), name=name, created_at=now, revoked_at=None)
+    key = ApiKey(id=str(uuid7()), name=name, created_at=now, revoked_at=None, rate=_checked(rate))
     try:
         conn.execute(
-            insert(api_keys).values(id=key.id, name=name, key_hash=digest(secret), created_at=now, revoked_at=None)
+            insert(api_keys).values(
+                id=key.id, name=name, key_hash=digest(secret), created_at=now, revoked_at=None, rate=key.rate
+            )
         )
     except IntegrityError:
         raise KeyNameTaken(f"an API key named {name!r} already exists") from None
@@ -55,11 +75,8 @@ def create(conn: Connection, name: str, *, now: datetime) -> tuple[ApiKey, str]:
 
 def list_keys(conn: Connection) -> list[ApiKey]:
     """Every key, revoked ones included, oldest first."""
-    rows = conn.execute(
-        select(api_keys.c.id, api_keys.c.name, api_keys.c.created_at, api_keys.c.revoked_at).order_by(
-            api_keys.c.created_at, api_keys.c.id
-        )
-    ).all()
+    columns = (api_keys.c.id, api_keys.c.name, api_keys.c.created_at, api_keys.c.revoked_at, api_keys.c.rate)
+    rows = conn.execute(select(*columns).order_by(api_keys.c.created_at, api_keys.c.id)).all()
     return [ApiKey(*row) for row in rows]
 
 
@@ -71,12 +88,24 @@ def revoke(conn: Connection, name: str, *, now: datetime) -> bool:
     return result.rowcount == 1
 
 
-def scope_of(conn: Connection, key: str) -> str | None:
-    """The scope (key id) of an active key, or None. One lookup on the unique index of digests; comparing
+def set_rate(conn: Connection, name: str, rate: float | None) -> bool:
+    """Limit the active key named `name` to `rate` notifications per second (None: the API's default); False
+    when no such key is active."""
+    result = conn.execute(
+        update(api_keys).where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None)).values(rate=_checked(rate))
+    )
+    return result.rowcount == 1
+
+
+def producer_of(conn: Connection, key: str) -> Producer | None:
+    """The scope (key id) and rate of an active key, or None. One lookup on the unique index of digests; comparing
     digests in the index leaks nothing useful, since a digest's prefix says nothing about the key."""
-    return conn.execute(
-        select(api_keys.c.id).where(api_keys.c.key_hash == digest(key), api_keys.c.revoked_at.is_(None))
-    ).scalar()
+    row = conn.execute(
+        select(api_keys.c.id, api_keys.c.rate).where(
+            api_keys.c.key_hash == digest(key), api_keys.c.revoked_at.is_(None)
+        )
+    ).first()
+    return None if row is None else Producer(scope=row.id, rate=row.rate)
 
 
 def any_exist(conn: Connection) -> bool:

@@ -166,6 +166,8 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime),
+    #: Notifications per second this key may submit; NULL: the API's default (WJP_API_KEY_RATE).
+    Column("rate", Float),
 )
 
 

@@ -14,10 +14,12 @@ from collections.abc import Callable
 
 import falcon
 
+from actors.ratelimit import RateLimiter
+from actors.sessions import DashboardSessions, SessionsUnavailable
 from ledger import api_keys
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
-from service.errors import ApiError
+from service.errors import RETRY_AFTER, ApiError
 
 #: Routes that need the admin token when one is configured.
 ADMIN_PREFIXES = ("/internal/", "/metrics")
@@ -26,11 +28,16 @@ PRODUCER_PREFIX = "/api/"
 DASHBOARD = "/internal/dashboard"
 #: The dashboard's sign-in page: open, since it is where the token is given.
 LOGIN = "/internal/dashboard/login"
+#: Sign-out: open too, so that a session that has already expired can still clear its cookie.
+LOGOUT = "/internal/dashboard/logout"
 #: Carries a browser's dashboard session (a browser cannot add an Authorization header to a page load).
 SESSION_COOKIE = "wjp_dashboard"
 #: Seconds a process trusts what it read about producer keys: saves a query per request, and bounds how long
-#: a revoked key keeps working (or a first key goes unenforced) in a process that has just seen it.
+#: a revoked key keeps working (or a first key goes unenforced, or an old rate holds) in a process that has just
+#: seen it.
 KEY_CACHE_SECONDS = 2.0
+#: The producer of every request while no key exists: no scope, and no limit (there is no key to limit).
+NO_KEY = api_keys.Producer(scope="", rate=None)
 
 
 def bearer_token(req: falcon.Request) -> str | None:
@@ -39,10 +46,11 @@ def bearer_token(req: falcon.Request) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def dashboard_session(admin_token: str) -> str:
-    """The session cookie's value: derived from the admin token, so the cookie is not the token itself and
-    changing the token ends every session."""
-    return hmac.new(admin_token.encode(), b"wjp dashboard session", hashlib.sha256).hexdigest()
+def session_record(session: str, admin_token: str) -> str:
+    """What a dashboard session keeps on the server: a digest of the admin token it was started with, so that
+    changing the token ends every session. Keyed by the session value, which Redis never holds: Redis's contents
+    alone give nothing to test guesses of the token against."""
+    return hmac.new(session.encode(), admin_token.encode(), hashlib.sha256).hexdigest()
 
 
 def _unauthorized(message: str, realm: str) -> ApiError:
@@ -53,65 +61,104 @@ class AdminTokenMiddleware:
     """Rejects operator routes without `Authorization: Bearer <WJP_ADMIN_TOKEN>` (or, on the dashboard, its
     session cookie); a browser opening the dashboard without either is sent to the sign-in page."""
 
-    def __init__(self, token: str) -> None:
-        self._token = token.encode()
-        self._session = dashboard_session(token).encode()
+    def __init__(self, token: str, sessions: DashboardSessions) -> None:
+        self.token = token
+        self.sessions = sessions
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
         template = req.uri_template or ""
-        if not template.startswith(ADMIN_PREFIXES) or template == LOGIN:
+        if not template.startswith(ADMIN_PREFIXES) or template in (LOGIN, LOGOUT):
             return
         given = bearer_token(req)
         # Constant-time comparisons: the answer's timing must not reveal how much of a guess was right.
-        if given is not None and hmac.compare_digest(given.encode(), self._token):
+        if given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
             return
         if given is None and template.startswith(DASHBOARD):
             cookie = req.cookies.get(SESSION_COOKIE)
-            if cookie is not None and hmac.compare_digest(cookie.encode(), self._session):
+            if cookie is not None and self._live(cookie):
                 return
             if template == DASHBOARD and req.method == "GET" and req.get_header("Authorization") is None:
                 raise falcon.HTTPSeeOther(LOGIN)
         raise _unauthorized("This endpoint needs 'Authorization: Bearer <admin token>'.", "wjp-admin")
 
+    def _live(self, session: str) -> bool:
+        """Whether `session` was started with the current token and has neither expired nor ended."""
+        try:
+            record = self.sessions.record(session)
+        except SessionsUnavailable:
+            raise sessions_unavailable() from None
+        return record is not None and hmac.compare_digest(record.encode(), session_record(session, self.token).encode())
+
+
+def sessions_unavailable() -> ApiError:
+    return ApiError(
+        falcon.HTTP_503,
+        "sessions_unavailable",
+        "Dashboard sessions are kept in Redis, which cannot be reached; the admin token still works as a bearer token.",
+        headers={"Retry-After": str(RETRY_AFTER)},
+    )
+
 
 class ApiKeyMiddleware:
     """Once any producer key exists, /api/* needs `Authorization: Bearer <key>`; sets `req.context.scope` to
-    the key's id ('' while no key exists), which scopes idempotency keys and the jobs a producer can see."""
+    the key's id ('' while no key exists), which scopes idempotency keys and the jobs a producer can see. A key's
+    submissions are held to its rate (or `default_rate`) by `limiter`, shared by every API process."""
 
     def __init__(
         self,
         database: Database,
         *,
+        limiter: RateLimiter | None = None,
+        default_rate: float | None = None,
         cache_seconds: float = KEY_CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.database = database
+        self.limiter = limiter
+        self.default_rate = default_rate
         self.cache_seconds = cache_seconds
         self.clock = clock
         self._keys_exist = (False, -math.inf)  # (answer, until)
-        # Digest of a key → (its scope, until). Only keys that worked are kept, so it holds at most one entry
-        # per producer key; never the keys themselves.
-        self._scopes: dict[str, tuple[str, float]] = {}
+        # Digest of a key → (its scope and rate, until). Only keys that worked are kept, so it holds at most one
+        # entry per producer key; never the keys themselves.
+        self._producers: dict[str, tuple[api_keys.Producer, float]] = {}
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
         if not (req.uri_template or "").startswith(PRODUCER_PREFIX):
             return
         try:
-            scope = self._scope(bearer_token(req))
+            producer = self._producer(bearer_token(req))
         except LedgerUnavailable as exc:
             # No scope, so the request cannot reach the ledger; it fails with this 503 when it tries, after
             # the checks that need no ledger (a bad request is still told what is wrong with it).
             req.context.scope_error = exc
             return
-        if scope is None:
+        if producer is None:
             raise _unauthorized("This endpoint needs 'Authorization: Bearer <API key>'.", "wjp")
-        req.context.scope = scope
+        req.context.scope = producer.scope
+        if req.method == "POST":
+            self._hold_to_rate(producer)
 
-    def _scope(self, given: str | None) -> str | None:
-        """'' while no key exists; else the scope of the key given, or None when it is missing or unknown."""
+    def _hold_to_rate(self, producer: api_keys.Producer) -> None:
+        """Spend one notification of the key's rate or answer 429. No key, no limit: there is nothing to limit.
+        A batch's further items are to be spent by its endpoint through the limiter's `cost`."""
+        rate = producer.rate if producer.rate is not None else self.default_rate
+        if self.limiter is None or rate is None or not producer.scope:
+            return
+        wait = self.limiter.wait(producer.scope, rate)
+        if wait > 0:
+            raise ApiError(
+                falcon.HTTP_429,
+                "rate_limited",
+                f"This API key may submit {rate:g} notifications per second; try again later.",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+
+    def _producer(self, given: str | None) -> api_keys.Producer | None:
+        """No scope ('') while no key exists; else the given key's, or None when it is missing or unknown."""
         if not self._any_keys():
-            return ""
-        return self._scope_of(given) if given is not None else None
+            return NO_KEY
+        return self._producer_of(given) if given is not None else None
 
     def _any_keys(self) -> bool:
         answer, until = self._keys_exist
@@ -121,15 +168,15 @@ class ApiKeyMiddleware:
             self._keys_exist = (answer, now + self.cache_seconds)
         return answer
 
-    def _scope_of(self, key: str) -> str | None:
+    def _producer_of(self, key: str) -> api_keys.Producer | None:
         digest = api_keys.digest(key)
         now = self.clock()
-        cached = self._scopes.get(digest)
+        cached = self._producers.get(digest)
         if cached is not None and now < cached[1]:
             return cached[0]
-        scope = self.database.run(lambda conn: api_keys.scope_of(conn, key))
-        if scope is None:
-            self._scopes.pop(digest, None)
+        producer = self.database.run(lambda conn: api_keys.producer_of(conn, key))
+        if producer is None:
+            self._producers.pop(digest, None)
         else:
-            self._scopes[digest] = (scope, now + self.cache_seconds)
-        return scope
+            self._producers[digest] = (producer, now + self.cache_seconds)
+        return producer

@@ -8,10 +8,12 @@ from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
 from actors.flow import Gate
 from actors.flow.overview import Destinations
+from actors.ratelimit import RateLimiter
+from actors.sessions import DashboardSessions
 from ledger.database import Database
 from service import errors, gunicorn_conf, multiproc
 from service.access import AdminTokenMiddleware, ApiKeyMiddleware
-from service.dashboard import Dashboard, DashboardLogin, DashboardRetry
+from service.dashboard import Dashboard, DashboardLogin, DashboardLogout, DashboardRetry
 from service.destinations import DestinationCollection, DestinationItem
 from service.metrics import Metrics
 from service.openapi import OpenApiDocument
@@ -54,9 +56,12 @@ def create_app(
     )
     # The destinations' state lives in the broker's Redis, read through the same connections.
     destinations = Destinations(ctx.database, gate or Gate(ctx.dispatcher.broker.client), core.flow)
-    middleware: list[object] = [ApiKeyMiddleware(ctx.database)]
+    limiter = RateLimiter(ctx.dispatcher.broker.client)
+    # Per queue, like the queue's own keys: deployments sharing one Redis keep their sign-ins apart.
+    sessions = DashboardSessions(ctx.dispatcher.broker.client, prefix=f"wjp:dashboard:{core.queue}:")
+    middleware: list[object] = [ApiKeyMiddleware(ctx.database, limiter=limiter, default_rate=settings.api_key_rate)]
     if settings.admin_token:
-        middleware.insert(0, AdminTokenMiddleware(settings.admin_token))
+        middleware.insert(0, AdminTokenMiddleware(settings.admin_token, sessions))
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
@@ -68,7 +73,8 @@ def create_app(
     app.add_route("/internal/destinations", DestinationCollection(destinations))
     app.add_route("/internal/destinations/{key}", DestinationItem(destinations))
     app.add_route("/internal/dashboard", Dashboard(ctx, destinations))
-    app.add_route("/internal/dashboard/login", DashboardLogin(ctx))
+    app.add_route("/internal/dashboard/login", DashboardLogin(ctx, sessions))
+    app.add_route("/internal/dashboard/logout", DashboardLogout(ctx, sessions))
     app.add_route("/internal/dashboard/jobs/{job_id}/retry", DashboardRetry(ctx))
     app.add_route("/metrics", Metrics(ctx.database, settings.metrics_dir, destinations))
     app.add_route("/healthz", Health())

@@ -220,7 +220,8 @@ def render(overview: Overview) -> str:
     return _page(
         "worker-job-processor · queue",
         "<header><h1>worker-job-processor</h1>"
-        f'<p id="updated">Updated {_time(overview.now)} UTC · refreshes every {REFRESH_SECONDS} s</p></header>'
+        f'<p id="updated">Updated {_time(overview.now)} UTC · refreshes every {REFRESH_SECONDS} s</p>'
+        '<form id="logout" method="post" action="/internal/dashboard/logout"><button>Sign out</button></form></header>'
         '<form id="lookup" method="get" action="/internal/dashboard" role="search">'
         '<label for="q">Find a job by id or idempotency key</label> '
         f'<input id="q" name="q" maxlength="255" required value="{escape(overview.query)}"> '

@@ -24,6 +24,8 @@ _ERROR_CODES = [
     "unsupported_media_type",
     "ledger_unavailable",
     "redis_unavailable",
+    "rate_limited",
+    "sessions_unavailable",
     "not_ready",
     "forbidden",
     "internal_error",
@@ -40,6 +42,15 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): {"$ref": "#/components/responses/Error"} for status in statuses}
+
+
+def _rate_limited(description: str) -> dict[str, Any]:
+    """429 `rate_limited`, with the whole seconds to wait in `Retry-After`."""
+    return {
+        "description": description,
+        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
 
 
 def _html(description: str) -> dict[str, Any]:
@@ -112,6 +123,7 @@ def document(channels: list[str]) -> dict[str, Any]:
                         "202": _json(_ref("Accepted"), "Recorded; delivery follows"),
                         "200": _json(_ref("Accepted"), "A replay of an earlier request with this key"),
                         **_errors(400, 401, 413, 415, 422, 503),
+                        "429": _rate_limited("Over the API key's rate (WJP_API_KEY_RATE or its own)"),
                     },
                 }
             },
@@ -197,9 +209,19 @@ def document(channels: list[str]) -> dict[str, Any]:
                     "responses": {"200": _html("The sign-in form"), "303": _see_other("No admin token is set")},
                 },
                 "post": {
-                    "summary": "Sign in with the admin token: sets the dashboard's session cookie",
+                    "summary": "Sign in with the admin token: starts a session of 12 h, set in the session cookie",
                     "requestBody": _FORM,
-                    "responses": {"303": _see_other("To the dashboard, or back to the form"), **_errors(403, 413, 415)},
+                    "responses": {
+                        "303": _see_other("To the dashboard, or back to the form"),
+                        **_errors(403, 413, 415, 503),
+                        "429": _rate_limited("10 failed sign-ins from this address within its minute"),
+                    },
+                },
+            },
+            "/internal/dashboard/logout": {
+                "post": {
+                    "summary": "Sign out: ends the session on the server and clears the cookie",
+                    "responses": {"303": _see_other("To the sign-in page"), **_errors(403, 503)},
                 },
             },
             "/internal/dashboard/jobs/{job_id}/retry": {

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from actors.settings import Settings, text
+from actors.settings import Settings, rate, text
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,8 @@ class ServiceSettings:
     admin_token: str | None
     #: prometheus_client's multiprocess directory (PROMETHEUS_MULTIPROC_DIR), set by `wjp serve`; None: one process.
     metrics_dir: str | None = None
+    #: Notifications per second per producer key without a rate of its own (WJP_API_KEY_RATE); None: unlimited.
+    api_key_rate: float | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, redis_url: str | None = None) -> ServiceSettings:
@@ -24,4 +26,5 @@ class ServiceSettings:
             core=Settings.from_env(env, redis_url=redis_url),
             admin_token=text(env, "WJP_ADMIN_TOKEN"),
             metrics_dir=text(env, "PROMETHEUS_MULTIPROC_DIR"),
+            api_key_rate=rate(env, "WJP_API_KEY_RATE"),
         )

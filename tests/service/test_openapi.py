@@ -192,6 +192,7 @@ def test_the_error_codes_of_the_contract_are_documented(document):
         "payload_too_large",
         "unsupported_media_type",
         "ledger_unavailable",
+        "rate_limited",
     }
 
     assert contract <= documented

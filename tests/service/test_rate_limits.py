@@ -1,0 +1,110 @@
+"""Producer rate limits in one API process on real Redis: WJP_API_KEY_RATE and a key's own rate, 429 `rate_limited`
+with Retry-After, no limit without a key, and intake that keeps answering while Redis is down."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis
+
+from actors.broker import Dispatcher, make_broker
+from actors.ratelimit import RateLimiter
+from actors.settings import SettingsError
+from ledger import api_keys
+from ledger.database import Database
+from ledger.timestamps import utcnow
+from service.settings import ServiceSettings
+from tests.service.conftest import assert_error, notification, post
+
+#: A rate that refills one notification per 100 s: a second request within a test is always over it.
+SLOW = 0.01
+
+
+def new_key(database: Database, name: str, rate: float | None = None) -> dict[str, str]:
+    secret = database.run(lambda conn: api_keys.create(conn, name, now=utcnow(), rate=rate), transaction=True)[1]
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def test_a_key_over_its_rate_gets_429_rate_limited_with_retry_after_in_whole_seconds(database, make_client):
+    client = make_client()
+    key = new_key(database, "slow", rate=SLOW)
+
+    first = post(client, notification(), **key)
+    second = post(client, notification(), **key)
+
+    assert first.status_code == 202, first.text
+    body = assert_error(second, 429, "rate_limited")
+    assert "0.01" in body["message"]
+    retry_after = second.headers["retry-after"]
+    assert retry_after.isdigit() and 1 <= int(retry_after) <= 100
+
+
+def test_wjp_api_key_rate_holds_a_key_without_a_rate_of_its_own_and_a_keys_own_rate_wins(database, make_client):
+    client = make_client(WJP_API_KEY_RATE=str(SLOW))
+    default = new_key(database, "default")
+    own = new_key(database, "own", rate=1000)
+
+    assert post(client, notification(), **default).status_code == 202
+    assert_error(post(client, notification(), **default), 429, "rate_limited")
+    assert [post(client, notification(), **own).status_code for _ in range(5)] == [202] * 5
+
+
+def test_each_key_has_a_bucket_of_its_own(database, make_client):
+    client = make_client(WJP_API_KEY_RATE=str(SLOW))
+    first, second = new_key(database, "first"), new_key(database, "second")
+
+    assert post(client, notification(), **first).status_code == 202
+    assert_error(post(client, notification(), **first), 429, "rate_limited")
+    assert post(client, notification(), **second).status_code == 202
+
+
+def test_while_no_key_exists_no_limit_applies(database, make_client):
+    client = make_client(WJP_API_KEY_RATE=str(SLOW))
+
+    assert [post(client, notification()).status_code for _ in range(3)] == [202] * 3
+
+
+def test_reading_a_job_spends_nothing_of_the_rate(database, make_client):
+    client = make_client()
+    key = new_key(database, "reader", rate=SLOW)
+    job_id = post(client, notification(), **key).json["job_id"]
+    assert_error(post(client, notification(), **key), 429, "rate_limited")
+
+    for _ in range(3):
+        assert client.simulate_get(f"/api/notifications/{job_id}", headers=key).status_code == 200
+
+
+def test_a_bad_wjp_api_key_rate_stops_the_api_naming_the_variable():
+    for value in ("fast", "0", "-1", "inf"):
+        with pytest.raises(SettingsError, match="WJP_API_KEY_RATE"):
+            ServiceSettings.from_env({"WJP_API_KEY_RATE": value})
+
+
+def test_while_redis_is_down_intake_answers_202_and_logs_the_outage_once_then_limits_again(
+    database, client_for, private_redis, queue_name, caplog
+):
+    client = client_for(database, Dispatcher(make_broker(private_redis.url, timeout=2), queue_name))
+    key = new_key(database, "outage", rate=SLOW)
+    private_redis.stop()
+    caplog.set_level(logging.INFO, logger="wjp.api")
+
+    during = [post(client, notification(), **key).status_code for _ in range(3)]
+
+    assert during == [202] * 3
+    outages = [r for r in caplog.records if "rate limits are not enforced" in r.getMessage()]
+    assert len(outages) == 1
+    private_redis.start()
+    assert post(client, notification(), **key).status_code == 202
+    assert_error(post(client, notification(), **key), 429, "rate_limited")
+    assert any("rate limits are enforced again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_cost_larger_than_the_bucket_passes_when_it_is_full_and_the_debt_is_waited_out(redis_server_url):
+    client = redis.Redis.from_url(redis_server_url)
+    limiter = RateLimiter(client, prefix=f"wjp:test-ratelimit:{id(client)}:")
+
+    assert limiter.wait("batch", rate=2, cost=5) == 0.0
+    # Two tokens held, five spent: three owed, and one more needed, at two per second.
+    assert 1.5 < limiter.wait("batch", rate=2) <= 2.0
+    client.close()
