@@ -46,7 +46,7 @@ def tripped(redis_server_url: str) -> Iterator[tuple[Gate, str]]:
     gate.release(key, "lease", Outcome.TRANSIENT, breaker=BreakerPolicy(threshold=1))
     yield gate, key
     client.delete(f"{DEFAULT_PREFIX}state:{key}", f"{DEFAULT_PREFIX}leases:{key}")
-    client.srem(f"{DEFAULT_PREFIX}known", key)
+    client.zrem(f"{DEFAULT_PREFIX}known", key)
     client.close()
 
 
