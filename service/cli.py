@@ -20,10 +20,10 @@ from actors.settings import Settings, SettingsError
 from ledger import api_keys, maintenance, queries, transitions
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
-from ledger.migrate import upgrade
+from ledger.migrate import current_revision, upgrade
 from ledger.timestamps import rfc3339, utcnow
 from service import multiproc
-from service.settings import ServiceSettings
+from service.settings import ServiceSettings, check_exposure
 
 log = logging.getLogger("wjp")
 
@@ -87,9 +87,24 @@ def _metrics_dir() -> str:
         raise CommandError(f"cannot prepare the metrics directory ({multiproc.VARIABLE}): {exc}") from None
 
 
+def _warn_if_api_open(settings: Settings) -> None:
+    """While no producer key exists anyone who reaches the API may post: said once, at start."""
+    database = _ledger(settings)
+    try:
+        # Not migrated or not reachable yet: the API reports that itself (/readyz).
+        open_to_all = current_revision(database) is not None and not database.run(api_keys.any_exist)
+    except LedgerUnavailable:
+        open_to_all = False
+    finally:
+        database.dispose()
+    if open_to_all:
+        log.warning("no producer API key exists: /api/* is open to anyone who reaches it (wjp api-key create NAME)")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    ServiceSettings.from_env()
-    _settings()
+    check_exposure(args.host, ServiceSettings.from_env().admin_token)
+    settings = _settings()
+    _warn_if_api_open(settings)
     # Before gunicorn starts: its workers' metrics are merged through this directory.
     _metrics_dir()
     argv = [

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from actors.settings import Settings, text
+from actors.settings import Settings, SettingsError, text
+
+#: Shortest admin token accepted on an address other than loopback: a guess must be hopeless.
+MIN_EXPOSED_TOKEN_LENGTH = 32
+#: What example files and tutorials put in place of a token; never accepted on a public address.
+_PLACEHOLDER = re.compile(r"change[-_ ]?me|placeholder|example|^(.)\1*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -25,3 +32,26 @@ class ServiceSettings:
             admin_token=text(env, "WJP_ADMIN_TOKEN"),
             metrics_dir=text(env, "PROMETHEUS_MULTIPROC_DIR"),
         )
+
+
+def check_exposure(host: str, admin_token: str | None) -> None:
+    """`wjp serve --host`: anything but loopback exposes /internal/* and /metrics, which then need a real token."""
+    if is_loopback(host):
+        return
+    token = admin_token or ""
+    if len(token) < MIN_EXPOSED_TOKEN_LENGTH or _PLACEHOLDER.search(token):
+        raise SettingsError(
+            f"WJP_ADMIN_TOKEN must be a random token of at least {MIN_EXPOSED_TOKEN_LENGTH} characters "
+            f"(not a placeholder) to serve on {host}; or serve on 127.0.0.1"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only reaches this machine."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
