@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from actors.backoff import BackoffPolicy
 from actors.channels.base import ChannelConfig
-from ledger.database import normalize_url
+from ledger.database import normalize_url, without_credentials
 
 #: How often Dramatiq's time limit looks for attempts past their deadline, in ms (its default, 1000, would let
 #: an attempt outlive a 2 s visibility timeout); `Settings.attempt_time_limit` allows for it.
@@ -86,9 +86,15 @@ def url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], default: st
     raw = text(env, name, default)
     if raw is None:
         return None
-    parts = urlsplit(raw)
-    if parts.scheme not in schemes or not (parts.hostname or parts.scheme.startswith("sqlite")):
-        raise SettingsError(f"{name} must be a {' or '.join(s + '://' for s in schemes)} URL, got {raw!r}")
+    try:
+        parts = urlsplit(raw)
+        well_formed = parts.scheme in schemes and bool(parts.hostname or parts.scheme.startswith("sqlite"))
+    except ValueError:  # an unbalanced `[` of an IPv6 host
+        well_formed = False
+    if not well_formed:
+        # Never the URL as given: it may carry a user and a password.
+        shown = without_credentials(raw)
+        raise SettingsError(f"{name} must be a {' or '.join(s + '://' for s in schemes)} URL, got {shown!r}")
     return raw
 
 

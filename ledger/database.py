@@ -26,6 +26,18 @@ SQLITE_BUSY_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5
 
 
+def without_credentials(url: str) -> str:
+    """`url` for a message or a log line: `smtp://user:pass@host` → `smtp://***@host`. Anything up to the last
+    `@` goes, since a password may hold unescaped `/`, `#` or `@`; losing a host to an `@` later on is the
+    lesser harm."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
 def normalize_url(url: str) -> str:
     """Accept `postgres://` and `postgresql://` (driven by psycopg 3) and SQLAlchemy URLs; raise ValueError."""
     if url.startswith("postgres://"):
@@ -35,7 +47,7 @@ def normalize_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ValueError(f"not a database URL: {url!r}") from exc
+        raise ValueError(f"not a database URL: {without_credentials(url)!r}") from exc
     if parsed.get_backend_name() not in ("postgresql", "sqlite"):
         raise ValueError(f"unsupported database {parsed.get_backend_name()!r}; use postgresql:// or sqlite://")
     return url

@@ -18,7 +18,7 @@ from actors.channels import build_channels
 from actors.reconciler import PassReport, Reconciler
 from actors.settings import Settings, SettingsError
 from ledger import api_keys, maintenance, queries, transitions
-from ledger.database import Database
+from ledger.database import Database, without_credentials
 from ledger.errors import LedgerUnavailable
 from ledger.migrate import current_revision, upgrade
 from ledger.timestamps import rfc3339, utcnow
@@ -76,7 +76,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings()
     database = _ledger(settings)
     upgrade(database)
-    print(f"ledger schema is up to date ({database.engine.url.render_as_string(hide_password=True)})")
+    print(f"ledger schema is up to date ({without_credentials(settings.database_url)})")
     return 0
 
 

@@ -78,7 +78,8 @@ def parse_smtp_url(url: str) -> SmtpServer:
     """
     parts = urlsplit(url)
     if parts.scheme not in ("smtp", "smtps"):
-        raise ValueError(f"WJP_SMTP_URL must start with smtp:// or smtps://, not {parts.scheme or url!r}")
+        # Nothing of the URL is echoed: `user:pass@host` parses with `user` as its scheme.
+        raise ValueError("WJP_SMTP_URL must start with smtp:// or smtps://")
     try:
         port = parts.port
     except ValueError as exc:
