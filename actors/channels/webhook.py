@@ -175,12 +175,18 @@ class WebhookChannel(Channel):
             raise PermanentError("The webhook URL must not contain spaces or control characters.")
         try:
             url = httpx.URL(recipient)
+            host = url.host  # decodes an IDNA host, which parsing the URL leaves for later
         except httpx.InvalidURL as exc:
             raise PermanentError(f"The webhook URL is not valid: {exc}.") from exc
-        if url.scheme not in ("http", "https") or not url.host:
+        except UnicodeError as exc:  # IDNA: a host such as xn--zz.com that no DNS name can be
+            raise PermanentError("The webhook URL's host is not a valid internationalized domain name.") from exc
+        if url.scheme not in ("http", "https") or not host:
             raise PermanentError("The webhook URL must be an absolute http:// or https:// URL with a host.")
+        if url.userinfo:
+            # It would be stored, shown in job bodies and logs, and sent in the clear: a secret does not go there.
+            raise PermanentError("The webhook URL must not contain a user name or password; sign requests instead.")
         if not self.config.webhook_allow_private:
-            reason = host_refusal(url.host)
+            reason = host_refusal(host)
             if reason:
                 raise PermanentError(f"The webhook URL is refused because {reason}; private targets are not allowed.")
         return url

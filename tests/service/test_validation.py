@@ -89,6 +89,15 @@ BAD_REQUESTS: dict[str, Bad] = {
     "webhook not a url": Bad(notification(channel="webhook", recipient="not a url"), fields=("recipient",)),
     "webhook relative": Bad(notification(channel="webhook", recipient="/hook"), fields=("recipient",)),
     "webhook no host": Bad(notification(channel="webhook", recipient="http://"), fields=("recipient",)),
+    "webhook host not IDNA": Bad(
+        notification(channel="webhook", recipient="http://xn--zz.com/"), fields=("recipient",)
+    ),
+    "webhook user and password": Bad(
+        notification(channel="webhook", recipient="https://hook:s3cret@example.com/in"), fields=("recipient",)
+    ),
+    "webhook user alone": Bad(
+        notification(channel="webhook", recipient="https://hook@example.com/in"), fields=("recipient",)
+    ),
     "log empty": Bad(notification(channel="log", recipient=""), fields=("recipient",)),
     "log blank": Bad(notification(channel="log", recipient="   "), fields=("recipient",)),
     # Message, subject, metadata, send_at
