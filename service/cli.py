@@ -120,6 +120,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
+    if settings.channels.webhook_secret is None:
+        log.warning("WJP_WEBHOOK_SECRET is not set: webhooks go out unsigned, so receivers cannot verify them")
     # Dramatiq holds up to 1000 delayed messages per thread in memory; a process that dies strands them until
     # maintenance. A smaller hoard is plenty for retries and keeps that window small.
     os.environ.setdefault("dramatiq_delay_queue_prefetch", str(100 * args.threads))
