@@ -110,11 +110,15 @@ def raise_for_status(response: httpx.Response, body: bytes, *, now: float) -> No
 
 
 def read_limited(response: httpx.Response, deadline: float) -> bytes:
-    """Read at most `MAX_RESPONSE_BYTES` of a streamed body, stopping early at `deadline`."""
+    """Read at most `MAX_RESPONSE_BYTES` of a streamed body as it came over the wire, stopping early at
+    `deadline`. Raw: a receiver's gzip would be inflated a whole network read at a time (a 64 KiB read of a
+    gzip bomb is 64 MiB), whatever the bound. A body compressed although we asked for none is not quoted."""
+    if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return b""
     chunks: list[bytes] = []
     size = 0
     try:
-        for chunk in response.iter_bytes():
+        for chunk in response.iter_raw():
             chunks.append(chunk)
             size += len(chunk)
             if size >= MAX_RESPONSE_BYTES or time.monotonic() >= deadline:
@@ -212,6 +216,8 @@ class WebhookChannel(Channel):
             "Host": url.netloc.decode("ascii"),
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
+            # Responses are read raw (`read_limited`); a receiver that compresses anyway is not inflated.
+            "Accept-Encoding": "identity",
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
         }
