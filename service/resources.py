@@ -81,6 +81,7 @@ class NotificationCollection:
                 channels=self.ctx.channels,
                 max_attempts=self.ctx.settings.core.max_attempts,
                 scope="",
+                max_schedule=self.ctx.settings.max_schedule,
             )
         except ApiError:
             metrics.count_intake("invalid")

@@ -8,7 +8,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from actors.settings import Settings, SettingsError, text
+from actors.settings import Settings, SettingsError, seconds, text
+from service.validation import DEFAULT_MAX_SCHEDULE
 
 #: Shortest admin token accepted on an address other than loopback: a guess must be hopeless.
 MIN_EXPOSED_TOKEN_LENGTH = 32
@@ -23,6 +24,8 @@ class ServiceSettings:
     admin_token: str | None
     #: prometheus_client's multiprocess directory (PROMETHEUS_MULTIPROC_DIR), set by `wjp serve`; None: one process.
     metrics_dir: str | None = None
+    #: Most seconds `send_at` may lie ahead (WJP_MAX_SCHEDULE).
+    max_schedule: float = DEFAULT_MAX_SCHEDULE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, redis_url: str | None = None) -> ServiceSettings:
@@ -31,6 +34,7 @@ class ServiceSettings:
             core=Settings.from_env(env, redis_url=redis_url),
             admin_token=text(env, "WJP_ADMIN_TOKEN"),
             metrics_dir=text(env, "PROMETHEUS_MULTIPROC_DIR"),
+            max_schedule=seconds(env, "WJP_MAX_SCHEDULE", DEFAULT_MAX_SCHEDULE, minimum=1.0),
         )
 
 
