@@ -26,6 +26,7 @@ from actors.channels.base import (
     Notification,
     PermanentError,
     TransientError,
+    TransientSetupError,
 )
 
 #: Longest one SMTP socket operation may wait, in seconds, before `ChannelConfig.timeout_cap` and the time left
@@ -376,7 +377,9 @@ def classify_smtp_error(exc: Exception) -> DeliveryError:
     ):
         # Failures of our own set-up (credentials, sender address, the server refusing us), not
         # of this message: an operator can fix them, so the job must not be used up meanwhile.
-        return TransientError(f"SMTP set-up failed ({type(exc).__name__}): {exc.smtp_code} {_text(exc.smtp_error)}")
+        return TransientSetupError(
+            f"SMTP set-up failed ({type(exc).__name__}): {exc.smtp_code} {_text(exc.smtp_error)}"
+        )
     if isinstance(exc, smtplib.SMTPResponseException):
         text = f"SMTP {exc.smtp_code} {_text(exc.smtp_error)}"
         if 500 <= exc.smtp_code < 600:
