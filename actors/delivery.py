@@ -21,7 +21,15 @@ from actors import metrics
 from actors.backoff import Verdict, decide
 from actors.batching import Batcher
 from actors.broker import ACTOR_NAME, DEST_OPTION, RID_OPTION, BrokerUnavailable, Dispatcher, parse_redis_message_id
-from actors.channels.base import Channel, DeliveryError, Notification, PermanentError, TransientError
+from actors.channels.base import (
+    Channel,
+    DeliveryError,
+    Notification,
+    PermanentError,
+    PermanentSetupError,
+    SetupError,
+    TransientError,
+)
 from actors.flow import Admission
 from actors.flow import Outcome as GateOutcome
 from actors.flow.control import Deferred, FlowControl, Released, gate_outcome
@@ -39,6 +47,11 @@ T = TypeVar("T")
 
 #: Longest error text kept in the ledger; provider answers can be long.
 MAX_ERROR_LENGTH = 2000
+#: `last_error` of a failure of our own set-up (`SetupError`): its detail may name our relay, user or sender.
+SETUP_FAILURE = (
+    "The notification service could not deliver because of its own configuration; "
+    "operators have the details in the worker's log."
+)
 
 
 def worker_name() -> str:
@@ -247,7 +260,7 @@ class Delivery:
     def _attempt(self, job: ClaimedJob, deadline: float) -> DeliveryError | None:
         channel = self.channels.get(job.channel)
         if channel is None:
-            return PermanentError(f"channel {job.channel!r} is not enabled on this worker")
+            return PermanentSetupError(f"channel {job.channel!r} is not enabled on this worker")
         notification = Notification(
             job.id, job.recipient, job.message, job.subject, job.metadata, job.attempt, deadline=deadline
         )
@@ -403,8 +416,12 @@ def _log_taken_back(job: ClaimedJob) -> None:
 
 
 def _error_text(error: DeliveryError | None) -> str:
+    """What producers read in `last_error`: the receiver's answer, never the detail of our own set-up."""
     if error is None:
         return ""
+    if isinstance(error, SetupError):
+        log.warning("delivery failed on this worker's own set-up: %s", error)
+        return SETUP_FAILURE
     text = str(error) or type(error).__name__
     return text[:MAX_ERROR_LENGTH]
 

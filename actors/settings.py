@@ -11,8 +11,9 @@ from urllib.parse import urlsplit
 
 from actors.backoff import BackoffPolicy
 from actors.channels.base import ChannelConfig
+from actors.channels.webhook import decode_secret
 from actors.redis_address import SENTINEL_SCHEME, parse_sentinel_url
-from ledger.database import normalize_url
+from ledger.database import normalize_url, without_credentials
 
 #: How often Dramatiq's time limit looks for attempts past their deadline, in ms (its default, 1000, would let
 #: an attempt outlive a 2 s visibility timeout); `Settings.attempt_time_limit` allows for it.
@@ -20,6 +21,9 @@ TIME_LIMIT_CHECK_MS = 100
 #: Shortest visibility timeout. An attempt is cut off by 0.9 of it (`Settings.attempt_time_limit`), leaving a tenth
 #: to write its outcome before the reconciler may take the claim back: below 2 s, too little for a write's round trips.
 MIN_VISIBILITY_TIMEOUT = 2.0
+
+#: Fewest key bytes of `WJP_WEBHOOK_SECRET` (Standard Webhooks asks for 24 to 64).
+MIN_WEBHOOK_KEY_BYTES = 24
 
 DEFAULT_DATABASE_URL = "sqlite:///var/wjp.sqlite3"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -87,9 +91,15 @@ def url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], default: st
     raw = text(env, name, default)
     if raw is None:
         return None
-    parts = urlsplit(raw)
-    if parts.scheme not in schemes or not (parts.hostname or parts.scheme.startswith("sqlite")):
-        raise SettingsError(f"{name} must be a {' or '.join(s + '://' for s in schemes)} URL, got {raw!r}")
+    try:
+        parts = urlsplit(raw)
+        well_formed = parts.scheme in schemes and bool(parts.hostname or parts.scheme.startswith("sqlite"))
+    except ValueError:  # an unbalanced `[` of an IPv6 host
+        well_formed = False
+    if not well_formed:
+        # Never the URL as given: it may carry a user and a password.
+        shown = without_credentials(raw)
+        raise SettingsError(f"{name} must be a {' or '.join(s + '://' for s in schemes)} URL, got {shown!r}")
     return raw
 
 
@@ -153,6 +163,21 @@ def whole(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 0:
         raise SettingsError(f"{name} must be at least 0, got {raw!r}")
     return value
+
+
+def check_webhook_secret(secret: str) -> None:
+    """A signing key a receiver can trust: the Standard Webhooks form, and long enough not to be guessed."""
+    if not secret.startswith("whsec_"):
+        raise SettingsError("WJP_WEBHOOK_SECRET must have the form whsec_<base64 key>")
+    try:
+        key = decode_secret(secret)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    if len(key) < MIN_WEBHOOK_KEY_BYTES:
+        raise SettingsError(
+            f"WJP_WEBHOOK_SECRET must hold at least {MIN_WEBHOOK_KEY_BYTES} key bytes, got {len(key)} "
+            "(make one with: echo whsec_$(openssl rand -base64 32))"
+        )
 
 
 @dataclass(frozen=True)
@@ -232,8 +257,8 @@ class Settings:
         if not queue.replace("_", "").replace("-", "").replace(".", "").isalnum():
             raise SettingsError(f"WJP_QUEUE may hold letters, digits, '_', '-' and '.', got {queue!r}")
         webhook_secret = text(env, "WJP_WEBHOOK_SECRET")
-        if webhook_secret is not None and not webhook_secret.startswith("whsec_"):
-            raise SettingsError("WJP_WEBHOOK_SECRET must have the form whsec_<base64 key>")
+        if webhook_secret is not None:
+            check_webhook_secret(webhook_secret)
         return cls(
             database_url=database_url(env),
             redis_url=redis_url or redis_server_url(env),

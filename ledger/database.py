@@ -30,6 +30,18 @@ CONNECT_TIMEOUT = 5
 UNPREPARED = {"prepare_threshold": None}
 
 
+def without_credentials(url: str) -> str:
+    """`url` for a message or a log line: `smtp://user:pass@host` → `smtp://***@host`. Anything up to the last
+    `@` goes, since a password may hold unescaped `/`, `#` or `@`; losing a host to an `@` later on is the
+    lesser harm."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
 def normalize_url(url: str) -> str:
     """Accept `postgres://` and `postgresql://` (driven by psycopg 3), libpq's several hosts among them
     (`postgresql://user@h1:5432,h2:5432/db?target_session_attrs=read-write`), and SQLAlchemy URLs; raise
@@ -42,7 +54,7 @@ def normalize_url(url: str) -> str:
         url = _hosts_in_query(url) if url.startswith("postgresql") else url
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
-        raise ValueError(f"not a database URL: {without_password(url)!r}") from exc
+        raise ValueError(f"not a database URL: {without_credentials(url)!r}") from exc
     if parsed.get_backend_name() not in ("postgresql", "sqlite"):
         raise ValueError(f"unsupported database {parsed.get_backend_name()!r}; use postgresql:// or sqlite://")
     return url
@@ -61,16 +73,6 @@ def _hosts_in_query(url: str) -> str:
             raise ValueError("an empty host or port, or hosts both in the address and in the query")
     query = "&".join([*(f"host={host}" for host in hosts.split(",")), *([parts.query] if parts.query else [])])
     return urlunsplit(parts._replace(netloc=userinfo + at, query=query))
-
-
-def without_password(url: str) -> str:
-    """`url` as it may be printed: its password, if any, replaced by `***`."""
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    user, colon, _password = userinfo.partition(":")
-    if not colon:
-        return url
-    return urlunsplit(parts._replace(netloc=f"{user}:***{at}{hosts}"))
 
 
 def make_engine(

@@ -22,12 +22,12 @@ from actors.flow.overview import Destinations
 from actors.reconciler import PassReport, Reconciler
 from actors.settings import Settings, SettingsError
 from ledger import api_keys, maintenance, queries, transitions
-from ledger.database import Database
+from ledger.database import Database, without_credentials
 from ledger.errors import LedgerUnavailable
-from ledger.migrate import upgrade
+from ledger.migrate import current_revision, upgrade
 from ledger.timestamps import rfc3339, utcnow
 from service import cli_destinations, multiproc
-from service.settings import ServiceSettings
+from service.settings import ServiceSettings, check_exposure
 
 log = logging.getLogger("wjp")
 
@@ -82,7 +82,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings()
     database = _ledger(settings)
     upgrade(database)
-    print(f"ledger schema is up to date ({database.engine.url.render_as_string(hide_password=True)})")
+    print(f"ledger schema is up to date ({without_credentials(settings.database_url)})")
     return 0
 
 
@@ -93,9 +93,24 @@ def _metrics_dir() -> str:
         raise CommandError(f"cannot prepare the metrics directory ({multiproc.VARIABLE}): {exc}") from None
 
 
+def _warn_if_api_open(settings: Settings) -> None:
+    """While no producer key exists anyone who reaches the API may post: said once, at start."""
+    database = _ledger(settings)
+    try:
+        # Not migrated or not reachable yet: the API reports that itself (/readyz).
+        open_to_all = current_revision(database) is not None and not database.run(api_keys.any_exist)
+    except LedgerUnavailable:
+        open_to_all = False
+    finally:
+        database.dispose()
+    if open_to_all:
+        log.warning("no producer API key exists: /api/* is open to anyone who reaches it (wjp api-key create NAME)")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    ServiceSettings.from_env()
-    _settings()
+    check_exposure(args.host, ServiceSettings.from_env().admin_token)
+    settings = _settings()
+    _warn_if_api_open(settings)
     # Before gunicorn starts: its workers' metrics are merged through this directory.
     _metrics_dir()
     argv = [
@@ -111,6 +126,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
+    if settings.channels.webhook_secret is None:
+        log.warning("WJP_WEBHOOK_SECRET is not set: webhooks go out unsigned, so receivers cannot verify them")
     # Dramatiq holds up to 1000 delayed messages per thread in memory; a process that dies strands them until
     # maintenance. A smaller hoard is plenty for retries and keeps that window small.
     os.environ.setdefault("dramatiq_delay_queue_prefetch", str(100 * args.threads))

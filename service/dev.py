@@ -10,12 +10,11 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from actors.channels.email import parse_smtp_url
 from actors.embedded_redis import EmbeddedRedis
 from actors.settings import Settings
-from ledger.database import Database
+from ledger.database import Database, without_credentials
 from ledger.migrate import upgrade
 from service import multiproc
 
@@ -100,19 +99,11 @@ def banner(*, host: str, port: int, env: dict[str, str], settings: Settings, emb
         "\nworker-job-processor is running (Ctrl-C stops everything)\n"
         f"  API         http://{host}:{port}  (try /healthz, /internal/queue/stats, /openapi.json)\n"
         f"  dashboard   http://{host}:{port}/internal/dashboard   metrics  http://{host}:{port}/metrics\n"
-        f"  ledger      {_without_password(env['DATABASE_URL'])}\n"
-        f"  redis       {_without_password(env['REDIS_URL'])}{'  (embedded)' if embedded else ''}\n"
+        f"  ledger      {without_credentials(env['DATABASE_URL'])}\n"
+        f"  redis       {without_credentials(env['REDIS_URL'])}{'  (embedded)' if embedded else ''}\n"
         f"{email}"
         "  processes   API (gunicorn), worker (dramatiq), reconciler (loop)\n"
     )
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def run(*, host: str, port: int) -> int:

@@ -81,6 +81,7 @@ class NotificationCollection:
                 channels=self.ctx.channels,
                 max_attempts=self.ctx.settings.core.max_attempts,
                 scope="",
+                max_schedule=self.ctx.settings.max_schedule,
             )
         except ApiError:
             metrics.count_intake("invalid")
@@ -256,17 +257,21 @@ class Ready:
         self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        # The body is public: it names what is down, never the driver's message (host, port, user); that goes
+        # to the log.
         checks: dict[str, str] = {}
         try:
             self.ctx.database.ping()
             checks["ledger"] = "ok"
         except LedgerUnavailable as exc:
-            checks["ledger"] = f"unavailable: {exc}"
+            log.warning("readiness: ledger unavailable: %s", exc)
+            checks["ledger"] = "unavailable"
         try:
             self.ctx.dispatcher.ping()
             checks["redis"] = "ok"
         except BrokerUnavailable as exc:
-            checks["redis"] = f"unavailable: {exc}"
+            log.warning("readiness: redis unavailable: %s", exc)
+            checks["redis"] = "unavailable"
         down = [name for name, state in checks.items() if state != "ok"]
         if down:
             raise ApiError(

@@ -19,6 +19,8 @@ MAX_SUBJECT_LENGTH = 255
 MAX_METADATA_BYTES = 4096
 #: Deepest nesting of metadata accepted: far beyond any real use, and well inside Python's recursion limit.
 MAX_METADATA_DEPTH = 32
+#: Default of `WJP_MAX_SCHEDULE`: most seconds `send_at` may lie ahead (one year).
+DEFAULT_MAX_SCHEDULE = 31_536_000.0
 FIELDS = ("recipient", "channel", "message", "idempotency_key", "subject", "metadata", "send_at")
 
 
@@ -97,8 +99,11 @@ def parse_notification(
     channels: Mapping[str, Channel],
     max_attempts: int,
     scope: str,
+    max_schedule: float = DEFAULT_MAX_SCHEDULE,
+    now: datetime | None = None,
 ) -> NewNotification:
-    """Check `body` and return the request to record, or raise a 400 naming every bad field."""
+    """Check `body` and return the request to record, or raise a 400 naming every bad field. `send_at` may lie
+    at most `max_schedule` seconds after `now` (default: the current time)."""
     key = idempotency_key(body, header_key)
     problems: list[tuple[str, str]] = []
     unknown = sorted(set(body) - set(FIELDS))
@@ -171,6 +176,9 @@ def parse_notification(
                     problems.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"))
 
     send_at = _parse_send_at(body.get("send_at"), problems)
+    if send_at is not None and (send_at - (now or datetime.now(UTC))).total_seconds() > max_schedule:
+        # A job parked for centuries is a typo or a way to fill the ledger with rows nothing will ever send.
+        problems.append(("send_at", f"must be at most {max_schedule:g} seconds ahead (WJP_MAX_SCHEDULE)"))
 
     if problems:
         raise _invalid(problems)

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from service.settings import is_loopback
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -465,11 +467,12 @@ def test_every_pod_runs_the_image_as_non_root_with_the_shared_config_and_secret(
             assert len(sources) == 2, f"{name} does not read both the config and the secret"
 
 
-def test_the_secret_holds_obvious_placeholders_for_the_secret_settings() -> None:
+def test_the_secret_names_the_secret_settings_and_ships_no_usable_admin_token_or_webhook_secret() -> None:
     (secret,) = _k8s("Secret")
     data = secret["stringData"]
     assert set(data) >= {"DATABASE_URL", "REDIS_URL", "WJP_ADMIN_TOKEN", "WJP_WEBHOOK_SECRET"}
-    assert all("CHANGE-ME" in value for value in data.values())
+    assert data["WJP_ADMIN_TOKEN"] == "" and data["WJP_WEBHOOK_SECRET"] == ""
+    assert all("CHANGE-ME" in data[name] for name in ("DATABASE_URL", "REDIS_URL"))
 
 
 def test_the_configmap_holds_only_non_secret_settings_as_strings() -> None:
@@ -530,3 +533,35 @@ def test_the_env_example_sets_the_ledger_and_redis_and_names_only_known_variable
     active = {line.split("=", 1)[0] for line in lines if re.match(r"^[A-Z][A-Z0-9_]*=", line)}
     assert {"DATABASE_URL", "REDIS_URL"} <= active
     assert assigned - {"DATABASE_URL", "REDIS_URL"} <= KNOWN_WJP_SETTINGS
+
+
+# --- secure by default ---------------------------------------------------------------------------------------
+
+
+def test_compose_refuses_to_start_without_an_admin_token_and_publishes_only_on_loopback() -> None:
+    compose = _compose()
+    for name, service in compose["services"].items():
+        if _is_wjp(service.get("command") or []):
+            token = _environment(service)["WJP_ADMIN_TOKEN"]
+            assert re.fullmatch(r"\$\{WJP_ADMIN_TOKEN:\?[^}]+\}", token), f"{name}: WJP_ADMIN_TOKEN={token!r}"
+        for port in service.get("ports", []):
+            published = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port['published']}"
+            assert published.startswith("127.0.0.1:"), f"{name} publishes {port!r} on every interface"
+
+
+def test_the_systemd_env_example_ships_no_usable_secret_and_the_api_unit_binds_loopback() -> None:
+    lines = (SYSTEMD / "wjp.env.example").read_text().splitlines()
+    values = dict(line.lstrip("#").split("=", 1) for line in lines if re.match(r"^#?WJP_[A-Z_]*=", line))
+    assert values["WJP_ADMIN_TOKEN"] == "" and values["WJP_WEBHOOK_SECRET"] == ""
+    argv = shlex.split(_read_unit(SYSTEMD / "wjp-api.service")["Service"]["ExecStart"])
+    assert is_loopback(argv[argv.index("--host") + 1])
+
+
+def test_the_kubernetes_api_service_stays_inside_the_cluster() -> None:
+    (service,) = _k8s("Service", "wjp-api")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_the_deploy_readme_says_a_reverse_proxy_protects_against_slow_clients() -> None:
+    text = " ".join((DEPLOY / "README.md").read_text().split())
+    assert "reverse proxy" in text and "slow-client attacks" in text

@@ -65,6 +65,19 @@ class PermanentError(DeliveryError):
     """Retrying cannot help: 4xx, SMTP 5xx, a refused or invalid recipient."""
 
 
+class SetupError(DeliveryError):
+    """A failure of our own set-up (credentials, sender address, a channel not configured), not of the receiver:
+    producers read a generic sentence in `last_error`, operators the detail in the worker's log."""
+
+
+class TransientSetupError(SetupError, TransientError):
+    """Our set-up failed in a way an operator can fix while the job waits (an SMTP login refused)."""
+
+
+class PermanentSetupError(SetupError, PermanentError):
+    """Our set-up cannot deliver this job at all (its channel is not enabled on the worker)."""
+
+
 class Channel(ABC):
     """Delivers notifications of one kind. Instances are shared by worker threads."""
 

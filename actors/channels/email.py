@@ -26,6 +26,7 @@ from actors.channels.base import (
     Notification,
     PermanentError,
     TransientError,
+    TransientSetupError,
 )
 from actors.flow.keys import destination_key
 
@@ -74,30 +75,40 @@ class SmtpServer:
 def parse_smtp_url(url: str) -> SmtpServer:
     """Parse `smtp://user:pass@host:port[?starttls=true]` or `smtps://user:pass@host:port`.
 
+    A user name over plain `smtp://` needs `starttls=true`, or `allow_plaintext_auth=true` for a relay on a
+    network one trusts: otherwise the password would cross the network in clear text.
+
     Raises:
-        ValueError: the URL is malformed; the message names `WJP_SMTP_URL`.
+        ValueError: the URL is malformed or would log in in clear text; the message names `WJP_SMTP_URL`.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("smtp", "smtps"):
-        raise ValueError(f"WJP_SMTP_URL must start with smtp:// or smtps://, not {parts.scheme or url!r}")
+        # Nothing of the URL is echoed: `user:pass@host` parses with `user` as its scheme.
+        raise ValueError("WJP_SMTP_URL must start with smtp:// or smtps://")
     try:
         port = parts.port
     except ValueError as exc:
         raise ValueError(f"WJP_SMTP_URL has an invalid port: {exc}") from None
     if not parts.hostname:
         raise ValueError("WJP_SMTP_URL needs a host, as in smtp://mail.example.com:587")
-    starttls = False
+    options = {"starttls": False, "allow_plaintext_auth": False}
     for key, values in parse_qs(parts.query, keep_blank_values=True).items():
-        if key != "starttls":
-            raise ValueError(f"WJP_SMTP_URL has an unknown option {key!r}; only starttls is known")
+        if key not in options:
+            raise ValueError(f"WJP_SMTP_URL has an unknown option {key!r}; only {' and '.join(options)} are known")
         value = values[-1].lower()
         if value not in _TRUE | _FALSE:
-            raise ValueError(f"WJP_SMTP_URL option starttls must be true or false, not {values[-1]!r}")
-        starttls = value in _TRUE
+            raise ValueError(f"WJP_SMTP_URL option {key} must be true or false, not {values[-1]!r}")
+        options[key] = value in _TRUE
+    starttls = options["starttls"]
     implicit_tls = parts.scheme == "smtps"
     if implicit_tls and starttls:
         raise ValueError("WJP_SMTP_URL: starttls applies to smtp://; smtps:// is already encrypted")
     username = unquote(parts.username) if parts.username else None
+    if username and not (implicit_tls or starttls or options["allow_plaintext_auth"]):
+        raise ValueError(
+            "WJP_SMTP_URL would send its password in clear text over smtp://: add ?starttls=true, use smtps://, "
+            "or add ?allow_plaintext_auth=true for a relay on a network you trust"
+        )
     return SmtpServer(
         host=parts.hostname,
         port=port or (465 if implicit_tls else 25),
@@ -375,7 +386,7 @@ def classify_smtp_error(exc: Exception) -> DeliveryError:
         # Failures of our own set-up (credentials, sender address, the server refusing us), not
         # of this message: an operator can fix them, so the job must not be used up meanwhile.
         reply = _text(exc.smtp_error)
-        return TransientError(
+        return TransientSetupError(
             f"SMTP set-up failed ({type(exc).__name__}): {exc.smtp_code} {reply}",
             throttled=_throttling(exc.smtp_code, reply),
         )

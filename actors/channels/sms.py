@@ -68,7 +68,8 @@ class SmsChannel(Channel):
         # the attempt's deadline; a proxy from the environment would take the request out of their reach.
         self._client = httpx.Client(
             auth=(config.sms_account or "", config.sms_token or ""),
-            headers={"User-Agent": USER_AGENT},
+            # httpx would otherwise offer gzip, br and zstd; responses are read raw (`read_limited`).
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             timeout=httpx.Timeout(self.timeout),
             follow_redirects=False,
             transport=WatchedTransport(ssl_context=httpx.create_ssl_context(), limits=httpx.Limits()),

@@ -116,11 +116,15 @@ def raise_for_status(response: httpx.Response, body: bytes, *, now: float) -> No
 
 
 def read_limited(response: httpx.Response, deadline: float) -> bytes:
-    """Read at most `MAX_RESPONSE_BYTES` of a streamed body, stopping early at `deadline`."""
+    """Read at most `MAX_RESPONSE_BYTES` of a streamed body as it came over the wire, stopping early at
+    `deadline`. Raw: a receiver's gzip would be inflated a whole network read at a time (a 64 KiB read of a
+    gzip bomb is 64 MiB), whatever the bound. A body compressed although we asked for none is not quoted."""
+    if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return b""
     chunks: list[bytes] = []
     size = 0
     try:
-        for chunk in response.iter_bytes():
+        for chunk in response.iter_raw():
             chunks.append(chunk)
             size += len(chunk)
             if size >= MAX_RESPONSE_BYTES or time.monotonic() >= deadline:
@@ -186,12 +190,18 @@ class WebhookChannel(Channel):
             raise PermanentError("The webhook URL must not contain spaces or control characters.")
         try:
             url = httpx.URL(recipient)
+            host = url.host  # decodes an IDNA host, which parsing the URL leaves for later
         except httpx.InvalidURL as exc:
             raise PermanentError(f"The webhook URL is not valid: {exc}.") from exc
-        if url.scheme not in ("http", "https") or not url.host:
+        except UnicodeError as exc:  # IDNA: a host such as xn--zz.com that no DNS name can be
+            raise PermanentError("The webhook URL's host is not a valid internationalized domain name.") from exc
+        if url.scheme not in ("http", "https") or not host:
             raise PermanentError("The webhook URL must be an absolute http:// or https:// URL with a host.")
+        if url.userinfo:
+            # It would be stored, shown in job bodies and logs, and sent in the clear: a secret does not go there.
+            raise PermanentError("The webhook URL must not contain a user name or password; sign requests instead.")
         if not self.config.webhook_allow_private:
-            reason = host_refusal(url.host)
+            reason = host_refusal(host)
             if reason:
                 raise PermanentError(f"The webhook URL is refused because {reason}; private targets are not allowed.")
         return url
@@ -217,6 +227,8 @@ class WebhookChannel(Channel):
             "Host": url.netloc.decode("ascii"),
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
+            # Responses are read raw (`read_limited`); a receiver that compresses anyway is not inflated.
+            "Accept-Encoding": "identity",
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
         }

@@ -73,18 +73,6 @@ def test_a_message_with_a_malformed_id_is_dropped_and_claims_nothing(make_settin
     assert (job.status, job.attempts, channel.count(job_id)) == (Status.PENDING, 0, 0)
 
 
-def test_a_job_for_a_channel_this_worker_has_not_enabled_fails_at_once_saying_so(make_settings, database, dispatcher):
-    settings = make_settings()
-    delivery = delivery_for(settings, database, dispatcher, RecordingChannel())
-    job_id = submit(database, None, settings, channel="sms", recipient="+14155550123")
-
-    delivery(str(job_id), f"{job_id}.1")
-
-    job = job_of(database, job_id)
-    assert (job.status, job.attempts) == (Status.FAILED, 1)
-    assert "sms" in job.last_error and "not enabled" in job.last_error
-
-
 def test_a_channel_raising_an_unexpected_exception_costs_one_attempt_and_keeps_its_trace(
     make_settings, database, dispatcher, caplog
 ):

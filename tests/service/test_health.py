@@ -78,6 +78,20 @@ def test_readyz_names_both_when_both_are_down(client_for, queue_name):
     assert all(state != "ok" for state in components(body).values())
 
 
+def test_readyz_names_what_is_down_but_never_a_drivers_message_with_host_port_or_user(client_for, queue_name):
+    ledger_port, redis_port = free_port(), free_port()
+    ledger = Database(f"postgresql://ledger_operator:hunter2@127.0.0.1:{ledger_port}/x")
+    redis = Dispatcher(make_broker(f"redis://redis_operator:hunter2@127.0.0.1:{redis_port}/0"), queue_name)
+    client = client_for(ledger, redis)
+
+    result = client.simulate_get("/readyz")
+
+    body = assert_error(result, 503, "not_ready")
+    assert components(body) == {"ledger": "unavailable", "redis": "unavailable"}
+    for leak in (str(ledger_port), str(redis_port), "127.0.0.1", "ledger_operator", "redis_operator", "hunter2"):
+        assert leak not in result.text, f"/readyz shows {leak!r}: {result.text}"
+
+
 def test_readyz_and_healthz_are_public_when_an_admin_token_is_set(make_client):
     client = make_client(WJP_ADMIN_TOKEN="s3cret")
 

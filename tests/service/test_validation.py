@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -46,6 +47,11 @@ class Bad:
 def raw(**fields: Any) -> str:
     """A body as JSON text, for cases where the exact characters matter."""
     return json.dumps(notification(**fields))
+
+
+def ahead(**delta: float) -> str:
+    """An RFC 3339 time this far from now (the table is built at import, seconds before it is used)."""
+    return (datetime.now(UTC) + timedelta(**delta)).isoformat().replace("+00:00", "Z")
 
 
 def with_raw_value(name: str, literal: str) -> str:
@@ -89,6 +95,15 @@ BAD_REQUESTS: dict[str, Bad] = {
     "webhook not a url": Bad(notification(channel="webhook", recipient="not a url"), fields=("recipient",)),
     "webhook relative": Bad(notification(channel="webhook", recipient="/hook"), fields=("recipient",)),
     "webhook no host": Bad(notification(channel="webhook", recipient="http://"), fields=("recipient",)),
+    "webhook host not IDNA": Bad(
+        notification(channel="webhook", recipient="http://xn--zz.com/"), fields=("recipient",)
+    ),
+    "webhook user and password": Bad(
+        notification(channel="webhook", recipient="https://hook:s3cret@example.com/in"), fields=("recipient",)
+    ),
+    "webhook user alone": Bad(
+        notification(channel="webhook", recipient="https://hook@example.com/in"), fields=("recipient",)
+    ),
     "log empty": Bad(notification(channel="log", recipient=""), fields=("recipient",)),
     "log blank": Bad(notification(channel="log", recipient="   "), fields=("recipient",)),
     # Message, subject, metadata, send_at
@@ -103,12 +118,18 @@ BAD_REQUESTS: dict[str, Bad] = {
     "metadata a number": Bad(notification(metadata=1), fields=("metadata",)),
     "metadata over 4 KiB": Bad(notification(metadata={"blob": "x" * 4096}), fields=("metadata",)),
     "send_at not a time": Bad(notification(send_at="tomorrow"), fields=("send_at",)),
-    "send_at without time zone": Bad(notification(send_at="2030-01-01T08:00:00"), fields=("send_at",)),
-    "send_at a date only": Bad(notification(send_at="2030-01-01"), fields=("send_at",)),
-    "send_at an impossible date": Bad(notification(send_at="2030-02-30T08:00:00Z"), fields=("send_at",)),
+    "send_at without time zone": Bad(notification(send_at="2020-01-01T08:00:00"), fields=("send_at",)),
+    "send_at a date only": Bad(notification(send_at="2020-01-01"), fields=("send_at",)),
+    "send_at an impossible date": Bad(notification(send_at="2020-02-30T08:00:00Z"), fields=("send_at",)),
     # In range as written, but not once converted to UTC
     "send_at before year 1 in UTC": Bad(notification(send_at="0001-01-01T00:00:00+01:00"), fields=("send_at",)),
     "send_at after year 9999 in UTC": Bad(notification(send_at="9999-12-31T23:59:59-01:00"), fields=("send_at",)),
+    # More than WJP_MAX_SCHEDULE (default one year) ahead
+    "send_at in the year 9999": Bad(notification(send_at="9999-01-01T00:00:00Z"), fields=("send_at",)),
+    "send_at a year and a day ahead": Bad(notification(send_at=ahead(days=366)), fields=("send_at",)),
+    "send_at over WJP_MAX_SCHEDULE": Bad(
+        notification(send_at=ahead(seconds=120)), fields=("send_at",), env={"WJP_MAX_SCHEDULE": "60"}
+    ),
     "unknown field": Bad(notification(priority="high"), fields=("priority",)),
     # Text the ledger cannot store: 400, never 5xx
     "NUL in message": Bad(notification(message="a\x00b"), fields=("message",)),
@@ -250,10 +271,12 @@ GOOD_EDGES: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
     "webhook https": (notification(channel="webhook", recipient="https://example.com/hook?a=1"), {}),
     "webhook http with port": (notification(channel="webhook", recipient="http://example.com:8080/hook"), {}),
     "log any text": (notification(channel="log", recipient="ops team"), {}),
-    "send_at with offset": (notification(send_at="2030-01-01T10:00:00+02:00"), {}),
-    "send_at with fraction": (notification(send_at="2030-01-01T08:00:00.123456Z"), {}),
+    "send_at with offset": (notification(send_at="2020-01-01T10:00:00+02:00"), {}),
+    "send_at with fraction": (notification(send_at="2020-01-01T08:00:00.123456Z"), {}),
     # RFC 3339 section 5.6: "T" and "Z" may alternatively be lower case
-    "send_at with lower case t and z": (notification(send_at="2030-01-01t08:00:00z"), {}),
+    "send_at with lower case t and z": (notification(send_at="2020-01-01t08:00:00z"), {}),
+    "send_at 364 days ahead": (notification(send_at=ahead(days=364)), {}),
+    "send_at within WJP_MAX_SCHEDULE": (notification(send_at=ahead(seconds=30)), {"WJP_MAX_SCHEDULE": "60"}),
     "explicit nulls for optional fields": (notification(subject=None, metadata=None, send_at=None), {}),
     "non-ASCII message": (notification(message="Halo 👋 — dari sistem worker! 日本語"), {}),
 }

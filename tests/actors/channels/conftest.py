@@ -7,6 +7,8 @@ import socket
 import ssl
 import subprocess
 import threading
+import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -242,3 +244,21 @@ def make_certificate(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str]
         return made[subject_alt_name]
 
     return make
+
+
+def gzip_bomb(inflated_bytes: int = 64 * 1024 * 1024) -> bytes:
+    """A gzip stream of `inflated_bytes` zeros: about a thousandth of that on the wire."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(1024 * 1024)
+    parts = [compressor.compress(block) for _ in range(inflated_bytes // len(block))]
+    return b"".join([*parts, compressor.flush()])
+
+
+def peak_memory(action: Callable[[], object]) -> int:
+    """The most bytes Python held at once, above what it held before, while `action` ran."""
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

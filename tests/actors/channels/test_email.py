@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ from actors.channels import ChannelConfig, Notification, PermanentError, Transie
 from actors.channels import email as email_channel
 from actors.channels.email import EmailChannel, parse_smtp_url
 from tests.actors.channels.conftest import SmtpServer, free_port
+from tests.e2e.conftest import Process, process_env
 
 JOB = uuid.UUID("0b0e6a3c-6f55-4a8e-9a57-0d5a1f3f6c11")
 
@@ -267,7 +269,7 @@ def accept(login: bytes, password: bytes) -> Callable[..., AuthResult]:
 def test_url_encoded_credentials_are_decoded_and_used_to_log_in(start_smtp: Callable[..., SmtpServer]) -> None:
     server = start_smtp(**AUTH_OPTIONS, authenticator=accept(b"ada", b"p@ss:w/rd"))
 
-    channel_for(server, f"smtp://ada:p%40ss%3Aw%2Frd@127.0.0.1:{server.port}").deliver(notification())
+    channel_for(server, f"smtp://ada:p%40ss%3Aw%2Frd@127.0.0.1:{server.port}?allow_plaintext_auth=true").deliver(notification())
 
     assert len(server.handler.envelopes) == 1
 
@@ -282,7 +284,7 @@ def test_a_kept_session_logs_in_once(start_smtp: Callable[..., SmtpServer]) -> N
         return check(server, session, envelope, mechanism, auth_data)
 
     server = start_smtp(**AUTH_OPTIONS, authenticator=counting)
-    emails = channel_for(server, f"smtp://ada:secret@127.0.0.1:{server.port}")
+    emails = channel_for(server, f"smtp://ada:secret@127.0.0.1:{server.port}?allow_plaintext_auth=true")
 
     emails.deliver(notification())
     emails.deliver(notification())
@@ -298,8 +300,63 @@ def test_a_rejected_login_is_transient_so_jobs_survive_a_configuration_mistake(
     server = start_smtp(**AUTH_OPTIONS, authenticator=accept(b"ada", b"right"))
 
     with pytest.raises(TransientError, match="535"):
-        channel_for(server, f"smtp://ada:wrong@127.0.0.1:{server.port}").deliver(notification())
+        channel_for(server, f"smtp://ada:wrong@127.0.0.1:{server.port}?allow_plaintext_auth=true").deliver(notification())
     assert server.handler.envelopes == []
+
+
+def recording(logins: list[tuple[bytes, bytes]]) -> Callable[..., AuthResult]:
+    def authenticator(server, session, envelope, mechanism, auth_data) -> AuthResult:  # type: ignore[no-untyped-def]
+        logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=True, handled=False)
+
+    return authenticator
+
+
+@without_tls_warning
+@pytest.mark.parametrize("url", ["smtp://ada:secret@127.0.0.1:{port}", "smtp://ada@127.0.0.1:{port}?starttls=false"])
+def test_a_user_name_over_plain_smtp_stops_start_up_before_a_password_crosses_the_network(
+    start_smtp: Callable[..., SmtpServer], url: str
+) -> None:
+    # A relay that offers AUTH and no STARTTLS: a client that logs in there sends its password in clear text.
+    logins: list[tuple[bytes, bytes]] = []
+    server = start_smtp(**AUTH_OPTIONS, authenticator=recording(logins))
+
+    with pytest.raises(ValueError, match="WJP_SMTP_URL") as refused:
+        channel_for(server, url.format(port=server.port)).deliver(notification())
+
+    assert "secret" not in str(refused.value)
+    assert logins == [] and server.handler.envelopes == []
+
+
+@without_tls_warning
+def test_allow_plaintext_auth_logs_in_over_plain_smtp_on_purpose(start_smtp: Callable[..., SmtpServer]) -> None:
+    logins: list[tuple[bytes, bytes]] = []
+    server = start_smtp(**AUTH_OPTIONS, authenticator=recording(logins))
+
+    channel_for(server, f"smtp://ada:secret@127.0.0.1:{server.port}?allow_plaintext_auth=true").deliver(notification())
+
+    assert logins == [(b"ada", b"secret")] and len(server.handler.envelopes) == 1
+
+
+@without_tls_warning
+def test_a_worker_given_a_user_name_over_plain_smtp_stops_at_start_with_one_line(
+    start_smtp: Callable[..., SmtpServer], tmp_path: Path
+) -> None:
+    server = start_smtp(**AUTH_OPTIONS, authenticator=recording([]))
+    env = process_env(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'wjp.sqlite3'}",
+        WJP_SMTP_URL=f"smtp://ada:secret@127.0.0.1:{server.port}",
+        WJP_WEBHOOK_SECRET="whsec_" + "k" * 32,
+    )
+    worker = Process(["worker", "--processes", "1", "--threads", "1"], env, tmp_path / "worker.log")
+    try:
+        assert worker.handle.wait(timeout=60) == 1
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the worker started:\n{worker.output()}")
+    finally:
+        worker.kill()
+    (line,) = worker.output().strip().splitlines()
+    assert "WJP_SMTP_URL" in line and "secret" not in line
 
 
 @pytest.fixture
@@ -422,6 +479,7 @@ def test_smtp_urls_default_to_port_25_for_smtp_and_465_for_smtps() -> None:
         "smtp://mail.example.com:99999",
         "smtps://h?starttls=true",
         "smtp://h?tls=1",
+        "smtp://h?allow_plaintext_auth=maybe",
     ],
 )
 def test_a_malformed_smtp_url_is_refused_naming_the_variable(url: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from actors.channels import ChannelConfig, Notification, PermanentError, TransientError
 from actors.channels.sms import SmsChannel
-from tests.actors.channels.conftest import HttpServer, Reply, free_port
+from tests.actors.channels.conftest import HttpServer, Reply, free_port, gzip_bomb, peak_memory
 
 JOB = uuid.UUID("9c8a1e52-0d3b-4f7e-b1a4-2f6e8d0c5b77")
 CREATED = Reply(status=201, body=json.dumps({"sid": "SM0123456789abcdef", "status": "queued"}).encode())
@@ -112,3 +112,14 @@ def test_anything_else_is_refused_with_a_sentence(number: str) -> None:
 
     assert problem is not None
     assert problem.endswith(".")
+
+
+def test_a_gzip_bomb_from_the_gateway_is_never_inflated(http_server: HttpServer) -> None:
+    http_server.reply = Reply(status=201, body=gzip_bomb(), headers={"Content-Encoding": "gzip"})
+    receipts: list[str] = []
+
+    peak = peak_memory(lambda: receipts.append(sms(http_server.url).deliver(notification())))
+
+    assert peak < 8 * 1024 * 1024, f"{peak} bytes held at once: the body was inflated"
+    assert receipts == ["HTTP 201"]
+    assert http_server.requests[0].headers["accept-encoding"] == "identity"

@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import Webhook
 from actors.channels import ChannelConfig, Notification, PermanentError, TransientError, webhook
 from actors.channels.netguard import host_refusal, refusal_reason, system_resolver
 from actors.channels.webhook import MAX_RETRY_AFTER, USER_AGENT, WebhookChannel, parse_retry_after
-from tests.actors.channels.conftest import HttpServer, Reply, free_port
+from tests.actors.channels.conftest import HttpServer, Reply, free_port, gzip_bomb, peak_memory
 
 JOB = uuid.UUID("5f1d7c2e-3b9a-4c60-8f2e-7a3d9b1c0e42")
 SECRET = "whsec_" + base64.b64encode(b"a key of thirty-two bytes, really").decode()
@@ -528,3 +528,21 @@ def test_anything_but_an_absolute_http_url_is_refused_at_intake(url: str) -> Non
 )
 def test_retry_after_is_read_as_seconds_or_an_http_date_and_capped(header: str | None, expected: float | None) -> None:
     assert parse_retry_after(header, now=1_700_000_000) == expected
+
+
+def test_a_gzip_bomb_from_the_receiver_is_never_inflated(http_server: HttpServer) -> None:
+    # 64 MiB of zeros in 64 KiB on the wire, sent although the request asked for no encoding.
+    http_server.reply = Reply(status=500, body=gzip_bomb(), headers={"Content-Encoding": "gzip"})
+    failures: list[TransientError] = []
+
+    def deliver() -> None:
+        try:
+            channel().deliver(notification(http_server.url))
+        except TransientError as exc:
+            failures.append(exc)
+
+    peak = peak_memory(deliver)
+
+    assert peak < 8 * 1024 * 1024, f"{peak} bytes held at once: the body was inflated"
+    assert [str(exc) for exc in failures] == ["HTTP 500"]
+    assert http_server.requests[0].headers["accept-encoding"] == "identity"
