@@ -10,6 +10,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
+from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
 from actors.delivery import SETUP_FAILURE, Delivery
 from ledger import queries
@@ -52,7 +53,10 @@ def relay_port():
 def deliver_email(make_settings, database, smtp_url: str, recipient: str) -> queries.JobView:
     settings = make_settings(WJP_SMTP_URL=smtp_url, WJP_BACKOFF_INITIAL="60", WJP_EMAIL_FROM="ops@example.com")
     delivery = Delivery(
-        database=database, dispatcher=None, channels=build_channels(settings.channels), settings=settings
+        database=database,
+        dispatcher=Dispatcher(make_broker(settings.redis_url), settings.queue),
+        channels=build_channels(settings.channels),
+        settings=settings,
     )
     job_id = submit(database, None, settings, channel="email", recipient=recipient)
     delivery(str(job_id), f"{job_id}.1")
@@ -95,7 +99,12 @@ def test_a_job_for_a_channel_this_worker_has_not_enabled_fails_with_a_generic_se
     make_settings, database, caplog
 ):
     settings = make_settings()
-    delivery = Delivery(database=database, dispatcher=None, channels={"log": RecordingChannel()}, settings=settings)
+    delivery = Delivery(
+        database=database,
+        dispatcher=Dispatcher(make_broker(settings.redis_url), settings.queue),
+        channels={"log": RecordingChannel()},
+        settings=settings,
+    )
     job_id = submit(database, None, settings, channel="sms", recipient="+14155550123")
 
     with caplog.at_level(logging.WARNING, logger="wjp.worker"):
