@@ -220,7 +220,7 @@ def test_wjp_destinations_reset_closes_an_open_circuit_at_once_and_the_destinati
 def test_the_jobs_deferred_while_a_circuit_was_open_flow_once_an_operator_resets_it(
     build, postgres_db, redis_server_url, queue_name
 ):
-    with tripped_circuit(build, postgres_db, redis_server_url, queue_name, cooldown="5") as tripped:
+    with tripped_circuit(build, postgres_db, redis_server_url, queue_name, cooldown="4") as tripped:
         reset_by_command(postgres_db, redis_server_url, queue_name, tripped.key)
         done = [wait_for_status(postgres_db, job_id, timeout=max(0.0, tripped.opened_until - time.time()))
                 for job_id in tripped.waiting]  # fmt: skip
