@@ -68,7 +68,7 @@ def test_the_slots_of_a_worker_killed_with_kill_9_come_back_once_its_leases_expi
         used.append(receiver.destination)
         doomed = start_worker(env, tmp_path / "doomed.log", processes)
         jobs = webhook_jobs(postgres_db, dispatcher, receiver, 6)
-        wait_until(lambda: receiver.count() == 2, doomed)
+        wait_until(lambda: receiver.count() >= 2, doomed)
         holders = {uuid.UUID(held.job) for held in receiver.requests()}
         waiters = [job_id for job_id in jobs if job_id not in holders]
         deadline = time.monotonic() + 30
