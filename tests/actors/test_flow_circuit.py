@@ -147,11 +147,24 @@ def test_a_failing_receiver_opens_its_circuit_after_the_threshold_gets_one_probe
     assert_stats_equal_ledger(postgres_db)
 
 
+@dataclass(frozen=True)
+class Tripped:
+    """A destination whose circuit a worker opened: `first` failed 3 times, `waiting` were deferred for the
+    circuit, `job` sends one more; the cooldown ends at `opened_until` (wall clock)."""
+
+    gate: Gate
+    key: str
+    job: Callable[[], uuid.UUID]
+    first: uuid.UUID
+    waiting: list[uuid.UUID]
+    opened_until: float
+    sink: WebhookSink
+
+
 @contextmanager
-def tripped_circuit(build, postgres_db, redis_server_url, queue_name, cooldown: str):
+def tripped_circuit(build, postgres_db, redis_server_url, queue_name, cooldown: str) -> Iterator[Tripped]:
     """A worker delivering to a receiver that failed 3 times (opening the circuit for `cooldown` seconds) and
-    answers 200 from then on; yields (the gate, the destination, a job maker, the jobs deferred while open, the
-    first job, when the circuit's cooldown ends)."""
+    answers 200 from then on."""
     settings = build(WJP_BREAKER_THRESHOLD="3", WJP_BREAKER_COOLDOWN=cooldown, WJP_MAX_ATTEMPTS="10")
     dispatcher = Dispatcher(make_broker(redis_server_url), queue_name)
     with webhook_sink([Reply(503), Reply(503), Reply(503), Reply(200)]) as sink, gate_of(
@@ -173,17 +186,6 @@ def tripped_circuit(build, postgres_db, redis_server_url, queue_name, cooldown: 
                 assert time.time() < opened_until, "the jobs sent while the circuit was open were deferred for it"
                 time.sleep(0.01)
             yield Tripped(gate, key, job, first, waiting, opened_until, sink)
-
-
-@dataclass(frozen=True)
-class Tripped:
-    gate: Gate
-    key: str
-    job: Callable[[], uuid.UUID]
-    first: uuid.UUID
-    waiting: list[uuid.UUID]
-    opened_until: float
-    sink: WebhookSink
 
 
 def reset_by_command(postgres_db, redis_server_url, queue_name, key: str) -> None:

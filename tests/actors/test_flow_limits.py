@@ -49,7 +49,9 @@ def test_jobs_waiting_on_a_black_holed_destination_past_the_most_deferral_fail_n
             return submit(postgres_db, dispatcher, settings, channel="webhook", recipient=recipient, destination=key)
 
         holder = job()
+        deadline = time.monotonic() + 20
         while hole.accepted < 1:
+            assert time.monotonic() < deadline, "the first job never reached the black hole"
             time.sleep(0.01)
         waiting = [job() for _ in range(3)]
         passes.start()
@@ -86,7 +88,9 @@ def test_a_concurrency_set_by_an_operator_reaches_a_running_worker_within_5_s(
             ]  # fmt: skip
 
         before = burst(6)
+        deadline = time.monotonic() + 20
         while receiver.most_in_flight() < 2:
+            assert time.monotonic() < deadline, "the default concurrency never let two requests in at once"
             time.sleep(0.01)
         changed = run_wjp(["destinations", "set", receiver.destination, "--concurrency", "1"], env)
         set_at = time.monotonic()
