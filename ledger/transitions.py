@@ -308,6 +308,19 @@ def redispatch(conn: Connection, lost: list[tuple[uuid.UUID, int]], *, now: date
     return [Dispatch(r.id, r.dispatch_seq, r.next_attempt_at, r.destination) for r in rows]
 
 
+def release_deferred(conn: Connection, destination: str, reasons: list[str], *, now: datetime) -> list[Dispatch]:
+    """Waiting jobs of `destination` deferred for one of `reasons` (an operator closed its circuit, lifted its
+    pause) → due now, with a new dispatch each: the delayed messages they were waiting on become stale. Found
+    through the partial index of waiting jobs by destination."""
+    rows = conn.execute(
+        update(jobs)
+        .where(status_in(WAITING), jobs.c.destination == destination, jobs.c.deferred_reason.in_(reasons))
+        .values(dispatch_seq=func.abs(jobs.c.dispatch_seq) + 1, next_attempt_at=now, updated_at=now)
+        .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.next_attempt_at, jobs.c.destination)
+    ).all()
+    return [Dispatch(r.id, r.dispatch_seq, r.next_attempt_at, r.destination) for r in rows]
+
+
 def retry_failed(
     conn: Connection,
     *,

@@ -55,7 +55,7 @@ def create_app(
         channels=build_channels(core.channels),
     )
     # The destinations' state lives in the broker's Redis, read through the same connections.
-    destinations = Destinations(ctx.database, gate or Gate(ctx.dispatcher.broker.client), core.flow)
+    destinations = Destinations(ctx.database, gate or Gate(ctx.dispatcher.broker.client), core.flow, ctx.dispatcher)
     limiter = RateLimiter(ctx.dispatcher.broker.client)
     # Per queue, like the queue's own keys: deployments sharing one Redis keep their sign-ins apart.
     sessions = DashboardSessions(ctx.dispatcher.broker.client, prefix=f"wjp:dashboard:{core.queue}:")

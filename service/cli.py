@@ -304,9 +304,11 @@ def cmd_api_key(args: argparse.Namespace) -> int:
 
 def cmd_destinations(args: argparse.Namespace) -> int:
     settings = _settings()
-    gate = Gate(make_broker(settings.redis_url).client)
+    broker = make_broker(settings.redis_url)
+    dispatcher = Dispatcher(broker, settings.queue)
+    destinations = Destinations(_ledger(settings), Gate(broker.client), settings.flow, dispatcher)
     try:
-        return cli_destinations.run(args, Destinations(_ledger(settings), gate, settings.flow))
+        return cli_destinations.run(args, destinations)
     except MalformedKey as exc:
         raise CommandError(f"not a destination key: {exc}") from None
     except ValueError as exc:

@@ -76,8 +76,8 @@ def run(args: argparse.Namespace, destinations: Destinations, print_line: Callab
         had = destinations.clear(key)
         print_line(f"{key}: back to the default limits" if had else f"{key} had no limits of its own")
     else:
-        destinations.reset(key)
-        print_line(f"{key}: circuit closed and pause lifted")
+        released = destinations.reset(key)
+        print_line(f"{key}: circuit closed and pause lifted; {released} deferred jobs sent now")
     return 0
 
 

@@ -22,6 +22,9 @@ local FIELDS = {'circuit', 'failures', 'reopenings', 'opened_until', 'probe', 'f
 local MAX_REOPENINGS = 64
 
 local op = ARGV[1]
+-- How soon a job deferred while the half-open circuit's probe is out looks again.
+local PROBE_RECHECK_MS = 1000
+
 local now
 if ARGV[2] ~= '' then
     now = tonumber(ARGV[2])
@@ -156,7 +159,9 @@ local function admit(hash, leases, dest, lease_id, lease_ms, concurrency, rate)
         probe = true
     elseif s.circuit == 'half_open' then
         local probe_expiry = s.probe and live_lease(leases, s.probe)
-        if probe_expiry then return deferred('circuit', probe_expiry) end
+        -- Not the probe's whole lease (a visibility timeout): its answer usually comes far sooner, and no release
+        -- wakes a job deferred this way.
+        if probe_expiry then return deferred('circuit', math.min(probe_expiry, now + PROBE_RECHECK_MS)) end
         probe = true
     end
     if s.paused_until > now then return deferred('throttled', s.paused_until) end

@@ -10,13 +10,14 @@ from typing import Any, TypeVar
 
 import redis
 
-from actors.broker import BrokerUnavailable
+from actors.broker import BrokerUnavailable, Dispatcher
 from actors.flow.gate import Circuit, DestinationState, Gate
 from actors.settings import FlowSettings
-from ledger import destinations
+from ledger import destinations, transitions
 from ledger.database import Database
 from ledger.destinations import KEEP, Limits
 from ledger.timestamps import utcnow
+from ledger.transitions import Dispatch
 
 T = TypeVar("T")
 
@@ -50,10 +51,11 @@ class DestinationView:
 class Destinations:
     """Reads and changes destinations for the API, the dashboard, the metrics and `wjp destinations`."""
 
-    def __init__(self, database: Database, gate: Gate, flow: FlowSettings) -> None:
+    def __init__(self, database: Database, gate: Gate, flow: FlowSettings, dispatcher: Dispatcher) -> None:
         self.database = database
         self.gate = gate
         self.flow = flow
+        self.dispatcher = dispatcher
 
     def listing(self, *, now: datetime | None = None) -> list[DestinationView]:
         """Every noteworthy destination, by key. Raises `BrokerUnavailable` when Redis does not answer."""
@@ -91,9 +93,20 @@ class Destinations:
         """Take `key` back to the default limits; whether it had an override."""
         return self.database.run(lambda conn: destinations.clear_limits(conn, key), transaction=True)
 
-    def reset(self, key: str) -> None:
-        """Close `key`'s circuit and lift its pause at once. Raises `BrokerUnavailable`."""
+    def reset(self, key: str) -> int:
+        """Close `key`'s circuit and lift its pause at once, and send the jobs that were deferred for either now
+        rather than at the end of the cooldown or pause they were deferred to; how many. Raises
+        `BrokerUnavailable`."""
         self._redis(lambda: self.gate.reset(key))
+        now = utcnow()
+
+        def release(conn: Any) -> list[Dispatch]:
+            dispatches = transitions.release_deferred(conn, key, ["circuit", "throttled"], now=now)
+            # Sent before the commit, as a reconciler pass sends: a pass reading the rows meanwhile waits for them.
+            self.dispatcher.send(dispatches, now=now)
+            return dispatches
+
+        return len(self.database.run(release, transaction=True))
 
     def open_circuits(self) -> int:
         """Destinations whose circuit is open or half-open. Raises `BrokerUnavailable`."""

@@ -214,11 +214,6 @@ def test_wjp_destinations_reset_closes_an_open_circuit_at_once_and_the_destinati
     assert_stats_equal_ledger(postgres_db)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job deferred for 'circuit' comes back only at the opened_until it was deferred to (delay queue or "
-    "ledger); `wjp destinations reset` does not bring it forward (reported to the lead)",
-)
 def test_the_jobs_deferred_while_a_circuit_was_open_flow_once_an_operator_resets_it(
     build, postgres_db, redis_server_url, queue_name
 ):

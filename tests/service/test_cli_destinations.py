@@ -85,7 +85,8 @@ def test_the_table_shows_open_circuits_and_waiting_jobs_and_reset_closes_a_circu
     assert table["log"][-1] == "1"
 
     reset = wjp("destinations", "reset", key)
-    assert (reset.returncode, reset.stdout.strip()) == (0, f"{key}: circuit closed and pause lifted")
+    assert reset.returncode == 0
+    assert reset.stdout.strip().startswith(f"{key}: circuit closed and pause lifted; ")
     assert gate.inspect([key])[0].circuit == "closed"
 
 

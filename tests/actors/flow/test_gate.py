@@ -98,8 +98,11 @@ ROWS = {
     "after the cooldown the next admission is the probe and the circuit is half-open": Row(
         OPENED, Admit("probe", at=13), granted(probe=True),
         State(in_flight=1, circuit="half_open", consecutive_failures=3)),
-    "while the probe is out every other admission is deferred until its lease expires": Row(
-        PROBING, Admit("x", at=14), deferred("circuit", 43),
+    "while the probe is out every other admission is deferred for a second, to look again": Row(
+        PROBING, Admit("x", at=14), deferred("circuit", 15),
+        State(in_flight=1, circuit="half_open", consecutive_failures=3)),
+    "nor past the probe's lease": Row(
+        PROBING, Admit("x", at=42.5), deferred("circuit", 43),
         State(in_flight=1, circuit="half_open", consecutive_failures=3)),
     "a probe that succeeds closes the circuit and clears the failures": Row(
         PROBING, Release("probe", Outcome.SUCCESS, at=14), None, State()),
