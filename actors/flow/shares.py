@@ -15,6 +15,9 @@ SLOW_ATTEMPT = 0.5
 KNOWN_AFTER = 3
 #: Weight of an attempt's duration in its destination's moving average.
 AVERAGE_WEIGHT = 0.3
+#: Destinations a process remembers, the least recently used forgotten first: one forgotten is merely unknown
+#: again (held to the share for its next few attempts), and a worker talking to ever new hosts stays bounded.
+REMEMBERED = 10_000
 
 
 @dataclass
@@ -32,8 +35,11 @@ class Shares:
     """Counts each destination's attempts in flight in this process; `take` refuses one beyond `share` while the
     destination holds its threads. Thread-safe."""
 
-    def __init__(self, share: int, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, share: int, *, monotonic: Callable[[], float] = time.monotonic, remembered: int = REMEMBERED
+    ) -> None:
         self.share = share
+        self.remembered = remembered
         self._monotonic = monotonic
         self._paces: dict[str, _Pace] = {}
         self._lock = threading.Lock()
@@ -42,7 +48,11 @@ class Shares:
         """Whether an attempt of `key` (message `rid`) may start; if so it counts until `give`."""
         now = self._monotonic()
         with self._lock:
-            pace = self._paces.setdefault(key, _Pace())
+            pace = self._paces.pop(key, None)
+            if pace is None:
+                self._forget_an_idle_one()
+                pace = _Pace()
+            self._paces[key] = pace  # the most recently used last
             if pace.in_flight >= self.share and self._holds_threads(pace, now):
                 return False
             pace.in_flight += 1
@@ -62,6 +72,12 @@ class Shares:
             duration = now - started
             pace.average = duration if pace.finished == 0 else pace.average + AVERAGE_WEIGHT * (duration - pace.average)
             pace.finished += 1
+
+    def _forget_an_idle_one(self) -> None:
+        if len(self._paces) >= self.remembered:
+            idle = next((key for key, pace in self._paces.items() if pace.in_flight == 0), None)
+            if idle is not None:
+                del self._paces[idle]
 
     @staticmethod
     def _holds_threads(pace: _Pace, now: float) -> bool:

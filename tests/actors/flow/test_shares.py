@@ -77,3 +77,17 @@ def test_one_destination_held_to_its_share_leaves_the_others_alone():
     take_all(shares, "webhook:hole:80", 4)
 
     assert take_all(shares, "email:relay:25", 4) == [True] * 4
+
+
+def test_the_least_recently_used_idle_destination_is_forgotten_and_then_unknown_again():
+    clock = Clock()
+    shares = Shares(1, monotonic=clock, remembered=2)
+    finish_attempts(shares, clock, "log", KNOWN_AFTER, lasting=0.02)
+    assert take_all(shares, "log", 2, "before") == [True, True]
+    for n in range(2):
+        shares.give("log", f"before.{n}", attempted=True)
+
+    shares.take("webhook:a:80", "a.1")
+    shares.take("webhook:b:80", "b.1")
+
+    assert take_all(shares, "log", 2, "after") == [True, False], "forgotten: held to its share until known again"
