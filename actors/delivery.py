@@ -16,6 +16,7 @@ from typing import NamedTuple, TypeVar
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware, TimeLimitExceeded
+from sqlalchemy import Connection
 
 from actors import metrics
 from actors.backoff import Verdict, decide
@@ -30,9 +31,8 @@ from actors.channels.base import (
     SetupError,
     TransientError,
 )
-from actors.flow import Admission
-from actors.flow import Outcome as GateOutcome
-from actors.flow.control import Deferred, FlowControl, Released, gate_outcome
+from actors.flow import Admission, throttling
+from actors.flow.control import Deferred, FlowControl, Released
 from actors.settings import Settings
 from ledger import claims, queries, transitions
 from ledger.claims import ClaimedJob
@@ -125,12 +125,9 @@ class Delivery:
     def _write_batch(self, requests: list[_Request]) -> list[_Result | BaseException]:
         admissions: dict[int, Admission] = {}
         if self.flow is not None:
-            admissions = self.flow.admit(
-                [(n, r.destination, r.rid) for n, r in enumerate(requests)
-                 if isinstance(r, _Claim) and r.destination],
-                [r for r in requests if isinstance(r, Released)],
-            )  # fmt: skip
-            self.flow.record_deferrals([r for r in requests if isinstance(r, Deferred)])
+            asking = [(n, r.destination, r.rid) for n, r in enumerate(requests)
+                      if isinstance(r, _Claim) and r.destination]  # fmt: skip
+            admissions = self.flow.admit(asking, requests)
         delivered = [r for r in requests if isinstance(r, _Delivered)]
         dispatches = [
             (r.job_id, r.seq)
@@ -179,9 +176,7 @@ class Delivery:
             else:
                 result = next(claim_results)
                 if n in admissions and not isinstance(result, ClaimedJob):
-                    # Admitted but not claimed: nothing is sent, the lease goes back with the next batch.
-                    self.flow.give_share(request.destination)  # type: ignore[union-attr]
-                    self._ledger.post(Released(request.destination, request.rid, GateOutcome.NONE))
+                    self.flow.unclaimed(request.destination, request.rid)  # type: ignore[union-attr]
                 results.append(result)
         return results
 
@@ -204,8 +199,9 @@ class Delivery:
     ) -> list[bool]:
         try:
             return self._write(
-                lambda: self.database.run(lambda conn: claims.succeed_many(conn, attempts, now=now), kept=True),
+                lambda conn: claims.succeed_many(conn, attempts, now=now),
                 claimed_at=max(item.claimed_at for item in delivered),
+                kept=True,
             )
         except LedgerUnavailable as exc:
             for item in delivered:
@@ -253,8 +249,7 @@ class Delivery:
         error = self._attempt(job, deadline)
         metrics.observe_attempt(job.channel, error, time.perf_counter() - started)
         if flow is not None:
-            flow.give_share(destination)
-            self._ledger.post(Released(destination, rid, gate_outcome(error), getattr(error, "retry_after", None)))
+            flow.finished(destination, rid, error)
         self._record(job, error, started=claimed_at)
 
     def _attempt(self, job: ClaimedJob, deadline: float) -> DeliveryError | None:
@@ -278,18 +273,20 @@ class Delivery:
 
     def _record(self, job: ClaimedJob, error: DeliveryError | None, *, started: datetime) -> None:
         now = self.clock()
-        if isinstance(error, TransientError) and error.throttled and self._throttle(job, error, now, started):
-            return
+        if isinstance(error, TransientError) and error.throttled:
+            given_back = throttling.give_back(
+                job, error, _error_text(error), now=now, settings=self.settings,
+                rand=self.rand, write=functools.partial(self._write, claimed_at=started),
+            )  # fmt: skip
+            if isinstance(given_back, Dispatch):
+                self._send(given_back)
+            if given_back is not None:
+                return
         decision = decide(
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            failed=error is not None,
-            permanent=isinstance(error, PermanentError),
-            retry_after=getattr(error, "retry_after", None),
-            policy=self.settings.backoff,
-            now=now,
-            rand=self.rand,
-        )
+            attempt=job.attempt, max_attempts=job.max_attempts, failed=error is not None,
+            permanent=isinstance(error, PermanentError), retry_after=getattr(error, "retry_after", None),
+            policy=self.settings.backoff, now=now, rand=self.rand,
+        )  # fmt: skip
         if decision.verdict is Verdict.SUCCEED:
             # Written by the batcher (`_write_batch`), which rides out a ledger outage as `_write` does; until then
             # the job is PROCESSING in this worker's claim, as if the delivery were still running.
@@ -303,20 +300,14 @@ class Delivery:
                 # Far off: parked in the ledger, which a reconciler pass sends as it comes due, rather than in the
                 # delay queue, where what is due soon would wait behind it (read in FIFO order).
                 done = self._write(
-                    lambda: self.database.run(
-                        lambda conn: transitions.park_retry(
-                            conn, job.id, job.attempt, now=now, due_at=due_at, error=text
-                        )
-                    ),
+                    lambda conn: transitions.park_retry(conn, job.id, job.attempt, now=now, due_at=due_at, error=text),
                     claimed_at=started,
                 )
                 dispatch = None
             else:
                 dispatch = self._write(
-                    lambda: self.database.run(
-                        lambda conn: transitions.schedule_retry(
-                            conn, job.id, job.attempt, now=now, due_at=due_at, error=text
-                        )
+                    lambda conn: transitions.schedule_retry(
+                        conn, job.id, job.attempt, now=now, due_at=due_at, error=text
                     ),
                     claimed_at=started,
                 )
@@ -328,41 +319,13 @@ class Delivery:
         else:
             outcome = Outcome.PERMANENT_ERROR if isinstance(error, PermanentError) else Outcome.TRANSIENT_ERROR
             done = self._write(
-                lambda: self.database.run(
-                    lambda conn: transitions.fail(conn, job.id, job.attempt, now=now, outcome=outcome, error=text)
-                ),
+                lambda conn: transitions.fail(conn, job.id, job.attempt, now=now, outcome=outcome, error=text),
                 claimed_at=started,
             )
             if done:
                 log.warning("⚠️ Job %s marked as FAILED after attempt %d: %s", job.id, job.attempt, text)
         if not done:
             _log_taken_back(job)
-
-    def _throttle(self, job: ClaimedJob, error: TransientError, now: datetime, started: datetime) -> bool:
-        """A throttling answer gives its attempt back (`transitions.throttle`), unless the job had its most
-        throttles: then say so, and it counts as a transient error."""
-        # The attempt given back: the backoff of a job with one more attempt, never before the Retry-After.
-        due_at = decide(
-            attempt=job.attempt, max_attempts=job.max_attempts + 1, failed=True, permanent=False,
-            retry_after=error.retry_after, policy=self.settings.backoff, now=now, rand=self.rand,
-        ).due_at  # fmt: skip
-        assert due_at is not None
-        parked = (due_at - now).total_seconds() > self.settings.schedule_horizon
-        text, most = _error_text(error), self.settings.flow.max_throttles
-        result = self._write(
-            lambda: self.database.run(
-                lambda conn: transitions.throttle(
-                    conn, job.id, job.attempt, now=now, due_at=due_at, error=text, max_throttles=most, parked=parked
-                )
-            ),
-            claimed_at=started,
-        )
-        if result is None:
-            return False
-        log.info("🐢 Job %s throttled; attempt given back, next at %s (%s)", job.id, due_at.isoformat(), text)
-        if isinstance(result, Dispatch):
-            self._send(result)
-        return True
 
     def _handle_unclaimed(self, dispatch: Dispatch) -> None:
         """A message that did not claim is dropped, unless it is the job's current one and merely early, or one
@@ -385,16 +348,16 @@ class Delivery:
             # The ledger already says RETRY and when; a reconciler pass sends it once Redis is back.
             log.warning("Job %s: could not enqueue its next attempt (%s); the reconciler will", dispatch.job_id, exc)
 
-    def _write(self, operation: Callable[[], T], *, claimed_at: datetime) -> T:
-        """Record an outcome, riding out a ledger outage for as long as the attempt may last (inside its claim):
-        the delivery has happened, and losing its result would mean delivering it again once the reconciler
-        takes the claim back, which it cannot do any sooner."""
+    def _write(self, statement: Callable[[Connection], T], *, claimed_at: datetime, kept: bool = False) -> T:
+        """Record an outcome (`statement`, run by `Database.run`), riding out a ledger outage for as long as the
+        attempt may last (inside its claim): the delivery has happened, and losing its result would mean delivering
+        it again once the reconciler takes the claim back, which it cannot do any sooner."""
         limit = claimed_at + timedelta(seconds=self.settings.attempt_time_limit)
         deadline = time.monotonic() + (limit - self.clock()).total_seconds()
         pause = 0.2
         while True:
             try:
-                return operation()
+                return self.database.run(statement, kept=kept)
             except LedgerUnavailable:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -15,15 +15,20 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Integer,
     String,
+    Uuid,
     bindparam,
     case,
+    column,
     func,
     literal,
+    or_,
     select,
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from ledger.schema import jobs, status_in, status_in_rows_found_by_key
 from ledger.states import TRANSITIONS, WAITING, Outcome, Status
@@ -171,15 +176,56 @@ DEFERRAL_REASONS = {
 }
 
 
-def record_deferrals(conn: Connection, deferred: list[tuple[uuid.UUID, int, str]], *, now: datetime) -> None:
-    """Each waiting job `(job_id, seq, reason)` of that dispatch was deferred on its destination (no attempt):
-    since when (kept from its first deferral, until a claim clears it) and why."""
-    for job_id, seq, reason in deferred:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.dispatch_seq == seq, status_in(WAITING))
-            .values(deferred_since=func.coalesce(jobs.c.deferred_since, now), deferred_reason=reason)
+def _build_record_deferrals(postgresql: bool) -> Any:
+    """One UPDATE for a batch of deferrals: PostgreSQL's reads them from `unnest` of three arrays (one statement
+    text for every batch size), SQLite's runs once per deferral (`executemany`). A row already recorded with the
+    same reason is left alone, unwritten."""
+    if postgresql:
+        arrays = (
+            bindparam("ids", type_=ARRAY(Uuid())),
+            bindparam("seqs", type_=ARRAY(Integer())),
+            bindparam("reasons", type_=ARRAY(String())),
         )
+        deferrals = (
+            func.unnest(*arrays)
+            .table_valued(column("id", Uuid()), column("seq", Integer()), column("reason", String()))
+            .render_derived(name="deferrals", with_types=False)
+        )
+        job_id, seq, reason = deferrals.c.id, deferrals.c.seq, deferrals.c.reason
+        waiting = status_in_rows_found_by_key(WAITING)
+    else:
+        job_id, seq, reason = bindparam("job_id"), bindparam("seq"), bindparam("reason")
+        waiting = status_in(WAITING)
+    return (
+        update(jobs)
+        .where(
+            jobs.c.id == job_id,
+            jobs.c.dispatch_seq == seq,
+            waiting,
+            or_(jobs.c.deferred_since.is_(None), jobs.c.deferred_reason.is_distinct_from(reason)),
+        )
+        .values(
+            deferred_since=func.coalesce(jobs.c.deferred_since, bindparam("now", type_=UTCDateTime())),
+            deferred_reason=reason,
+        )
+    )
+
+
+_RECORD_DEFERRALS = {postgresql: _build_record_deferrals(postgresql) for postgresql in (False, True)}
+
+
+def record_deferrals(conn: Connection, deferred: list[tuple[uuid.UUID, int, str]], *, now: datetime) -> int:
+    """Each waiting job `(job_id, seq, reason)` of that dispatch was deferred on its destination (no attempt):
+    since when (kept from its first deferral, until a claim clears it) and why. One statement for the batch; says
+    how many jobs it wrote (one already recorded with the same reason is not written again)."""
+    if not deferred:
+        return 0
+    if conn.dialect.name == "postgresql":
+        ids, seqs, reasons = (list(values) for values in zip(*deferred, strict=True))
+        params: Any = {"ids": ids, "seqs": seqs, "reasons": reasons, "now": now}
+    else:
+        params = [{"job_id": job_id, "seq": seq, "reason": reason, "now": now} for job_id, seq, reason in deferred]
+    return conn.execute(_RECORD_DEFERRALS[conn.dialect.name == "postgresql"], params).rowcount
 
 
 def park_deferred(

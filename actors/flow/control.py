@@ -1,13 +1,11 @@
-"""The worker's side of flow control: each process's share of its threads per destination, the limits in force
-(defaults and operators' overrides), one gate call per ledger batch (failing open when Redis is unreachable), and
-what becomes of a deferred message."""
+"""The worker's side of flow control: each process's share of its threads per destination (`shares.py`), the
+limits in force (defaults and operators' overrides), one gate call per ledger batch (failing open when Redis is
+unreachable), what the gate hears of each attempt, and what becomes of a deferred message."""
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,6 +27,7 @@ from actors.flow.gate import (
     QueueKeys,
     ReleaseRequest,
 )
+from actors.flow.shares import Shares
 from actors.settings import Settings
 from ledger import destinations, transitions
 from ledger.database import Database
@@ -108,21 +107,24 @@ class FlowControl:
             cooldown=flow.breaker_cooldown,
             max_cooldown=max(flow.breaker_cooldown, settings.backoff.maximum),
         )
-        #: Most attempts of one destination this process runs at once (SPEC: WJP_DESTINATION_SHARE of its threads).
-        self.share = max(1, math.floor(flow.share * threads))
-        self._shares: collections.Counter[str] = collections.Counter()
-        self._shares_lock = threading.Lock()
+        #: Most attempts of one destination that holds threads this process runs at once (SPEC:
+        #: WJP_DESTINATION_SHARE of its threads).
+        self.shares = Shares(max(1, math.floor(flow.share * threads)), monotonic=monotonic)
         self._overrides: dict[str, destinations.Limits] = {}
         self._overrides_read_at = -math.inf
         self._monotonic = monotonic
         self._outage = False
 
-    def give_share(self, key: str) -> None:
-        """An attempt of `key` admitted in this process ended (or its claim did not take)."""
-        with self._shares_lock:
-            self._shares[key] -= 1
-            if self._shares[key] <= 0:
-                del self._shares[key]
+    def finished(self, key: str, rid: str, error: DeliveryError | None) -> None:
+        """The attempt admitted for message `rid` of `key` ended with `error` (None: success): its share is free,
+        and the gate hears of it with the next ledger batch."""
+        self.shares.give(key, rid, attempted=True)
+        self.post(Released(key, rid, gate_outcome(error), getattr(error, "retry_after", None)))
+
+    def unclaimed(self, key: str, rid: str) -> None:
+        """Message `rid` of `key` was admitted but did not claim its job: nothing was sent, its lease goes back."""
+        self.shares.give(key, rid, attempted=False)
+        self.post(Released(key, rid, Outcome.NONE))
 
     def limits(self, key: str) -> Limits:
         """The limits of `key`: an operator's override where set, else the defaults."""
@@ -135,17 +137,21 @@ class FlowControl:
                 log.warning("could not read the destinations' limits (%s); keeping the last ones", exc)
         return effective_limits(self.defaults, self._overrides.get(key))
 
-    def admit(self, asking: Sequence[tuple[int, str, str]], releases: Sequence[Released]) -> dict[int, Admission]:
-        """The gate's answer to each claim `(index, destination, rid)` of a batch, by index, the batch's releases
-        done in the same round trip. A granted one holds a share of this process until `give_share`.
+    def admit(self, asking: Sequence[tuple[int, str, str]], requests: Sequence[object]) -> dict[int, Admission]:
+        """The gate's answer to each claim `(index, destination, rid)` of a ledger batch, by index; the batch's
+        `Released` done in the same round trip, and its `Deferred` recorded. A granted one holds a share of this
+        process until `finished` or `unclaimed`.
 
-        The share is counted here, in the batcher's one thread, from the admission on: a thread waiting for its
-        claim holds none, so a destination whose attempts are quick never finds its share full (a count taken
-        before the claim made the log drain park most of its messages)."""
+        The share is counted from the admission on, in the batcher's one thread: a thread waiting for its claim
+        holds none."""
+        admissions = self._admit(asking, [r for r in requests if isinstance(r, Released)])
+        self.record_deferrals([r for r in requests if isinstance(r, Deferred)])
+        return admissions
+
+    def _admit(self, asking: Sequence[tuple[int, str, str]], releases: Sequence[Released]) -> dict[int, Admission]:
         if not asking and not releases:
             return {}
-        with self._shares_lock:
-            taken = [self._take_share(key) for _, key, _ in asking]
+        taken = [self.shares.take(key, rid) for _, key, rid in asking]
         admits = [
             AdmitRequest(key, rid, self.limits(key), park=rid, share_full=not took)
             for (_, key, rid), took in zip(asking, taken, strict=True)
@@ -153,16 +159,10 @@ class FlowControl:
         freed = [ReleaseRequest(r.destination, r.rid, r.outcome, self.limits(r.destination), r.retry_after)
                  for r in releases]  # fmt: skip
         admissions = self.decide(admits, freed)
-        for (_, key, _), took, admission in zip(asking, taken, admissions, strict=True):
+        for (_, key, rid), took, admission in zip(asking, taken, admissions, strict=True):
             if took and not admission.granted:
-                self.give_share(key)
+                self.shares.give(key, rid, attempted=False)
         return {n: admission for (n, *_), admission in zip(asking, admissions, strict=True)}
-
-    def _take_share(self, key: str) -> bool:
-        if self._shares[key] >= self.share:
-            return False
-        self._shares[key] += 1
-        return True
 
     def decide(self, admits: Sequence[AdmitRequest], releases: Sequence[ReleaseRequest]) -> list[Admission]:
         """The gate's answers to `admits`, its releases done, in one round trip. With Redis unreachable every

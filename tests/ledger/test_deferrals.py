@@ -3,7 +3,11 @@ since when and why, a claim that clears it, and FAILED past the most deferral wi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+
+from sqlalchemy import Engine, event
 
 from ledger import transitions
 from ledger.states import Outcome
@@ -90,3 +94,43 @@ def test_a_throttled_attempt_is_recorded_and_given_back_up_to_the_most_throttles
     )
     assert again is None, "past the most throttles the answer counts as a transient error"
     assert job_row(database, job_id).status == "PROCESSING"
+
+
+@contextmanager
+def statements_sent(database) -> Iterator[list[str]]:
+    """The statements the ledger's engine sends to its driver in the block (an executemany counts once)."""
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        sent.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+def test_a_batch_of_deferrals_is_recorded_in_one_statement_each_job_with_its_reason(database):
+    first, second, stale = (submit(database, key, destination=DESTINATION) for key in ("a", "b", "c"))
+    batch = [(first, 1, "limit"), (second, 1, "circuit"), (stale, 2, "limit")]
+
+    with statements_sent(database) as sent:
+        written = database.run(lambda conn: transitions.record_deferrals(conn, batch, now=T0))
+
+    assert (len(sent), written) == (1, 2)
+    assert [(job_row(database, job_id).deferred_since, job_row(database, job_id).deferred_reason)
+            for job_id in (first, second, stale)] == [(T0, "limit"), (T0, "circuit"), (None, None)]  # fmt: skip
+
+
+def test_a_deferral_already_recorded_with_the_same_reason_is_not_written_again(database):
+    same, changed = submit(database, "a", destination=DESTINATION), submit(database, "b", destination=DESTINATION)
+    defer(database, same, "limit", now=T0)
+    defer(database, changed, "limit", now=T0)
+
+    batch = [(same, 1, "limit"), (changed, 1, "rate")]
+    written = database.run(lambda conn: transitions.record_deferrals(conn, batch, now=T0 + 5 * SECOND))
+
+    assert written == 1, "only the job whose reason changed is written"
+    assert (job_row(database, same).deferred_since, job_row(database, same).deferred_reason) == (T0, "limit")
+    assert (job_row(database, changed).deferred_since, job_row(database, changed).deferred_reason) == (T0, "rate")
