@@ -14,14 +14,13 @@ from datetime import datetime, timedelta
 from typing import NamedTuple, TypeVar
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage, Middleware, TimeLimitExceeded
+from dramatiq.middleware import TimeLimitExceeded
 from sqlalchemy import Connection
 
 from actors import metrics
 from actors.backoff import Verdict, decide
 from actors.batching import Batcher
-from actors.broker import ACTOR_NAME, DEST_OPTION, RID_OPTION, BrokerUnavailable, Dispatcher, parse_redis_message_id
+from actors.broker import BrokerUnavailable, Dispatcher, parse_redis_message_id
 from actors.channels.base import (
     Channel,
     DeliveryError,
@@ -333,7 +332,7 @@ class Delivery:
         state = self.database.run(lambda conn: queries.dispatch_state(conn, dispatch.job_id))
         if state is not None and dispatch.seq > abs(state.dispatch_seq):
             # Sent by a transaction that has not committed yet (a reconciler pass sends first): its claim takes once
-            # it has. Back to the delay queue for a moment; `_retry_when` bounds how often, for one that rolled back.
+            # it has. Back to the delay queue for a moment; `actors.actor` bounds how often, for one that rolled back.
             raise SequenceAhead(f"dispatch {dispatch.seq} of job {dispatch.job_id} is not committed yet")
         if state is None or state.status not in WAITING or state.dispatch_seq != dispatch.seq:
             log.debug("dropping stale message %s.%s", dispatch.job_id, dispatch.seq)
@@ -395,48 +394,3 @@ class SequenceAhead(dramatiq.Retry):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, delay=AHEAD_RECHECK_MS)
-
-
-def _retry_when(retries: int, exception: BaseException) -> bool:
-    # Besides a message ahead of the ledger (a few looks), only an unreachable ledger is worth Dramatiq's own retry:
-    # the claim never happened, so the message must come back. Anything else is a bug, and the reconciler owns the
-    # job's fate.
-    if isinstance(exception, SequenceAhead):
-        return retries < AHEAD_RECHECKS
-    return isinstance(exception, LedgerUnavailable)
-
-
-class _WriteSuccessesBeforeExit(Middleware):
-    """A worker that stops (SIGTERM, `Worker.stop`) writes the successes its threads left to the batcher first,
-    then closes its channels' connections."""
-
-    def __init__(self, delivery: Delivery, timeout: float) -> None:
-        self.delivery = delivery
-        self.timeout = timeout
-
-    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        if not self.delivery.flush(self.timeout):
-            log.error("stopping with successes not yet written; the reconciler will attempt those jobs again")
-        self.delivery.close_channels()
-
-
-def declare_actor(broker: RedisBroker, delivery: Delivery, settings: Settings) -> dramatiq.Actor:
-    """Register the delivery actor on `broker` for the configured queue."""
-    # Beyond the attempt's time limit, `_write` gives up on an unreachable ledger anyway.
-    broker.add_middleware(_WriteSuccessesBeforeExit(delivery, settings.attempt_time_limit + 5))
-
-    def deliver(job_id: str) -> None:
-        message = CurrentMessage.get_current_message()
-        options = message.options if message else {}
-        delivery(job_id, options.get(RID_OPTION, ""), options.get(DEST_OPTION, ""))
-
-    return dramatiq.actor(
-        deliver,
-        broker=broker,
-        actor_name=ACTOR_NAME,
-        queue_name=settings.queue,
-        retry_when=_retry_when,
-        min_backoff=500,
-        max_backoff=30_000,
-        time_limit=int(settings.attempt_time_limit * 1000),
-    )

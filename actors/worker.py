@@ -8,9 +8,10 @@ import os
 
 import dramatiq
 
+from actors.actor import declare_actor
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
-from actors.delivery import Delivery, declare_actor
+from actors.delivery import Delivery
 from actors.settings import Settings, positive_int
 from actors.worker_logging import log_straight_to_stderr
 from ledger.database import Database

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from dramatiq import Worker
 
+from actors.actor import declare_actor
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
 from actors.channels.base import Channel, ChannelConfig, Notification, TransientError
-from actors.delivery import Delivery, declare_actor
+from actors.delivery import Delivery
 from actors.reconciler import Reconciler
 from actors.settings import Settings
 from ledger import intake, queries

@@ -20,8 +20,9 @@ from dramatiq.broker import MessageProxy
 from dramatiq.common import current_millis
 from dramatiq.worker import ConsumerThread, WorkerThread
 
+from actors.actor import declare_actor
 from actors.broker import NAMESPACE, Dispatcher, make_broker
-from actors.delivery import Delivery, declare_actor
+from actors.delivery import Delivery
 from actors.settings import Settings
 from ledger.database import Database
 from ledger.states import Status
