@@ -28,6 +28,8 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    #: The wall clock's time of arrival, for comparing with times Redis or the database stamped.
+    wall: float = 0.0
 
     @property
     def json(self) -> Any:
@@ -48,7 +50,7 @@ class WebhookSink:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with sink._lock:
                     n = len(sink.received)
-                    sink.received.append(Received(time.monotonic(), self.path, dict(self.headers), body))
+                    sink.received.append(Received(time.monotonic(), self.path, dict(self.headers), body, time.time()))
                     reply = sink.script[min(n, len(sink.script) - 1)] if sink.script else Reply()
                 time.sleep(reply.delay)
                 try:
