@@ -1,8 +1,11 @@
 """Each worker process's share of its threads per destination (SPEC: `WJP_DESTINATION_SHARE`), bound only on the
-destinations that hold threads: unknown ones, slow ones, and those whose oldest attempt in flight runs long."""
+destinations that hold threads: unknown ones, slow ones, and those whose oldest attempt in flight runs long. The
+slower a destination, the fewer threads it may hold (down to one), and one never seen to finish is sent one attempt
+at a time: a black hole holds one thread per process, not the whole share, until its circuit opens."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -32,8 +35,8 @@ class _Pace:
 
 
 class Shares:
-    """Counts each destination's attempts in flight in this process; `take` refuses one beyond `share` while the
-    destination holds its threads. Thread-safe."""
+    """Counts each destination's attempts in flight in this process; `take` refuses one beyond what its pace allows
+    (at most `share` while the destination holds its threads). Thread-safe."""
 
     def __init__(
         self, share: int, *, monotonic: Callable[[], float] = time.monotonic, remembered: int = REMEMBERED
@@ -53,7 +56,7 @@ class Shares:
                 self._forget_an_idle_one()
                 pace = _Pace()
             self._paces[key] = pace  # the most recently used last
-            if pace.in_flight >= self.share and self._holds_threads(pace, now):
+            if pace.in_flight >= self._most_in_flight(pace, now):
                 return False
             pace.in_flight += 1
             pace.started.setdefault(rid, now)
@@ -79,9 +82,15 @@ class Shares:
             if idle is not None:
                 del self._paces[idle]
 
-    @staticmethod
-    def _holds_threads(pace: _Pace, now: float) -> bool:
-        if pace.finished < KNOWN_AFTER or pace.average >= SLOW_ATTEMPT:
-            return True
+    def _most_in_flight(self, pace: _Pace, now: float) -> float:
+        """How many attempts of the destination may run at once here: any number while it answers fast; one until
+        it has finished one; else the share, scaled down by how long its attempts take (Little's law: each may hold
+        about `share` threads for SLOW_ATTEMPT), never below one."""
         oldest = next(iter(pace.started.values()), None)
-        return oldest is not None and now - oldest >= SLOW_ATTEMPT
+        running = 0.0 if oldest is None else now - oldest
+        if pace.finished == 0:
+            return 1
+        duration = max(pace.average, running)
+        if pace.finished >= KNOWN_AFTER and duration < SLOW_ATTEMPT:
+            return math.inf
+        return max(1, min(self.share, math.floor(self.share * SLOW_ATTEMPT / duration)))

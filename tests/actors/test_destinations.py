@@ -20,6 +20,7 @@ from ledger.schema import jobs
 from ledger.states import Status
 from tests.actors.channels.slow_peers import peer_closed
 from tests.actors.conftest import running_worker, submit, wait_for_status
+from tests.holding_receiver import holding_receiver
 from tests.webhook_sink import Reply, webhook_sink
 
 
@@ -85,7 +86,7 @@ def webhook_job(database, dispatcher, settings, port: int) -> uuid.UUID:
     )  # fmt: skip
 
 
-def test_a_black_holed_receiver_holds_only_its_limit_while_another_destination_flows(
+def test_a_receiver_that_turns_into_a_black_hole_holds_only_its_limit_while_another_destination_flows(
     make_settings, database, redis_server_url, queue_name
 ):
     settings = webhook_settings(
@@ -93,14 +94,16 @@ def test_a_black_holed_receiver_holds_only_its_limit_while_another_destination_f
     )
     dispatcher = Dispatcher(make_broker(redis_server_url), queue_name)
     channels = {"webhook": WebhookChannel(settings.channels)}
-    # The black hole closes its connections first, so that the worker's stop does not wait out their timeouts.
     worker = running_worker(settings, database, channels=channels, threads=8)
-    with worker, webhook_sink() as healthy, black_hole() as hole:
+    # It answers its first request at once, so the worker knows it fast (and would give it its share of 4 threads);
+    # then it holds every request (it lets them go when it closes, before the worker stops).
+    with worker, webhook_sink() as healthy, holding_receiver([0.0, 600.0]) as hole:
+        wait_for_status(database, webhook_job(database, dispatcher, settings, hole.port))
         stuck = [webhook_job(database, dispatcher, settings, hole.port) for _ in range(6)]
         flowing = [webhook_job(database, dispatcher, settings, healthy.server.server_address[1]) for _ in range(10)]
 
         done = [wait_for_status(database, job_id) for job_id in flowing]
-        held, most = hole.open, hole.most_open
+        held, most = hole.in_flight, hole.most_in_flight()
         rows = database.run(lambda conn: conn.execute(select(jobs).where(jobs.c.id.in_(stuck))).all())
 
     assert {job.status for job in done} == {Status.SUCCESS}

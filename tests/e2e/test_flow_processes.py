@@ -63,13 +63,15 @@ def test_the_slots_of_a_worker_killed_with_kill_9_come_back_once_its_leases_expi
         WJP_VISIBILITY_TIMEOUT="3", WJP_DESTINATION_CONCURRENCY="2", WJP_RECONCILE_INTERVAL="0.5",
         WJP_RECONCILE_GRACE="0.5",
     )  # fmt: skip
-    # The first two requests are held far longer than the test (black-holed); every later one is answered at once.
-    with holding_receiver([600.0, 600.0, 0.0]) as receiver, gate_of(redis_server_url, queue_name) as (gate, used):
+    # The first request is answered at once (the worker then knows the receiver as fast, not one to send one attempt
+    # at a time), the next two are held far longer than the test (black-holed), every later one answered at once.
+    with holding_receiver([0.0, 600.0, 600.0, 0.0]) as receiver, gate_of(redis_server_url, queue_name) as (gate, used):
         used.append(receiver.destination)
         doomed = start_worker(env, tmp_path / "doomed.log", processes)
+        wait_for_status(postgres_db, webhook_jobs(postgres_db, dispatcher, receiver, 1)[0], timeout=30)
         jobs = webhook_jobs(postgres_db, dispatcher, receiver, 6)
-        wait_until(lambda: receiver.count() >= 2, doomed)
-        holders = {uuid.UUID(held.job) for held in receiver.requests()}
+        wait_until(lambda: receiver.count() >= 3, doomed)
+        holders = {uuid.UUID(held.job) for held in receiver.requests()[1:]}
         waiters = [job_id for job_id in jobs if job_id not in holders]
         deadline = time.monotonic() + 30
         while {(row.deferred_reason, row.attempts) for row in rows_of(postgres_db, waiters).values()} != {("limit", 0)}:
@@ -84,7 +86,7 @@ def test_the_slots_of_a_worker_killed_with_kill_9_come_back_once_its_leases_expi
         done = {job_id: wait_for_status(postgres_db, job_id, timeout=60) for job_id in jobs}
         assert_stats_equal_ledger(postgres_db)
 
-    assert held_before_kill == (2, 2), "the black hole held the destination's two slots, the rest deferred"
+    assert held_before_kill == (3, 2), "the black hole held the destination's two slots, the rest deferred"
     assert {job.status for job in done.values()} == {Status.SUCCESS}
     assert {done[job_id].attempts for job_id in waiters} == {1}, "the waiting jobs spent no attempt waiting"
     assert {receiver.count(job_id) for job_id in waiters} == {1}
