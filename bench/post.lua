@@ -1,5 +1,5 @@
 -- wrk: POST one notification per request, each with a fresh idempotency key.
--- The same body goes to our API and to both baselines. `wrk ... -s post.lua URL -- RUNTAG`
+-- The same body goes to our API and to both baselines. `wrk ... -s post.lua URL -- RUNTAG [API_KEY]`
 local counter = 0
 local threads = 0
 local tag = "run"
@@ -13,6 +13,10 @@ end
 
 function init(args)
   tag = args[1] or "run"
+  -- A producer key, when given: the rate-limit phase posts as one producer.
+  if args[2] then
+    wrk.headers["Authorization"] = "Bearer " .. args[2]
+  end
 end
 
 wrk.method = "POST"

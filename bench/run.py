@@ -4,7 +4,8 @@ baselines and peers, in one run on one machine. Writes `bench/results/latest.jso
 BENCH_QUICK=1 runs a reduced version (fewer jobs, shorter runs, 1 M rows only) in under 5 minutes.
 Other knobs: BENCH_API_WORKERS (gunicorn workers for our API and both baselines, default 4),
 BENCH_INTAKE_REPS, BENCH_INTAKE_SECONDS, BENCH_DRAIN_JOBS, BENCH_E2E_SECONDS, BENCH_SCALES (e.g. "1000000"),
-BENCH_ONLY (comma-separated phases: intake, drain, peers, e2e, flow_cost, noisy, maintenance), BENCH_KEEP_DB=1.
+BENCH_ONLY (comma-separated phases: intake, ratelimit, drain, peers, e2e, flow_cost, noisy, maintenance),
+BENCH_KEEP_DB=1.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import common, flow
+from bench import common, flow, ratelimit
 from bench.common import (
     BENCH,
     DATABASE_URL,
@@ -63,7 +64,8 @@ SCALES = [int(s) for s in os.environ.get("BENCH_SCALES", "1000000" if QUICK else
 STATS_SAMPLES = 50 if QUICK else 200
 RECONCILE_SAMPLES = 10 if QUICK else 30
 CANDIDATE_PASSES = 3 if QUICK else 7
-PHASES = [p for p in os.environ.get("BENCH_ONLY", "intake,drain,peers,e2e,flow_cost,noisy,maintenance").split(",") if p]
+ALL_PHASES = "intake,ratelimit,drain,peers,e2e,flow_cost,noisy,maintenance"
+PHASES = [p for p in os.environ.get("BENCH_ONLY", ALL_PHASES).split(",") if p]
 QUEUE = "notifications"
 
 r = redis.Redis.from_url(REDIS_URL)
@@ -135,11 +137,13 @@ def worker_processes(service: Service) -> list[int]:
 _WRK_LATENCY = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 
 
-def wrk(port: int, seconds: float, tag: str) -> tuple[dict, float]:
-    """Run wrk against POST /api/notifications; return its figures and its own CPU seconds."""
+def wrk(port: int, seconds: float, tag: str, api_key: str | None = None) -> tuple[dict, float]:
+    """Run wrk against POST /api/notifications (as the producer of `api_key` if given); return its figures and its
+    own CPU seconds."""
     argv = [
         "wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency",
         "-s", str(BENCH / "post.lua"), f"http://127.0.0.1:{port}/api/notifications", "--", tag,
+        *([api_key] if api_key else []),
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read() if proc.stdout else ""
@@ -801,9 +805,9 @@ def summarise(res: dict) -> dict:
         "rss_api_mb": target(out["rss_mb"]["api"], "<", 100),
         "rss_worker_mb": target(out["rss_mb"]["worker"], "<", 100),
     }  # fmt: skip
-    destinations = flow.summary(res)
-    out["targets"].update(destinations.pop("targets"))
-    out.update(destinations)
+    for extra in (flow.summary(res), ratelimit.summary(res)):
+        out["targets"].update(extra.pop("targets"))
+        out.update(extra)
     rate = {k: out[k]["jobs_per_s"] for k in ("drain_webhook", "peer_dramatiq", "peer_celery")}
     out["info_ratios"] = {
         "drain_webhook_vs_dramatiq": _round(ratio(rate["drain_webhook"], rate["peer_dramatiq"])),
@@ -849,6 +853,9 @@ def main() -> int:
     try:
         if "intake" in PHASES:
             results["intake"] = phase_intake()
+        if "ratelimit" in PHASES:
+            rl_harness = ratelimit.Harness(reset_ledger, api_server, wrk, WJP, INTAKE_SECONDS)
+            results["ratelimit"] = ratelimit.phase_ratelimit(rl_harness)
         if "drain" in PHASES or "peers" in PHASES:
             drains, peers = phase_delivery("drain" in PHASES, "peers" in PHASES)
             results.update({"drain": drains} if drains else {}, **({"peers": peers} if peers else {}))
@@ -867,7 +874,7 @@ def main() -> int:
     results["duration_s"] = round(time.time() - started)
     final = {**summarise(results), "meta": {k: results[k] for k in (
         "date", "quick", "loadavg_before", "loadavg_after", "machine_busy_cores_before", "duration_s", "machine")},
-        "details": {k: results.get(k) for k in ("intake", "drain", "peers", "e2e", "noisy", "flow_cost",
+        "details": {k: results.get(k) for k in ("intake", "ratelimit", "drain", "peers", "e2e", "noisy", "flow_cost",
                                                  "maintenance")}}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     common.write_json(RESULTS / "latest.json", final)
@@ -962,6 +969,7 @@ def render_table(res: dict) -> str:
               f"| {' / '.join(fmt(v) for v in cpu['gunicorn_per_request'].values())} | "
               f"{' / '.join(fmt(v) for v in cpu['worker_per_job'].values())} |"]  # fmt: skip
     lines += flow.table(res)
+    lines += ratelimit.table(res)
     return "\n".join(lines)
 
 

@@ -12,12 +12,15 @@
 --   wake    the waiting lists of some destinations, as far as they have room (the reconciler's pass)
 -- Waiting lists: a message deferred for 'limit' leaves its worker's Dramatiq acks set for the destination's list
 -- (its body stays in the queue's hash, where the reconciler finds it); a release wakes it back onto the queue.
+-- A paused destination's first deferred message of each pause goes back to its worker to come back when the pause
+-- ends (the waker: its attempt's release wakes the others); every other one waits on the list, not going round
+-- the delay queue once per pause.
 -- Every time-bound field reads as its default once its time has passed, so the logic never depends on when
 -- Redis actually expires a key (tests inject `now`); PEXPIRE only collects the garbage.
 
 local unpack = unpack or table.unpack
 local FIELDS = {'circuit', 'failures', 'reopenings', 'opened_until', 'probe', 'forget_at',
-                'paused_until', 'tokens', 'refilled', 'bucket_until'}
+                'paused_until', 'tokens', 'refilled', 'bucket_until', 'waker_until'}
 -- Beyond this many doublings the cooldown is capped anyway; keeps 2^n finite.
 local MAX_REOPENINGS = 64
 
@@ -43,13 +46,14 @@ end
 local function load(hash)
     local v = redis.call('HMGET', hash, unpack(FIELDS))
     local s = {circuit = 'closed', failures = 0, reopenings = 0, opened_until = 0, probe = false, forget_at = 0,
-               paused_until = 0, tokens = false, refilled = 0, bucket_until = 0}
+               paused_until = 0, tokens = false, refilled = 0, bucket_until = 0, waker_until = 0}
     if v[1] and tonumber(v[6]) > now then
         s.circuit, s.failures, s.reopenings = v[1], tonumber(v[2]), tonumber(v[3])
         s.opened_until, s.probe, s.forget_at = tonumber(v[4]), v[5], tonumber(v[6])
     end
     if v[7] and tonumber(v[7]) > now then
         s.paused_until = tonumber(v[7])
+        if v[11] then s.waker_until = tonumber(v[11]) end
     end
     if v[8] and tonumber(v[10]) > now then
         s.tokens, s.refilled, s.bucket_until = tonumber(v[8]), tonumber(v[9]), tonumber(v[10])
@@ -89,6 +93,10 @@ local function save(hash, s)
     if s.paused_until > now then
         fields[#fields + 1] = 'paused_until'
         fields[#fields + 1] = int(s.paused_until)
+        if s.waker_until > 0 then
+            fields[#fields + 1] = 'waker_until'
+            fields[#fields + 1] = int(s.waker_until)
+        end
     end
     if s.tokens then
         fields[#fields + 1] = 'tokens'
@@ -164,7 +172,16 @@ local function admit(hash, leases, dest, lease_id, lease_ms, concurrency, rate)
         if probe_expiry then return deferred('circuit', math.min(probe_expiry, now + PROBE_RECHECK_MS)) end
         probe = true
     end
-    if s.paused_until > now then return deferred('throttled', s.paused_until) end
+    if s.paused_until > now then
+        local r = deferred('throttled', s.paused_until)
+        if s.waker_until >= s.paused_until then
+            r.park = true
+        else
+            s.waker_until = s.paused_until
+            save(hash, s)
+        end
+        return r
+    end
     if concurrency and redis.call('ZCARD', leases) >= concurrency then
         -- The latest time a slot is sure to free; a release usually frees one much sooner.
         local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
@@ -309,7 +326,7 @@ elseif op == 'batch' then
             r = admit(d.hash, d.leases, d.key, lease_id, lease_ms, d.concurrency, d.rate)
         end
         r[5] = 0
-        if r[1] == 0 and r[2] == 'limit' and rid ~= '' then r[5] = park(d.waiting, acks, d.key, rid) end
+        if r[1] == 0 and (r[2] == 'limit' or r.park) and rid ~= '' then r[5] = park(d.waiting, acks, d.key, rid) end
         out[n] = r
         i = i + 4
     end

@@ -11,15 +11,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+import redis
 from sqlalchemy import select
 
-from actors.broker import Dispatcher, make_broker
+from actors.broker import Dispatcher, make_broker, parse_redis_message_id
 from actors.channels.webhook import WebhookChannel
+from actors.flow.gate import QueueKeys
 from ledger import queries
 from ledger.schema import jobs
 from ledger.states import Status
 from tests.actors.channels.slow_peers import peer_closed
 from tests.actors.conftest import running_worker, submit, wait_for_status
+from tests.actors.test_flow_circuit import reset_by_command
+from tests.flow_checks import gate_of
 from tests.holding_receiver import holding_receiver
 from tests.webhook_sink import Reply, webhook_sink
 
@@ -141,3 +145,36 @@ def test_a_throttling_receiver_gets_the_attempt_back_and_its_destination_paused(
     history = database.run(lambda conn: queries.list_attempts(conn, throttled))
     assert [a.outcome for a in history] == ["throttled", "success"]
     assert history[1].started_at - history[0].finished_at >= timedelta(seconds=2), "not before its Retry-After"
+
+
+def test_jobs_waiting_out_a_long_pause_send_one_message_back_for_its_end_the_others_wait_on_the_list(
+    make_settings, postgres_db, redis_server_url, queue_name
+):
+    settings = webhook_settings(make_settings)
+    dispatcher = Dispatcher(make_broker(redis_server_url), queue_name)
+    channels = {"webhook": WebhookChannel(settings.channels)}
+    with webhook_sink([Reply(429, {"Retry-After": "600"}), Reply(200)]) as sink, running_worker(
+        settings, postgres_db, channels=channels, threads=4
+    ), gate_of(redis_server_url, queue_name) as (gate, used), redis.Redis.from_url(redis_server_url) as client:
+        port = sink.server.server_address[1]
+        key = f"webhook:127.0.0.1:{port}"
+        used.append(key)
+        throttled = webhook_job(postgres_db, dispatcher, settings, port)
+        wait_for_status(postgres_db, throttled, {Status.RETRY})
+        waiting = [webhook_job(postgres_db, dispatcher, settings, port) for _ in range(4)]
+        waiting_list = gate.waiting_list(QueueKeys.of(queue_name), key)
+
+        def parked_jobs() -> set[uuid.UUID]:
+            return {parse_redis_message_id(rid.decode())[0] for rid in client.lrange(waiting_list, 0, -1)}
+
+        deadline = time.monotonic() + 10
+        while len(parked_jobs()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        parked = parked_jobs()
+        reset_by_command(postgres_db, redis_server_url, queue_name, key)
+        rows = [wait_for_status(postgres_db, job_id, timeout=10) for job_id in waiting]
+        sent = sink.count()
+
+    assert len(parked) == 3, "all but one wait on the destination's list, not in the delay queue"
+    assert {(job.status, job.attempts) for job in rows} == {(Status.SUCCESS, 1)}, "sent by the reset, not in 10 min"
+    assert sent == 1 + 4

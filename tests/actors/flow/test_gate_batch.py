@@ -148,3 +148,42 @@ def test_the_reconcilers_wake_finds_the_room_that_expired_leases_left(client, ga
     assert listed(client, queue.queue) == ["w.1", "x.1"]
     assert gate.wake({SLOW: UNLIMITED}, queue=queue, cap=5, now=at(LEASE + 1)) == {SLOW: 1}
     assert gate.waiting(queue) == []
+
+
+def throttle(gate: Gate, queue: QueueKeys, *, for_seconds: float, when: float) -> None:
+    batch(gate, queue, admits=[AdmitRequest(FAST, f"t{when}", UNLIMITED)], when=when)
+    release = ReleaseRequest(FAST, f"t{when}", Outcome.THROTTLED, UNLIMITED, retry_after=for_seconds)
+    batch(gate, queue, releases=[release], when=when)
+
+
+def test_a_paused_destination_sends_one_message_back_for_the_end_of_its_pause_and_parks_the_others(
+    client, gate, queue
+):
+    throttle(gate, queue, for_seconds=5, when=0)
+    rids = [f"{n}.1" for n in range(4)]
+    fetched(client, queue, *rids)
+
+    admissions = batch(gate, queue, admits=[AdmitRequest(FAST, rid, UNLIMITED, park=rid) for rid in rids], when=1)
+
+    waker, *others = admissions
+    assert waker == Admission(granted=False, reason=Reason.THROTTLED, until=at(5), parked=False)
+    assert {(a.reason, a.until, a.parked) for a in others} == {(Reason.THROTTLED, at(5), True)}
+    assert listed(client, gate.waiting_list(queue, FAST)) == rids[1:]
+    # The waker's attempt, once the pause has ended, wakes the waiting ones as its release frees its slot.
+    (again,) = batch(gate, queue, admits=[AdmitRequest(FAST, "0.1", UNLIMITED)], when=6)
+    assert again == granted()
+    batch(gate, queue, releases=[ReleaseRequest(FAST, "0.1", Outcome.SUCCESS, UNLIMITED)], when=6)
+    assert listed(client, queue.queue) == rids[1:3]
+
+
+def test_a_new_pause_sends_a_new_message_back_for_its_own_end(client, gate, queue):
+    fetched(client, queue, "a.1", "b.1", "c.1")
+    throttle(gate, queue, for_seconds=5, when=0)
+    (first,) = batch(gate, queue, admits=[AdmitRequest(FAST, "a.1", UNLIMITED, park="a.1")], when=1)
+    (parked,) = batch(gate, queue, admits=[AdmitRequest(FAST, "b.1", UNLIMITED, park="b.1")], when=1)
+
+    throttle(gate, queue, for_seconds=10, when=2)
+    (second,) = batch(gate, queue, admits=[AdmitRequest(FAST, "c.1", UNLIMITED, park="c.1")], when=3)
+
+    assert (first.parked, parked.parked) == (False, True)
+    assert (second.until, second.parked) == (at(12), False), "the pause outlives the first waker: a second one"
