@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from actors import tracing
 from actors.batching import Batcher
 from ledger import intake
 from ledger.database import Database
@@ -30,7 +31,8 @@ class GroupIntake:
 
     def accept(self, item: Accepting) -> IntakeResult:
         """Record `item` unless its key is known, and send its message if it is due; see `intake.accept`."""
-        result = self._groups.submit(item)
+        with tracing.carrying(item.job_id):
+            result = self._groups.submit(item)
         if result is not None:
             return result
         # Its key was taken (or the group failed as a whole): the replay, mismatch or rare creation alone.
@@ -45,7 +47,8 @@ class GroupIntake:
 
     def _accept_group(self, group: list[Accepting]) -> list[IntakeResult | None]:
         try:
-            results = self.database.run(lambda conn: intake.accept_many(conn, group), kept=True)
+            with tracing.each("wjp.ledger.write", group):
+                results = self.database.run(lambda conn: intake.accept_many(conn, group), kept=True)
         except LedgerUnavailable:
             raise
         except Exception:
