@@ -112,8 +112,3 @@ def attempt(
             span.set_status(StatusCode.ERROR, str(error)[:200])
     return error
 
-
-def callback(job_id: str, url: str) -> Any:
-    """The span of a job's status callback, for the code that sends it (inside the job's message, it joins the
-    job's trace; sent from a message of its own, that message must carry `tracing.TRACE_OPTION` from its sender)."""
-    return tracing.span("wjp.callback", **{"wjp.job_id": job_id, "url.full": url})
