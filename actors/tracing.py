@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 #: The message option carrying the sender's W3C trace context (`traceparent`, and `tracestate` when there is one).
 TRACE_OPTION = "wjp_trace"
+#: The attribute naming the job a span is about, on every span of a job's work.
+JOB = "wjp.job_id"
 #: The protocol the installed exporter speaks; OTLP/gRPC and OTLP/HTTP JSON are not installed.
 PROTOCOL = "http/protobuf"
 NO_SPAN: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
@@ -181,8 +183,9 @@ class Spans:
     def start(self, name: str, job_id: uuid.UUID, kind: str = "INTERNAL", **attributes: Any) -> Span:
         from opentelemetry.trace import SpanKind
 
-        attributes = {"wjp.job_id": str(job_id), **attributes}
-        span = tracer().start_span(name, context=_carried.get(job_id), kind=SpanKind[kind], attributes=attributes)
+        span = tracer().start_span(
+            name, context=_carried.get(job_id), kind=SpanKind[kind], attributes={JOB: str(job_id), **attributes}
+        )
         self.spans.append(span)
         return span
 
@@ -210,12 +213,31 @@ def each(name: str, items: list[Any]) -> contextlib.AbstractContextManager[Any]:
 
 
 class Enqueued(Spans):
-    """The spans of the messages one send enqueues: each message carries its own span's context."""
+    """The spans of the messages one send enqueues: each message carries its own span's context.
+
+    A message sent for its job's own work (its POST, its failed attempt's retry) continues the job's trace. One
+    sent while other work is current (a destination reset releasing jobs, a worker's flow control releasing
+    another job) starts a trace of its own, linked to that work's span: no trace holds another job's attempts."""
 
     def add(self, job_id: uuid.UUID, seq: int, queue: str, options: MutableMapping[str, object]) -> None:
-        attributes = {"wjp.dispatch_seq": seq, "messaging.destination.name": queue}
-        span = self.start("wjp.enqueue", job_id, "PRODUCER", **attributes)
+        from opentelemetry import trace
+        from opentelemetry.context import Context
+        from opentelemetry.trace import SpanKind
+
+        attributes = {JOB: str(job_id), "wjp.dispatch_seq": seq, "messaging.destination.name": queue}
+        parent, links = _carried.get(job_id), []
+        current = trace.get_current_span()
+        if parent is None and current.get_span_context().is_valid and _job_of(current) != str(job_id):
+            parent, links = Context(), [trace.Link(current.get_span_context())]
+        span = tracer().start_span("wjp.enqueue", context=parent, kind=SpanKind.PRODUCER, links=links,
+                                   attributes=attributes)  # fmt: skip
+        self.spans.append(span)
         options[TRACE_OPTION] = _inject(span)
+
+
+def _job_of(span: Span) -> object:
+    """The job a span of ours is about (None for one that says none, or records nothing)."""
+    return (getattr(span, "attributes", None) or {}).get(JOB)
 
 
 def enqueued() -> Enqueued | None:

@@ -29,6 +29,8 @@ class TraceRequests:
         if span is not None and req.uri_template:
             span.update_name(f"{req.method} {req.uri_template}")
             span.set_attribute("http.route", req.uri_template)
+            if "job_id" in params:  # a job's own request: a retry it sends continues the job's trace from here
+                span.set_attribute(tracing.JOB, str(params["job_id"]))
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
@@ -39,7 +41,7 @@ class TraceRequests:
         status = resp.status_code
         span.set_attribute("http.response.status_code", status)
         if isinstance(resp.media, dict) and "job_id" in resp.media:
-            span.set_attribute("wjp.job_id", str(resp.media["job_id"]))
+            span.set_attribute(tracing.JOB, str(resp.media["job_id"]))
         if status >= 500:
             span.set_status(StatusCode.ERROR)
         span.end()

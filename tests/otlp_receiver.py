@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+
+from actors import tracing
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class ReceivedSpan:
     attributes: dict[str, Any]
     service: str
     error: bool
+    #: The span ids this span links to (a span that starts a trace of its own, caused by another).
+    links: tuple[str, ...] = ()
 
 
 def _value(value: AnyValue) -> Any:
@@ -89,6 +94,7 @@ class OtlpReceiver:
                             attributes={a.key: _value(a.value) for a in span.attributes},
                             service=str(resource.get("service.name", "")),
                             error=span.status.code == span.status.STATUS_CODE_ERROR,
+                            links=tuple(link.span_id.hex() for link in span.links),
                         )
                     )
         with self._lock:
@@ -107,6 +113,18 @@ class OtlpReceiver:
                 return spans
             time.sleep(0.05)
         raise AssertionError(f"the spans never met the condition; received: {self.received()}")
+
+
+@contextmanager
+def exporting(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
+    """Tracing on in the test's process, exporting to a real OTLP/HTTP receiver; off again afterwards."""
+    with otlp_receiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        assert tracing.start("wjp-test")
+        try:
+            yield receiver
+        finally:
+            tracing.stop()
 
 
 @contextmanager

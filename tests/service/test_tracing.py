@@ -15,7 +15,7 @@ import redis
 from actors import tracing
 from actors.broker import NAMESPACE
 from tests.e2e.conftest import ROOT
-from tests.otlp_receiver import otlp_receiver
+from tests.otlp_receiver import exporting
 from tests.service.conftest import notification, post
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -24,14 +24,8 @@ CALLER_SPAN = "00f067aa0ba902b7"
 
 @pytest.fixture
 def traced(monkeypatch):
-    """Tracing on in this process, exporting to a real OTLP/HTTP receiver."""
-    with otlp_receiver() as receiver:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
-        assert tracing.start("wjp-api-test")
-        try:
-            yield receiver
-        finally:
-            tracing.stop()
+    with exporting(monkeypatch) as receiver:
+        yield receiver
 
 
 def queued_message(redis_server_url: str, queue_name: str, job_id: str) -> dict:
@@ -53,7 +47,7 @@ def test_a_post_continues_the_callers_trace_and_its_message_carries_the_enqueue_
     assert {s.trace_id for s in spans} == {CALLER_TRACE}
     by_name = {s.name: s for s in spans}
     request = by_name["POST /api/notifications"]
-    assert request.parent_id == CALLER_SPAN and request.service == "wjp-api-test"
+    assert request.parent_id == CALLER_SPAN and request.service == "wjp-test"
     assert by_name["wjp.ledger.write"].parent_id == request.span_id
     enqueue = by_name["wjp.enqueue"]
     assert enqueue.parent_id == request.span_id and enqueue.attributes["wjp.job_id"] == job_id
