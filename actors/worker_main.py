@@ -1,17 +1,19 @@
-"""What `wjp worker` runs: Dramatiq's command line, whose main process then logs in `WJP_LOG_FORMAT` too.
+"""What `wjp worker` runs with `WJP_LOG_FORMAT=json`: Dramatiq's command line, its main process logging JSON too.
 
-With JSON logs the root logger is set up here, before Dramatiq's own set-up (which then leaves it be), and its
-worker processes inherit it; with the human format Dramatiq sets up its own, as it always has."""
+The root logger is set up here, before Dramatiq's own set-up (which then leaves it be), and its worker processes
+inherit it."""
 
 from __future__ import annotations
 
 import sys
 
-from dramatiq.cli import main
+from dramatiq.cli import main, make_argument_parser
 
 from actors import log_format
 
 if __name__ == "__main__":
-    if log_format.json_logs():
-        log_format.configure()
-    sys.exit(main())
+    log_format.configure()
+    args = make_argument_parser().parse_args()
+    # Dramatiq reloads on SIGHUP by exec'ing its argv: through this module again, not this file as a program.
+    sys.argv = [sys.executable, "-m", __spec__.name, *sys.argv[1:]]
+    sys.exit(main(args))

@@ -147,7 +147,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.environ["dramatiq_prom_db"] = metrics_dir  # noqa: SIM112
         os.environ["dramatiq_prom_port"] = str(settings.worker_metrics_port)  # noqa: SIM112
     argv = [
-        sys.executable, "-m", "actors.worker_main", "actors.worker",
+        sys.executable, "-m", "actors.worker_main" if log_format.json_logs() else "dramatiq", "actors.worker",
         "--processes", str(args.processes),
         "--threads", str(args.threads),
         "--queues", settings.queue,
