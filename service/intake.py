@@ -31,8 +31,11 @@ class GroupIntake:
 
     def accept(self, item: Accepting) -> IntakeResult:
         """Record `item` unless its key is known, and send its message if it is due; see `intake.accept`."""
-        with tracing.carrying(item.job_id):
-            result = self._groups.submit(item)
+        with tracing.carrying(item.job_id):  # its spans, whichever thread makes them, are the request's children
+            return self._accept(item)
+
+    def _accept(self, item: Accepting) -> IntakeResult:
+        result = self._groups.submit(item)
         if result is not None:
             return result
         # Its key was taken (or the group failed as a whole): the replay, mismatch or rare creation alone.
