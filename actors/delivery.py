@@ -238,7 +238,7 @@ class Delivery:
         deadline = time.monotonic() + self.settings.attempt_time_limit
         claimed_at = self.clock()
         dispatch = Dispatch(message_job_id, seq, claimed_at, destination)
-        with observe.claiming():
+        with observe.claiming(message_job_id):
             job = self._ledger.submit(_Claim(message_job_id, seq, destination if flow else "", rid))
         if isinstance(job, Admission):
             flow.defer(dispatch, job)  # type: ignore[union-attr]

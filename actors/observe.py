@@ -5,6 +5,7 @@ and the delivery attempt inside it."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +48,7 @@ class ObserveMessages(Middleware):
                 "wjp.process",
                 context=tracing.extract(carried if isinstance(carried, dict) else None),
                 kind=SpanKind.CONSUMER,
-                attributes={"wjp.job_id": str(job_id), "wjp.destination": destination or "",
+                attributes={tracing.JOB: str(job_id), "wjp.destination": destination or "",
                             "messaging.message.id": message.message_id,
                             "messaging.destination.name": message.queue_name},
             )  # fmt: skip
@@ -88,9 +89,9 @@ def outcome_of(error: DeliveryError | None) -> str:
     return (Outcome.PERMANENT_ERROR if isinstance(error, PermanentError) else Outcome.TRANSIENT_ERROR).value
 
 
-def claiming() -> Any:
+def claiming(job_id: uuid.UUID) -> Any:
     """The span of a message's claim of its job's attempt (the ledger statement it shares with others)."""
-    return tracing.span("wjp.claim")
+    return tracing.span("wjp.claim", **{tracing.JOB: str(job_id)}) if tracing.enabled() else tracing.NO_SPAN
 
 
 def attempt(
@@ -103,7 +104,7 @@ def attempt(
         return run(job, deadline)
     from opentelemetry.trace import SpanKind, StatusCode
 
-    attributes = {"wjp.job_id": str(job.id), "wjp.channel": job.channel, "wjp.destination": destination,
+    attributes = {tracing.JOB: str(job.id), "wjp.channel": job.channel, "wjp.destination": destination,
                   "wjp.attempt": job.attempt}  # fmt: skip
     with tracing.tracer().start_as_current_span("wjp.deliver", kind=SpanKind.CLIENT, attributes=attributes) as span:
         error = run(job, deadline)

@@ -98,7 +98,8 @@ def test_one_notification_is_one_trace_from_post_to_success_and_every_log_line_i
             assert delivery.attributes["wjp.destination"] == job["destination"]
             assert process.name == "wjp.process" and process.kind == "CONSUMER"
             assert process.attributes["wjp.job_id"] == job_id
-            assert any(s.name == "wjp.claim" and s.parent_id == process.span_id for s in trace)
+            claim = [s for s in trace if s.name == "wjp.claim" and s.parent_id == process.span_id]
+            assert [c.attributes["wjp.job_id"] for c in claim] == [job_id]
         assert first.parent_id == first_send.span_id
         # The retry is sent from within the first attempt's message, and its message continues the trace.
         retry_send = by_id[second.parent_id]
