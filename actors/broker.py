@@ -19,6 +19,7 @@ from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
+from actors import tracing
 from actors.consumer import BELL_TOKENS, CONNECTION_LOST, NAMESPACE, BelledConsumer, bell_key
 from actors.redis_address import connection_pool
 from actors.settings import TIME_LIMIT_CHECK_MS, SettingsError
@@ -308,6 +309,7 @@ class Dispatcher:
         messages = []
         encode = dramatiq.get_encoder().encode
         sent_at = current_millis()
+        traced = tracing.enqueued()
         for dispatch in dispatches:
             rid = redis_message_id(dispatch)
             delay_ms = int((dispatch.due_at - now).total_seconds() * 1000)
@@ -318,6 +320,8 @@ class Dispatcher:
             if delay_ms > 0:
                 queue = dq_name(self.queue)
                 options["eta"] = sent_at + delay_ms
+            if traced is not None:
+                traced.add(dispatch.job_id, dispatch.seq, queue, options)
             # The fields of a `dramatiq.Message`, as its `encode` writes them, without building the dataclass only
             # to take it apart again.
             fields = {
@@ -328,7 +332,8 @@ class Dispatcher:
         if not messages:
             return 0
         try:
-            self.broker.enqueue_many(messages)
+            with traced or tracing.NO_SPAN:
+                self.broker.enqueue_many(messages)
         except (redis.RedisError, ConnectionClosed) as exc:
             raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
         return len(messages)

@@ -17,7 +17,7 @@ import dramatiq
 from dramatiq.middleware import TimeLimitExceeded
 from sqlalchemy import Connection
 
-from actors import metrics
+from actors import metrics, observe
 from actors.backoff import Verdict, decide
 from actors.batching import Batcher
 from actors.broker import BrokerUnavailable, Dispatcher, parse_redis_message_id
@@ -160,7 +160,8 @@ class Delivery:
             claimed = [self._claim_alone(dispatch, now=now) for dispatch in dispatches]
         for (job, _, elapsed_ms), succeeded in zip(delivered, done, strict=True):
             if succeeded:
-                log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms)
+                log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms,
+                         extra={"job_id": job.id, "attempt": job.attempt})  # fmt: skip
             else:
                 _log_taken_back(job)
         successes, claim_results = iter(done), iter(claimed)
@@ -237,7 +238,8 @@ class Delivery:
         deadline = time.monotonic() + self.settings.attempt_time_limit
         claimed_at = self.clock()
         dispatch = Dispatch(message_job_id, seq, claimed_at, destination)
-        job = self._ledger.submit(_Claim(message_job_id, seq, destination if flow else "", rid))
+        with observe.claiming(message_job_id):
+            job = self._ledger.submit(_Claim(message_job_id, seq, destination if flow else "", rid))
         if isinstance(job, Admission):
             flow.defer(dispatch, job)  # type: ignore[union-attr]
             return
@@ -245,7 +247,7 @@ class Delivery:
             self._handle_unclaimed(dispatch)
             return
         started = time.perf_counter()
-        error = self._attempt(job, deadline)
+        error = observe.attempt(self._attempt, job, deadline, destination)
         metrics.observe_attempt(job.channel, error, time.perf_counter() - started)
         if flow is not None:
             flow.finished(destination, rid, error)

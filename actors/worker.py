@@ -8,10 +8,12 @@ import os
 
 import dramatiq
 
+from actors import log_format, tracing
 from actors.actor import declare_actor
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
 from actors.delivery import Delivery
+from actors.observe import ObserveMessages
 from actors.settings import Settings, positive_int
 from actors.worker_logging import log_straight_to_stderr
 from ledger.database import Database
@@ -24,6 +26,9 @@ if settings.worker_metrics_port:
     from dramatiq.middleware.prometheus import Prometheus
 
     broker.add_middleware(Prometheus())
+json_logs = log_format.configure() == "json"
+if tracing.start("wjp-worker") or json_logs:
+    broker.add_middleware(ObserveMessages(json_logs=json_logs))
 dramatiq.set_broker(broker)
 # A connection per Dramatiq thread (`wjp worker --threads`, which passes the number on), one for transactions (none
 # on the delivery path) and the ledger batcher's kept one; README.md, "Running in production", sums them up.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import sys
 
 from dramatiq.compat import StreamablePipe
 
@@ -34,7 +35,15 @@ class _StraightToStderr:
 
 
 def log_straight_to_stderr() -> None:
-    """In a Dramatiq worker process: send the lines of the handler Dramatiq set up to stderr, not to the pipe."""
+    """In a Dramatiq worker process: send the lines of the handler Dramatiq set up to stderr, not to the pipe.
+
+    With JSON logs the handler is the one this process inherited from its main process (`actors.worker_main`),
+    writing to the inherited stderr: its long lines go through Dramatiq's pipe (now `sys.stderr`) likewise."""
+    pipe = sys.stderr if isinstance(sys.stderr, StreamablePipe) else None
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and isinstance(handler.stream, StreamablePipe):
+        if not isinstance(handler, logging.StreamHandler):
+            continue
+        if isinstance(handler.stream, StreamablePipe):
             handler.setStream(_StraightToStderr(handler.stream))  # type: ignore[arg-type]
+        elif pipe is not None and handler.stream is sys.__stderr__:
+            handler.setStream(_StraightToStderr(pipe))  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import falcon
 
+from actors import tracing
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
 from actors.flow import Gate
@@ -62,6 +63,10 @@ def create_app(
     middleware: list[object] = [ApiKeyMiddleware(ctx.database, limiter=limiter, default_rate=settings.api_key_rate)]
     if settings.admin_token:
         middleware.insert(0, AdminTokenMiddleware(settings.admin_token, sessions))
+    if tracing.enabled():
+        from service.tracing import TraceRequests  # OpenTelemetry is imported only when tracing is on
+
+        middleware.insert(0, TraceRequests())
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
@@ -86,6 +91,7 @@ def create_app(
 def create_app_from_env() -> falcon.App:
     """Entry point for gunicorn (`service.app:create_app_from_env()`), called in each worker after fork."""
     settings = ServiceSettings.from_env()
+    tracing.start("wjp-api")
     if settings.metrics_dir:
         multiproc.name_files_by_slot(settings.metrics_dir)
     return create_app(settings)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from actors import log_format, tracing
 from actors.broker import BrokerUnavailable, Dispatcher, make_broker
 from actors.channels import build_channels
 from actors.flow import Gate
@@ -63,6 +64,7 @@ def _positive(text: str) -> int:
 
 def _settings() -> Settings:
     settings = Settings.from_env()
+    tracing.configured()  # a bad OTEL_* value stops every command, `serve` and `worker` before they start
     try:
         build_channels(settings.channels)
     except ValueError as exc:
@@ -145,7 +147,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.environ["dramatiq_prom_db"] = metrics_dir  # noqa: SIM112
         os.environ["dramatiq_prom_port"] = str(settings.worker_metrics_port)  # noqa: SIM112
     argv = [
-        sys.executable, "-m", "dramatiq", "actors.worker",
+        sys.executable, "-m", "actors.worker_main" if log_format.json_logs() else "dramatiq", "actors.worker",
         "--processes", str(args.processes),
         "--threads", str(args.threads),
         "--queues", settings.queue,
@@ -169,6 +171,7 @@ def make_reconciler(settings: Settings) -> Reconciler:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     settings = _settings()
+    tracing.start("wjp-reconciler")
     reconciler = make_reconciler(settings)
 
     def report(result: PassReport) -> None:
@@ -210,6 +213,7 @@ def since(text: str) -> datetime:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     settings = _settings()
+    tracing.start("wjp-cli")
     database = _ledger(settings)
     dispatcher = Dispatcher(make_broker(settings.redis_url), settings.queue)
     now = utcnow()
@@ -383,19 +387,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(text: str) -> None:
+    """The one line a command that cannot go on ends with: a JSON log line with `WJP_LOG_FORMAT=json`."""
+    if log_format.json_logs():
+        log.error(text)
+    else:
+        print(f"wjp: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        log_format.configure()
+    except log_format.BadLogFormat as exc:
+        print(f"wjp: invalid setting: {exc}", file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except SettingsError as exc:
-        print(f"wjp: invalid setting: {exc}", file=sys.stderr)
+        _fail(f"invalid setting: {exc}")
     except LedgerUnavailable as exc:
-        print(f"wjp: ledger unreachable: {exc}", file=sys.stderr)
-    except BrokerUnavailable as exc:
-        print(f"wjp: {exc}", file=sys.stderr)
-    except CommandError as exc:
-        print(f"wjp: {exc}", file=sys.stderr)
+        _fail(f"ledger unreachable: {exc}")
+    except (BrokerUnavailable, CommandError) as exc:
+        _fail(str(exc))
     except KeyboardInterrupt:
         return 130
     return 1

@@ -49,3 +49,16 @@ control_socket_disable = True
 # The worker heartbeat file is touched constantly; on a disk-backed /tmp (as in many containers)
 # that can stall workers, so use the RAM-backed /dev/shm when it is there and writable.
 worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+# WJP_LOG_FORMAT=json (checked by `wjp serve`): gunicorn's own lines and the app's, one JSON object per line on stderr.
+# A logging config turns gunicorn's access log on; its lines are held back (WARNING) to keep it off, as above.
+if os.environ.get("WJP_LOG_FORMAT", "").strip().lower() == "json":
+    logconfig_dict = {
+        "root": {"level": "INFO", "handlers": ["json"]},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
+        },
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "formatters": {"json": {"()": "actors.log_format.JsonFormatter"}},
+    }

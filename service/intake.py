@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from actors import tracing
 from actors.batching import Batcher
 from ledger import intake
 from ledger.database import Database
@@ -30,6 +31,10 @@ class GroupIntake:
 
     def accept(self, item: Accepting) -> IntakeResult:
         """Record `item` unless its key is known, and send its message if it is due; see `intake.accept`."""
+        with tracing.carrying(item.job_id):  # its spans, whichever thread makes them, are the request's children
+            return self._accept(item)
+
+    def _accept(self, item: Accepting) -> IntakeResult:
         result = self._groups.submit(item)
         if result is not None:
             return result
@@ -45,7 +50,8 @@ class GroupIntake:
 
     def _accept_group(self, group: list[Accepting]) -> list[IntakeResult | None]:
         try:
-            results = self.database.run(lambda conn: intake.accept_many(conn, group), kept=True)
+            with tracing.each("wjp.ledger.write", group):
+                results = self.database.run(lambda conn: intake.accept_many(conn, group), kept=True)
         except LedgerUnavailable:
             raise
         except Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import select
+import sys
 
 import pytest
 from dramatiq.compat import StreamablePipe
@@ -49,3 +50,26 @@ def test_handlers_that_do_not_write_to_dramatiqs_pipe_are_left_alone(capsys):
         assert handler.stream is stream
     finally:
         root.removeHandler(handler)
+
+
+def test_with_json_logs_the_inherited_stderr_handler_sends_long_lines_through_the_pipe(capfd, monkeypatch):
+    """`actors.worker_main` sets the root handler up on stderr before Dramatiq forks; in a worker process
+    Dramatiq's pipe is `sys.stderr`, and a line too long for one atomic write goes through it."""
+    read_end, write_end = multiprocessing.Pipe(duplex=False)
+    handler = logging.StreamHandler(sys.__stderr__)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    monkeypatch.setattr(sys, "stderr", StreamablePipe(write_end))
+    try:
+        log_straight_to_stderr()
+        logger = logging.getLogger("wjp.test.worker_logging")
+        logger.warning('{"event": "short"}')
+        long_line = "y" * select.PIPE_BUF
+        logger.warning(long_line)
+        assert capfd.readouterr().err == '{"event": "short"}\n'
+        assert read_end.poll(1)
+        assert read_end.recv_bytes().decode() == long_line + "\n"
+    finally:
+        root.removeHandler(handler)
+        read_end.close()
+        write_end.close()
