@@ -1,0 +1,171 @@
+"""The listing on the maintenance phase's big ledger: pages of a filtered walk read deep into it, over HTTP from
+`wjp serve` and in this process from the ledger, and the plans of the listing's statements for every filter.
+
+A deep cursor is made as the API makes one: the horizon of a real first page, and the position of a job that
+matches the filters halfway (30–70 %) down the walk.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from bench.common import DATABASE_URL, bench_connect, pct
+
+#: The filtered pages the target is about: status + channel, one rare status and one common one.
+CASES = {
+    "failed_webhook": {"status": "FAILED", "channel": "webhook"},
+    "success_email": {"status": "SUCCESS", "channel": "email"},
+}
+PAGE = 50
+#: Where the deep cursors stand, as fractions of the walk from its newest job.
+DEPTHS = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def measure(port: int, samples: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, params in CASES.items():
+        cursors = deep_cursors(port, params)
+        http_ms = _timed(samples, lambda i, c=cursors, p=params: _get(port, {**p, "cursor": c[i % len(c)]}))
+        out[name] = {
+            "http_ms_p50": round(pct(http_ms, 50), 3),
+            "http_ms_p99": round(pct(http_ms, 99), 3),
+            "ledger_ms": _ledger_times(params, cursors, samples),
+        }
+    out["explain"] = explain_plans()
+    return out
+
+
+def worst_p99(scale: dict[str, Any] | None) -> float | None:
+    """The target's figure: the slower case's HTTP p99, on one scale of the maintenance phase."""
+    found = (scale or {}).get("listing")
+    return max(found[name]["http_ms_p99"] for name in CASES) if found else None
+
+
+def _get(port: int, params: dict[str, str]) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/api/notifications?" + urlencode({**params, "limit": PAGE}))
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    assert response.status == 200, (response.status, body[:200])
+    page = json.loads(body)
+    assert len(page["data"]) == PAGE, len(page["data"])
+    return page
+
+
+def _timed(samples: int, call: Any) -> list[float]:
+    times = []
+    for i in range(samples + 5):
+        started = time.perf_counter()
+        call(i)
+        times.append((time.perf_counter() - started) * 1000)
+    return times[5:]
+
+
+def deep_cursors(port: int, params: dict[str, str]) -> list[str]:
+    from ledger.listing import Filters, Position
+    from ledger.states import Status
+    from service.listing import Cursor, encode_cursor, parse_query, scope_digest
+
+    first = _get(port, params)
+    walk = parse_query({"cursor": first["next_cursor"]}, dialect="postgresql").cursor
+    assert walk is not None
+    filters = Filters(scope="", statuses=frozenset({Status(params["status"])}), channel=params["channel"])
+    cursors = []
+    with bench_connect() as conn:
+        oldest, newest = conn.execute("SELECT min(created_at), max(created_at) FROM jobs WHERE scope = ''").fetchone()
+        for depth in DEPTHS:
+            moment = newest - (newest - oldest) * depth
+            row = conn.execute(
+                "SELECT created_at, id FROM jobs WHERE scope = '' AND status = %s AND channel = %s AND created_at < %s"
+                " ORDER BY created_at DESC, id DESC LIMIT 1",
+                (params["status"], params["channel"], moment),
+            ).fetchone()
+            position = Position(row[0].astimezone(UTC), row[1])
+            cursors.append(encode_cursor(Cursor(walk.horizon, position, filters, scope_digest(""))))
+    return cursors
+
+
+def _ledger_times(params: dict[str, str], cursors: list[str], samples: int) -> dict[str, float]:
+    """The page's statements alone, on a warm connection of this process: what the ledger costs of a page."""
+    from ledger import listing
+    from ledger.database import Database
+    from service.listing import parse_query
+
+    database = Database(DATABASE_URL, pool_size=1, transactions=1, kept=0)
+    queries = [parse_query({**params, "cursor": c}, dialect="postgresql") for c in cursors]
+
+    def page(i: int) -> None:
+        query = queries[i % len(queries)]
+        assert query.cursor is not None
+        cursor = query.cursor
+        found = database.run(
+            lambda conn: listing.list_jobs(
+                conn, query.filters, limit=PAGE, horizon=cursor.horizon, after=cursor.position
+            )
+        )
+        assert len(found.jobs) == PAGE
+
+    times = _timed(samples, page)
+    database.dispose()
+    return {"p50": round(pct(times, 50), 3), "p99": round(pct(times, 99), 3)}
+
+
+def explain_plans() -> dict[str, list[str]]:
+    """EXPLAIN (ANALYZE, BUFFERS) of a page halfway down the walk for each filter, as the product sends it."""
+    from ledger.database import Database
+    from ledger.listing import Filters, Position
+    from ledger.states import Status
+
+    database = Database(DATABASE_URL, pool_size=1, transactions=1, kept=0)
+    with bench_connect() as conn:
+        oldest, newest = conn.execute("SELECT min(created_at), max(created_at) FROM jobs WHERE scope = ''").fetchone()
+    middle = (oldest + (newest - oldest) / 2).astimezone(UTC)
+    after = Position(middle, uuid.UUID(int=2**128 - 1))
+    day = middle - (middle - datetime(2026, 9, 1, tzinfo=UTC)) / 2
+    filters = {
+        "none": Filters(scope=""),
+        "status": Filters(scope="", statuses=frozenset({Status.FAILED})),
+        "statuses": Filters(scope="", statuses=frozenset({Status.FAILED, Status.CANCELLED})),
+        "channel": Filters(scope="", channel="sms"),
+        "destination": Filters(scope="", destination=""),
+        "created": Filters(scope="", created_after=day, created_before=middle),
+        "status_channel": Filters(scope="", statuses=frozenset({Status.FAILED}), channel="webhook"),
+    }
+    plans = {}
+    for name, wanted in filters.items():
+        statement, parameters = _page_statement(database, wanted, after)
+        with database.engine.connect() as conn:
+            rows = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters).fetchall()
+            conn.rollback()
+        plans[name] = [row[0] for row in rows]
+    database.dispose()
+    return plans
+
+
+def _page_statement(database: Any, filters: Any, after: Any) -> tuple[str, Any]:
+    """The SQL and parameters of the page past `after` of a walk begun now, as the ledger sends them."""
+    from sqlalchemy import event
+
+    from ledger import listing
+
+    captured: list[tuple[str, Any]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        captured.append((statement, parameters))
+
+    horizon = database.run(lambda conn: listing.list_jobs(conn, filters, limit=1).horizon)
+    event.listen(database.engine, "before_cursor_execute", capture)
+    try:
+        database.run(
+            lambda conn: listing.list_jobs(conn, filters, limit=PAGE, horizon=horizon, after=after), transaction=True
+        )
+    finally:
+        event.remove(database.engine, "before_cursor_execute", capture)
+    return captured[-1]
