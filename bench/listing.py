@@ -2,7 +2,7 @@
 `wjp serve` and in this process from the ledger, and the plans of the listing's statements for every filter.
 
 A deep cursor is made as the API makes one: the horizon of a real first page, and the position of a job that
-matches the filters halfway (30–70 %) down the walk.
+matches the filters 30–70 % of the way down the walk through the seeded history.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import http.client
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from bench.common import DATABASE_URL, bench_connect, pct
+from bench.common import DATABASE_URL, QUICK, bench_connect, pct
 
 #: The filtered pages the target is about: status + channel, one rare status and one common one.
 CASES = {
@@ -23,21 +23,26 @@ CASES = {
     "success_email": {"status": "SUCCESS", "channel": "email"},
 }
 PAGE = 50
-#: Where the deep cursors stand, as fractions of the walk from its newest job.
+#: Pages timed per case: a p99 of 200 samples is their second slowest, too much at the mercy of one hiccup.
+SAMPLES = 200 if QUICK else 1000
+#: Where the deep cursors stand, as fractions of the walk through the history from its newest job.
 DEPTHS = (0.3, 0.4, 0.5, 0.6, 0.7)
+#: bench/seed.py dates its history row g at this origin + g seconds.
+SEED_ORIGIN = datetime(2026, 9, 1, tzinfo=UTC)
 
 
-def measure(port: int, samples: int) -> dict[str, Any]:
+def measure(port: int, history: int, samples: int = SAMPLES) -> dict[str, Any]:
+    """`history`: the rows of seeded history in the ledger."""
     out: dict[str, Any] = {}
     for name, params in CASES.items():
-        cursors = deep_cursors(port, params)
+        cursors = deep_cursors(port, params, history)
         http_ms = _timed(samples, lambda i, c=cursors, p=params: _get(port, {**p, "cursor": c[i % len(c)]}))
         out[name] = {
             "http_ms_p50": round(pct(http_ms, 50), 3),
             "http_ms_p99": round(pct(http_ms, 99), 3),
             "ledger_ms": _ledger_times(params, cursors, samples),
         }
-    out["explain"] = explain_plans()
+    out["explain"] = explain_plans(history)
     return out
 
 
@@ -68,7 +73,11 @@ def _timed(samples: int, call: Any) -> list[float]:
     return times[5:]
 
 
-def deep_cursors(port: int, params: dict[str, str]) -> list[str]:
+def _seeded_at(g: float) -> datetime:
+    return SEED_ORIGIN + timedelta(seconds=g)
+
+
+def deep_cursors(port: int, params: dict[str, str], history: int) -> list[str]:
     from ledger.listing import Filters, Position
     from ledger.states import Status
     from service.listing import Cursor, encode_cursor, parse_query, scope_digest
@@ -79,9 +88,8 @@ def deep_cursors(port: int, params: dict[str, str]) -> list[str]:
     filters = Filters(scope="", statuses=frozenset({Status(params["status"])}), channel=params["channel"])
     cursors = []
     with bench_connect() as conn:
-        oldest, newest = conn.execute("SELECT min(created_at), max(created_at) FROM jobs WHERE scope = ''").fetchone()
         for depth in DEPTHS:
-            moment = newest - (newest - oldest) * depth
+            moment = _seeded_at(history * (1 - depth))
             row = conn.execute(
                 "SELECT created_at, id FROM jobs WHERE scope = '' AND status = %s AND channel = %s AND created_at < %s"
                 " ORDER BY created_at DESC, id DESC LIMIT 1",
@@ -117,25 +125,22 @@ def _ledger_times(params: dict[str, str], cursors: list[str], samples: int) -> d
     return {"p50": round(pct(times, 50), 3), "p99": round(pct(times, 99), 3)}
 
 
-def explain_plans() -> dict[str, list[str]]:
+def explain_plans(history: int) -> dict[str, list[str]]:
     """EXPLAIN (ANALYZE, BUFFERS) of a page halfway down the walk for each filter, as the product sends it."""
     from ledger.database import Database
     from ledger.listing import Filters, Position
     from ledger.states import Status
 
     database = Database(DATABASE_URL, pool_size=1, transactions=1, kept=0)
-    with bench_connect() as conn:
-        oldest, newest = conn.execute("SELECT min(created_at), max(created_at) FROM jobs WHERE scope = ''").fetchone()
-    middle = (oldest + (newest - oldest) / 2).astimezone(UTC)
+    middle = _seeded_at(history / 2)
     after = Position(middle, uuid.UUID(int=2**128 - 1))
-    day = middle - (middle - datetime(2026, 9, 1, tzinfo=UTC)) / 2
     filters = {
         "none": Filters(scope=""),
         "status": Filters(scope="", statuses=frozenset({Status.FAILED})),
         "statuses": Filters(scope="", statuses=frozenset({Status.FAILED, Status.CANCELLED})),
         "channel": Filters(scope="", channel="sms"),
         "destination": Filters(scope="", destination=""),
-        "created": Filters(scope="", created_after=day, created_before=middle),
+        "created": Filters(scope="", created_after=_seeded_at(history / 4), created_before=middle),
         "status_channel": Filters(scope="", statuses=frozenset({Status.FAILED}), channel="webhook"),
     }
     plans = {}

@@ -198,3 +198,10 @@ def test_the_limit_is_held_to_its_bounds(database):
     for limit in (0, listing.MAX_LIMIT + 1):
         with pytest.raises(ValueError):
             database.run(lambda conn, limit=limit: listing.list_jobs(conn, Filters(scope=""), limit=limit))
+
+
+def test_jobs_older_than_the_creating_transaction_column_are_in_every_walk(database):
+    ids = [submit(database, f"k{i}", now=T0 + i * SECOND) for i in range(3)]
+    database.run(lambda conn: conn.execute(text("UPDATE jobs SET created_xid = NULL")), transaction=True)
+
+    assert walk(database, Filters(scope=""), limit=1) == ids[::-1]
