@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from bench.common import DATABASE_URL, QUICK, bench_connect, pct
+from bench import common
+from bench.common import DATABASE_URL, QUICK, CpuMeter, Service, bench_connect, pct
 
 #: The filtered pages the target is about: status + channel, one rare status and one common one.
 CASES = {
@@ -31,15 +32,21 @@ DEPTHS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SEED_ORIGIN = datetime(2026, 9, 1, tzinfo=UTC)
 
 
-def measure(port: int, history: int, samples: int = SAMPLES) -> dict[str, Any]:
-    """`history`: the rows of seeded history in the ledger."""
+def measure(api: Service, port: int, history: int, samples: int = SAMPLES) -> dict[str, Any]:
+    """`api`: the `wjp serve` listening on `port`; `history`: the rows of seeded history in the ledger. Besides the
+    times, the CPU per page of the API and of its PostgreSQL backends, which other users' load sways less."""
     out: dict[str, Any] = {}
     for name, params in CASES.items():
         cursors = deep_cursors(port, params, history)
-        http_ms = _timed(samples, lambda i, c=cursors, p=params: _get(port, {**p, "cursor": c[i % len(c)]}))
+        with CpuMeter({"api": api.tree()}, common.backends_of_bench()) as meter:
+            http_ms = _timed(samples, lambda i, c=cursors, p=params: _get(port, {**p, "cursor": c[i % len(c)]}))
+        cores = meter.cores()
         out[name] = {
             "http_ms_p50": round(pct(http_ms, 50), 3),
             "http_ms_p99": round(pct(http_ms, 99), 3),
+            "api_cpu_us_per_page": round(cores["api"] * meter.wall / len(http_ms) * 1e6),
+            "postgres_cpu_us_per_page": round(cores["postgres_bench_backends"] * meter.wall / len(http_ms) * 1e6),
+            "other_users_cores": cores["unaccounted_other_users"],
             "ledger_ms": _ledger_times(params, cursors, samples),
         }
     out["explain"] = explain_plans(history)

@@ -679,7 +679,7 @@ def phase_maintenance() -> dict:
             empty_cli = cli_pass()
             plans = explain_plans()
             log(f"  {label}: listing, deep pages of filtered walks")
-            listed = listing.measure(port, scale)
+            listed = listing.measure(api, port, scale)
             with bench_connect() as conn:
                 seed.add_candidates(conn, 1000)
             cand = candidate_passes(CANDIDATE_PASSES)
