@@ -16,13 +16,14 @@ is judged on each job's status when its page is read (it then appears at most on
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, literal, literal_column, select, text, tuple_, union_all
+from sqlalchemy import Connection, Integer, String, bindparam, func, literal_column, select, text, tuple_, union_all
 from sqlalchemy.types import Uuid
 
 from ledger.queries import JOB_COLUMNS, JobView, job_view
@@ -39,7 +40,7 @@ _ROWID = re.compile(r"\d{1,19}")
 _ROWID_COLUMN = literal_column("jobs.rowid")
 _VISIBLE_IN_SNAPSHOT = text(
     "(jobs.created_xid IS NULL OR pg_visible_in_snapshot(jobs.created_xid, CAST(:horizon AS pg_snapshot)))"
-)
+).bindparams(bindparam("horizon", type_=String()))
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,18 @@ def list_jobs(
     if horizon is None:
         horizon = _current_horizon(conn)
     # One more than asked: whether it comes back tells whether another page follows.
-    statement = _page_statement(conn.dialect.name, filters, horizon, after, limit + 1)
-    found = [job_view(row) for row in conn.execute(statement)]
+    statement, parameters = _page(conn.dialect.name, filters, horizon, after, limit + 1)
+    found = [job_view(row) for row in conn.execute(statement, parameters)]
     if len(found) <= limit:
         return Page(found, horizon, None)
     last = found[limit - 1]
     return Page(found[:limit], horizon, Position(last.created_at, last.id))
+
+
+def page_statement(dialect: str, filters: Filters, horizon: str, after: Position | None, limit: int) -> Any:
+    """The statement of a page with its values bound, as `list_jobs` sends it (for EXPLAIN)."""
+    statement, parameters = _page(dialect, filters, horizon, after, limit)
+    return statement.params(parameters)
 
 
 def _current_horizon(conn: Connection) -> str:
@@ -114,43 +121,75 @@ def _current_horizon(conn: Connection) -> str:
     return str(conn.execute(select(func.coalesce(func.max(_ROWID_COLUMN), 0)).select_from(jobs)).scalar_one())
 
 
-def _page_statement(dialect: str, filters: Filters, horizon: str, after: Position | None, limit: int) -> Any:
+@dataclass(frozen=True)
+class _Shape:
+    """What a page's statement is made of, apart from its values: a statement is built once per shape."""
+
+    dialect: str
+    statuses: int
+    channel: bool
+    destination: bool
+    created_after: bool
+    created_before: bool
+    after: bool
+
+
+def _page(
+    dialect: str, filters: Filters, horizon: str, after: Position | None, limit: int
+) -> tuple[Any, dict[str, Any]]:
+    statuses = sorted(filters.statuses)
+    optional = {
+        "channel": filters.channel,
+        "destination": filters.destination,
+        "created_after": filters.created_after,
+        "created_before": filters.created_before,
+    }
+    shape = _Shape(dialect, len(statuses), *(value is not None for value in optional.values()), after is not None)
+    parameters: dict[str, Any] = {
+        "scope": filters.scope,
+        "horizon": horizon if dialect == "postgresql" else int(horizon),
+        "limit": limit,
+        **{name: value for name, value in optional.items() if value is not None},
+        **{f"status_{i}": status.value for i, status in enumerate(statuses)},
+    }
+    if after is not None:
+        parameters.update(after_created_at=after.created_at, after_id=after.job_id)
+    return _statement(shape), parameters
+
+
+@functools.cache
+def _statement(shape: _Shape) -> Any:
     """One ordered, limited select when at most one status is asked for; else one per status, merged. A status
     each keeps every branch on the (scope, status, created_at, id) index in order, where `status IN (…)` would
     make the database sort every matching row to find the newest few."""
     order = (jobs.c.created_at.desc(), jobs.c.id.desc())
-    base = select(*JOB_COLUMNS).where(*_conditions(dialect, filters, horizon, after)).order_by(*order)
-    statuses = sorted(filters.statuses)
+    limit = bindparam("limit", type_=Integer())
+    base = select(*JOB_COLUMNS).where(*_conditions(shape)).order_by(*order)
+    statuses = [jobs.c.status == bindparam(f"status_{i}", type_=String()) for i in range(shape.statuses)]
     if len(statuses) <= 1:
-        return base.where(*(jobs.c.status == s.value for s in statuses)).limit(limit)
-    branches = [select(_limited(base.where(jobs.c.status == s.value), limit)) for s in statuses]
+        return base.where(*statuses).limit(limit)
+    # Each branch a subquery, since SQLite takes no ORDER BY or LIMIT on the members of a UNION ALL themselves.
+    branches = [select(base.where(status).limit(limit).subquery()) for status in statuses]
     merged = union_all(*branches).subquery("page")
     return select(merged).order_by(merged.c.created_at.desc(), merged.c.id.desc()).limit(limit)
 
 
-def _limited(statement: Select[Any], limit: int) -> Any:
-    # A subquery, since SQLite takes no ORDER BY or LIMIT on the members of a UNION ALL themselves.
-    return statement.limit(limit).subquery()
-
-
-def _conditions(dialect: str, filters: Filters, horizon: str, after: Position | None) -> list[Any]:
-    conditions: list[Any] = [jobs.c.scope == filters.scope]
-    if dialect == "postgresql":
-        conditions.append(_VISIBLE_IN_SNAPSHOT.bindparams(horizon=horizon))
+def _conditions(shape: _Shape) -> list[Any]:
+    conditions: list[Any] = [jobs.c.scope == bindparam("scope", type_=String())]
+    if shape.dialect == "postgresql":
+        conditions.append(_VISIBLE_IN_SNAPSHOT)
     else:
-        conditions.append(int(horizon) >= _ROWID_COLUMN)
-    if filters.channel is not None:
-        conditions.append(jobs.c.channel == filters.channel)
-    if filters.destination is not None:
-        conditions.append(jobs.c.destination == filters.destination)
-    if filters.created_after is not None:
-        conditions.append(jobs.c.created_at >= filters.created_after)
-    if filters.created_before is not None:
-        conditions.append(jobs.c.created_at < filters.created_before)
-    if after is not None:
+        conditions.append(bindparam("horizon", type_=Integer()) >= _ROWID_COLUMN)
+    if shape.channel:
+        conditions.append(jobs.c.channel == bindparam("channel", type_=String()))
+    if shape.destination:
+        conditions.append(jobs.c.destination == bindparam("destination", type_=String()))
+    if shape.created_after:
+        conditions.append(jobs.c.created_at >= bindparam("created_after", type_=UTCDateTime()))
+    if shape.created_before:
+        conditions.append(jobs.c.created_at < bindparam("created_before", type_=UTCDateTime()))
+    if shape.after:
         # A row comparison: both databases read it as one range of the index, from the position downwards.
-        conditions.append(
-            tuple_(jobs.c.created_at, jobs.c.id)
-            < tuple_(literal(after.created_at, UTCDateTime()), literal(after.job_id, Uuid()))
-        )
+        position = tuple_(bindparam("after_created_at", type_=UTCDateTime()), bindparam("after_id", type_=Uuid()))
+        conditions.append(tuple_(jobs.c.created_at, jobs.c.id) < position)
     return conditions

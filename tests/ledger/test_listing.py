@@ -179,10 +179,10 @@ def test_every_filter_is_served_by_an_index_in_walk_order(database, filters, ind
 def explain(conn, filters: Filters) -> str:
     """The plan of a page past a position, on a planner told that scans and sorts cost a great deal (the
     tables here are tiny: left to itself it would rightly read them whole)."""
-    statement = listing._page_statement(conn.dialect.name, filters, "1", LATER, 51)
+    statement = listing.page_statement(conn.dialect.name, filters, "1", LATER, 51)
     if conn.dialect.name == "postgresql":
         snapshot = str(conn.execute(text("SELECT pg_current_snapshot()")).scalar_one())
-        statement = listing._page_statement(conn.dialect.name, filters, snapshot, LATER, 51)
+        statement = listing.page_statement(conn.dialect.name, filters, snapshot, LATER, 51)
         for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
             conn.execute(text(f"SET {setting} = off"))
         compiled = statement.compile(conn, compile_kwargs={"literal_binds": True})
