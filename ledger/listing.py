@@ -1,14 +1,15 @@
 """Listing a producer's jobs newest first, page by page, each walk pinned to the jobs committed when it began.
 
-A walk is keyset-paginated on (created_at, id) descending, and every page after the first is also limited to
-the jobs its first page could see: its *horizon*. Ordering by created_at alone could not do that, since a job's
+A walk is keyset-paginated on (created_at, id) descending, and each of its pages is limited to the jobs
+committed when its first page was read: its *horizon*. Ordering by created_at alone could not do that, since a job's
 created_at is taken before its transaction commits: a slow intake can commit, after a walk began, a job dated
 before the walk's position. The horizon tells such a job apart by when it was committed:
 
 - PostgreSQL: the first page's snapshot (`pg_current_snapshot()`); a job counts when the transaction that
   created it (`jobs.created_xid`) is visible in that snapshot.
 - SQLite: the greatest rowid at the first page. SQLite has one writer at a time and gives a new row the next
-  rowid while it holds the write lock, so rowids follow commit order.
+  rowid while it holds the write lock, so rowids follow commit order. (A rowid comes back only when the newest
+  row is deleted, and VACUUM, which may renumber them, is never run on the ledger.)
 
 The horizon pins what a job's creation depends on; a job's status may change during a walk, and a status filter
 is judged on each job's status when its page is read (it then appears at most once, never twice).
