@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import common, flow, ratelimit
+from bench import common, flow, listing, ratelimit
 from bench.common import (
     BENCH,
     DATABASE_URL,
@@ -682,6 +682,8 @@ def phase_maintenance() -> dict:
             inproc = time_inprocess(RECONCILE_SAMPLES)
             empty_cli = cli_pass()
             plans = explain_plans()
+            log(f"  {label}: listing, deep pages of filtered walks")
+            listed = listing.measure(api, port, scale)
             with bench_connect() as conn:
                 seed.add_candidates(conn, 1000)
             cand = candidate_passes(CANDIDATE_PASSES)
@@ -707,6 +709,7 @@ def phase_maintenance() -> dict:
             "reconcile_1000_present_cli": cand_cli_rows,
             "counters": [int(x) for x in stats_rows],
             "explain": plans,
+            "listing": listed,
         }
         log(f"  {label}: stats HTTP p50 {out[label]['stats_http_ms_p50']} ms (query {out[label]['stats_query_ms_p50']} "
             f"ms), empty pass {out[label]['reconcile_empty_ms_p50']} ms, 1000-candidate pass "
@@ -775,6 +778,8 @@ def summarise(res: dict) -> dict:
         "stats_5m_ms": g(maint, "5m", "stats_http_ms_p50"),
         "reconcile_empty_5m_ms": g(maint, "5m", "reconcile_empty_ms_p50"),
         "reconcile_1000_5m_ms": g(maint, "5m", "reconcile_1000_ms_p50"),
+        "listing_1m_p99_ms": listing.worst_p99(maint.get("1m")),
+        "listing_5m_p99_ms": listing.worst_p99(maint.get("5m")),
     }  # fmt: skip
 
     def values(d: dict, *ks: str) -> list[float]:
@@ -802,6 +807,7 @@ def summarise(res: dict) -> dict:
         "e2e_p99_ms": target(out["e2e"]["p99_ms"], "<", 50, at_rate=out["e2e"]["rate"]),
         "stats_ms": target(out[stats_key], "<", 10, scale=scale_note),
         "reconcile_empty_ms": target(out[empty_key], "<", 20, scale=scale_note),
+        "listing_p99_ms": target(out[f"listing_{'5m' if big else '1m'}_p99_ms"], "<", 20, scale=scale_note),
         "rss_api_mb": target(out["rss_mb"]["api"], "<", 100),
         "rss_worker_mb": target(out["rss_mb"]["worker"], "<", 100),
     }  # fmt: skip
@@ -943,6 +949,11 @@ def render_table(res: dict) -> str:
         lines.append(
             f"| reconciler pass, 1,000 candidates, {scale[0]} M rows, ms | "
             f"{fmt(res[f'reconcile_1000_{scale}_ms'], 1)} | | | – | – |"
+        )
+        lines.append(
+            f"| listing, status + channel, 50 jobs deep in the walk, {scale[0]} M rows, HTTP p99 ms | "
+            f"{fmt(res[f'listing_{scale}_p99_ms'], 2)} | | | {'< 20' if judged else '–'} | "
+            f"{t['listing_p99_ms']['pass'] if judged else '–'} |"
         )
     lines.append(
         f"| RSS of an API worker, MB | {fmt(res['rss_mb']['api'], 1)} | | | < 100 | {t['rss_api_mb']['pass']} |"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     literal_column,
     text,
 )
+from sqlalchemy.types import UserDefinedType
 
 from ledger.states import FINISHED, Status
 from ledger.timestamps import UTCDateTime
@@ -34,6 +36,27 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+#: The listing's indexes, by name: the columns between the scope and the keyset.
+LISTING_INDEXES: dict[str, tuple[str, ...]] = {
+    "ix_jobs_listing": (),
+    "ix_jobs_listing_status": ("status",),
+    "ix_jobs_listing_channel": ("channel",),
+    "ix_jobs_listing_destination": ("destination",),
+}
+
+
+class TransactionId(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (`xid8`); only ever compared in SQL, never read."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+
+#: `jobs.created_xid`'s type: a plain integer on SQLite, where the column stays NULL.
+CREATED_XID_TYPE = TransactionId().with_variant(BigInteger(), "sqlite")
 
 #: Slots of the status counters. Each write transaction updates one slot (chosen by its
 #: transaction id), so concurrent writers rarely wait on the same counter row.
@@ -79,6 +102,10 @@ jobs = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("completed_at", UTCDateTime),
+    # PostgreSQL: the transaction that created the row (its default, set by migration 0007, is
+    # `pg_current_xact_id()`), which tells a listing walk whether the job was committed when the walk began
+    # (ledger/listing.py); NULL on rows older than the column. SQLite leaves it NULL: there, the rowid tells.
+    Column("created_xid", CREATED_XID_TYPE),
     UniqueConstraint("scope", "idempotency_key"),
     # Partial indexes hold only the few live rows, so the reconciler's and the stats' queries
     # cost what the candidates cost, not what the whole ledger costs.
@@ -122,6 +149,9 @@ jobs = Table(
         postgresql_where=text("status = 'FAILED'"),
         sqlite_where=text("status = 'FAILED'"),
     ),
+    # The listing (ledger/listing.py): a producer's jobs newest first, with or without one filter of each kind;
+    # the keyset (created_at, id) last, so that each walks a page in order from the cursor down.
+    *(Index(name, "scope", *columns, "created_at", "id") for name, columns in LISTING_INDEXES.items()),
 )
 
 # Written by a trigger on `jobs` (see migrations) when a job leaves PROCESSING: one row per finished

@@ -7,6 +7,7 @@ from typing import Any
 import falcon
 
 from ledger.states import Outcome, Status
+from service.openapi_listing import LISTING_SCHEMAS, listing_operation
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 _ERROR_CODES = [
@@ -125,7 +126,8 @@ def document(channels: list[str]) -> dict[str, Any]:
                         **_errors(400, 401, 413, 415, 422, 503),
                         "429": _rate_limited("Over the API key's rate (WJP_API_KEY_RATE or its own)"),
                     },
-                }
+                },
+                "get": listing_operation(channels),
             },
             "/api/notifications/{job_id}": {
                 "parameters": [_JOB_ID],
@@ -390,6 +392,7 @@ def document(channels: list[str]) -> dict[str, Any]:
                     "required": ["data"],
                     "properties": {"data": {"type": "array", "items": _ref("Destination")}},
                 },
+                **LISTING_SCHEMAS,
                 "Error": {
                     "type": "object",
                     "required": ["error", "message", "details"],

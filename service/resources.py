@@ -21,6 +21,7 @@ from service import metrics
 from service.bodies import read_json_object
 from service.errors import ApiError
 from service.intake import GroupIntake
+from service.listing import JobListing, parse_query
 from service.settings import ServiceSettings
 from service.validation import parse_notification
 
@@ -67,11 +68,16 @@ def _scope(req: falcon.Request) -> str:
 
 
 class NotificationCollection:
-    """POST /api/notifications"""
+    """POST and GET /api/notifications"""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.intake = GroupIntake(ctx.database, ctx.dispatch)
+        self.listing = JobListing(ctx.database, job_document)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        query = parse_query(req.params, dialect=self.ctx.database.dialect)
+        resp.media = self.listing.page(query, scope=_scope(req))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:

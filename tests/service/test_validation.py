@@ -346,10 +346,9 @@ def test_a_metadata_number_too_large_for_a_double_is_a_400_and_never_stored_as_i
 @pytest.mark.parametrize(
     "method, path, allowed",
     [
-        ("PUT", "/api/notifications", {"POST"}),
-        ("PATCH", "/api/notifications", {"POST"}),
-        ("DELETE", "/api/notifications", {"POST"}),
-        ("GET", "/api/notifications", {"POST"}),
+        ("PUT", "/api/notifications", {"GET", "POST"}),
+        ("PATCH", "/api/notifications", {"GET", "POST"}),
+        ("DELETE", "/api/notifications", {"GET", "POST"}),
         ("POST", "/api/notifications/{id}", {"GET", "DELETE"}),
         ("PUT", "/api/notifications/{id}", {"GET", "DELETE"}),
         ("POST", "/api/notifications/{id}/attempts", {"GET"}),
