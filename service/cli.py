@@ -21,7 +21,7 @@ from actors.flow.keys import MalformedKey
 from actors.flow.overview import Destinations
 from actors.reconciler import PassReport, Reconciler
 from actors.settings import Settings, SettingsError
-from ledger import api_keys, maintenance, queries, transitions
+from ledger import api_keys, bulk_retry, maintenance, queries
 from ledger.database import Database, without_credentials
 from ledger.errors import LedgerUnavailable
 from ledger.migrate import current_revision, upgrade
@@ -216,7 +216,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     retried, unsent = 0, 0
     while True:
         batch = database.run(
-            lambda conn: transitions.retry_failed(
+            lambda conn: bulk_retry.retry_failed(
                 conn,
                 now=now,
                 extra_attempts=settings.max_attempts,
