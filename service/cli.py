@@ -218,11 +218,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
         batch = database.run(
             lambda conn: bulk_retry.retry_failed(
                 conn,
+                bulk_retry.FailedJobs(failed_before=now, failed_since=args.since, channel=args.channel),
                 now=now,
                 extra_attempts=settings.max_attempts,
-                failed_before=now,
-                failed_since=args.since,
-                channel=args.channel,
                 limit=RETRY_BATCH,
             ),
             transaction=True,

@@ -76,13 +76,16 @@ def test_failures_are_grouped_by_destination_and_error_and_retried_by_group_afte
     assert found == [(relay, "550", 2), (relay, "421", 1), (hook, "550", 1)]
     assert groups[0].last_failed_at == T0 + SECOND
     before = T0 + timedelta(minutes=1)
-    chosen = {"failed_before": before, "destination": relay, "error": "550"}
-    assert database.run(lambda conn: bulk_retry.count_failed(conn, **chosen)) == 2
-    assert database.run(lambda conn: bulk_retry.count_failed(conn, failed_before=before, error="550")) == 3
+    chosen = bulk_retry.FailedJobs(failed_before=before, destination=relay, error="550")
+    assert database.run(lambda conn: bulk_retry.count_failed(conn, chosen)) == 2
+    every_550 = bulk_retry.FailedJobs(failed_before=before, error="550")
+    assert database.run(lambda conn: bulk_retry.count_failed(conn, every_550)) == 3
+    too_early = bulk_retry.FailedJobs(failed_before=before, error="550", created_before=T0)
+    assert database.run(lambda conn: bulk_retry.count_failed(conn, too_early)) == 0
     # Batches of one: the loop a bulk retry runs ends with exactly the jobs it counted.
     sent = []
     while batch := database.run(
-        lambda conn: bulk_retry.retry_failed(conn, now=before, extra_attempts=1, limit=1, **chosen), transaction=True
+        lambda conn: bulk_retry.retry_failed(conn, chosen, now=before, extra_attempts=1, limit=1), transaction=True
     ):
         sent.extend(batch)
     assert len(sent) == 2 and {d.destination for d in sent} == {relay}

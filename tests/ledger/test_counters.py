@@ -88,7 +88,7 @@ def test_counters_follow_every_kind_of_transition(database):
     assert assert_counters_match(database).counts[Status.FAILED] == 1
     database.run(
         lambda conn: bulk_retry.retry_failed(
-            conn, now=later(), extra_attempts=1, failed_before=T0 + timedelta(days=1), limit=10
+            conn, bulk_retry.FailedJobs(failed_before=T0 + timedelta(days=1)), now=later(), extra_attempts=1, limit=10
         )
     )
     stats = assert_counters_match(database)

@@ -61,7 +61,7 @@ def test_every_transition_that_dispatches_carries_the_jobs_destination(database)
     database.run(lambda conn: transitions.fail(conn, bulk, 1, now=T0, outcome=Outcome.PERMANENT_ERROR, error="no"))
     in_bulk = database.run(
         lambda conn: bulk_retry.retry_failed(
-            conn, now=T0 + SECOND, extra_attempts=1, failed_before=T0 + SECOND, limit=10
+            conn, bulk_retry.FailedJobs(failed_before=T0 + SECOND), now=T0 + SECOND, extra_attempts=1, limit=10
         )
     )
 
