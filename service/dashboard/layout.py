@@ -45,7 +45,7 @@ form.filters label { display: flex; flex-direction: column; font-size: .85rem; c
 input.number { width: 6rem; }
 ol.timeline { list-style: none; padding: 0; border-left: 3px solid #ccc; margin-left: .5rem; }
 ol.timeline li { padding: .3rem 0 .6rem 1rem; }
-ol.timeline li[data-outcome=SUCCESS] { border-left: 3px solid #2a7; margin-left: -3px; }
+ol.timeline li[data-outcome=success] { border-left: 3px solid #2a7; margin-left: -3px; }
 dl.fields { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; } dl.fields dd { margin: 0; }
 svg.chart { width: 100%; max-width: 60rem; height: auto; font: 11px system-ui, sans-serif; }
 """
