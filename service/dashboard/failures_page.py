@@ -7,10 +7,7 @@ from html import escape
 
 from ledger.browse import FailureGroup
 from ledger.bulk_retry import FailedJobs
-from service.dashboard.layout import BASE, link, notice, page, time_tag
-
-#: Characters of an error shown in the groups' table; the whole of it is on the confirmation page.
-ERROR_SHOWN = 300
+from service.dashboard.layout import BASE, ERROR_SHOWN, link, notice, page, time_tag
 
 
 def _hidden(name: str, value: str | None) -> str:
@@ -34,7 +31,7 @@ def _group_row(index: int, group: FailureGroup) -> str:
     return (
         f'<tr data-group="{index}" data-destination="{escape(group.destination)}">'
         f"<td><code>{escape(group.destination)}</code></td><td class=\"error\">{escape(shown)}</td>"
-        f'<td class="count"><a href="{jobs}">{group.jobs}</a></td><td>{time_tag(group.last_failed_at)}</td>'
+        f'<td class="jobs"><a href="{jobs}">{group.jobs}</a></td><td>{time_tag(group.last_failed_at)}</td>'
         f"<td>{retry}</td></tr>"
     )
 

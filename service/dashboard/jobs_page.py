@@ -115,9 +115,10 @@ def _fields(job: JobView) -> str:
         ("next attempt", time_tag(job.next_attempt_at)),
         ("completed", time_tag(job.completed_at)),
         ("last change", time_tag(job.updated_at)),
-        ("last error", f'<span class="error">{escape(job.last_error or "")}</span>'),
+        ("last error", f'<span class="error">{escape(job.last_error)}</span>' if job.last_error else ""),
     ]  # fmt: skip
-    return '<dl class="fields" id="job-fields">' + "".join(f"<dt>{n}</dt><dd>{v}</dd>" for n, v in shown) + "</dl>"
+    rows = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in shown if value)
+    return f'<dl class="fields" id="job-fields">{rows}</dl>'
 
 
 def _timeline(attempts: list[AttemptView]) -> str:

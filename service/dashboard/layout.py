@@ -18,25 +18,28 @@ import falcon
 from ledger.queries import JobView
 from ledger.states import Status
 
+#: Characters of an error shown in a table; the whole of it is on the job's page.
+ERROR_SHOWN = 300
 #: Seconds between the overview's refreshes of its live part.
 REFRESH_SECONDS = 5
 BASE = "/internal/dashboard"
 
 CSS = """
-body { font: 15px/1.4 system-ui, sans-serif; margin: 0 auto; max-width: 72rem; padding: 1rem; color: #222; }
+body { font: 15px/1.4 system-ui, sans-serif; margin: 0 auto; max-width: 96rem; padding: 1rem; color: #222; }
 h1 { font-size: 1.4rem; margin: 0; } h2 { font-size: 1.1rem; margin: 1.5rem 0 .5rem; }
 header p, .muted { color: #666; margin: .2rem 0; }
 nav { display: flex; gap: 1rem; align-items: center; margin: .5rem 0 1rem; border-bottom: 1px solid #ddd; }
 nav a { padding: .4rem 0; text-decoration: none; color: #0645ad; } nav a[aria-current] { font-weight: bold; }
 nav form { margin-left: auto; }
 #counts { display: flex; flex-wrap: wrap; gap: .5rem; margin-top: 1rem; }
+a.count { color: inherit; text-decoration: none; }
 .count { border: 1px solid #ccc; border-radius: 6px; padding: .5rem .8rem; min-width: 6rem; }
 .count .value { display: block; font-size: 1.6rem; font-variant-numeric: tabular-nums; }
 .count[data-status=failed] .value, td.circuit[data-circuit=open] { color: #b00020; }
-table { border-collapse: collapse; width: 100%; }
+table { border-collapse: collapse; width: 100%; font-size: .9rem; } td code { white-space: nowrap; }
 th, td { text-align: left; padding: .3rem .5rem; vertical-align: top; }
 tr + tr td { border-top: 1px solid #eee; } .error { color: #b00020; white-space: pre-wrap; word-break: break-word; }
-code { font-size: .85em; } meter { width: 12rem; }
+code { font-size: .85em; } meter { width: 12rem; } td time { white-space: nowrap; } td.error { min-width: 16rem; }
 .notice { background: #eef6ee; border: 1px solid #9c9; padding: .5rem .8rem; border-radius: 6px; }
 .warning { background: #fff4e5; border: 1px solid #e0a040; padding: .5rem .8rem; border-radius: 6px; }
 form.inline { display: inline; } input[name=q] { width: 24rem; max-width: 100%; }
@@ -127,14 +130,21 @@ def retry_form(job: JobView, back: str) -> str:
     )
 
 
+def _shortened(text: str | None, length: int) -> str:
+    text = text or ""
+    return escape(text if len(text) <= length else text[:length] + "…")
+
+
 def jobs_table(jobs: list[JobView], back: str, *, table_id: str) -> str:
+    """Jobs as table rows, each linked to its page (by the random end of its id, whole on hover)."""
     rows = "".join(
-        f'<tr data-job="{job.id}"><td><a href="{link(f"/jobs/{job.id}")}"><code>{job.id}</code></a></td>'
+        f'<tr data-job="{job.id}"><td><a href="{link(f"/jobs/{job.id}")}" title="{job.id}">'
+        f"<code>{job.id.hex[-12:]}</code></a></td>"
         f'<td class="status">{job.status.value}</td><td>{escape(job.channel)}</td>'
-        f"<td><code>{escape(job.destination)}</code></td><td>{escape(job.recipient)}</td>"
-        f"<td>{escape(job.idempotency_key)}</td><td>{job.attempts}/{job.max_attempts}</td>"
+        f"<td><code>{escape(job.destination)}</code></td><td>{_shortened(job.recipient, 40)}</td>"
+        f"<td>{_shortened(job.idempotency_key, 40)}</td><td>{job.attempts}/{job.max_attempts}</td>"
         f"<td>{time_tag(job.created_at)}</td>"
-        f'<td class="error">{escape(job.last_error or "")}</td><td>{retry_form(job, back)}</td></tr>'
+        f'<td class="error">{_shortened(job.last_error, ERROR_SHOWN)}</td><td>{retry_form(job, back)}</td></tr>'
         for job in jobs
     )
     head = (

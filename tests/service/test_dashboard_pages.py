@@ -185,7 +185,7 @@ def test_failures_are_grouped_and_a_bulk_retry_says_how_many_it_touches_before_t
     other = [failed(database, "421 try later"), failed(database, HOSTILE, destination=HOOK)]
 
     groups = client.simulate_get("/internal/dashboard/failures", headers=AUTH).text
-    rows = re.findall(r'<tr data-group="\d+" data-destination="([^"]+)">.*?<td class="count"><a[^>]*>(\d+)</a>', groups)
+    rows = re.findall(r'<tr data-group="\d+" data-destination="([^"]+)">.*?<td class="jobs"><a[^>]*>(\d+)</a>', groups)
     assert sorted(rows) == sorted([(RELAY, "2"), (RELAY, "1"), (HOOK, "1")])
     assert "<script>document" not in groups
 
