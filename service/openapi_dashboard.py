@@ -17,7 +17,8 @@ _JOB_FILTERS = [
     ("from", {**_MOMENT, "description": f"created at or after: {_MOMENT['description']}"}),
     ("to", {**_MOMENT, "description": f"created before: {_MOMENT['description']}"}),
 ]
-_RETRY_FILTERS = [*_JOB_FILTERS[1:], ("error", {"type": "string", "description": "the jobs' exact `last_error`"})]
+_ERROR_TEXT = {"type": "string", "description": "the jobs' exact `last_error`, as a JSON string"}
+_RETRY_FILTERS = [*_JOB_FILTERS[1:], ("error", _ERROR_TEXT)]
 
 
 def _query(fields: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:

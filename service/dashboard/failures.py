@@ -12,7 +12,7 @@ from ledger import browse, bulk_retry
 from ledger.bulk_retry import FailedJobs
 from ledger.timestamps import utcnow
 from service.dashboard import failures_page
-from service.dashboard.forms import exact, invalid, moment, read_form, text, with_params
+from service.dashboard.forms import exact_text, invalid, moment, read_form, text, with_params
 from service.dashboard.layout import BASE, answer
 from service.resources import Context
 
@@ -33,7 +33,7 @@ def chosen(get: Callable[[str], str | None], *, failed_before: str | None = None
         failed_before=before,
         channel=text(get("channel")),
         destination=text(get("destination")),
-        error=exact(get("error")),
+        error=exact_text("error", get("error")),
         created_after=moment("from", get("from")),
         created_before=moment("to", get("to")),
     )

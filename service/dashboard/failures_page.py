@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from html import escape
 
@@ -10,8 +11,17 @@ from ledger.bulk_retry import FailedJobs
 from service.dashboard.layout import BASE, ERROR_SHOWN, link, notice, page, time_tag
 
 
+def _jobs(count: int) -> str:
+    return "1 failed job was" if count == 1 else f"{count} failed jobs were"
+
+
 def _hidden(name: str, value: str | None) -> str:
     return "" if value is None else f'<input type="hidden" name="{name}" value="{escape(value)}">'
+
+
+def _error_field(error: str | None) -> str:
+    # As a JSON string: see forms.exact_text.
+    return "" if error is None else _hidden("error", json.dumps(error))
 
 
 def _rfc3339(moment: datetime | None) -> str | None:
@@ -24,7 +34,7 @@ def _group_row(index: int, group: FailureGroup) -> str:
     # A form, not a link: an error of up to 2,000 characters does not fit every server's limit on an address.
     retry = (
         f'<form class="inline" method="post" action="{BASE}/failures/retry">'
-        f"{_hidden('destination', group.destination)}{_hidden('error', group.error)}"
+        f"{_hidden('destination', group.destination)}{_error_field(group.error)}"
         f'<button type="submit" class="retry-group" data-group="{index}">Retry these…</button></form>'
     )
     jobs = link("/jobs", status="FAILED", destination=group.destination)
@@ -37,7 +47,7 @@ def _group_row(index: int, group: FailureGroup) -> str:
 
 
 def render_groups(groups: list[FailureGroup], *, retried: int | None, channels: list[str]) -> str:
-    message = None if retried is None else f"{retried} failed jobs were queued again."
+    message = None if retried is None else f"{_jobs(retried)} queued again."
     if groups:
         head = "<tr><th>destination</th><th>last error</th><th>jobs</th><th>last failed (UTC)</th><th></th></tr>"
         rows = "".join(_group_row(i, group) for i, group in enumerate(groups))
@@ -79,12 +89,11 @@ def render_confirm(jobs: FailedJobs, count: int) -> str:
     if count == 0:
         body = f'<p id="retry-count" data-count="0">No failed job matches:</p>{chosen}'
     else:
-        fields = "".join(
+        fields = _error_field(jobs.error) + "".join(
             _hidden(name, value)
             for name, value in (
                 ("destination", jobs.destination),
                 ("channel", jobs.channel),
-                ("error", jobs.error),
                 ("from", _rfc3339(jobs.created_after)),
                 ("to", _rfc3339(jobs.created_before)),
                 ("failed_before", _rfc3339(jobs.failed_before)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
@@ -62,11 +63,20 @@ def text(value: str | None) -> str | None:
     return value or None
 
 
-def exact(value: str | None) -> str | None:
-    """A text matched exactly (an error group's `last_error`), None when left empty."""
-    if value and "\x00" in value:
-        raise invalid("filter", "it contains a NUL character")
-    return value or None
+def exact_text(field: str, value: str | None) -> str | None:
+    """A text to match exactly (an error group's `last_error`), sent as a JSON string: a browser rewrites every
+    line break of a form's field as CRLF, which would make a multi-line error match nothing. None when empty."""
+    if not value:
+        return None
+    try:
+        found = json.loads(value)
+    except ValueError:
+        found = None
+    if not isinstance(found, str):
+        raise invalid(field, "expected the text as a JSON string")
+    if "\x00" in found:
+        raise invalid(field, "it contains a NUL character")
+    return found
 
 
 def moment(field: str, value: str | None) -> datetime | None:

@@ -5,6 +5,7 @@ reset, and the health charts; every page behind the admin token, every form refu
 from __future__ import annotations
 
 import html
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -191,7 +192,9 @@ def test_failures_are_grouped_and_a_bulk_retry_says_how_many_it_touches_before_t
 
     # The group's button leads to a count, and nothing has changed yet.
     confirm = client.simulate_post(
-        "/internal/dashboard/failures/retry", body=urlencode({"destination": RELAY, "error": HOSTILE}), headers=FORM
+        "/internal/dashboard/failures/retry",
+        body=urlencode({"destination": RELAY, "error": json.dumps(HOSTILE)}),
+        headers=FORM,
     )
     assert re.search(r'id="retry-count" data-count="(\d+)"', confirm.text)[1] == "2"
     assert all(status(database, job) is Status.FAILED for job in relay_550 + other)
@@ -213,6 +216,11 @@ def test_failures_are_grouped_and_a_bulk_retry_says_how_many_it_touches_before_t
     assert re.search(r'data-count="(\d+)"', by_filter.text)[1] == "1"
     none = client.simulate_get("/internal/dashboard/failures/retry", params={"channel": "sms"}, headers=AUTH)
     assert 'data-count="0"' in none.text and 'id="confirm-retry"' not in none.text
+    for bad in ({"error": "not json"}, {"error": "42"}, {"from": "soon"}):
+        answer = client.simulate_get("/internal/dashboard/failures/retry", params=bad, headers=AUTH)
+        assert_error(answer, 400, "validation_error")
+    unpinned = client.simulate_post("/internal/dashboard/failures/retry/run", body="destination=x", headers=FORM)
+    assert_error(unpinned, 400, "validation_error")
 
 
 def test_an_operator_sets_a_destinations_limits_and_resets_its_circuit(client, database, gate):
