@@ -1,8 +1,9 @@
-"""How long jobs take from POST to SUCCESS, per minute, for the dashboard's Health page.
+"""The dashboard's Health page: jobs finished per minute by outcome, and how long jobs took from POST to SUCCESS.
 
-One statement over the index of completion times, bounded to the window asked for: the database ranks the
-window's latencies (window functions, on PostgreSQL and SQLite alike) and hands back only the few rows at the
-percentiles, nearest-rank, so nothing but those rows leaves it however many jobs finished.
+Each is one statement over the index of completion times, bounded to the window asked for, so its cost follows
+the jobs finished in the window, not the ledger's size. For the latencies the database ranks the window's values
+(window functions, on PostgreSQL and SQLite alike) and hands back only the few rows at the percentiles,
+nearest-rank, however many jobs finished.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Float, Integer, cast, func, literal, or_, select
 
+from ledger.activity import Minute
 from ledger.schema import jobs, status_in
 from ledger.states import Status
 from ledger.timestamps import UTCDateTime
@@ -42,7 +44,8 @@ class Latency:
 
 def _seconds_between(conn: Connection, start: Any, end: Any) -> Any:
     if conn.dialect.name == "postgresql":
-        return func.extract("epoch", end - start)
+        # As a double: EXTRACT answers `numeric`, slower to compute with and to sort.
+        return cast(func.extract("epoch", end - start), Float)
     # SQLite keeps the times as text; julianday() reads them, to within ~50 µs (a double of ~2.5 M days), so
     # the difference is rounded to the millisecond.
     return func.round((func.julianday(end) - func.julianday(start)) * _DAY, 3)
@@ -54,22 +57,42 @@ def _rank(count: Any, percent: int) -> Any:
     return (count * percent + 99) // 100
 
 
+def _minute(conn: Connection, start: datetime) -> Any:
+    """The minute of the window (0 for the first) a job completed in."""
+    since_start = _seconds_between(conn, literal(start, UTCDateTime()), jobs.c.completed_at)
+    return cast(func.floor(since_start / 60) if conn.dialect.name == "postgresql" else since_start / 60, Integer)
+
+
+def _finished_within(start: datetime, end: datetime) -> list[Any]:
+    # The first test is the predicate of the index of completion times, which the window is read from.
+    return [jobs.c.completed_at.is_not(None), jobs.c.completed_at >= start, jobs.c.completed_at < end]
+
+
+def finished_per_minute(conn: Connection, *, now: datetime, minutes: int) -> list[Minute]:
+    """Jobs that became SUCCESS or FAILED in each of the last `minutes` minutes, oldest first."""
+    start = now - timedelta(minutes=minutes)
+    minute = _minute(conn, start).label("minute")
+    rows = conn.execute(
+        select(minute, jobs.c.status, func.count())
+        .where(*_finished_within(start, now), status_in({Status.SUCCESS, Status.FAILED}))
+        .group_by(minute, jobs.c.status)
+    ).all()
+    counts = {(row[0], row[1]): int(row[2]) for row in rows}
+    return [
+        Minute(start + timedelta(minutes=i), counts.get((i, "SUCCESS"), 0), counts.get((i, "FAILED"), 0))
+        for i in range(minutes)
+    ]
+
+
 def success_latency(conn: Connection, *, now: datetime, minutes: int) -> Latency:
     """POST → SUCCESS seconds, p50 and p99, for each of the last `minutes` minutes (oldest first) and overall."""
     start = now - timedelta(minutes=minutes)
-    since_start = _seconds_between(conn, literal(start, UTCDateTime()), jobs.c.completed_at)
-    minute = func.floor(since_start / 60) if conn.dialect.name == "postgresql" else since_start / 60
     done = (
         select(
-            cast(minute, Integer).label("minute"),
+            _minute(conn, start).label("minute"),
             cast(_seconds_between(conn, jobs.c.created_at, jobs.c.completed_at), Float).label("seconds"),
         )
-        .where(
-            status_in({Status.SUCCESS}),
-            jobs.c.completed_at.is_not(None),  # the index of completion times holds only these
-            jobs.c.completed_at >= start,
-            jobs.c.completed_at < now,
-        )
+        .where(*_finished_within(start, now), status_in({Status.SUCCESS}))
         .subquery("done")
     )
     ranked = select(

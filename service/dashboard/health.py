@@ -7,7 +7,7 @@ from typing import Any
 
 import falcon
 
-from ledger import activity, health
+from ledger import health
 from ledger.activity import Minute
 from ledger.health import Latency
 from ledger.timestamps import utcnow
@@ -32,7 +32,7 @@ class HealthPage:
 
         def read(conn: Any) -> tuple[list[Minute], Latency]:
             return (
-                activity.throughput(conn, now=now, minutes=HEALTH_MINUTES),
+                health.finished_per_minute(conn, now=now, minutes=HEALTH_MINUTES),
                 health.success_latency(conn, now=now, minutes=HEALTH_MINUTES),
             )
 

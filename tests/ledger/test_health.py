@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ledger import claims, health
+from ledger import activity, claims, health
 from ledger.states import Status
 from tests.ledger.conftest import SECOND, T0, claim, job_in, submit
 
@@ -44,3 +44,18 @@ def test_an_empty_window_has_no_percentiles(database):
 
     assert len(latency.minutes) == 60 and not any(m.jobs for m in latency.minutes)
     assert (latency.p50, latency.p99) == (None, None)
+
+
+def test_jobs_finished_per_minute_by_outcome_agree_with_the_overviews_count(database):
+    succeed(database, "a", created=T0 + timedelta(minutes=1), seconds=5)
+    succeed(database, "b", created=T0 + timedelta(minutes=1), seconds=20)
+    succeed(database, "c", created=T0 + timedelta(minutes=7), seconds=59)
+    job_in(database, Status.FAILED, "failed", now=T0 + timedelta(minutes=7, seconds=30))
+    job_in(database, Status.CANCELLED, "cancelled", now=T0 + timedelta(minutes=7))
+    succeed(database, "late", created=NOW - SECOND, seconds=2)  # finishes after the window
+
+    minutes = database.run(lambda conn: health.finished_per_minute(conn, now=NOW, minutes=10))
+
+    found = {i: (m.succeeded, m.failed) for i, m in enumerate(minutes) if m.succeeded or m.failed}
+    assert found == {1: (2, 0), 7: (1, 1)}
+    assert minutes == database.run(lambda conn: activity.throughput(conn, now=NOW, minutes=10))
