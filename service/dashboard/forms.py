@@ -105,6 +105,9 @@ def back_to(value: str | None) -> str:
     parts = urlsplit(value)
     if parts.scheme or parts.netloc or not (parts.path == BASE or parts.path.startswith(BASE + "/")):
         return BASE
+    # urlsplit drops line breaks before it judges, but they would still be in the Location header.
+    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in value):
+        return BASE
     return value
 
 

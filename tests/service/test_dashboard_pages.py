@@ -173,10 +173,12 @@ def test_a_jobs_retry_button_queues_it_again_and_comes_back_to_the_page_it_was_o
 
     answer = client.simulate_post(f"{back}/retry", body=urlencode({"back": back}), headers=FORM)
     elsewhere = client.simulate_post(f"{back}/retry", body="back=https://evil.example/", headers=FORM)
+    split = client.simulate_post(f"{back}/retry", body=urlencode({"back": f"{back}\r\nSet-Cookie: x=1"}), headers=FORM)
 
     assert answer.status_code == 303 and answer.headers["Location"] == f"{back}?notice=retried&job={job}"
     assert status(database, job) is Status.PENDING and f"{job}.2" in redis_messages.queued()
     assert elsewhere.headers["Location"] == f"/internal/dashboard?notice=not_failed&job={job}"
+    assert split.headers["Location"] == f"/internal/dashboard?notice=not_failed&job={job}" and "x" not in split.cookies
 
 
 def test_failures_are_grouped_and_a_bulk_retry_says_how_many_it_touches_before_touching_them(
