@@ -2,7 +2,7 @@
 the app served by a real WSGI server: signing in, the counts, a failure's error, the retry button, lookup by id and
 by idempotency key, and the page refreshing itself; then the other pages: the jobs list filtered, a bulk retry
 through its confirmation, a circuit reset, a job's timeline and the health charts, checked as a person would see
-them."""
+them; and every page read, and a bulk retry made, with JavaScript off."""
 
 from __future__ import annotations
 
@@ -45,6 +45,19 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     if reason is not None:
         unavailable(reason)
     with browsers.chromium(tmp_path / "chromium") as driver:
+        yield driver
+
+
+@pytest.fixture
+def browser_without_javascript(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    reason = browsers.missing()
+    if reason is not None:
+        unavailable(reason)
+    with browsers.chromium(tmp_path / "chromium") as driver:
+        driver.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+        # A page's own script must not run in this tab.
+        driver.get("data:text/html,<title>before</title><script>document.title = 'ran'</script>")
+        assert driver.title == "before"
         yield driver
 
 
@@ -308,3 +321,26 @@ def test_an_operator_filters_jobs_retries_a_class_of_failures_and_resets_a_circu
     problems = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not [message for message in problems if "Content Security Policy" in message], problems
     assert browser.title != "pwned"
+
+
+def test_with_javascript_off_every_page_reads_and_a_failure_group_is_retried_through_its_count(
+    browser_without_javascript, base_url, database
+):
+    browser = browser_without_javascript
+    job = record(database, destination="log")
+    finish(database, job, "HTTP 410 gone")
+
+    browser.get(f"{base_url}/internal/dashboard")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    for name, shown in [("Jobs", "job-list"), ("Destinations", "destinations"), ("Health", "latency-chart"),
+                        ("Failures", "failure-groups")]:  # fmt: skip
+        browser.find_element(By.LINK_TEXT, name).click()
+        assert browser.find_element(By.ID, shown).is_displayed(), name
+
+    browser.find_element(By.CSS_SELECTOR, "button.retry-group").click()
+    assert browser.find_element(By.ID, "retry-count").get_attribute("data-count") == "1"
+    browser.find_element(By.CSS_SELECTOR, "#confirm-retry button").click()
+
+    assert browser.find_element(By.ID, "notice").text == "1 failed job was queued again."
+    assert database.run(lambda conn: queries.get_job(conn, job, scope=None)).status is Status.PENDING
