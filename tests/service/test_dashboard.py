@@ -230,6 +230,12 @@ def test_the_destinations_panel_shows_limits_circuits_and_waiting_jobs_as_escape
     assert cells["sms:gateway.example.net"][4] == "open"
 
 
+#: The browser tests of the other pages run on one ledger: tests/service/test_dashboard_pages.py checks every page
+#: and form on both, in process, at a fraction of a browser's cost.
+ONE_LEDGER = pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+
+
+@ONE_LEDGER
 def test_an_operator_filters_jobs_retries_a_class_of_failures_and_resets_a_circuit_in_a_real_browser(
     browser, base_url, database, gate, redis_messages
 ):
@@ -323,6 +329,7 @@ def test_an_operator_filters_jobs_retries_a_class_of_failures_and_resets_a_circu
     assert browser.title != "pwned"
 
 
+@ONE_LEDGER
 def test_with_javascript_off_every_page_reads_and_a_failure_group_is_retried_through_its_count(
     browser_without_javascript, base_url, database
 ):
