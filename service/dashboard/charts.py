@@ -32,9 +32,10 @@ def _nice_top(highest: float) -> float:
 def _frame(chart_id: str, title: str, top: float, unit: str, starts: list[datetime], plot: str, legend: str) -> str:
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     grid = []
-    for i in range(5):
-        value = top * i / 4
-        y = TOP + inner_h - inner_h * i / 4
+    # Five steps: a top of 1, 2 or 5 times a power of ten gives round labels at each.
+    for i in range(6):
+        value = top * i / 5
+        y = TOP + inner_h - inner_h * i / 5
         label = f"{value:g}{unit}" if value < 100 else f"{value:,.0f}{unit}"
         grid.append(
             f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e4"/>'

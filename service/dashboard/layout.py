@@ -74,7 +74,7 @@ def _sha256(source: str) -> str:
 HEADERS = {
     "Content-Security-Policy": (
         f"default-src 'none'; style-src {_sha256(CSS)}; script-src {_sha256(SCRIPT)}; connect-src 'self'; "
-        "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "Cache-Control": "no-store",
     "Referrer-Policy": "same-origin",
