@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import pytest
+
 from ledger import api_keys, browse, bulk_retry, transitions
 from ledger.browse import JobFilters
 from ledger.states import Outcome, Status
@@ -29,7 +31,10 @@ def fail(database, job_id: uuid.UUID, error: str, *, now=T0) -> None:
     )
 
 
-def test_operators_page_through_every_producers_jobs_newest_first(database):
+@pytest.mark.parametrize("branches", [browse.MAX_SCOPE_BRANCHES, 1], ids=["a-branch-per-scope", "one-statement"])
+def test_operators_page_through_every_producers_jobs_newest_first(database, monkeypatch, branches):
+    # Past MAX_SCOPE_BRANCHES scopes, one plain statement lists them: the same pages either way.
+    monkeypatch.setattr(browse, "MAX_SCOPE_BRANCHES", branches)
     key, _ = database.run(lambda conn: api_keys.create(conn, "shop", now=T0), transaction=True)
     # Alternating producers, one second apart; two share a created_at, so the id breaks the tie.
     created = [
