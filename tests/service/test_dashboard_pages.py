@@ -15,6 +15,7 @@ import pytest
 import redis
 from falcon import testing
 
+from actors.broker import Dispatcher, make_broker
 from actors.flow import BreakerPolicy, Gate
 from actors.flow import Outcome as GateOutcome
 from ledger import destinations, intake, queries
@@ -268,3 +269,20 @@ def test_the_health_page_charts_the_last_hour_as_svg_without_script(client, data
     assert re.search(r'id="latency-p50">[^<]*\d', page.text)
     bars = re.findall(r'<rect x="[^"]+" y="[^"]+" width="[^"]+" height="[^"]+" fill="#2a7"', page.text)
     assert len(bars) >= 1
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_without_redis_the_pages_still_show_and_a_circuit_reset_answers_503(database, client_for, private_redis,
+                                                                            queue_name):  # fmt: skip
+    client = client_for(database, Dispatcher(make_broker(private_redis.url, timeout=2), queue_name),
+                        WJP_ADMIN_TOKEN=TOKEN)  # fmt: skip
+    failed(database, "550")
+    private_redis.stop()
+
+    destinations_page = client.simulate_get("/internal/dashboard/destinations", headers=AUTH)
+    reset = client.simulate_post("/internal/dashboard/destinations/reset", body="key=log", headers=FORM)
+
+    assert destinations_page.status_code == 200 and "Redis cannot be reached" in destinations_page.text
+    assert_error(reset, 503, "redis_unavailable")
+    for path in ("/jobs", "/failures", "/health"):
+        assert client.simulate_get(f"/internal/dashboard{path}", headers=AUTH).status_code == 200, path
