@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench chaos clean
+.PHONY: run test lint bench chaos failover screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ chaos: $(VENV)/.installed-test
 FAILOVER_SECONDS ?= 60
 failover: $(VENV)/.installed-test
 	$(BIN)/python -m tests.failover --seconds $(FAILOVER_SECONDS)
+
+# The dashboard's pages as PNGs in docs/ (README.md, Operations): headless Chromium (Debian: apt-get install -y chromium
+# chromium-driver) on the app serving an hour of made-up traffic from a temporary SQLite ledger and an embedded Redis.
+screenshots: $(VENV)/.installed-test
+	$(BIN)/python -m tests.screenshots --out docs
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check ledger actors service tests bench

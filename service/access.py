@@ -77,7 +77,7 @@ class AdminTokenMiddleware:
             cookie = req.cookies.get(SESSION_COOKIE)
             if cookie is not None and self._live(cookie):
                 return
-            if template == DASHBOARD and req.method == "GET" and req.get_header("Authorization") is None:
+            if req.method == "GET" and req.get_header("Authorization") is None:
                 raise falcon.HTTPSeeOther(LOGIN)
         raise _unauthorized("This endpoint needs 'Authorization: Bearer <admin token>'.", "wjp-admin")
 

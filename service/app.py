@@ -12,9 +12,8 @@ from actors.flow.overview import Destinations
 from actors.ratelimit import RateLimiter
 from actors.sessions import DashboardSessions
 from ledger.database import Database
-from service import errors, gunicorn_conf, multiproc
+from service import dashboard, errors, gunicorn_conf, multiproc
 from service.access import AdminTokenMiddleware, ApiKeyMiddleware
-from service.dashboard import Dashboard, DashboardLogin, DashboardLogout, DashboardRetry
 from service.destinations import DestinationCollection, DestinationItem
 from service.metrics import Metrics
 from service.openapi import OpenApiDocument
@@ -77,10 +76,7 @@ def create_app(
     app.add_route("/internal/notifications/{job_id}/retry", NotificationRetry(ctx))
     app.add_route("/internal/destinations", DestinationCollection(destinations))
     app.add_route("/internal/destinations/{key}", DestinationItem(destinations))
-    app.add_route("/internal/dashboard", Dashboard(ctx, destinations))
-    app.add_route("/internal/dashboard/login", DashboardLogin(ctx, sessions))
-    app.add_route("/internal/dashboard/logout", DashboardLogout(ctx, sessions))
-    app.add_route("/internal/dashboard/jobs/{job_id}/retry", DashboardRetry(ctx))
+    dashboard.add_routes(app, ctx, destinations, sessions)
     app.add_route("/metrics", Metrics(ctx.database, settings.metrics_dir, destinations))
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(ctx))

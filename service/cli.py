@@ -22,7 +22,7 @@ from actors.flow.keys import MalformedKey
 from actors.flow.overview import Destinations
 from actors.reconciler import PassReport, Reconciler
 from actors.settings import Settings, SettingsError
-from ledger import api_keys, maintenance, queries, transitions
+from ledger import api_keys, bulk_retry, maintenance, queries
 from ledger.database import Database, without_credentials
 from ledger.errors import LedgerUnavailable
 from ledger.migrate import current_revision, upgrade
@@ -220,13 +220,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
     retried, unsent = 0, 0
     while True:
         batch = database.run(
-            lambda conn: transitions.retry_failed(
+            lambda conn: bulk_retry.retry_failed(
                 conn,
+                bulk_retry.FailedJobs(failed_before=now, failed_since=args.since, channel=args.channel),
                 now=now,
                 extra_attempts=settings.max_attempts,
-                failed_before=now,
-                failed_since=args.since,
-                channel=args.channel,
                 limit=RETRY_BATCH,
             ),
             transaction=True,

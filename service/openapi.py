@@ -7,6 +7,7 @@ from typing import Any
 import falcon
 
 from ledger.states import Outcome, Status
+from service.openapi_dashboard import dashboard_paths
 from service.openapi_listing import LISTING_SCHEMAS, listing_operation
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -229,12 +230,13 @@ def document(channels: list[str]) -> dict[str, Any]:
             "/internal/dashboard/jobs/{job_id}/retry": {
                 "parameters": [_JOB_ID],
                 "post": {
-                    "summary": "The dashboard's retry button: retries a FAILED job, then back to the dashboard",
+                    "summary": "A job's retry button: retries a FAILED job, then back to the page in its form's `back`",
                     "security": [*_ADMIN[:1], {"dashboardSession": []}, {}],
                     "requestBody": _FORM,
-                    "responses": {"303": _see_other("To the dashboard"), **_errors(401, 403, 404, 413, 415, 503)},
+                    "responses": {"303": _see_other("To the page"), **_errors(401, 403, 404, 413, 415, 503)},
                 },
             },
+            **dashboard_paths(),
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics (text format)",

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from ledger import claims, intake, maintenance, queries, transitions
+from ledger import bulk_retry, claims, intake, maintenance, queries, transitions
 from ledger.schema import jobs
 from ledger.states import Outcome, Status
 from tests.ledger.conftest import SECOND, T0, claim, notification, submit
@@ -87,8 +87,8 @@ def test_counters_follow_every_kind_of_transition(database):
     database.run(lambda conn: transitions.manual_retry(conn, c, now=later(), extra_attempts=2))
     assert assert_counters_match(database).counts[Status.FAILED] == 1
     database.run(
-        lambda conn: transitions.retry_failed(
-            conn, now=later(), extra_attempts=1, failed_before=T0 + timedelta(days=1), limit=10
+        lambda conn: bulk_retry.retry_failed(
+            conn, bulk_retry.FailedJobs(failed_before=T0 + timedelta(days=1)), now=later(), extra_attempts=1, limit=10
         )
     )
     stats = assert_counters_match(database)

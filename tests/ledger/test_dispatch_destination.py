@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ledger import intake, transitions
+from ledger import bulk_retry, intake, transitions
 from ledger.states import Outcome
 from tests.ledger.conftest import SECOND, T0, claim, job_row, notification, submit
 
@@ -60,8 +60,8 @@ def test_every_transition_that_dispatches_carries_the_jobs_destination(database)
     claim(database, bulk)
     database.run(lambda conn: transitions.fail(conn, bulk, 1, now=T0, outcome=Outcome.PERMANENT_ERROR, error="no"))
     in_bulk = database.run(
-        lambda conn: transitions.retry_failed(
-            conn, now=T0 + SECOND, extra_attempts=1, failed_before=T0 + SECOND, limit=10
+        lambda conn: bulk_retry.retry_failed(
+            conn, bulk_retry.FailedJobs(failed_before=T0 + SECOND), now=T0 + SECOND, extra_attempts=1, limit=10
         )
     )
 

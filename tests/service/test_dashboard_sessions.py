@@ -19,7 +19,7 @@ import redis
 from actors.broker import Dispatcher, make_broker
 from service.access import SESSION_COOKIE
 from service.app import create_app
-from service.dashboard import SESSION_LIFETIME
+from service.dashboard.sign_in import SESSION_LIFETIME
 from service.settings import ServiceSettings
 from tests.conftest import free_port, settings_env
 from tests.service.conftest import assert_error
