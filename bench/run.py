@@ -88,7 +88,7 @@ def setup_database() -> None:
 
 def reset_ledger(*, checkpoint: bool = True) -> None:
     with bench_connect() as conn:
-        conn.execute("TRUNCATE jobs, attempts, baseline_jobs")
+        conn.execute("TRUNCATE jobs, attempts, callbacks, baseline_jobs")
         conn.execute("UPDATE job_counts SET success = 0, failed = 0, cancelled = 0, success_attempts = 0")
         if checkpoint:
             conn.execute("CHECKPOINT")
