@@ -21,6 +21,7 @@ from actors import metrics
 from actors.backoff import Verdict, decide
 from actors.batching import Batcher
 from actors.broker import BrokerUnavailable, Dispatcher, parse_redis_message_id
+from actors.callbacks import send_armed
 from actors.channels.base import (
     Channel,
     DeliveryError,
@@ -163,6 +164,8 @@ class Delivery:
                 log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms)
             else:
                 _log_taken_back(job)
+        armed = [job.id for (job, *_), succeeded in zip(delivered, done, strict=True) if succeeded and job.callback_url]
+        send_armed(self.database, self.dispatcher, armed, now=now)
         successes, claim_results = iter(done), iter(claimed)
         results: list[_Result | BaseException] = []
         for n, request in enumerate(requests):
@@ -323,6 +326,7 @@ class Delivery:
             )
             if done:
                 log.warning("⚠️ Job %s marked as FAILED after attempt %d: %s", job.id, job.attempt, text)
+                send_armed(self.database, self.dispatcher, [job.id] if job.callback_url else [], now=now)
         if not done:
             _log_taken_back(job)
 

@@ -172,23 +172,27 @@ def expire(
 
 
 def waiting_candidates(
-    conn: Connection, *, overdue_before: datetime, schedule_until: datetime, limit: int
+    conn: Connection,
+    *,
+    overdue_before: datetime,
+    schedule_until: datetime,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[tuple[uuid.UUID, int, datetime]]:
     """Waiting callbacks whose job is still in the status they report and that should have a message in Redis:
-    sent and overdue, or without one (armed but never sent, or parked) and due before `schedule_until`."""
+    sent and overdue, or without one (armed but never sent, or parked) and due before `schedule_until`.
+    Keyset-paged on (next_attempt_at, job_id) from `after`."""
     overdue = and_(callbacks.c.dispatch_seq > 0, callbacks.c.next_attempt_at < overdue_before)
     unsent = and_(callbacks.c.dispatch_seq <= 0, callbacks.c.next_attempt_at <= schedule_until)
-    rows = conn.execute(
-        select(callbacks.c.job_id, callbacks.c.dispatch_seq, callbacks.c.next_attempt_at)
-        .where(
-            _status_in(WAITING),
-            callbacks.c.next_attempt_at <= max(overdue_before, schedule_until),
-            or_(overdue, unsent),
-            _reports_job_status(),
-        )
-        .order_by(callbacks.c.next_attempt_at)
-        .limit(limit)
-    ).all()
+    query = select(callbacks.c.job_id, callbacks.c.dispatch_seq, callbacks.c.next_attempt_at).where(
+        _status_in(WAITING),
+        callbacks.c.next_attempt_at <= max(overdue_before, schedule_until),
+        or_(overdue, unsent),
+        _reports_job_status(),
+    )
+    if after is not None:
+        query = query.where(tuple_(callbacks.c.next_attempt_at, callbacks.c.job_id) > after)
+    rows = conn.execute(query.order_by(callbacks.c.next_attempt_at, callbacks.c.job_id).limit(limit)).all()
     return [(row.job_id, row.dispatch_seq, row.next_attempt_at) for row in rows]
 
 
@@ -229,3 +233,16 @@ def callback_view(conn: Connection, job_id: uuid.UUID) -> CallbackView | None:
     event = None if row.event is None else Status(row.event)
     status = None if row.status is None else Status(row.status)
     return CallbackView(row.callback_url, event, status, row.attempts or 0, row.last_error)
+
+
+def park(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, due_at: datetime) -> bool:
+    """A waiting callback deferred on its destination until `due_at`, beyond the schedule horizon: its message goes
+    (the seq negated) and a reconciler pass sends it as it comes due."""
+    return (
+        conn.execute(
+            update(callbacks)
+            .where(callbacks.c.job_id == job_id, callbacks.c.dispatch_seq == seq, _guard("claim")[0])
+            .values(next_attempt_at=due_at, dispatch_seq=-callbacks.c.dispatch_seq, updated_at=now)
+        ).rowcount
+        == 1
+    )

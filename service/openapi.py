@@ -7,6 +7,7 @@ from typing import Any
 import falcon
 
 from ledger.states import Outcome, Status
+from service.callbacks import CALLBACK_SCHEMA, CALLBACK_URL_SCHEMA
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 _ERROR_CODES = [
@@ -277,8 +278,10 @@ def document(channels: list[str]) -> dict[str, Any]:
                         "subject": {"type": ["string", "null"], "maxLength": 255},
                         "metadata": {"type": ["object", "null"]},
                         "send_at": {"type": ["string", "null"], "format": "date-time"},
+                        "callback_url": CALLBACK_URL_SCHEMA,
                     },
                 },
+                "Callback": CALLBACK_SCHEMA,
                 "Accepted": {
                     "type": "object",
                     "required": ["job_id", "status", "idempotency_key", "created_at"],
@@ -326,6 +329,7 @@ def document(channels: list[str]) -> dict[str, Any]:
                         "created_at": {"type": "string", "format": "date-time"},
                         "updated_at": {"type": "string", "format": "date-time"},
                         "completed_at": _TIME,
+                        "callback": {"anyOf": [_ref("Callback"), {"type": "null"}]},
                     },
                 },
                 "Attempts": {
