@@ -17,6 +17,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
 from actors.backoff import Verdict, decide
+from actors.batching import Batcher
 from actors.broker import DEST_OPTION, RID_OPTION, BrokerUnavailable, Dispatcher, MessageKind, parse_redis_message_id
 from actors.channels.base import DeliveryError, PermanentError, TransientError
 from actors.channels.webhook import WebhookChannel
@@ -42,6 +43,8 @@ EVENT_TYPES = {
     Status.FAILED: "notification.failed",
     Status.CANCELLED: "notification.cancelled",
 }
+#: Longest the first callback of a batch waits for others to share its statement and Redis round trip.
+ARMED_LINGER = 0.005
 #: Longest error text kept on a callback.
 MAX_ERROR_LENGTH = 2000
 _INFIX = ".callback."
@@ -78,6 +81,29 @@ def send_armed(database: Database, dispatcher: Dispatcher, job_ids: list[uuid.UU
         dispatcher.send(dispatches, now=now, kind=CALLBACK_MESSAGES)
     except (LedgerUnavailable, BrokerUnavailable) as exc:
         log.warning("could not send %d status callbacks (%s); the reconciler will", len(job_ids), exc)
+
+
+class ArmedSender:
+    """Sends the first messages of the callbacks armed as jobs finished (`send_armed`), from a thread of its own: the
+    worker's ledger batcher posts its finished jobs here and goes on with its claims. Batched like it."""
+
+    def __init__(self, database: Database, dispatcher: Dispatcher, clock: Callable[[], datetime] = utcnow) -> None:
+        self.database = database
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self._batcher: Batcher[uuid.UUID, None] = Batcher(self._send, "wjp-callbacks", linger=ARMED_LINGER)
+
+    def post(self, job_ids: list[uuid.UUID]) -> None:
+        for job_id in job_ids:
+            self._batcher.post(job_id)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for what was posted to be sent; whether it all was."""
+        return self._batcher.flush(timeout)
+
+    def _send(self, job_ids: list[uuid.UUID]) -> list[BaseException | None]:
+        send_armed(self.database, self.dispatcher, job_ids, now=self.clock())
+        return [None] * len(job_ids)
 
 
 class CallbackDelivery:
