@@ -126,7 +126,8 @@ def test_a_black_holed_callback_fails_on_its_own_and_leaves_the_job_as_it_was(
         job = wait_for_status(database, job_id)
     assert view.attempts == 2 and "timed out" in (view.last_error or "")
     assert (job.status, job.attempts, job.last_error) == (Status.SUCCESS, 1, None)
-    assert len(receiver.received) == 2
+    # Each attempt timed out: under load one may do so before its request is even read.
+    assert 1 <= len(receiver.received) <= 2
 
 
 def test_a_callback_whose_message_redis_lost_is_sent_again_by_the_reconciler(
