@@ -9,7 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 import redis
@@ -51,6 +51,17 @@ class BrokerUnavailable(Exception):
 
 def redis_message_id(dispatch: Dispatch) -> str:
     return f"{dispatch.job_id}.{dispatch.seq}"
+
+
+class MessageKind(NamedTuple):
+    """What a dispatch's message is for: the actor it goes to and how its Redis id is written."""
+
+    actor: str
+    message_id: Callable[[Dispatch], str]
+
+
+#: A job's delivery attempt: the default of `Dispatcher.send` and `Dispatcher.missing`.
+JOB_MESSAGES = MessageKind(ACTOR_NAME, redis_message_id)
 
 
 def parse_redis_message_id(rid: str) -> tuple[uuid.UUID, int]:
@@ -298,7 +309,7 @@ class Dispatcher:
         self._maintenance: RedisBroker | None = None
         broker.declare_queue(queue)
 
-    def send(self, dispatches: Iterable[Dispatch], *, now: datetime) -> int:
+    def send(self, dispatches: Iterable[Dispatch], *, now: datetime, kind: MessageKind = JOB_MESSAGES) -> int:
         """Enqueue each dispatch, delayed until it is due, in one round trip; raise `BrokerUnavailable` if Redis
         is unreachable (then some of them may have been sent: a later send of one is dropped by its claim).
 
@@ -311,7 +322,7 @@ class Dispatcher:
         sent_at = current_millis()
         traced = tracing.enqueued()
         for dispatch in dispatches:
-            rid = redis_message_id(dispatch)
+            rid = kind.message_id(dispatch)
             delay_ms = int((dispatch.due_at - now).total_seconds() * 1000)
             options: dict[str, object] = {RID_OPTION: rid, "redis_message_id": rid}
             if dispatch.destination:
@@ -325,7 +336,7 @@ class Dispatcher:
             # The fields of a `dramatiq.Message`, as its `encode` writes them, without building the dataclass only
             # to take it apart again.
             fields = {
-                "queue_name": queue, "actor_name": ACTOR_NAME, "args": [str(dispatch.job_id)], "kwargs": {},
+                "queue_name": queue, "actor_name": kind.actor, "args": [str(dispatch.job_id)], "kwargs": {},
                 "options": options, "message_id": rid, "message_timestamp": sent_at,
             }  # fmt: skip
             messages.append((queue, rid, encode(fields)))
@@ -338,7 +349,7 @@ class Dispatcher:
             raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
         return len(messages)
 
-    def missing(self, dispatches: list[Dispatch]) -> list[Dispatch]:
+    def missing(self, dispatches: list[Dispatch], kind: MessageKind = JOB_MESSAGES) -> list[Dispatch]:
         """The dispatches whose message is in neither the queue nor the delay queue (nor a worker's lease,
         which keeps the body in the queue's hash). O(1) per dispatch, read atomically."""
         if not dispatches:
@@ -347,7 +358,7 @@ class Dispatcher:
         queued = f"{NAMESPACE}:{self.queue}.msgs"
         pipe = self.broker.client.pipeline(transaction=True)
         for dispatch in dispatches:
-            rid = redis_message_id(dispatch)
+            rid = kind.message_id(dispatch)
             # Delay queue first: a promotion writes the queue's copy before dropping the delayed one.
             pipe.hexists(delayed, rid)
             pipe.hexists(queued, rid)

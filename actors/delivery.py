@@ -21,6 +21,7 @@ from actors import metrics, observe
 from actors.backoff import Verdict, decide
 from actors.batching import Batcher
 from actors.broker import BrokerUnavailable, Dispatcher, parse_redis_message_id
+from actors.callbacks import ArmedSender
 from actors.channels.base import (
     Channel,
     DeliveryError,
@@ -114,6 +115,7 @@ class Delivery:
         # a success waits a moment for a claim to share its statement (and commit) with. A thread waits for its
         # claim, but not for its success to be written: it takes its next message meanwhile.
         self._ledger: Batcher[_Request, _Result] = Batcher(self._write_batch, "wjp-ledger", linger=SUCCESS_LINGER)
+        self.armed = ArmedSender(database, dispatcher, clock)  # the status callbacks of finished jobs
         self.flow: FlowControl | None = None
         if settings.flow.enabled:
             self.flow = FlowControl(
@@ -164,6 +166,7 @@ class Delivery:
                          extra={"job_id": job.id, "attempt": job.attempt})  # fmt: skip
             else:
                 _log_taken_back(job)
+        self.armed.post([job.id for (job, *_), ok in zip(delivered, done, strict=True) if ok and job.callback_url])
         successes, claim_results = iter(done), iter(claimed)
         results: list[_Result | BaseException] = []
         for n, request in enumerate(requests):
@@ -215,8 +218,8 @@ class Delivery:
             return [False] * len(delivered)
 
     def flush(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for the successes not yet written; say whether they all have been."""
-        return self._ledger.flush(timeout)
+        """Wait up to `timeout` seconds for the successes not yet written and their callbacks sent; whether done."""
+        return self._ledger.flush(timeout) and self.armed.flush(timeout)
 
     def close_channels(self) -> None:
         """Let every channel close what it keeps between deliveries (SMTP sessions say QUIT)."""
@@ -325,6 +328,7 @@ class Delivery:
             )
             if done:
                 log.warning("⚠️ Job %s marked as FAILED after attempt %d: %s", job.id, job.attempt, text)
+                self.armed.post([job.id] if job.callback_url else [])
         if not done:
             _log_taken_back(job)
 

@@ -15,6 +15,7 @@ import redis
 
 from actors import metrics
 from actors.broker import BrokerUnavailable, Dispatcher
+from actors.callback_reconciler import CallbackReconciler
 from actors.flow import Gate, Limits, QueueKeys
 from actors.flow.control import effective_limits
 from actors.settings import FlowSettings
@@ -60,6 +61,7 @@ class Reconciler:
         clock: Callable[[], datetime] = utcnow,
         batch_size: int = BATCH_SIZE,
         flow: FlowSettings | None = None,
+        max_attempts: int = 5,
     ) -> None:
         self.database = database
         self.dispatcher = dispatcher
@@ -69,6 +71,11 @@ class Reconciler:
         self.clock = clock
         self.batch_size = batch_size
         self.flow = FlowSettings() if flow is None else flow
+        # `max_attempts`: of a callback whose claims keep expiring (WJP_MAX_ATTEMPTS, as for its attempts' failures).
+        self.callbacks = CallbackReconciler(
+            database=database, dispatcher=dispatcher, visibility_timeout=visibility_timeout, grace=grace,
+            schedule_horizon=schedule_horizon, max_attempts=max_attempts, batch_size=batch_size, clock=clock,
+        )  # fmt: skip
 
     def run_once(self) -> PassReport:
         """Raise `LedgerUnavailable` or `BrokerUnavailable` when either cannot be reached."""
@@ -79,6 +86,12 @@ class Reconciler:
         if self.flow.enabled:
             self._give_up_deferred(report)
         self._redispatch_missing(report)
+        # After the jobs: the callbacks this pass armed (claims expired to FAILED, deferrals given up) go out now.
+        callbacks = self.callbacks.run_once()
+        report.expired += callbacks.expired
+        report.failed += callbacks.failed
+        report.redispatched += callbacks.redispatched
+        report.checked += callbacks.checked
         if self.flow.enabled:
             self._wake_waiting()
         report.duration_ms = round((time.perf_counter() - started) * 1000)

@@ -11,7 +11,9 @@ import dramatiq
 from actors import log_format, tracing
 from actors.actor import declare_actor
 from actors.broker import Dispatcher, make_broker
+from actors.callbacks import CallbackDelivery, declare_callback_actor
 from actors.channels import build_channels
+from actors.channels.webhook import WebhookChannel
 from actors.delivery import Delivery
 from actors.observe import ObserveMessages
 from actors.settings import Settings, positive_int
@@ -40,13 +42,17 @@ database = Database(
     kept=1,
     prepared_statements=settings.prepared_statements,
 )
-delivery = Delivery(
-    database=database,
-    dispatcher=Dispatcher(broker, settings.queue),
-    channels=build_channels(settings.channels),
-    settings=settings,
-    threads=threads,
-)
+dispatcher = Dispatcher(broker, settings.queue)
+channels = build_channels(settings.channels)
+delivery = Delivery(database=database, dispatcher=dispatcher, channels=channels, settings=settings, threads=threads)
 deliver = declare_actor(broker, delivery, settings)
+# Status callbacks go out as webhooks do, with the webhook channel's guard and signing, whichever channels are enabled.
+webhook = channels.get("webhook")
+if not isinstance(webhook, WebhookChannel):
+    webhook = WebhookChannel(settings.channels)
+callback_delivery = CallbackDelivery(
+    database=database, dispatcher=dispatcher, webhook=webhook, settings=settings, flow=delivery.flow
+)
+deliver_callback = declare_callback_actor(broker, callback_delivery, settings)
 logging.getLogger("wjp").setLevel(logging.INFO)
 log_straight_to_stderr()

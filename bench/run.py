@@ -4,7 +4,8 @@ baselines and peers, in one run on one machine. Writes `bench/results/latest.jso
 BENCH_QUICK=1 runs a reduced version (fewer jobs, shorter runs, 1 M rows only) in under 5 minutes.
 Other knobs: BENCH_API_WORKERS (gunicorn workers for our API and both baselines, default 4),
 BENCH_INTAKE_REPS, BENCH_INTAKE_SECONDS, BENCH_DRAIN_JOBS, BENCH_E2E_SECONDS, BENCH_SCALES (e.g. "1000000"),
-BENCH_ONLY (comma-separated phases: intake, ratelimit, drain, peers, e2e, flow_cost, noisy, maintenance),
+BENCH_ONLY (comma-separated phases: intake, ratelimit, drain, peers, e2e, flow_cost, noisy, callback_cost,
+maintenance),
 BENCH_KEEP_DB=1.
 """
 
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import common, flow, listing, ratelimit
+from bench import callbacks, common, flow, listing, ratelimit
 from bench.common import (
     BENCH,
     DATABASE_URL,
@@ -64,7 +65,7 @@ SCALES = [int(s) for s in os.environ.get("BENCH_SCALES", "1000000" if QUICK else
 STATS_SAMPLES = 50 if QUICK else 200
 RECONCILE_SAMPLES = 10 if QUICK else 30
 CANDIDATE_PASSES = 3 if QUICK else 7
-ALL_PHASES = "intake,ratelimit,drain,peers,e2e,flow_cost,noisy,maintenance"
+ALL_PHASES = "intake,ratelimit,drain,peers,e2e,flow_cost,noisy,callback_cost,maintenance"
 PHASES = [p for p in os.environ.get("BENCH_ONLY", ALL_PHASES).split(",") if p]
 QUEUE = "notifications"
 
@@ -88,7 +89,7 @@ def setup_database() -> None:
 
 def reset_ledger(*, checkpoint: bool = True) -> None:
     with bench_connect() as conn:
-        conn.execute("TRUNCATE jobs, attempts, baseline_jobs")
+        conn.execute("TRUNCATE jobs, attempts, callbacks, baseline_jobs")
         conn.execute("UPDATE job_counts SET success = 0, failed = 0, cancelled = 0, success_attempts = 0")
         if checkpoint:
             conn.execute("CHECKPOINT")
@@ -246,9 +247,9 @@ def phase_intake() -> dict:
 # ---------------------------------------------------------------------------------------------------- drain
 
 
-def _enqueue_worker(args: tuple[int, int, str, str, str]) -> int:
+def _enqueue_worker(args: tuple[int, int, str, str, str, str | None]) -> int:
     """One producer process: the real intake path, ledger.intake.accept + Dispatcher.send, per job."""
-    first, count, channel, recipient, tag = args
+    first, count, channel, recipient, tag, callback_url = args
     from actors.broker import Dispatcher, make_broker
     from ledger import intake
     from ledger.database import Database
@@ -257,12 +258,17 @@ def _enqueue_worker(args: tuple[int, int, str, str, str]) -> int:
 
     database = Database(DATABASE_URL, pool_size=1, transactions=1, kept=0)
     dispatcher = Dispatcher(make_broker(REDIS_URL), QUEUE)
+    callback = {}
+    if callback_url:
+        port = callback_url.split(":")[2].split("/")[0]
+        callback = {"callback_url": callback_url, "callback_destination": f"webhook:127.0.0.1:{port}"}
     message = "Hello, this is a notification body of roughly one hundred and sixty characters used for the drain " \
               "benchmark; it is padded to be realistic....."  # fmt: skip
     for i in range(first, first + count):
         request = intake.NewNotification(
-            idempotency_key=f"{tag}-{i}", recipient=recipient, channel=channel, message=message, max_attempts=5
-        )
+            idempotency_key=f"{tag}-{i}", recipient=recipient, channel=channel, message=message, max_attempts=5,
+            **callback,
+        )  # fmt: skip
         now = utcnow()
         result = database.run(lambda conn, request=request, now=now: intake.accept(conn, request, now=now,
                                                                                     dispatch_now=True))  # fmt: skip
@@ -271,11 +277,13 @@ def _enqueue_worker(args: tuple[int, int, str, str, str]) -> int:
     return count
 
 
-def enqueue(n: int, channel: str, recipient: str, tag: str, processes: int = 2) -> float:
+def enqueue(
+    n: int, channel: str, recipient: str, tag: str, processes: int = 2, callback_url: str | None = None
+) -> float:
     started = time.perf_counter()
     share = n // processes
-    parts = [(i * share, share if i < processes - 1 else n - share * (processes - 1), channel, recipient, tag)
-             for i in range(processes)]  # fmt: skip
+    parts = [(i * share, share if i < processes - 1 else n - share * (processes - 1), channel, recipient, tag,
+              callback_url) for i in range(processes)]  # fmt: skip
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         done = sum(pool.map(_enqueue_worker, parts))
     assert done == n, done
@@ -294,10 +302,18 @@ def finished_count(conn) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     return int(row[0]), int(row[1])
 
 
+def callbacks_undelivered(conn) -> int:  # type: ignore[no-untyped-def]
+    """Status callbacks still waiting or in flight, read from their partial indexes."""
+    row = conn.execute("SELECT (SELECT count(*) FROM callbacks WHERE status IN ('PENDING', 'RETRY')) + "
+                       "(SELECT count(*) FROM callbacks WHERE status = 'PROCESSING')").fetchone()  # fmt: skip
+    return int(row[0])
+
+
 def drain(name: str, n: int, channel: str, recipient: str, extra_groups: dict | None = None,
-          timeout: float = 300.0, **env: str) -> dict:  # fmt: skip
+          timeout: float = 300.0, callback_url: str | None = None, **env: str) -> dict:  # fmt: skip
+    """`callback_url`: every job has this status callback, and the drain ends when the last one is delivered."""
     reset_ledger()
-    enqueue_rate = enqueue(n, channel, recipient, name)
+    enqueue_rate = enqueue(n, channel, recipient, name, callback_url=callback_url)
     log(f"  {name}: {n} jobs enqueued through the intake path at {enqueue_rate:.0f}/s; starting wjp worker "
         f"--processes {WORKER_PROCESSES} --threads {WORKER_THREADS}")  # fmt: skip
     with bench_connect() as conn:
@@ -308,7 +324,7 @@ def drain(name: str, n: int, channel: str, recipient: str, extra_groups: dict | 
         t_spawn = time.perf_counter()
         service = worker(f"worker-{name}", **env)
         with running(service):
-            t_first = meter = None
+            t_first = meter = t_jobs_done = None
             done_first = 0
             timeline = []
             next_mark = t_spawn
@@ -323,7 +339,9 @@ def drain(name: str, n: int, channel: str, recipient: str, extra_groups: dict | 
                 if now >= next_mark:
                     timeline.append((round(now - t_spawn, 2), done))
                     next_mark += 1.0
-                if done >= n or now - t_spawn > timeout:
+                if done >= n and callback_url and t_jobs_done is None:
+                    t_jobs_done = now
+                if (done >= n and (not callback_url or callbacks_undelivered(conn) == 0)) or now - t_spawn > timeout:
                     break
                 time.sleep(0.02)
             t_end = time.perf_counter()
@@ -361,6 +379,8 @@ def drain(name: str, n: int, channel: str, recipient: str, extra_groups: dict | 
         "rss_mb": rss,
         "timeline": timeline,
     }
+    if callback_url and t_first and t_jobs_done:
+        out["jobs_done_per_s"] = round((n - done_first) / (t_jobs_done - t_first), 1)
     log(f"  {name}: {out['jobs_per_s']:.0f} jobs/s steady ({out['jobs_per_s_incl_startup']:.0f} incl. start-up), "
         f"{done}/{n} done, statuses {status}, cores {cores}")  # fmt: skip
     return out
@@ -870,6 +890,8 @@ def main() -> int:
             results["e2e"] = phase_e2e(max_rps)
         harness = flow.Harness(reset_ledger, api_server, worker, drain, webhook_drain, DRAIN_JOBS)
         results.update(flow.run_phases(PHASES, results, harness))
+        if "callback_cost" in PHASES:
+            results["callback_cost"] = callbacks.phase_callback_cost(harness, start, running)
         if "maintenance" in PHASES:
             results["maintenance"] = phase_maintenance()
     finally:
@@ -881,7 +903,7 @@ def main() -> int:
     final = {**summarise(results), "meta": {k: results[k] for k in (
         "date", "quick", "loadavg_before", "loadavg_after", "machine_busy_cores_before", "duration_s", "machine")},
         "details": {k: results.get(k) for k in ("intake", "ratelimit", "drain", "peers", "e2e", "noisy", "flow_cost",
-                                                 "maintenance")}}  # fmt: skip
+                                                 "callback_cost", "maintenance")}}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     common.write_json(RESULTS / "latest.json", final)
     table = render_table(final)
@@ -981,6 +1003,7 @@ def render_table(res: dict) -> str:
               f"{' / '.join(fmt(v) for v in cpu['worker_per_job'].values())} |"]  # fmt: skip
     lines += flow.table(res)
     lines += ratelimit.table(res)
+    lines += callbacks.table(res)
     return "\n".join(lines)
 
 

@@ -49,6 +49,8 @@ class ClaimedJob:
     metadata: dict[str, Any] | None
     attempt: int
     max_attempts: int
+    #: Where its status callback goes once it finishes; None without one.
+    callback_url: str | None = None
 
 
 def _pairs(second: str, ids: str) -> Any:
@@ -79,8 +81,10 @@ def _stamp(now: datetime, database_clock: bool, postgresql: bool) -> datetime | 
 #: What a claim returns, in the order of `ClaimedJob`'s fields.
 _CLAIMED_COLUMNS = tuple(
     jobs.c[name]
-    for name in ("id", "recipient", "channel", "message", "subject", "metadata", "attempts", "max_attempts")
-)
+    for name in (
+        "id", "recipient", "channel", "message", "subject", "metadata", "attempts", "max_attempts", "callback_url"
+    )
+)  # fmt: skip
 
 
 def _build_claim(postgresql: bool, ids: str = "ids", *flag: Any) -> tuple[Any, Any]:
@@ -211,6 +215,8 @@ def _build_succeed_and_claim() -> Any:
 _SUCCEED = _build_succeed(postgresql=False)
 _DRIVER_SUCCEED = DriverStatement(_build_succeed(postgresql=True))
 _DRIVER_SUCCEED_AND_CLAIM = DriverStatement(_build_succeed_and_claim())
+
+
 def succeed_many(
     conn: Connection, attempts: list[tuple[uuid.UUID, int]], *, now: datetime, database_clock: bool = False
 ) -> list[bool]:

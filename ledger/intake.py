@@ -38,6 +38,10 @@ class NewNotification:
     #: The party it is delivered to, as its channel names it (`Channel.destination`); the channel's name when not
     #: given. Not part of the payload: it follows from the recipient and the API's settings.
     destination: str = ""
+    #: Where the job's status callback goes when it finishes, and that URL's destination (None: no callback). Not
+    #: part of the compared payload (SPEC lists what is).
+    callback_url: str | None = None
+    callback_destination: str | None = None
 
     def payload_hash(self) -> str:
         """A digest of what makes two requests "the same": key order and time zones do not count."""
@@ -63,7 +67,7 @@ _INSERT = {
 _COLUMNS = (
     "id", "scope", "idempotency_key", "payload_hash", "recipient", "channel", "message", "subject", "metadata",
     "send_at", "status", "attempts", "max_attempts", "next_attempt_at", "dispatch_seq", "created_at", "updated_at",
-    "destination",
+    "destination", "callback_url", "callback_destination",
 )  # fmt: skip
 _DRIVER_INSERT = DriverStatement(_INSERT["postgresql"], column_keys=_COLUMNS)
 
@@ -130,6 +134,8 @@ class Accepting:
             "created_at": now,
             "updated_at": now,
             "destination": request.destination or request.channel,
+            "callback_url": request.callback_url,
+            "callback_destination": request.callback_destination,
         }
 
 
@@ -180,7 +186,8 @@ def accept(
 # parameter to encode (C-accelerated), where an array per column cost more client CPU than the round trip.
 _BATCH_COLUMNS = (
     "id", "scope", "idempotency_key", "payload_hash", "recipient", "channel", "message", "subject", "metadata",
-    "send_at", "max_attempts", "next_attempt_at", "dispatch_seq", "created_at", "destination",
+    "send_at", "max_attempts", "next_attempt_at", "dispatch_seq", "created_at", "destination", "callback_url",
+    "callback_destination",
 )  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, func, literal_column, null, select, union_all
 
 from ledger.schema import attempts, job_counts, jobs, status_in
 from ledger.states import FINISHED, WAITING, Status
-from ledger.timestamps import UTCDateTime
+from ledger.timestamps import UTCDateTime, rfc3339
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,28 @@ def job_view(row: Any) -> JobView:
         updated_at=row.updated_at,
         completed_at=row.completed_at,
     )
+
+
+def job_document(job: JobView) -> dict[str, Any]:
+    """The job as `GET /api/notifications/{id}` shows it, and as a status callback reports it (`data`)."""
+    return {
+        "job_id": str(job.id),
+        "status": job.status.value,
+        "recipient": job.recipient,
+        "channel": job.channel,
+        "destination": job.destination,
+        "idempotency_key": job.idempotency_key,
+        "subject": job.subject,
+        "metadata": job.metadata,
+        "send_at": rfc3339(job.send_at),
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "next_attempt_at": rfc3339(job.next_attempt_at),
+        "last_error": job.last_error,
+        "created_at": rfc3339(job.created_at),
+        "updated_at": rfc3339(job.updated_at),
+        "completed_at": rfc3339(job.completed_at),
+    }
 
 
 def get_job(conn: Connection, job_id: uuid.UUID, *, scope: str | None) -> JobView | None:

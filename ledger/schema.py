@@ -102,6 +102,9 @@ jobs = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("completed_at", UTCDateTime),
+    # Where the job's status callback goes when it finishes (SPEC "Status callbacks"), and that URL's destination.
+    Column("callback_url", Text),
+    Column("callback_destination", String(300)),
     # PostgreSQL: the transaction that created the row (its default, set by migration 0007, is
     # `pg_current_xact_id()`), which tells a listing walk whether the job was committed when the walk began
     # (ledger/listing.py); NULL on rows older than the column. SQLite leaves it NULL: there, the rowid tells.
@@ -176,6 +179,40 @@ job_counts = Table(
     Column("slot", Integer, primary_key=True, autoincrement=False),
     *(Column(status.lower(), BigInteger, nullable=False, server_default="0") for status in sorted(FINISHED)),
     Column("success_attempts", BigInteger, nullable=False, server_default="0"),
+)
+
+# The status callback of a job that has a `callback_url`: armed by a trigger on `jobs` (migration 0006) in the very
+# transaction that finishes the job, then delivered like a webhook with attempts of its own. One row per job: a later
+# finish (after a manual retry) re-arms it for the new status, and its dispatch seq fences the older messages.
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("job_id", Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    #: The job's status the callback reports: SUCCESS, FAILED or CANCELLED.
+    Column("event", String(16), nullable=False),
+    #: The callback's own delivery status (`ledger.callbacks.TRANSITIONS`).
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    # As `jobs.dispatch_seq`: 0 never sent, negative parked (no message may claim), positive the current message.
+    Column("dispatch_seq", Integer, nullable=False, server_default="0"),
+    Column("claimed_at", UTCDateTime),
+    Column("destination", String(300), nullable=False),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index(
+        "ix_callbacks_waiting_next_attempt_at",
+        "next_attempt_at",
+        postgresql_where=text("status IN ('PENDING', 'RETRY')"),
+        sqlite_where=text("status IN ('PENDING', 'RETRY')"),
+    ),
+    Index(
+        "ix_callbacks_processing_claimed_at",
+        "claimed_at",
+        postgresql_where=text("status = 'PROCESSING'"),
+        sqlite_where=text("status = 'PROCESSING'"),
+    ),
 )
 
 # Operators' limits per destination; a destination without a row, or a NULL, takes the workers' defaults.

@@ -166,6 +166,7 @@ def make_reconciler(settings: Settings) -> Reconciler:
         grace=settings.reconcile_grace,
         schedule_horizon=settings.schedule_horizon,
         flow=settings.flow,
+        max_attempts=settings.max_attempts,
     )
 
 

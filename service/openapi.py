@@ -7,6 +7,7 @@ from typing import Any
 import falcon
 
 from ledger.states import Outcome, Status
+from service.callbacks import CALLBACK_SCHEMA, CALLBACK_URL_SCHEMA
 from service.openapi_dashboard import dashboard_paths
 from service.openapi_listing import LISTING_SCHEMAS, listing_operation
 
@@ -281,8 +282,10 @@ def document(channels: list[str]) -> dict[str, Any]:
                         "subject": {"type": ["string", "null"], "maxLength": 255},
                         "metadata": {"type": ["object", "null"]},
                         "send_at": {"type": ["string", "null"], "format": "date-time"},
+                        "callback_url": CALLBACK_URL_SCHEMA,
                     },
                 },
+                "Callback": CALLBACK_SCHEMA,
                 "Accepted": {
                     "type": "object",
                     "required": ["job_id", "status", "idempotency_key", "created_at"],
@@ -330,6 +333,7 @@ def document(channels: list[str]) -> dict[str, Any]:
                         "created_at": {"type": "string", "format": "date-time"},
                         "updated_at": {"type": "string", "format": "date-time"},
                         "completed_at": _TIME,
+                        "callback": {"anyOf": [_ref("Callback"), {"type": "null"}]},
                     },
                 },
                 "Attempts": {

@@ -10,15 +10,19 @@ from typing import Any
 import falcon
 
 from actors.broker import BrokerUnavailable, Dispatcher
+from actors.callbacks import send_armed
 from actors.channels.base import Channel
-from ledger import queries, transitions
+from ledger import callbacks, queries, transitions
+from ledger.callbacks import CallbackView
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from ledger.intake import Accepting, Intake
+from ledger.queries import job_document
 from ledger.timestamps import rfc3339, utcnow
 from ledger.transitions import Dispatch
 from service import metrics
 from service.bodies import read_json_object
+from service.callbacks import callback_document
 from service.errors import ApiError
 from service.intake import GroupIntake
 from service.listing import JobListing, parse_query
@@ -120,27 +124,6 @@ class NotificationCollection:
         resp.status = falcon.HTTP_202
 
 
-def job_document(job: queries.JobView) -> dict[str, Any]:
-    return {
-        "job_id": str(job.id),
-        "status": job.status.value,
-        "recipient": job.recipient,
-        "channel": job.channel,
-        "destination": job.destination,
-        "idempotency_key": job.idempotency_key,
-        "subject": job.subject,
-        "metadata": job.metadata,
-        "send_at": rfc3339(job.send_at),
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "next_attempt_at": rfc3339(job.next_attempt_at),
-        "last_error": job.last_error,
-        "created_at": rfc3339(job.created_at),
-        "updated_at": rfc3339(job.updated_at),
-        "completed_at": rfc3339(job.completed_at),
-    }
-
-
 class NotificationItem:
     """GET and DELETE /api/notifications/{job_id}"""
 
@@ -148,10 +131,16 @@ class NotificationItem:
         self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        found = self.ctx.database.run(lambda conn: queries.get_job(conn, _job_id(job_id), scope=_scope(req)))
+        key, scope = _job_id(job_id), _scope(req)
+
+        def read(conn: Any) -> tuple[queries.JobView | None, CallbackView | None]:
+            job = queries.get_job(conn, key, scope=scope)
+            return job, None if job is None else callbacks.callback_view(conn, key)
+
+        found, callback = self.ctx.database.run(read)
         if found is None:
             raise _not_found()
-        resp.media = job_document(found)
+        resp.media = {**job_document(found), "callback": callback_document(callback)}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         key, scope, now = _job_id(job_id), _scope(req), utcnow()
@@ -170,6 +159,7 @@ class NotificationItem:
                 "not_cancellable",
                 f"The notification is {job.status.value}; only PENDING or RETRY notifications can be cancelled.",
             )
+        send_armed(self.ctx.database, self.ctx.dispatcher, [key], now=now)
         resp.media = job_document(job)
 
 

@@ -11,6 +11,7 @@ import falcon
 
 from actors.channels.base import Channel
 from ledger.intake import NewNotification
+from service.callbacks import callback_fields
 from service.errors import ApiError
 
 MAX_KEY_LENGTH = 255
@@ -21,7 +22,7 @@ MAX_METADATA_BYTES = 4096
 MAX_METADATA_DEPTH = 32
 #: Default of `WJP_MAX_SCHEDULE`: most seconds `send_at` may lie ahead (one year).
 DEFAULT_MAX_SCHEDULE = 31_536_000.0
-FIELDS = ("recipient", "channel", "message", "idempotency_key", "subject", "metadata", "send_at")
+FIELDS = ("recipient", "channel", "message", "idempotency_key", "subject", "metadata", "send_at", "callback_url")
 
 
 def json_type(value: Any) -> str:
@@ -180,6 +181,7 @@ def parse_notification(
         # A job parked for centuries is a typo or a way to fill the ledger with rows nothing will ever send.
         problems.append(("send_at", f"must be at most {max_schedule:g} seconds ahead (WJP_MAX_SCHEDULE)"))
 
+    callback = callback_fields(body.get("callback_url"), channels, problems)
     if problems:
         raise _invalid(problems)
     assert recipient is not None and channel_name is not None and channel is not None and message is not None
@@ -194,6 +196,7 @@ def parse_notification(
         send_at=send_at,
         scope=scope,
         destination=channel.destination(recipient),
+        **callback,
     )
 
 

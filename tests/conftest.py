@@ -84,7 +84,7 @@ def postgres_server_url() -> Iterator[str]:
 def reset_ledger(database: Database) -> None:
     def wipe(conn) -> None:
         if database.dialect == "postgresql":
-            conn.execute(text("TRUNCATE jobs, attempts, api_keys, destinations"))
+            conn.execute(text("TRUNCATE jobs, attempts, callbacks, api_keys, destinations"))
         else:
             conn.execute(text("DELETE FROM attempts"))
             conn.execute(text("DELETE FROM jobs"))

@@ -14,11 +14,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
 
-from actors.channels import deadline, register
+from actors.channels import register
 from actors.channels.base import Channel, ChannelConfig, Notification, PermanentError, TransientError
+from actors.channels.deadline import Cutoff
 from actors.channels.netguard import Resolver, host_refusal, refusal_reason, system_resolver
 from actors.channels.transport import WatchedTransport
 from actors.flow.keys import destination_key
@@ -207,21 +209,23 @@ class WebhookChannel(Channel):
         return url
 
     def deliver(self, notification: Notification) -> str:
-        url = self._recipient_url(notification.recipient)
-        addresses = self._checked_addresses(url)
         msg_id = str(notification.job_id)
+        body = {
+            "job_id": msg_id,
+            "recipient": notification.recipient,
+            "message": notification.message,
+            "metadata": notification.metadata,
+            "attempt": notification.attempt,
+        }
+        return self.post_event(notification.recipient, msg_id, body, deadline=notification.deadline)
+
+    def post_event(self, recipient: str, msg_id: str, event: dict[str, Any], *, deadline: float | None) -> str:
+        """POST `event` to `recipient` as a Standard Webhooks message `msg_id`, behind the guard and within the
+        timeouts of every webhook (status callbacks go out this way too); a receipt, or a `DeliveryError`."""
+        url = self._recipient_url(recipient)
+        addresses = self._checked_addresses(url)
         timestamp = int(self._clock())
-        body = json.dumps(
-            {
-                "job_id": msg_id,
-                "recipient": notification.recipient,
-                "message": notification.message,
-                "metadata": notification.metadata,
-                "attempt": notification.attempt,
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-        ).encode("utf-8")
+        body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         headers = {
             # The original host, port included, while the connection goes to the checked address.
             "Host": url.netloc.decode("ascii"),
@@ -234,7 +238,7 @@ class WebhookChannel(Channel):
         }
         if self._key is not None:
             headers["webhook-signature"] = sign(self._key, msg_id, timestamp, body)
-        with deadline.Cutoff(notification.deadline) as cutoff:
+        with Cutoff(deadline) as cutoff:
             return self._post(url, addresses, body, headers, cutoff)
 
     def _checked_addresses(self, url: httpx.URL) -> list[str]:
@@ -262,7 +266,7 @@ class WebhookChannel(Channel):
         return addresses
 
     def _post(
-        self, url: httpx.URL, addresses: list[str], body: bytes, headers: dict[str, str], cutoff: deadline.Cutoff
+        self, url: httpx.URL, addresses: list[str], body: bytes, headers: dict[str, str], cutoff: Cutoff
     ) -> str:
         ends = time.monotonic() + cutoff.left(self.timeout)
         sni = {"sni_hostname": url.host} if url.scheme == "https" else {}

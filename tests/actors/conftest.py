@@ -16,8 +16,10 @@ from dramatiq import Worker
 
 from actors.actor import declare_actor
 from actors.broker import Dispatcher, make_broker
+from actors.callbacks import CallbackDelivery, declare_callback_actor
 from actors.channels import build_channels
 from actors.channels.base import Channel, ChannelConfig, Notification, TransientError
+from actors.channels.webhook import WebhookChannel
 from actors.delivery import Delivery
 from actors.reconciler import Reconciler
 from actors.settings import Settings
@@ -78,6 +80,13 @@ def running_worker(
         threads=threads,
     )
     declare_actor(broker, delivery, settings)
+    # Status callbacks, as `actors.worker` declares them beside the delivery actor.
+    webhook = delivery.channels.get("webhook")
+    callbacks = CallbackDelivery(
+        database=database, dispatcher=delivery.dispatcher, settings=settings, flow=delivery.flow, clock=clock,
+        webhook=webhook if isinstance(webhook, WebhookChannel) else WebhookChannel(settings.channels),
+    )  # fmt: skip
+    declare_callback_actor(broker, callbacks, settings)
     if booted:
         broker.emit_after("process_boot")
     worker = Worker(broker, worker_threads=threads, worker_timeout=100)
@@ -170,4 +179,5 @@ def make_reconciler(
         schedule_horizon=settings.schedule_horizon,
         clock=clock,
         flow=settings.flow,
+        max_attempts=settings.max_attempts,
     )

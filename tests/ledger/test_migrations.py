@@ -21,7 +21,7 @@ from ledger.schema import COUNTER_SLOTS, metadata
 from ledger.states import Status
 from tests.ledger.conftest import T0, claim, job_in, submit
 
-TABLES = {"jobs", "attempts", "job_counts", "api_keys", "destinations"}
+TABLES = {"jobs", "attempts", "job_counts", "api_keys", "destinations", "callbacks"}
 
 
 def head() -> str:

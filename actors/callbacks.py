@@ -1,0 +1,256 @@
+"""Status callbacks: the actor that POSTs a finished job's status to its `callback_url` as a signed Standard Webhooks
+event, and the sending of their messages. The ledger arms a callback as its job finishes (`ledger.callbacks`); a
+reconciler pass sends what was never sent or lost (`actors.callback_reconciler`)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
+
+from actors.backoff import Verdict, decide
+from actors.batching import Batcher
+from actors.broker import DEST_OPTION, RID_OPTION, BrokerUnavailable, Dispatcher, MessageKind, parse_redis_message_id
+from actors.channels.base import DeliveryError, PermanentError, TransientError
+from actors.channels.webhook import WebhookChannel
+from actors.flow import Admission, AdmitRequest
+from actors.flow.control import FlowControl
+from actors.settings import Settings
+from ledger import callbacks
+from ledger.callbacks import ClaimedCallback
+from ledger.database import Database
+from ledger.errors import LedgerUnavailable
+from ledger.queries import job_document
+from ledger.states import Status
+from ledger.timestamps import rfc3339, utcnow
+from ledger.transitions import Dispatch
+
+log = logging.getLogger("wjp.callbacks")
+
+#: The callback actor's name; its messages share the delivery actor's queue.
+CALLBACK_ACTOR = "deliver_callback"
+#: The event `type` of each status a callback reports.
+EVENT_TYPES = {
+    Status.SUCCESS: "notification.succeeded",
+    Status.FAILED: "notification.failed",
+    Status.CANCELLED: "notification.cancelled",
+}
+#: Longest the first callback of a batch waits for others to share its statement and Redis round trip.
+ARMED_LINGER = 0.005
+#: Longest error text kept on a callback.
+MAX_ERROR_LENGTH = 2000
+_INFIX = ".callback."
+
+
+def callback_message_id(dispatch: Dispatch) -> str:
+    """The Redis id of a callback's message: apart from its job's own messages, which share the queue."""
+    return f"{dispatch.job_id}{_INFIX}{dispatch.seq}"
+
+
+def parse_callback_message_id(rid: str) -> tuple[uuid.UUID, int]:
+    """Split what `callback_message_id` writes; ValueError for anything else."""
+    job_id, infix, seq = rid.partition(_INFIX)
+    if not infix:
+        raise ValueError(f"not the Redis id of a callback: {rid!r}")
+    return parse_redis_message_id(f"{job_id}.{seq}")
+
+
+CALLBACK_MESSAGES = MessageKind(CALLBACK_ACTOR, callback_message_id)
+
+
+def event(claimed: ClaimedCallback, *, now: datetime) -> dict[str, Any]:
+    """The body a callback POSTs: the status it reports, when, and the job as its GET shows it."""
+    return {"type": EVENT_TYPES[claimed.event], "timestamp": rfc3339(now), "data": job_document(claimed.job)}
+
+
+def send_armed(database: Database, dispatcher: Dispatcher, job_ids: list[uuid.UUID], *, now: datetime) -> None:
+    """Send the first message of the callbacks armed as `job_ids` finished (after the commit that finished them).
+    Best effort: a reconciler pass sends whatever this misses."""
+    if not job_ids:
+        return
+    try:
+        dispatches = database.run(lambda conn: callbacks.dispatch_armed(conn, job_ids, now=now))
+        dispatcher.send(dispatches, now=now, kind=CALLBACK_MESSAGES)
+    except (LedgerUnavailable, BrokerUnavailable) as exc:
+        log.warning("could not send %d status callbacks (%s); the reconciler will", len(job_ids), exc)
+
+
+class ArmedSender:
+    """Sends the first messages of the callbacks armed as jobs finished (`send_armed`), from a thread of its own: the
+    worker's ledger batcher posts its finished jobs here and goes on with its claims. Batched like it."""
+
+    def __init__(self, database: Database, dispatcher: Dispatcher, clock: Callable[[], datetime] = utcnow) -> None:
+        self.database = database
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self._batcher: Batcher[uuid.UUID, None] = Batcher(self._send, "wjp-callbacks", linger=ARMED_LINGER)
+
+    def post(self, job_ids: list[uuid.UUID]) -> None:
+        for job_id in job_ids:
+            self._batcher.post(job_id)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for what was posted to be sent; whether it all was."""
+        return self._batcher.flush(timeout)
+
+    def _send(self, job_ids: list[uuid.UUID]) -> list[BaseException | None]:
+        send_armed(self.database, self.dispatcher, job_ids, now=self.clock())
+        return [None] * len(job_ids)
+
+
+class CallbackDelivery:
+    """Runs one attempt of a callback for a message: admitted by its destination's flow control like a webhook,
+    claimed in the ledger, POSTed through the webhook channel (its guard, signing and timeouts), and recorded. A
+    callback's outcome is its own: the job's status never changes here."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        dispatcher: Dispatcher,
+        webhook: WebhookChannel,
+        settings: Settings,
+        flow: FlowControl | None,
+        clock: Callable[[], datetime] = utcnow,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.database = database
+        self.dispatcher = dispatcher
+        self.webhook = webhook
+        self.settings = settings
+        self.flow = flow
+        self.clock = clock
+        self.rand = rand
+
+    def __call__(self, rid: str, destination: str) -> None:
+        try:
+            job_id, seq = parse_callback_message_id(rid)
+        except ValueError:
+            log.error("dropping a callback message with a malformed id %r", rid)
+            return
+        flow = self.flow if destination else None
+        if flow is not None:
+            admission = _admit(flow, destination, rid)
+            if not admission.granted:
+                self._defer(Dispatch(job_id, seq, self.clock(), destination), admission)
+                return
+        deadline = time.monotonic() + self.settings.attempt_time_limit
+        now = self.clock()
+        try:
+            claimed = self.database.run(lambda conn: callbacks.claim(conn, job_id, seq, now=now), transaction=True)
+        except Exception:
+            if flow is not None:
+                flow.unclaimed(destination, rid)
+            raise
+        if claimed is None:
+            # Stale (a newer dispatch, the job retried by an operator, already done): a waiting callback whose
+            # message this was is sent again by a reconciler pass.
+            if flow is not None:
+                flow.unclaimed(destination, rid)
+            log.debug("dropping stale callback message %s", rid)
+            return
+        error = self._attempt(claimed, deadline)
+        if flow is not None:
+            flow.finished(destination, rid, error)
+        self._record(claimed, error)
+
+    def _attempt(self, claimed: ClaimedCallback, deadline: float) -> DeliveryError | None:
+        msg_id = f"{claimed.job.id}.{claimed.event.value}"
+        try:
+            self.webhook.post_event(claimed.url, msg_id, event(claimed, now=self.clock()), deadline=deadline)
+        except DeliveryError as exc:
+            return exc
+        except TimeLimitExceeded:
+            return TransientError(f"attempt exceeded the time limit of {self.settings.attempt_time_limit:g}s")
+        except Exception as exc:
+            log.exception("the status callback of job %s raised unexpectedly", claimed.job.id)
+            return TransientError(f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _record(self, claimed: ClaimedCallback, error: DeliveryError | None) -> None:
+        job_id, attempt, now = claimed.job.id, claimed.attempt, self.clock()
+        decision = decide(
+            attempt=attempt, max_attempts=self.settings.max_attempts, failed=error is not None,
+            permanent=isinstance(error, PermanentError), retry_after=getattr(error, "retry_after", None),
+            policy=self.settings.backoff, now=now, rand=self.rand,
+        )  # fmt: skip
+        text = (str(error) or type(error).__name__)[:MAX_ERROR_LENGTH] if error is not None else ""
+        if decision.verdict is Verdict.SUCCEED:
+            done: object = self.database.run(lambda conn: callbacks.succeed(conn, job_id, attempt, now=now))
+            log.info("📣 Job %s: %s callback delivered (attempt %d)", job_id, claimed.event.value, attempt)
+        elif decision.verdict is Verdict.RETRY:
+            assert decision.due_at is not None
+            due_at = decision.due_at
+            parked = (due_at - now).total_seconds() > self.settings.schedule_horizon
+            done = self.database.run(
+                lambda conn: callbacks.schedule_retry(
+                    conn, job_id, attempt, now=now, due_at=due_at, error=text, parked=parked
+                )
+            )
+            if isinstance(done, Dispatch):
+                self._send(done)
+            log.info("🔁 Job %s: callback retry in %.1fs (attempt %d: %s)", job_id, decision.delay, attempt, text)
+        else:
+            done = self.database.run(lambda conn: callbacks.fail(conn, job_id, attempt, now=now, error=text))
+            log.warning("⚠️ Job %s: callback FAILED after attempt %d: %s", job_id, attempt, text)
+        if not done:
+            log.warning("Job %s: callback attempt %d was taken back meanwhile; its result is dropped", job_id, attempt)
+
+    def _defer(self, dispatch: Dispatch, admission: Admission) -> None:
+        """No attempt and no claim, as for a job (`FlowControl.defer`): parked on the destination's waiting list by
+        the gate, or back when the gate says (in the delay queue, or in the ledger beyond the schedule horizon)."""
+        if admission.parked:
+            # Its lease left this process with the gate's script: an ack now would drop it once it comes back.
+            self.dispatcher.broker.processing.acked = True
+            return
+        now = self.clock()
+        due_at = max(admission.until or now, now) + timedelta(seconds=self.rand())
+        if (due_at - now).total_seconds() > self.settings.schedule_horizon:
+            self.database.run(lambda conn: callbacks.park(conn, dispatch.job_id, dispatch.seq, now=now, due_at=due_at))
+            return
+        self._send(Dispatch(dispatch.job_id, dispatch.seq, due_at, dispatch.destination))
+
+    def _send(self, dispatch: Dispatch) -> None:
+        try:
+            self.dispatcher.send([dispatch], now=self.clock(), kind=CALLBACK_MESSAGES)
+        except BrokerUnavailable as exc:
+            log.warning("Job %s: could not enqueue its callback (%s); the reconciler will", dispatch.job_id, exc)
+
+
+def _admit(flow: FlowControl, key: str, rid: str) -> Admission:
+    """The gate's answer for one callback attempt to `key`, counted against this process's share as a job's is."""
+    took = flow.shares.take(key, rid)
+    admission = flow.decide([AdmitRequest(key, rid, flow.limits(key), park=rid, share_full=not took)], [])[0]
+    if took and not admission.granted:
+        flow.shares.give(key, rid, attempted=False)
+    return admission
+
+
+def declare_callback_actor(broker: RedisBroker, delivery: CallbackDelivery, settings: Settings) -> dramatiq.Actor:
+    """Register the callback actor on `broker`, on the delivery actor's queue."""
+
+    def deliver_callback(job_id: str) -> None:
+        message = CurrentMessage.get_current_message()
+        options = message.options if message else {}
+        delivery(options.get(RID_OPTION, ""), options.get(DEST_OPTION, ""))
+
+    return dramatiq.actor(
+        deliver_callback,
+        broker=broker,
+        actor_name=CALLBACK_ACTOR,
+        queue_name=settings.queue,
+        # Only an unreachable ledger is worth Dramatiq's own retry (the claim never happened); the rest is the
+        # reconciler's.
+        retry_when=lambda retries, exception: isinstance(exception, LedgerUnavailable),
+        min_backoff=500,
+        max_backoff=30_000,
+        time_limit=int(settings.attempt_time_limit * 1000),
+    )

@@ -1,0 +1,248 @@
+"""Status callbacks in the ledger: their lifecycle, one guarded statement per transition, and the reads of the
+reconciler and the API.
+
+A callback is armed by a trigger on `jobs` in the transaction that finishes its job (migration 0006); from then on
+it lives like a job of its own: dispatched under a seq that fences older messages, claimed for one attempt at a
+time, retried, and taken back by the reconciler when its worker vanished. A callback only claims while its job is
+still in the status it reports, so one armed before a manual retry waits for the job's next finish, which re-arms it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, literal_column, or_, select, tuple_, update
+
+from ledger.queries import JOB_COLUMNS, JobView, job_view
+from ledger.schema import callbacks, jobs
+from ledger.states import WAITING, Status
+from ledger.transitions import Dispatch
+
+#: name → (statuses the callback must be in, status it moves to); as `states.TRANSITIONS` for jobs.
+TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
+    "claim": (WAITING, Status.PROCESSING),
+    "succeed": (frozenset({Status.PROCESSING}), Status.SUCCESS),
+    "schedule_retry": (frozenset({Status.PROCESSING}), Status.RETRY),
+    "fail": (frozenset({Status.PROCESSING}), Status.FAILED),
+    "expire_to_retry": (frozenset({Status.PROCESSING}), Status.RETRY),
+    "expire_to_failed": (frozenset({Status.PROCESSING}), Status.FAILED),
+}
+
+#: A message may arrive this much before its due time (clocks of different hosts) and still claim.
+EARLY_CLAIM_TOLERANCE = timedelta(milliseconds=500)
+
+
+def _guard(name: str) -> tuple[Any, Status]:
+    sources, target = TRANSITIONS[name]
+    return callbacks.c.status.in_(sorted(s.value for s in sources)), target
+
+
+def _status_in(statuses: frozenset[Status]) -> Any:
+    """`callbacks.status IN (...)` with literal values, as the partial indexes' predicates are written, so that the
+    PostgreSQL and SQLite planners use them (see `schema.status_in`)."""
+    values = [literal_column(f"'{s.value}'") for s in sorted(statuses)]
+    return callbacks.c.status == values[0] if len(values) == 1 else callbacks.c.status.in_(values)
+
+
+def _reports_job_status() -> Any:
+    """The callback's job is still in the status it reports (not retried by an operator since)."""
+    return callbacks.c.event == select(jobs.c.status).where(jobs.c.id == callbacks.c.job_id).scalar_subquery()
+
+
+_RETURNING = (callbacks.c.job_id, callbacks.c.dispatch_seq, callbacks.c.next_attempt_at, callbacks.c.destination)
+
+
+def _dispatches(rows: Any) -> list[Dispatch]:
+    return [Dispatch(r.job_id, r.dispatch_seq, r.next_attempt_at, r.destination) for r in rows]
+
+
+def dispatch_armed(conn: Connection, job_ids: list[uuid.UUID], *, now: datetime) -> list[Dispatch]:
+    """The callbacks of `job_ids` armed and never sent (their jobs just finished) → a first dispatch each, to send
+    after commit; guarded on the seq, so a reconciler pass doing the same meanwhile sends each once."""
+    if not job_ids:
+        return []
+    rows = conn.execute(
+        update(callbacks)
+        .where(callbacks.c.job_id.in_(job_ids), _guard("claim")[0], callbacks.c.dispatch_seq <= 0)
+        .values(dispatch_seq=func.abs(callbacks.c.dispatch_seq) + 1, updated_at=now)
+        .returning(*_RETURNING)
+    ).all()
+    return _dispatches(rows)
+
+
+@dataclass(frozen=True)
+class ClaimedCallback:
+    """A callback this worker now holds for attempt number `attempt`, with what its body reports."""
+
+    job: JobView
+    url: str
+    event: Status
+    attempt: int
+
+
+def claim(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime) -> ClaimedCallback | None:
+    """Dispatch `seq` of the callback of `job_id`, waiting and due, its job still in the status it reports →
+    PROCESSING, attempts + 1; with the job as it is now. None when the guard no longer holds (a stale message)."""
+    guard, target = _guard("claim")
+    row = conn.execute(
+        update(callbacks)
+        .where(
+            callbacks.c.job_id == job_id,
+            callbacks.c.dispatch_seq == seq,
+            guard,
+            callbacks.c.next_attempt_at <= now + EARLY_CLAIM_TOLERANCE,
+            _reports_job_status(),
+        )
+        .values(status=target, attempts=callbacks.c.attempts + 1, claimed_at=now, updated_at=now)
+        .returning(callbacks.c.event, callbacks.c.attempts)
+    ).first()
+    if row is None:
+        return None
+    job = conn.execute(select(*JOB_COLUMNS, jobs.c.callback_url).where(jobs.c.id == job_id)).one()
+    return ClaimedCallback(job_view(job), job.callback_url, Status(row.event), row.attempts)
+
+
+def _held(job_id: uuid.UUID, attempt: int, name: str) -> tuple[tuple[Any, ...], Status]:
+    guard, target = _guard(name)
+    return (callbacks.c.job_id == job_id, callbacks.c.attempts == attempt, guard), target
+
+
+def succeed(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime) -> bool:
+    """PROCESSING at `attempt` → SUCCESS."""
+    held, target = _held(job_id, attempt, "succeed")
+    values = {"status": target, "last_error": None, "claimed_at": None, "updated_at": now}
+    return conn.execute(update(callbacks).where(*held).values(**values)).rowcount == 1
+
+
+def fail(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime, error: str) -> bool:
+    """PROCESSING at `attempt` → FAILED (a permanent error, or the last attempt failed)."""
+    held, target = _held(job_id, attempt, "fail")
+    values = {"status": target, "last_error": error, "claimed_at": None, "updated_at": now}
+    return conn.execute(update(callbacks).where(*held).values(**values)).rowcount == 1
+
+
+def schedule_retry(
+    conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime, due_at: datetime, error: str, parked: bool
+) -> Dispatch | bool:
+    """PROCESSING at `attempt` → RETRY due at `due_at`: the dispatch to send after commit, or (`parked`, due beyond
+    the schedule horizon) True, left for a reconciler pass to send as it comes due; False when the guard failed."""
+    held, target = _held(job_id, attempt, "schedule_retry")
+    seq = -callbacks.c.dispatch_seq if parked else callbacks.c.dispatch_seq + 1
+    row = conn.execute(
+        update(callbacks)
+        .where(*held)
+        .values(
+            status=target, next_attempt_at=due_at, dispatch_seq=seq, last_error=error, claimed_at=None, updated_at=now
+        )
+        .returning(*_RETURNING)
+    ).first()
+    if row is None:
+        return False
+    return True if parked else _dispatches([row])[0]
+
+
+def expire(
+    conn: Connection, *, now: datetime, cutoff: datetime, max_attempts: int, error: str, limit: int
+) -> tuple[list[Dispatch], int]:
+    """Take back up to `limit` claims made before `cutoff` (their worker vanished): → RETRY due now with a new
+    dispatch each, or FAILED after `max_attempts`. Guarded on what was read, so overlapping passes take each once."""
+    held = select(callbacks.c.job_id, callbacks.c.attempts).where(
+        _status_in(frozenset({Status.PROCESSING})), callbacks.c.claimed_at < cutoff
+    )
+    claims = [tuple(row) for row in conn.execute(held.order_by(callbacks.c.claimed_at).limit(limit)).all()]
+    if not claims:
+        return [], 0
+    common = {"last_error": error, "claimed_at": None, "updated_at": now}
+    matching = (tuple_(callbacks.c.job_id, callbacks.c.attempts).in_(claims), callbacks.c.claimed_at < cutoff)
+    guard, target = _guard("expire_to_retry")
+    retried = conn.execute(
+        update(callbacks)
+        .where(*matching, guard, callbacks.c.attempts < max_attempts)
+        .values(status=target, next_attempt_at=now, dispatch_seq=func.abs(callbacks.c.dispatch_seq) + 1, **common)
+        .returning(*_RETURNING)
+    ).all()
+    guard, target = _guard("expire_to_failed")
+    failed = conn.execute(
+        update(callbacks).where(*matching, guard, callbacks.c.attempts >= max_attempts).values(status=target, **common)
+    ).rowcount
+    return _dispatches(retried), failed
+
+
+def waiting_candidates(
+    conn: Connection,
+    *,
+    overdue_before: datetime,
+    schedule_until: datetime,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None = None,
+) -> list[tuple[uuid.UUID, int, datetime]]:
+    """Waiting callbacks whose job is still in the status they report and that should have a message in Redis:
+    sent and overdue, or without one (armed but never sent, or parked) and due before `schedule_until`.
+    Keyset-paged on (next_attempt_at, job_id) from `after`."""
+    overdue = and_(callbacks.c.dispatch_seq > 0, callbacks.c.next_attempt_at < overdue_before)
+    unsent = and_(callbacks.c.dispatch_seq <= 0, callbacks.c.next_attempt_at <= schedule_until)
+    query = select(callbacks.c.job_id, callbacks.c.dispatch_seq, callbacks.c.next_attempt_at).where(
+        _status_in(WAITING),
+        callbacks.c.next_attempt_at <= max(overdue_before, schedule_until),
+        or_(overdue, unsent),
+        _reports_job_status(),
+    )
+    if after is not None:
+        query = query.where(tuple_(callbacks.c.next_attempt_at, callbacks.c.job_id) > after)
+    rows = conn.execute(query.order_by(callbacks.c.next_attempt_at, callbacks.c.job_id).limit(limit)).all()
+    return [(row.job_id, row.dispatch_seq, row.next_attempt_at) for row in rows]
+
+
+def redispatch(conn: Connection, lost: list[tuple[uuid.UUID, int]], *, now: datetime) -> list[Dispatch]:
+    """Waiting callbacks `(job_id, seq)` whose message is gone, never sent or parked → a new dispatch each, guarded
+    on the seq read."""
+    if not lost:
+        return []
+    rows = conn.execute(
+        update(callbacks)
+        .where(tuple_(callbacks.c.job_id, callbacks.c.dispatch_seq).in_(lost), _guard("claim")[0])
+        .values(dispatch_seq=func.abs(callbacks.c.dispatch_seq) + 1, updated_at=now)
+        .returning(*_RETURNING)
+    ).all()
+    return _dispatches(rows)
+
+
+@dataclass(frozen=True)
+class CallbackView:
+    """What the API shows of a job's callback: None in `status` until the job has finished."""
+
+    url: str
+    event: Status | None
+    status: Status | None
+    attempts: int
+    last_error: str | None
+
+
+def callback_view(conn: Connection, job_id: uuid.UUID) -> CallbackView | None:
+    """The callback of `job_id`, or None when the job has no `callback_url` (or does not exist)."""
+    row = conn.execute(
+        select(jobs.c.callback_url, callbacks.c.event, callbacks.c.status, callbacks.c.attempts, callbacks.c.last_error)
+        .select_from(jobs.outerjoin(callbacks, callbacks.c.job_id == jobs.c.id))
+        .where(jobs.c.id == job_id, jobs.c.callback_url.is_not(None))
+    ).first()
+    if row is None:
+        return None
+    event = None if row.event is None else Status(row.event)
+    status = None if row.status is None else Status(row.status)
+    return CallbackView(row.callback_url, event, status, row.attempts or 0, row.last_error)
+
+
+def park(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, due_at: datetime) -> bool:
+    """A waiting callback deferred on its destination until `due_at`, beyond the schedule horizon: its message goes
+    (the seq negated) and a reconciler pass sends it as it comes due."""
+    return (
+        conn.execute(
+            update(callbacks)
+            .where(callbacks.c.job_id == job_id, callbacks.c.dispatch_seq == seq, _guard("claim")[0])
+            .values(next_attempt_at=due_at, dispatch_seq=-callbacks.c.dispatch_seq, updated_at=now)
+        ).rowcount
+        == 1
+    )

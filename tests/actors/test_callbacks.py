@@ -1,0 +1,201 @@
+"""Status callbacks end to end in a real Dramatiq worker (in this process) on real Redis, PostgreSQL and SQLite, to
+real local receivers: signed, one per finish, retried without touching the job, and healed by the reconciler."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from standardwebhooks.webhooks import Webhook
+
+from actors.broker import Dispatcher, make_broker
+from actors.callbacks import send_armed
+from ledger import callbacks, claims, destinations, transitions
+from ledger.callbacks import CallbackView
+from ledger.database import Database
+from ledger.states import Status
+from ledger.timestamps import utcnow
+from tests.actors.conftest import make_reconciler, running_worker, submit, wait_for_status
+from tests.holding_receiver import holding_receiver
+from tests.webhook_sink import Reply, WebhookSink, webhook_sink
+
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def callback_fields(url: str) -> dict[str, str]:
+    parts = urlsplit(url)
+    return {"callback_url": url, "callback_destination": f"webhook:{parts.hostname}:{parts.port}"}
+
+
+def wait_for_callback(
+    database: Database, job_id: uuid.UUID, statuses: set[Status], timeout: float = 20.0
+) -> CallbackView:
+    deadline = time.monotonic() + timeout
+    view = None
+    while time.monotonic() < deadline:
+        view = database.run(lambda conn: callbacks.callback_view(conn, job_id))
+        if view is not None and view.status in statuses:
+            return view
+        time.sleep(0.02)
+    raise AssertionError(f"the callback of job {job_id} did not reach {sorted(statuses)}; last seen: {view}")
+
+
+def received_events(sink: WebhookSink) -> list[tuple[str, str]]:
+    return [(r.headers["webhook-id"], r.json["type"]) for r in sink.requests()]
+
+
+def test_a_succeeded_job_posts_one_callback_signed_for_the_standardwebhooks_library(
+    make_settings, database, dispatcher
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_SECRET=SECRET, WJP_WEBHOOK_ALLOW_PRIVATE="true")
+    with webhook_sink() as sink, running_worker(settings, database):
+        job_id = submit(database, dispatcher, settings, **callback_fields(sink.url))
+        view = wait_for_callback(database, job_id, {Status.SUCCESS})
+        job = wait_for_status(database, job_id)
+    assert (view.event, view.attempts, view.last_error) == (Status.SUCCESS, 1, None)
+    [request] = sink.requests()
+    body = Webhook(SECRET).verify(request.body, request.headers)
+    assert request.headers["webhook-id"] == f"{job_id}.SUCCESS"
+    assert body["type"] == "notification.succeeded"
+    assert body["timestamp"].endswith("Z")
+    assert body["data"]["job_id"] == str(job_id)
+    assert (body["data"]["status"], body["data"]["attempts"]) == ("SUCCESS", 1)
+    assert body["data"]["completed_at"] is not None and job.status is Status.SUCCESS
+
+
+def test_a_failed_job_posts_its_failed_callback_and_after_a_manual_retry_its_succeeded_one(
+    make_settings, database, dispatcher
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true")
+    with (
+        webhook_sink([Reply(400), Reply(200)]) as receiver,
+        webhook_sink() as status_sink,
+        running_worker(settings, database),
+    ):
+        fields = callback_fields(status_sink.url)
+        job_id = submit(database, dispatcher, settings, channel="webhook", recipient=receiver.url, **fields)
+        assert wait_for_status(database, job_id).status is Status.FAILED
+        wait_for_callback(database, job_id, {Status.SUCCESS})
+        retried = database.run(lambda conn: transitions.manual_retry(conn, job_id, now=utcnow(), extra_attempts=3))
+        assert retried is not None
+        dispatcher.send([retried], now=utcnow())
+        assert wait_for_status(database, job_id, {Status.SUCCESS}).status is Status.SUCCESS
+        view = wait_for_callback(database, job_id, {Status.SUCCESS})
+    assert view.event is Status.SUCCESS
+    assert received_events(status_sink) == [
+        (f"{job_id}.FAILED", "notification.failed"),
+        (f"{job_id}.SUCCESS", "notification.succeeded"),
+    ]
+    assert [r.json["data"]["status"] for r in status_sink.requests()] == ["FAILED", "SUCCESS"]
+
+
+def test_a_cancelled_job_posts_its_cancelled_callback(make_settings, database, dispatcher) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true")
+    with webhook_sink() as sink, running_worker(settings, database):
+        job_id = submit(database, None, settings, **callback_fields(sink.url))
+        assert database.run(lambda conn: transitions.cancel(conn, job_id, scope="", now=utcnow()))
+        send_armed(database, dispatcher, [job_id], now=utcnow())
+        wait_for_callback(database, job_id, {Status.SUCCESS})
+    assert received_events(sink) == [(f"{job_id}.CANCELLED", "notification.cancelled")]
+    assert sink.requests()[0].json["data"]["status"] == "CANCELLED"
+
+
+def test_a_callback_receiver_that_fails_then_recovers_gets_it_and_the_job_stays_success(
+    make_settings, database, dispatcher
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_MAX_ATTEMPTS="5")
+    with webhook_sink([Reply(503), Reply(500), Reply(200)]) as sink, running_worker(settings, database):
+        job_id = submit(database, dispatcher, settings, **callback_fields(sink.url))
+        view = wait_for_callback(database, job_id, {Status.SUCCESS})
+        job = wait_for_status(database, job_id)
+    assert (view.attempts, view.last_error) == (3, None)
+    assert (job.status, job.attempts, job.last_error) == (Status.SUCCESS, 1, None)
+    assert {r.headers["webhook-id"] for r in sink.requests()} == {f"{job_id}.SUCCESS"}
+    assert sink.count() == 3
+
+
+def test_a_black_holed_callback_fails_on_its_own_and_leaves_the_job_as_it_was(
+    make_settings, database, dispatcher
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_MAX_ATTEMPTS="2", WJP_WEBHOOK_TIMEOUT="0.3")
+    with holding_receiver([60.0]) as receiver, running_worker(settings, database):
+        job_id = submit(database, dispatcher, settings, **callback_fields(receiver.url))
+        view = wait_for_callback(database, job_id, {Status.FAILED})
+        job = wait_for_status(database, job_id)
+    assert view.attempts == 2 and "timed out" in (view.last_error or "")
+    assert (job.status, job.attempts, job.last_error) == (Status.SUCCESS, 1, None)
+    # Each attempt timed out: under load one may do so before its request is even read.
+    assert 1 <= len(receiver.received) <= 2
+
+
+def test_a_callback_whose_message_redis_lost_is_sent_again_by_the_reconciler(
+    make_settings, database, private_redis
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_RECONCILE_GRACE="0", REDIS_URL=private_redis.url)
+    dispatcher = Dispatcher(make_broker(private_redis.url), settings.queue)
+    with webhook_sink() as sink:
+        job_id = submit(database, None, settings, **callback_fields(sink.url))
+        assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=utcnow(), worker="w")) is not None
+        assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=utcnow()))
+        send_armed(database, dispatcher, [job_id], now=utcnow())
+        assert dispatcher.broker.client.hlen(f"dramatiq:{settings.queue}.msgs") == 1
+        dispatcher.broker.client.flushall()
+        later = lambda: utcnow() + timedelta(seconds=1)  # noqa: E731
+        report = make_reconciler(settings, database, dispatcher, clock=later).run_once()
+        assert report.redispatched == 1
+        with running_worker(settings, database):
+            wait_for_callback(database, job_id, {Status.SUCCESS})
+    assert received_events(sink) == [(f"{job_id}.SUCCESS", "notification.succeeded")]
+
+
+def test_a_callback_whose_worker_vanished_is_taken_back_and_delivered_by_another(
+    make_settings, database, dispatcher
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_VISIBILITY_TIMEOUT="5")
+    with webhook_sink() as sink:
+        job_id = submit(database, None, settings, **callback_fields(sink.url))
+        long_ago = utcnow() - timedelta(seconds=60)
+        assert database.run(lambda conn: transitions.cancel(conn, job_id, scope="", now=long_ago))
+        [dispatch] = database.run(lambda conn: callbacks.dispatch_armed(conn, [job_id], now=long_ago))
+        assert database.run(lambda conn: callbacks.claim(conn, job_id, dispatch.seq, now=long_ago)) is not None
+        report = make_reconciler(settings, database, dispatcher).run_once()
+        assert report.expired == 1
+        with running_worker(settings, database):
+            view = wait_for_callback(database, job_id, {Status.SUCCESS})
+    assert (view.attempts, sink.count()) == (2, 1)
+
+
+def test_a_callback_obeys_the_limits_of_its_destination(make_settings, database, dispatcher) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true")
+    with holding_receiver([0.3]) as receiver, running_worker(settings, database, threads=4):
+        fields = callback_fields(receiver.url)
+        database.run(
+            lambda conn: destinations.set_limits(
+                conn, fields["callback_destination"], destinations.Limits(1, None), now=utcnow()
+            )
+        )
+        jobs = [submit(database, dispatcher, settings, **fields) for _ in range(4)]
+        for job_id in jobs:
+            wait_for_callback(database, job_id, {Status.SUCCESS})
+    assert len(receiver.received) == 4
+    assert max(held.in_flight for held in receiver.received) == 1
+
+
+def test_a_job_whose_failure_the_reconciler_decides_gets_its_callback_in_the_same_pass(
+    make_settings, database, dispatcher
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_VISIBILITY_TIMEOUT="5", WJP_MAX_ATTEMPTS="1")
+    with webhook_sink() as sink:
+        long_ago = utcnow() - timedelta(seconds=60)
+        job_id = submit(database, None, settings, now=long_ago, **callback_fields(sink.url))
+        assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=long_ago, worker="gone")) is not None
+        report = make_reconciler(settings, database, dispatcher).run_once()
+        assert (report.failed, report.redispatched) == (1, 1)
+        with running_worker(settings, database):
+            wait_for_callback(database, job_id, {Status.SUCCESS})
+    [request] = sink.requests()
+    assert request.json["type"] == "notification.failed"
+    assert "visibility timeout" in request.json["data"]["last_error"]
+    assert database.run(lambda conn: callbacks.callback_view(conn, job_id)).event is Status.FAILED

@@ -1,0 +1,173 @@
+"""Status callbacks in the ledger, on PostgreSQL and SQLite: armed in the transaction that finishes the job, whatever
+finishes it; fenced on their dispatch and on the job's status; taken back and re-dispatched like jobs."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from ledger import callbacks, claims, transitions
+from ledger.database import Database
+from ledger.schema import callbacks as callbacks_table
+from ledger.states import Outcome, Status
+from tests.ledger.conftest import SECOND, T0, claim, submit
+
+URL = "https://hooks.example.com/status"
+DESTINATION = "webhook:hooks.example.com:443"
+
+
+def with_callback(database: Database, key: str, **fields) -> uuid.UUID:
+    return submit(database, key, callback_url=URL, callback_destination=DESTINATION, **fields)
+
+
+def row(database: Database, job_id: uuid.UUID):
+    return database.run(
+        lambda conn: conn.execute(select(callbacks_table).where(callbacks_table.c.job_id == job_id)).first()
+    )
+
+
+def fail_attempt(database: Database, job_id: uuid.UUID, attempt: int = 1) -> None:
+    assert database.run(
+        lambda conn: transitions.fail(conn, job_id, attempt, now=T0, outcome=Outcome.PERMANENT_ERROR, error="no")
+    )
+
+
+def test_a_job_without_a_callback_url_has_no_callback(database: Database) -> None:
+    job_id = submit(database, "plain")
+    claim(database, job_id)
+    assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=T0))
+    assert row(database, job_id) is None
+    assert database.run(lambda conn: callbacks.callback_view(conn, job_id)) is None
+
+
+def test_the_callback_is_armed_by_the_workers_success_in_its_own_statement(database: Database) -> None:
+    job_id = with_callback(database, "ok")
+    assert database.run(lambda conn: callbacks.callback_view(conn, job_id)) == callbacks.CallbackView(
+        URL, None, None, 0, None
+    )
+    claim(database, job_id)
+    assert database.run(lambda conn: claims.succeed_many(conn, [(job_id, 1)], now=T0)) == [True]
+    armed = row(database, job_id)
+    assert (armed.event, armed.status, armed.attempts, armed.dispatch_seq, armed.destination) == (
+        "SUCCESS", "PENDING", 0, 0, DESTINATION
+    )  # fmt: skip
+
+
+def test_the_callback_is_armed_by_a_failure_a_cancellation_an_expiry_and_a_deferral_given_up(
+    database: Database,
+) -> None:
+    failed = with_callback(database, "failed")
+    claim(database, failed)
+    fail_attempt(database, failed)
+    cancelled = with_callback(database, "cancelled")
+    assert database.run(lambda conn: transitions.cancel(conn, cancelled, scope="", now=T0))
+    expired = with_callback(database, "expired", max_attempts=1)
+    claim(database, expired)
+    _, gone = database.run(
+        lambda conn: transitions.expire(conn, [(expired, 1)], now=T0 + 60 * SECOND, cutoff=T0 + SECOND, error="vt")
+    )
+    assert gone == [expired]
+    deferred = with_callback(database, "deferred")
+    database.run(lambda conn: transitions.record_deferrals(conn, [(deferred, 1, "circuit")], now=T0))
+    given_up = database.run(
+        lambda conn: transitions.give_up_deferred(conn, now=T0 + 100 * SECOND, max_deferral=10, job_ids=[deferred])
+    )
+    assert given_up == [deferred]
+    events = {job_id: row(database, job_id).event for job_id in (failed, cancelled, expired, deferred)}
+    assert events == {failed: "FAILED", cancelled: "CANCELLED", expired: "FAILED", deferred: "FAILED"}
+
+
+def test_a_finish_that_rolls_back_arms_nothing(database: Database) -> None:
+    job_id = with_callback(database, "rolled-back")
+
+    def cancel_then_fail(conn) -> None:
+        assert transitions.cancel(conn, job_id, scope="", now=T0)
+        raise RuntimeError("the transaction dies after the cancellation")
+
+    with pytest.raises(RuntimeError):
+        database.run(cancel_then_fail, transaction=True)
+    assert row(database, job_id) is None
+
+
+def test_a_dispatch_claims_once_and_an_older_one_never(database: Database) -> None:
+    job_id = with_callback(database, "claims")
+    assert database.run(lambda conn: transitions.cancel(conn, job_id, scope="", now=T0))
+    [dispatch] = database.run(lambda conn: callbacks.dispatch_armed(conn, [job_id], now=T0))
+    assert (dispatch.seq, dispatch.destination) == (1, DESTINATION)
+    assert database.run(lambda conn: callbacks.dispatch_armed(conn, [job_id], now=T0)) == []
+    held = database.run(lambda conn: callbacks.claim(conn, job_id, 1, now=T0), transaction=True)
+    assert held is not None
+    assert (held.url, held.event, held.attempt, held.job.status) == (URL, Status.CANCELLED, 1, Status.CANCELLED)
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, 1, now=T0), transaction=True) is None
+    retry = database.run(
+        lambda conn: callbacks.schedule_retry(
+            conn, job_id, 1, now=T0, due_at=T0 + 2 * SECOND, error="HTTP 500", parked=False
+        )
+    )
+    assert isinstance(retry, transitions.Dispatch) and retry.seq == 2
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, 1, now=T0 + 5 * SECOND)) is None
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, 2, now=T0)) is None  # not yet due
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, 2, now=T0 + 5 * SECOND)).attempt == 2
+    assert not database.run(lambda conn: callbacks.succeed(conn, job_id, 1, now=T0))
+    assert database.run(lambda conn: callbacks.succeed(conn, job_id, 2, now=T0))
+    view = database.run(lambda conn: callbacks.callback_view(conn, job_id))
+    assert view == callbacks.CallbackView(URL, Status.CANCELLED, Status.SUCCESS, 2, None)
+
+
+def test_a_manual_retry_holds_the_failed_callback_and_the_next_finish_rearms_it(database: Database) -> None:
+    job_id = with_callback(database, "retried")
+    claim(database, job_id)
+    fail_attempt(database, job_id)
+    [first] = database.run(lambda conn: callbacks.dispatch_armed(conn, [job_id], now=T0))
+    dispatch = database.run(lambda conn: transitions.manual_retry(conn, job_id, now=T0, extra_attempts=3))
+    assert dispatch is not None
+    # The job is no longer FAILED: the failed callback does not claim, and no pass sends it meanwhile.
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, first.seq, now=T0)) is None
+    candidates = database.run(
+        lambda conn: callbacks.waiting_candidates(
+            conn, overdue_before=T0 + 60 * SECOND, schedule_until=T0 + 60 * SECOND, limit=10
+        )
+    )
+    assert candidates == []
+    assert database.run(lambda conn: claims.claim(conn, job_id, dispatch.seq, now=T0, worker="w")) is not None
+    assert database.run(lambda conn: claims.succeed(conn, job_id, 2, now=T0))
+    rearmed = row(database, job_id)
+    assert (rearmed.event, rearmed.status, rearmed.attempts, rearmed.dispatch_seq) == ("SUCCESS", "PENDING", 0, -1)
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, first.seq, now=T0)) is None
+    [second] = database.run(lambda conn: callbacks.dispatch_armed(conn, [job_id], now=T0))
+    assert second.seq == 2
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, 2, now=T0)).event is Status.SUCCESS
+
+
+def test_the_reconciler_reads_unsent_and_overdue_callbacks_and_takes_back_vanished_claims(database: Database) -> None:
+    unsent, lost, held = (with_callback(database, key) for key in ("unsent", "lost", "held"))
+    for job_id in (unsent, lost, held):
+        assert database.run(lambda conn, job_id=job_id: transitions.cancel(conn, job_id, scope="", now=T0))
+    database.run(lambda conn: callbacks.dispatch_armed(conn, [lost, held], now=T0))
+    assert database.run(lambda conn: callbacks.claim(conn, held, 1, now=T0)) is not None
+    candidates = database.run(
+        lambda conn: callbacks.waiting_candidates(
+            conn, overdue_before=T0 + 10 * SECOND, schedule_until=T0 + 10 * SECOND, limit=10
+        )
+    )
+    assert sorted(candidates) == sorted([(unsent, 0, T0), (lost, 1, T0)])
+    sent = database.run(lambda conn: callbacks.redispatch(conn, [(unsent, 0), (lost, 1)], now=T0))
+    assert sorted((d.job_id, d.seq) for d in sent) == sorted([(unsent, 1), (lost, 2)])
+    assert database.run(lambda conn: callbacks.redispatch(conn, [(unsent, 0), (lost, 1)], now=T0)) == []
+
+    def expire(max_attempts: int, cutoff=T0 + 30 * SECOND):
+        return database.run(
+            lambda conn: callbacks.expire(
+                conn, now=cutoff + 30 * SECOND, cutoff=cutoff, max_attempts=max_attempts, error="vt", limit=10
+            ),
+            transaction=True,
+        )
+
+    dispatches, failed = expire(max_attempts=3)
+    assert ([(d.job_id, d.seq) for d in dispatches], failed) == ([(held, 2)], 0)
+    assert row(database, held).status == "RETRY"
+    assert database.run(lambda conn: callbacks.claim(conn, held, 2, now=T0 + 60 * SECOND)).attempt == 2
+    assert expire(max_attempts=2, cutoff=T0 + 90 * SECOND) == ([], 1)
+    assert (row(database, held).status, row(database, held).last_error) == ("FAILED", "vt")
