@@ -259,25 +259,31 @@ def accept_batch(conn: Connection, batch: list[Accepting]) -> list[IntakeResult]
         results[index] = result if result is not None and result.outcome is Intake.CREATED else None
     taken = [key for key, index in firsts.items() if results[index] is None]
     rows = _recorded(conn, batch[0].request.scope, taken) if taken else {}
-    # Per key, the job its later occurrences are compared with and its payload's digest; None: ask the ledger.
-    references: dict[str, tuple[IntakeResult, str] | None] = {}
+    # Per key, the job its later occurrences are compared with and its payload's digest (None: the first
+    # occurrence's, computed only if a later one needs it); a key missing here: ask the ledger.
+    references: dict[str, tuple[IntakeResult, str | None]] = {}
     for key, index in firsts.items():
         item, result = batch[index], results[index]
         if result is not None:
-            references[key] = (result, item.request.payload_hash())
+            references[key] = (result, None)
         elif key in rows:
             references[key] = rows[key]
             results[index] = _compared(rows[key], item.request.payload_hash())
         else:
             # Pruned between the two statements: the key is new again, and the ledger alone knows what it now holds.
-            references[key] = None
             results[index] = _accept_alone(conn, item)
     for index, item in enumerate(batch):
-        if results[index] is None:
-            reference = references[item.request.idempotency_key]
-            results[index] = (
-                _accept_alone(conn, item) if reference is None else _compared(reference, item.request.payload_hash())
-            )
+        if results[index] is not None:
+            continue
+        key = item.request.idempotency_key
+        if key not in references:
+            results[index] = _accept_alone(conn, item)
+            continue
+        recorded, digest = references[key]
+        if digest is None:
+            digest = batch[firsts[key]].request.payload_hash()
+            references[key] = (recorded, digest)
+        results[index] = _compared((recorded, digest), item.request.payload_hash())
     done = [result for result in results if result is not None]
     assert len(done) == len(batch)
     return done

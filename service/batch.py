@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
 import falcon
 
 from ledger import intake
+from ledger.errors import LedgerUnavailable
 from ledger.intake import Accepting, Intake, IntakeResult, NewNotification
 from ledger.timestamps import rfc3339, utcnow
 from service import metrics
@@ -88,27 +89,34 @@ class NotificationBatch:
         hold_to_rate = getattr(req.context, "hold_to_rate", None)
         if hold_to_rate is not None:
             hold_to_rate(len(items))
+        try:
+            scope, outage = request_scope(req), None
+        except LedgerUnavailable as exc:
+            # Raised only if an item needs the ledger: a batch of bad items is still told what is wrong with each.
+            scope, outage = "", exc
         now = utcnow()
         results: list[dict[str, Any] | None] = [None] * len(items)
         valid: list[tuple[int, NewNotification]] = []
         for index, item in enumerate(items):
             try:
-                valid.append((index, self._parsed(item, now)))
+                valid.append((index, self._parsed(item, scope, now)))
             except ApiError as exc:
-                metrics.count_intake("invalid")
                 results[index] = {"status": exc.status_code, **error_body(exc)}
+        metrics.count_intake("invalid", len(items) - len(valid))
         if valid:
-            scope = request_scope(req)
-            batch = [Accepting(replace(r, scope=scope), now, self._due_soon(r, now)) for _, r in valid]
+            if outage is not None:
+                raise outage
+            batch = [Accepting(request, now, self._due_soon(request, now)) for _, request in valid]
             outcomes = self.ctx.database.run(lambda conn: intake.accept_batch(conn, batch))
             self.ctx.dispatch([dispatch_of(o) for o in outcomes if o.outcome is Intake.CREATED and o.dispatch_seq])
             for (index, request), outcome in zip(valid, outcomes, strict=True):
-                metrics.count_intake(outcome.outcome.value)
                 mismatched = outcome.outcome is Intake.MISMATCH
                 results[index] = _mismatch(outcome) if mismatched else _accepted(outcome, request.idempotency_key)
+            for kind, count in Counter(outcome.outcome.value for outcome in outcomes).items():
+                metrics.count_intake(kind, count)
         resp.media = {"results": results}
 
-    def _parsed(self, item: Any, now: datetime) -> NewNotification:
+    def _parsed(self, item: Any, scope: str, now: datetime) -> NewNotification:
         if not isinstance(item, dict):
             raise ApiError(
                 falcon.HTTP_400,
@@ -121,7 +129,7 @@ class NotificationBatch:
             header_key=None,
             channels=self.ctx.channels,
             max_attempts=self.ctx.settings.core.max_attempts,
-            scope="",
+            scope=scope,
             max_schedule=self.ctx.settings.max_schedule,
             now=now,
         )

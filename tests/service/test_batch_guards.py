@@ -139,3 +139,15 @@ def test_two_batches_racing_on_overlapping_keys_make_one_job_per_key_and_no_5xx(
         assert [r["status"] for r in first[40:] + second[40:]] == [202] * 20
     assert job_count(database) == rounds * 60
     assert len(redis_messages.queued()) == rounds * 60
+
+
+def test_with_the_ledger_down_a_batch_of_bad_items_is_still_told_what_is_wrong_with_each(
+    client_for,
+    ledger_down,  # noqa: F811 (the fixture imported above)
+    dispatcher,
+):
+    client = client_for(ledger_down, dispatcher)
+
+    results = results_of(post_batch(client, [notification(channel="pigeon"), notification(message="")]))
+
+    assert [(r["status"], r["error"]) for r in results] == [(400, "validation_error")] * 2
