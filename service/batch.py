@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import falcon
+import msgspec
 
 from ledger import intake
 from ledger.errors import LedgerUnavailable
@@ -18,10 +19,9 @@ from service.bodies import read_json_object
 from service.errors import ApiError, error_body
 from service.intake import dispatch_of
 from service.resources import Context
+from service.shapes import MAX_BATCH_ITEMS, BatchResult, BatchResults
 from service.validation import json_type, parse_notification
 
-#: Most notifications one batch may hold.
-MAX_BATCH_ITEMS = 1000
 #: Largest batch body accepted, in bytes.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 
@@ -55,24 +55,27 @@ def batch_items(body: dict[str, Any]) -> list[Any]:
     return items
 
 
-def _accepted(result: IntakeResult, key: str) -> dict[str, Any]:
-    # `status` is the item's HTTP status, so the job's status (the single POST's `status`) is `job_status` here.
-    return {
-        "status": 200 if result.outcome is Intake.REPLAYED else 202,
-        "job_id": str(result.job_id),
-        "job_status": result.status.value,
-        "idempotency_key": key,
-        "created_at": rfc3339(result.created_at),
-    }
+def _accepted(result: IntakeResult, key: str) -> BatchResult:
+    return BatchResult(
+        status=200 if result.outcome is Intake.REPLAYED else 202,
+        job_id=str(result.job_id),
+        job_status=result.status,
+        idempotency_key=key,
+        created_at=rfc3339(result.created_at),
+    )
 
 
-def _mismatch(result: IntakeResult) -> dict[str, Any]:
-    return {
-        "status": 422,
-        "error": "idempotency_key_mismatch",
-        "message": "This idempotency key was already used with a different notification.",
-        "details": [{"field": "idempotency_key", "job_id": str(result.job_id)}],
-    }
+def _mismatch(result: IntakeResult) -> BatchResult:
+    return BatchResult(
+        status=422,
+        error="idempotency_key_mismatch",
+        message="This idempotency key was already used with a different notification.",
+        details=[{"field": "idempotency_key", "job_id": str(result.job_id)}],
+    )
+
+
+def _refused(error: ApiError) -> BatchResult:
+    return BatchResult(status=error.status_code, **error_body(error))
 
 
 class NotificationBatch:
@@ -95,13 +98,13 @@ class NotificationBatch:
             # Raised only if an item needs the ledger: a batch of bad items is still told what is wrong with each.
             scope, outage = "", exc
         now = utcnow()
-        results: list[dict[str, Any] | None] = [None] * len(items)
+        results: list[BatchResult | None] = [None] * len(items)
         valid: list[tuple[int, NewNotification]] = []
         for index, item in enumerate(items):
             try:
                 valid.append((index, self._parsed(item, scope, now)))
             except ApiError as exc:
-                results[index] = {"status": exc.status_code, **error_body(exc)}
+                results[index] = _refused(exc)
         metrics.count_intake("invalid", len(items) - len(valid))
         if valid:
             if outage is not None:
@@ -114,7 +117,8 @@ class NotificationBatch:
                 results[index] = _mismatch(outcome) if mismatched else _accepted(outcome, request.idempotency_key)
             for kind, count in Counter(outcome.outcome.value for outcome in outcomes).items():
                 metrics.count_intake(kind, count)
-        resp.media = {"results": results}
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = msgspec.json.encode(BatchResults(results=results))
 
     def _parsed(self, item: Any, scope: str, now: datetime) -> NewNotification:
         if not isinstance(item, dict):

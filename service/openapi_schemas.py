@@ -5,30 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ledger.states import Outcome, Status
+from service import shapes
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
-_ERROR_CODES = [
-    "invalid_json",
-    "validation_error",
-    "idempotency_key_required",
-    "idempotency_key_conflict",
-    "idempotency_key_mismatch",
-    "unauthorized",
-    "not_found",
-    "method_not_allowed",
-    "not_cancellable",
-    "not_failed",
-    "payload_too_large",
-    "batch_too_large",
-    "unsupported_media_type",
-    "ledger_unavailable",
-    "redis_unavailable",
-    "rate_limited",
-    "sessions_unavailable",
-    "not_ready",
-    "forbidden",
-    "internal_error",
-]
 
 #: Every field of a destination's document, all of them always present.
 _DESTINATION_PROPERTIES = {
@@ -53,79 +32,11 @@ def ref(name: str) -> dict[str, str]:
 
 
 def schemas(channels: list[str]) -> dict[str, Any]:
-    """Every named schema, for an API whose enabled channels are `channels`."""
+    """Every named schema, for an API whose enabled channels are `channels`: the bodies of intake generated from
+    their types (`service/shapes.py`), the others written here."""
     statuses = [s.value for s in Status]
     return {
-        "NewNotification": {
-            "type": "object",
-            "required": ["recipient", "channel", "message"],
-            "additionalProperties": False,
-            "properties": {
-                "recipient": {"type": "string", "minLength": 1},
-                "channel": {"type": "string", "enum": channels},
-                "message": {"type": "string", "minLength": 1, "maxLength": 16384},
-                "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255},
-                "subject": {"type": ["string", "null"], "maxLength": 255},
-                "metadata": {"type": ["object", "null"]},
-                "send_at": {"type": ["string", "null"], "format": "date-time"},
-            },
-        },
-        "Accepted": {
-            "type": "object",
-            "required": ["job_id", "status", "idempotency_key", "created_at"],
-            "properties": {
-                "job_id": {"type": "string", "format": "uuid"},
-                "status": {"type": "string", "enum": statuses},
-                "idempotency_key": {"type": "string"},
-                "created_at": {"type": "string", "format": "date-time"},
-            },
-        },
-        "NewNotificationBatch": {
-            "type": "object",
-            "required": ["notifications"],
-            "additionalProperties": False,
-            "properties": {
-                "notifications": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": 1000,
-                    "items": ref("NewNotification"),
-                    "description": "Each with its own `idempotency_key` (the header does not stand for it).",
-                }
-            },
-        },
-        "BatchResults": {
-            "type": "object",
-            "required": ["results"],
-            "properties": {
-                "results": {"type": "array", "items": {"oneOf": [ref("BatchAccepted"), ref("BatchError")]}}
-            },
-        },
-        "BatchAccepted": {
-            "type": "object",
-            "required": ["status", "job_id", "job_status", "idempotency_key", "created_at"],
-            "properties": {
-                "status": {"type": "integer", "enum": [202, 200], "description": "202 created, 200 a replay."},
-                "job_id": {"type": "string", "format": "uuid"},
-                "job_status": {
-                    "type": "string",
-                    "enum": statuses,
-                    "description": "The job's status: the single POST's `status`, renamed beside the item's own.",
-                },
-                "idempotency_key": {"type": "string"},
-                "created_at": {"type": "string", "format": "date-time"},
-            },
-        },
-        "BatchError": {
-            "type": "object",
-            "required": ["status", "error", "message", "details"],
-            "properties": {
-                "status": {"type": "integer", "enum": [400, 422]},
-                "error": {"type": "string", "examples": _ERROR_CODES},
-                "message": {"type": "string"},
-                "details": {"type": "array"},
-            },
-        },
+        **shapes.schemas(channels),
         "Job": {
             "type": "object",
             "required": [
@@ -226,14 +137,5 @@ def schemas(channels: list[str]) -> dict[str, Any]:
             "type": "object",
             "required": ["data"],
             "properties": {"data": {"type": "array", "items": ref("Destination")}},
-        },
-        "Error": {
-            "type": "object",
-            "required": ["error", "message", "details"],
-            "properties": {
-                "error": {"type": "string", "examples": _ERROR_CODES},
-                "message": {"type": "string"},
-                "details": {"type": "array"},
-            },
         },
     }

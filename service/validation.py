@@ -1,4 +1,6 @@
-"""Validation of a new notification: every rule of the contract, every bad field named at once."""
+"""Validation of a new notification: its type's rules (`shapes.NewNotification`), then those no type can say
+(a recipient that fits its channel, text the ledger can store, metadata's size, send_at's instant), every bad field
+named at once."""
 
 from __future__ import annotations
 
@@ -8,20 +10,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 import falcon
+import msgspec
+from msgspec import inspect
 
 from actors.channels.base import Channel
-from ledger.intake import NewNotification
+from ledger import intake
 from service.errors import ApiError
+from service.shapes import MAX_KEY_LENGTH, NewNotification
 
-MAX_KEY_LENGTH = 255
-MAX_MESSAGE_LENGTH = 16_384
-MAX_SUBJECT_LENGTH = 255
 MAX_METADATA_BYTES = 4096
 #: Deepest nesting of metadata accepted: far beyond any real use, and well inside Python's recursion limit.
 MAX_METADATA_DEPTH = 32
 #: Default of `WJP_MAX_SCHEDULE`: most seconds `send_at` may lie ahead (one year).
 DEFAULT_MAX_SCHEDULE = 31_536_000.0
-FIELDS = ("recipient", "channel", "message", "idempotency_key", "subject", "metadata", "send_at")
+#: The fields of a notification as its type declares them, in order.
+FIELDS = inspect.type_info(NewNotification).fields
+_ORDER = {field.encode_name: position for position, field in enumerate(FIELDS)}
+_NAMES = frozenset(_ORDER)
 
 
 def json_type(value: Any) -> str:
@@ -92,6 +97,47 @@ def idempotency_key(body: Mapping[str, Any], header: str | None) -> str:
     return key
 
 
+def _kind(info: inspect.Type) -> tuple[type, str]:
+    """The Python type a JSON value of this kind decodes to, and its name in a message."""
+    if isinstance(info, inspect.Metadata):
+        if (info.extra_json_schema or {}).get("format") == "date-time":
+            return str, "an RFC 3339 time string"
+        info = info.type
+    return (dict, "an object") if isinstance(info, inspect.DictType) else (str, "a string")
+
+
+def _value_problem(info: inspect.Type, value: Any) -> str | None:
+    """What is wrong with a present, non-null `value` by the rules of its declared type `info`."""
+    if isinstance(info, inspect.UnionType):
+        (info,) = (member for member in info.types if not isinstance(member, inspect.NoneType))
+    python_type, name = _kind(info)
+    if not isinstance(value, python_type):
+        return f"must be {name}, got {json_type(value)}"
+    limits = info.type if isinstance(info, inspect.Metadata) else info
+    if isinstance(limits, inspect.StrType):
+        if limits.max_length is not None and len(value) > limits.max_length:
+            return f"must be at most {limits.max_length} characters, got {len(value)}"
+        if limits.min_length and len(value) < limits.min_length:
+            return "must not be empty"
+    return None
+
+
+def type_problems(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Each field of `body` that breaks its type's rules: unknown, missing, of another JSON type, too long or
+    empty."""
+    problems = [(name, "is not a field of a notification") for name in sorted(set(body) - _NAMES)]
+    for field in FIELDS:
+        value = body.get(field.encode_name)
+        if value is None:
+            if field.required:
+                problems.append((field.encode_name, "is required"))
+            continue
+        problem = _value_problem(field.type, value)
+        if problem:
+            problems.append((field.encode_name, problem))
+    return problems
+
+
 def parse_notification(
     body: Mapping[str, Any],
     *,
@@ -101,33 +147,31 @@ def parse_notification(
     scope: str,
     max_schedule: float = DEFAULT_MAX_SCHEDULE,
     now: datetime | None = None,
-) -> NewNotification:
+) -> intake.NewNotification:
     """Check `body` and return the request to record, or raise a 400 naming every bad field. `send_at` may lie
     at most `max_schedule` seconds after `now` (default: the current time)."""
     key = idempotency_key(body, header_key)
-    problems: list[tuple[str, str]] = []
-    unknown = sorted(set(body) - set(FIELDS))
-    for name in unknown:
-        problems.append((name, "is not a field of a notification"))
+    try:
+        msgspec.convert(body, NewNotification)
+        problems: list[tuple[str, str]] = []
+    except msgspec.ValidationError:
+        # The type names only the first problem it meets; its rules, read field by field, name them all.
+        problems = type_problems(body)
+    bad = {name for name, _ in problems}
 
-    def required_text(name: str) -> str | None:
+    def text(name: str) -> str | None:
+        """The field's text unless it is absent, of the wrong type or not storable by the ledger."""
         value = body.get(name)
-        if value is None:
-            problems.append((name, "is required"))
-            return None
-        if not isinstance(value, str):
-            problems.append((name, f"must be a string, got {json_type(value)}"))
+        if name in bad or not isinstance(value, str):
             return None
         problem = _text_problem(value)
         if problem:
             problems.append((name, problem))
+            bad.add(name)
             return None
         return value
 
-    recipient = required_text("recipient")
-    channel_name = required_text("channel")
-    message = required_text("message")
-
+    recipient, channel_name, message, subject = text("recipient"), text("channel"), text("message"), text("subject")
     channel = None
     if channel_name is not None:
         channel = channels.get(channel_name)
@@ -141,49 +185,32 @@ def parse_notification(
             problem = channel.check_recipient(recipient)
             if problem:
                 problems.append(("recipient", problem))
-    if message is not None:
-        if not message.strip():
-            problems.append(("message", "must not be empty"))
-        elif len(message) > MAX_MESSAGE_LENGTH:
-            problems.append(("message", f"must be at most {MAX_MESSAGE_LENGTH} characters, got {len(message)}"))
+    if message is not None and not message.strip():
+        problems.append(("message", "must not be empty"))
+    if subject is not None and ("\r" in subject or "\n" in subject):
+        # A line break in a subject could smuggle a header into the email.
+        problems.append(("subject", "must be a single line"))
 
-    subject = body.get("subject")
-    if subject is not None:
-        if not isinstance(subject, str):
-            problems.append(("subject", f"must be a string, got {json_type(subject)}"))
-            subject = None
-        elif len(subject) > MAX_SUBJECT_LENGTH:
-            problems.append(("subject", f"must be at most {MAX_SUBJECT_LENGTH} characters, got {len(subject)}"))
-        else:
-            problem = _text_problem(subject)
-            if problem is None and ("\r" in subject or "\n" in subject):
-                # A line break in a subject could smuggle a header into the email.
-                problem = "must be a single line"
-            if problem:
-                problems.append(("subject", problem))
-
-    metadata = body.get("metadata")
+    metadata = None if "metadata" in bad else body.get("metadata")
     if metadata is not None:
-        if not isinstance(metadata, dict):
-            problems.append(("metadata", f"must be an object, got {json_type(metadata)}"))
+        problem = _nested_problem(metadata)
+        if problem:
+            problems.append(("metadata", problem))
         else:
-            problem = _nested_problem(metadata)
-            if problem:
-                problems.append(("metadata", problem))
-            else:
-                size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-                if size > MAX_METADATA_BYTES:
-                    problems.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"))
+            size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+            if size > MAX_METADATA_BYTES:
+                problems.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"))
 
-    send_at = _parse_send_at(body.get("send_at"), problems)
+    send_at = None if "send_at" in bad else _parse_send_at(body.get("send_at"), problems)
     if send_at is not None and (send_at - (now or datetime.now(UTC))).total_seconds() > max_schedule:
         # A job parked for centuries is a typo or a way to fill the ledger with rows nothing will ever send.
         problems.append(("send_at", f"must be at most {max_schedule:g} seconds ahead (WJP_MAX_SCHEDULE)"))
 
     if problems:
-        raise _invalid(problems)
+        # In the order the type declares its fields, unknown ones first.
+        raise _invalid(sorted(problems, key=lambda problem: _ORDER.get(problem[0], -1)))
     assert recipient is not None and channel_name is not None and channel is not None and message is not None
-    return NewNotification(
+    return intake.NewNotification(
         idempotency_key=key,
         recipient=recipient,
         channel=channel_name,
@@ -199,9 +226,6 @@ def parse_notification(
 
 def _parse_send_at(value: Any, problems: list[tuple[str, str]]) -> datetime | None:
     if value is None:
-        return None
-    if not isinstance(value, str):
-        problems.append(("send_at", f"must be an RFC 3339 time string, got {json_type(value)}"))
         return None
     try:
         # RFC 3339 allows lower-case "t" and "z"; Python's parser wants them upper-case.

@@ -1,0 +1,69 @@
+"""The bodies of intake declared once as types (service/shapes.py): the per-field details are read from the same
+rules the type checks, and the OpenAPI document's schemas are the types' own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from service import shapes
+from service.validation import type_problems
+from tests.service.conftest import ABSENT, notification
+
+BODIES: dict[str, dict[str, Any]] = {
+    "valid": notification(),
+    "valid with every field": notification(subject="S", metadata={"a": [1]}, send_at="2030-01-01T00:00:00Z"),
+    "explicit nulls": notification(subject=None, metadata=None, send_at=None, idempotency_key=None),
+    "unknown field": notification(priority="high"),
+    "missing recipient": notification(recipient=ABSENT),
+    "null channel": notification(channel=None),
+    "recipient a number": notification(recipient=5),
+    "empty recipient": notification(recipient=""),
+    "message a boolean": notification(message=True),
+    "message too long": notification(message="m" * (shapes.MAX_MESSAGE_LENGTH + 1)),
+    "message at the limit": notification(message="m" * shapes.MAX_MESSAGE_LENGTH),
+    "subject too long": notification(subject="s" * (shapes.MAX_SUBJECT_LENGTH + 1)),
+    "metadata a list": notification(metadata=[1]),
+    "send_at a number": notification(send_at=1),
+    "several at once": {"recipient": 5, "channel": "email", "message": "", "subject": 3, "metadata": "x"},
+}
+
+
+@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
+def test_the_field_by_field_rules_refuse_exactly_what_the_type_refuses(body):
+    try:
+        msgspec.convert(body, shapes.NewNotification)
+        refused = False
+    except msgspec.ValidationError:
+        refused = True
+
+    assert bool(type_problems(body)) == refused
+
+
+def test_every_bad_field_is_named_with_what_the_type_says_of_it():
+    problems = dict(type_problems(BODIES["several at once"]))
+
+    assert problems == {
+        "recipient": "must be a string, got number",
+        "message": "must not be empty",
+        "subject": "must be a string, got number",
+        "metadata": "must be an object, got string",
+    }
+    assert dict(type_problems(BODIES["send_at a number"])) == {"send_at": "must be an RFC 3339 time string, got number"}
+    assert dict(type_problems(BODIES["message too long"])) == {
+        "message": f"must be at most {shapes.MAX_MESSAGE_LENGTH} characters, got {shapes.MAX_MESSAGE_LENGTH + 1}"
+    }
+
+
+def test_the_documented_intake_schemas_are_generated_from_the_types(client):
+    documented = client.simulate_get("/openapi.json").json["components"]["schemas"]
+
+    for name, schema in shapes.schemas(["email", "log", "webhook"]).items():
+        assert documented[name] == schema
+    notification_schema = documented["NewNotification"]
+    assert notification_schema["required"] == ["recipient", "channel", "message"]
+    assert notification_schema["additionalProperties"] is False
+    assert notification_schema["properties"]["message"]["maxLength"] == shapes.MAX_MESSAGE_LENGTH
+    assert documented["NewNotificationBatch"]["properties"]["notifications"]["maxItems"] == shapes.MAX_BATCH_ITEMS
