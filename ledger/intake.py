@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import msgspec
 from psycopg.types.json import Json
 from sqlalchemy import JSON, Connection, String, Text, bindparam, column, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -215,17 +216,8 @@ def _build_insert_batch() -> Any:
 
 
 _DRIVER_INSERT_BATCH = DriverStatement(_build_insert_batch())
-
-
-def _as_json(row: dict[str, Any]) -> dict[str, Any]:
-    send_at = row["send_at"]
-    return {
-        **{name: row[name] for name in _BATCH_COLUMNS},
-        "id": str(row["id"]),
-        "send_at": None if send_at is None else send_at.isoformat(),
-        "next_attempt_at": row["next_attempt_at"].isoformat(),
-        "created_at": row["created_at"].isoformat(),
-    }
+#: msgspec writes the rows' ids, times and metadata as JSON in a twentieth of json.dumps's time (bench/README.md).
+_ROWS = msgspec.json.Encoder()
 
 
 def accept_many(conn: Connection, batch: list[Accepting]) -> list[IntakeResult | None]:
@@ -241,7 +233,8 @@ def accept_many(conn: Connection, batch: list[Accepting]) -> list[IntakeResult |
             for item in batch
         ]
     rows = [item.row() for item in batch]
-    encoded = json.dumps([_as_json(row) for row in rows], ensure_ascii=False, separators=(",", ":"))
+    # The row's other keys ride along unread: json_to_recordset takes only the columns it names.
+    encoded = _ROWS.encode(rows).decode()
     inserted = {found for (found,) in _DRIVER_INSERT_BATCH.execute(driver, {"rows": encoded})}
     return [_created(row) if row["id"] in inserted else None for row in rows]
 
