@@ -17,10 +17,11 @@ from service import metrics
 from service.access import request_scope
 from service.bodies import read_json_object
 from service.errors import ApiError, error_body
+from service.field_rules import json_type
 from service.intake import dispatch_of
 from service.resources import Context
 from service.shapes import MAX_BATCH_ITEMS, BatchResult, BatchResults
-from service.validation import json_type, parse_notification
+from service.validation import parse_notification
 
 #: Largest batch body accepted, in bytes.
 MAX_BATCH_BYTES = 4 * 1024 * 1024

@@ -9,31 +9,14 @@ from service import shapes
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
-#: Every field of a destination's document, all of them always present.
-_DESTINATION_PROPERTIES = {
-    "key": {"type": "string"},
-    "concurrency": {"type": "integer", "description": "The override, else the default."},
-    "rate": {"type": ["number", "null"], "description": "The override, else the default; null: unlimited."},
-    "in_flight": {"type": "integer"},
-    "circuit": {
-        "type": "string",
-        "enum": ["closed", "open", "half_open"],
-        "description": "An open circuit past `opened_until` reads open until its probe goes out.",
-    },
-    "consecutive_failures": {"type": "integer"},
-    "opened_until": _TIME,
-    "paused_until": _TIME,
-    "waiting": {"type": "integer", "description": "Jobs PENDING or RETRY on this destination."},
-}
-
 
 def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
 def schemas(channels: list[str]) -> dict[str, Any]:
-    """Every named schema, for an API whose enabled channels are `channels`: the bodies of intake generated from
-    their types (`service/shapes.py`), the others written here."""
+    """Every named schema, for an API whose enabled channels are `channels`: those declared as types in
+    `service/shapes.py` generated from them, the job's, its attempts' and the stats' written here (still)."""
     statuses = [s.value for s in Status]
     return {
         **shapes.schemas(channels),
@@ -109,33 +92,5 @@ def schemas(channels: list[str]) -> dict[str, Any]:
                 "avg_attempts_success": {"type": "number"},
                 "oldest_due_age_seconds": {"type": "number"},
             },
-        },
-        "Limits": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "concurrency": {
-                    "type": ["integer", "null"],
-                    "minimum": 1,
-                    "maximum": 1_000_000,
-                    "description": "Most attempts in flight at once, fleet-wide; null: the default.",
-                },
-                "rate": {
-                    "type": ["number", "null"],
-                    "minimum": 0.001,
-                    "maximum": 1_000_000,
-                    "description": "Most attempts started per second; null: the default.",
-                },
-            },
-        },
-        "Destination": {
-            "type": "object",
-            "required": list(_DESTINATION_PROPERTIES),
-            "properties": _DESTINATION_PROPERTIES,
-        },
-        "Destinations": {
-            "type": "object",
-            "required": ["data"],
-            "properties": {"data": {"type": "array", "items": ref("Destination")}},
         },
     }

@@ -1,5 +1,6 @@
-"""The bodies of intake, each declared once as a type: validation checks a body against its type, the per-field
-error details are read from the type's rules, and the OpenAPI document's schemas are generated from it.
+"""The bodies of intake and of the destinations' API, each declared once as a type: validation checks a body
+against its type, the per-field error details are read from the type's rules (service/field_rules.py), and the
+OpenAPI document's schemas are generated from it.
 
 msgspec, not pydantic v2: it checks a body in a fifth of the time and costs 4 MB, not 19, per API process
 (bench/README.md, "Bodies declared once").
@@ -7,10 +8,10 @@ msgspec, not pydantic v2: it checks a body in a fifth of the time and costs 4 MB
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from ledger.states import Status
 
@@ -19,6 +20,13 @@ MAX_MESSAGE_LENGTH = 16_384
 MAX_SUBJECT_LENGTH = 255
 #: Most notifications one batch may hold.
 MAX_BATCH_ITEMS = 1000
+#: Highest concurrency an operator may set: far beyond any fleet's threads, inside the ledger's integer column.
+MAX_CONCURRENCY = 1_000_000
+#: Lowest and highest rate, attempts per second, an operator may set: one attempt in about 17 minutes keeps every
+#: wait the gate computes within reach of a clock, and no receiver takes a million a second.
+MIN_RATE = 0.001
+MAX_RATE = 1_000_000.0
+RATE_UNIT = "attempts per second"
 
 #: An RFC 3339 time with its time zone; read by `validation.py`, which knows the rules a format cannot say.
 Time = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
@@ -97,6 +105,43 @@ class BatchResults(msgspec.Struct):
     results: list[BatchResult]
 
 
+Concurrency = Annotated[int, Meta(ge=1, le=MAX_CONCURRENCY, description="Most attempts in flight at once, fleet-wide.")]
+Rate = Annotated[
+    float, Meta(ge=MIN_RATE, le=MAX_RATE, description="Most attempts started per second.", extra={"unit": RATE_UNIT})
+]
+
+
+class Limits(msgspec.Struct, forbid_unknown_fields=True):
+    """A destination's limits to change: a number sets one, null takes it back to the default, a limit left out
+    stays as it is."""
+
+    concurrency: Concurrency | UnsetType | None = UNSET
+    rate: Rate | UnsetType | None = UNSET
+
+
+class Destination(msgspec.Struct):
+    """A destination: its limits (the override, else the default), its circuit and its jobs."""
+
+    key: str
+    concurrency: int
+    rate: Annotated[float, Meta(description="Null: unlimited.")] | None
+    in_flight: int
+    circuit: Annotated[
+        Literal["closed", "open", "half_open"],
+        Meta(description="An open circuit past `opened_until` reads open until its probe goes out."),
+    ]
+    consecutive_failures: int
+    opened_until: Time | None
+    paused_until: Time | None
+    waiting: Annotated[int, Meta(description="Jobs PENDING or RETRY on this destination.")]
+
+
+class Destinations(msgspec.Struct):
+    """Every destination with limits set, a circuit not closed, a pause, or jobs in flight or waiting."""
+
+    data: list[Destination]
+
+
 class Error(msgspec.Struct):
     """Every error, 4xx or 5xx."""
 
@@ -106,7 +151,7 @@ class Error(msgspec.Struct):
 
 
 #: Every body declared here, as the OpenAPI document names its schemas.
-TYPES = (NewNotification, NewNotificationBatch, Accepted, BatchResults, Error)
+TYPES = (NewNotification, NewNotificationBatch, Accepted, BatchResults, Limits, Destination, Destinations, Error)
 
 
 def schemas(channels: list[str]) -> dict[str, Any]:

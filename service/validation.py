@@ -16,6 +16,7 @@ from msgspec import inspect
 from actors.channels.base import Channel
 from ledger import intake
 from service.errors import ApiError
+from service.field_rules import field_problems, json_type
 from service.shapes import MAX_KEY_LENGTH, NewNotification
 
 MAX_METADATA_BYTES = 4096
@@ -23,16 +24,8 @@ MAX_METADATA_BYTES = 4096
 MAX_METADATA_DEPTH = 32
 #: Default of `WJP_MAX_SCHEDULE`: most seconds `send_at` may lie ahead (one year).
 DEFAULT_MAX_SCHEDULE = 31_536_000.0
-#: The fields of a notification as its type declares them, in order.
-FIELDS = inspect.type_info(NewNotification).fields
-_ORDER = {field.encode_name: position for position, field in enumerate(FIELDS)}
-_NAMES = frozenset(_ORDER)
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a decoded value's type, for messages a producer understands."""
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
+#: Where each field of a notification comes in the details: in the order its type declares them.
+_ORDER = {field.encode_name: position for position, field in enumerate(inspect.type_info(NewNotification).fields)}
 
 
 def _text_problem(value: str) -> str | None:
@@ -97,45 +90,9 @@ def idempotency_key(body: Mapping[str, Any], header: str | None) -> str:
     return key
 
 
-def _kind(info: inspect.Type) -> tuple[type, str]:
-    """The Python type a JSON value of this kind decodes to, and its name in a message."""
-    if isinstance(info, inspect.Metadata):
-        if (info.extra_json_schema or {}).get("format") == "date-time":
-            return str, "an RFC 3339 time string"
-        info = info.type
-    return (dict, "an object") if isinstance(info, inspect.DictType) else (str, "a string")
-
-
-def _value_problem(info: inspect.Type, value: Any) -> str | None:
-    """What is wrong with a present, non-null `value` by the rules of its declared type `info`."""
-    if isinstance(info, inspect.UnionType):
-        (info,) = (member for member in info.types if not isinstance(member, inspect.NoneType))
-    python_type, name = _kind(info)
-    if not isinstance(value, python_type):
-        return f"must be {name}, got {json_type(value)}"
-    limits = info.type if isinstance(info, inspect.Metadata) else info
-    if isinstance(limits, inspect.StrType):
-        if limits.max_length is not None and len(value) > limits.max_length:
-            return f"must be at most {limits.max_length} characters, got {len(value)}"
-        if limits.min_length and len(value) < limits.min_length:
-            return "must not be empty"
-    return None
-
-
 def type_problems(body: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Each field of `body` that breaks its type's rules: unknown, missing, of another JSON type, too long or
-    empty."""
-    problems = [(name, "is not a field of a notification") for name in sorted(set(body) - _NAMES)]
-    for field in FIELDS:
-        value = body.get(field.encode_name)
-        if value is None:
-            if field.required:
-                problems.append((field.encode_name, "is required"))
-            continue
-        problem = _value_problem(field.type, value)
-        if problem:
-            problems.append((field.encode_name, problem))
-    return problems
+    """Each field of `body` that breaks the rules of its type, `shapes.NewNotification`."""
+    return field_problems(body, NewNotification, "is not a field of a notification")
 
 
 def parse_notification(

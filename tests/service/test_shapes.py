@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from service import shapes
+from service.field_rules import field_problems
 from service.validation import type_problems
 from tests.service.conftest import ABSENT, notification
 
@@ -67,3 +68,30 @@ def test_the_documented_intake_schemas_are_generated_from_the_types(client):
     assert notification_schema["additionalProperties"] is False
     assert notification_schema["properties"]["message"]["maxLength"] == shapes.MAX_MESSAGE_LENGTH
     assert documented["NewNotificationBatch"]["properties"]["notifications"]["maxItems"] == shapes.MAX_BATCH_ITEMS
+
+
+LIMITS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
+    "both": ({"concurrency": 4, "rate": 2.5}, {}),
+    "a whole rate": ({"rate": 5}, {}),
+    "nulls": ({"concurrency": None, "rate": None}, {}),
+    "nothing": ({}, {}),
+    "concurrency a string": ({"concurrency": "5"}, {"concurrency": "must be a whole number or null, got string"}),
+    "concurrency a fraction": ({"concurrency": 1.5}, {"concurrency": "must be a whole number or null, got number"}),
+    "concurrency true": ({"concurrency": True}, {"concurrency": "must be a whole number or null, got boolean"}),
+    "concurrency 0": ({"concurrency": 0}, {"concurrency": f"must be 1 to {shapes.MAX_CONCURRENCY}, got 0"}),
+    "rate a word": ({"rate": "fast"}, {"rate": "must be a number or null, got string"}),
+    "rate too high": ({"rate": 1e300}, {"rate": "must be 0.001 to 1e+06 attempts per second, got 1e+300"}),
+    "unknown": ({"limit": 3}, {"limit": "is not a limit of a destination"}),
+}
+
+
+@pytest.mark.parametrize(("body", "problems"), LIMITS.values(), ids=LIMITS.keys())
+def test_a_limits_body_is_refused_by_its_type_exactly_where_its_rules_name_a_problem(body, problems):
+    try:
+        msgspec.convert(body, shapes.Limits)
+        refused = False
+    except msgspec.ValidationError:
+        refused = True
+
+    assert dict(field_problems(body, shapes.Limits, "is not a limit of a destination")) == problems
+    assert refused == bool(problems)
