@@ -6,7 +6,11 @@ from typing import Any
 
 import falcon
 
-from service.openapi_schemas import ref, schemas
+from service import shapes
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -239,7 +243,7 @@ def document(channels: list[str]) -> dict[str, Any]:
                 "dashboardSession": {"type": "apiKey", "in": "cookie", "name": "wjp_dashboard"},
             },
             "responses": {"Error": _json(ref("Error"), "An error")},
-            "schemas": schemas(channels),
+            "schemas": shapes.schemas(channels),
         },
     }
 

@@ -11,7 +11,7 @@ import pytest
 from service import shapes
 from service.field_rules import field_problems
 from service.validation import type_problems
-from tests.service.conftest import ABSENT, notification
+from tests.service.conftest import ABSENT, Worker, notification, post
 
 BODIES: dict[str, dict[str, Any]] = {
     "valid": notification(),
@@ -95,3 +95,20 @@ def test_a_limits_body_is_refused_by_its_type_exactly_where_its_rules_name_a_pro
 
     assert dict(field_problems(body, shapes.Limits, "is not a limit of a destination")) == problems
     assert refused == bool(problems)
+
+
+def test_the_answers_built_in_resources_have_exactly_their_types_fields(client, database):
+    job_id = post(client, notification(subject="S", metadata={"k": [1]})).json["job_id"]
+    Worker(database).claim(job_id)
+    answers = {
+        shapes.Job: client.simulate_get(f"/api/notifications/{job_id}").json,
+        shapes.Attempts: client.simulate_get(f"/api/notifications/{job_id}/attempts").json,
+        shapes.Stats: client.simulate_get("/internal/queue/stats").json,
+        shapes.Destinations: client.simulate_get("/internal/destinations").json,
+    }
+
+    for shape, answer in answers.items():
+        assert set(answer) == {field.name for field in msgspec.structs.fields(shape)}, shape
+        msgspec.convert(answer, shape)
+    (attempt,) = answers[shapes.Attempts]["attempts"]
+    assert set(attempt) == {field.name for field in msgspec.structs.fields(shapes.Attempt)}
