@@ -4,7 +4,7 @@ baselines and peers, in one run on one machine. Writes `bench/results/latest.jso
 BENCH_QUICK=1 runs a reduced version (fewer jobs, shorter runs, 1 M rows only) in under 5 minutes.
 Other knobs: BENCH_API_WORKERS (gunicorn workers for our API and both baselines, default 4),
 BENCH_INTAKE_REPS, BENCH_INTAKE_SECONDS, BENCH_DRAIN_JOBS, BENCH_E2E_SECONDS, BENCH_SCALES (e.g. "1000000"),
-BENCH_ONLY (comma-separated phases: intake, ratelimit, drain, peers, e2e, flow_cost, noisy, callback_cost,
+BENCH_ONLY (comma-separated phases: intake, batch, ratelimit, drain, peers, e2e, flow_cost, noisy, callback_cost,
 maintenance),
 BENCH_KEEP_DB=1.
 """
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import callbacks, common, flow, listing, ratelimit
+from bench import batch, callbacks, common, flow, listing, ratelimit
 from bench.common import (
     BENCH,
     DATABASE_URL,
@@ -65,7 +65,7 @@ SCALES = [int(s) for s in os.environ.get("BENCH_SCALES", "1000000" if QUICK else
 STATS_SAMPLES = 50 if QUICK else 200
 RECONCILE_SAMPLES = 10 if QUICK else 30
 CANDIDATE_PASSES = 3 if QUICK else 7
-ALL_PHASES = "intake,ratelimit,drain,peers,e2e,flow_cost,noisy,callback_cost,maintenance"
+ALL_PHASES = "intake,batch,ratelimit,drain,peers,e2e,flow_cost,noisy,callback_cost,maintenance"
 PHASES = [p for p in os.environ.get("BENCH_ONLY", ALL_PHASES).split(",") if p]
 QUEUE = "notifications"
 
@@ -138,13 +138,23 @@ def worker_processes(service: Service) -> list[int]:
 _WRK_LATENCY = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 
 
-def wrk(port: int, seconds: float, tag: str, api_key: str | None = None) -> tuple[dict, float]:
-    """Run wrk against POST /api/notifications (as the producer of `api_key` if given); return its figures and its
-    own CPU seconds."""
+def wrk(
+    port: int,
+    seconds: float,
+    tag: str,
+    api_key: str | None = None,
+    *,
+    script: str = "post.lua",
+    path: str = "/api/notifications",
+    connections: int = WRK_CONNECTIONS,
+    args: tuple[str, ...] = (),
+) -> tuple[dict, float]:
+    """Run wrk against POST `path` (a single notification per request by default; as the producer of `api_key` if
+    given); return its figures and its own CPU seconds."""
     argv = [
-        "wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency",
-        "-s", str(BENCH / "post.lua"), f"http://127.0.0.1:{port}/api/notifications", "--", tag,
-        *([api_key] if api_key else []),
+        "wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency",
+        "-s", str(BENCH / script), f"http://127.0.0.1:{port}{path}", "--", tag,
+        *([api_key] if api_key else []), *args,
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read() if proc.stdout else ""
@@ -834,6 +844,7 @@ def summarise(res: dict) -> dict:
     for extra in (flow.summary(res), ratelimit.summary(res)):
         out["targets"].update(extra.pop("targets"))
         out.update(extra)
+    out["targets"].update(batch.targets(res))
     rate = {k: out[k]["jobs_per_s"] for k in ("drain_webhook", "peer_dramatiq", "peer_celery")}
     out["info_ratios"] = {
         "drain_webhook_vs_dramatiq": _round(ratio(rate["drain_webhook"], rate["peer_dramatiq"])),
@@ -879,6 +890,8 @@ def main() -> int:
     try:
         if "intake" in PHASES:
             results["intake"] = phase_intake()
+        if "batch" in PHASES:
+            results["batch"] = batch.phase_batch(batch.Harness(reset_ledger, api_server, wrk))
         if "ratelimit" in PHASES:
             rl_harness = ratelimit.Harness(reset_ledger, api_server, wrk, WJP, INTAKE_SECONDS)
             results["ratelimit"] = ratelimit.phase_ratelimit(rl_harness)
@@ -902,8 +915,8 @@ def main() -> int:
     results["duration_s"] = round(time.time() - started)
     final = {**summarise(results), "meta": {k: results[k] for k in (
         "date", "quick", "loadavg_before", "loadavg_after", "machine_busy_cores_before", "duration_s", "machine")},
-        "details": {k: results.get(k) for k in ("intake", "ratelimit", "drain", "peers", "e2e", "noisy", "flow_cost",
-                                                 "callback_cost", "maintenance")}}  # fmt: skip
+        "details": {k: results.get(k) for k in ("intake", "batch", "ratelimit", "drain", "peers", "e2e", "noisy",
+                                                 "flow_cost", "callback_cost", "maintenance")}}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     common.write_json(RESULTS / "latest.json", final)
     table = render_table(final)
@@ -1001,6 +1014,7 @@ def render_table(res: dict) -> str:
               "| --- | --- |",
               f"| {' / '.join(fmt(v) for v in cpu['gunicorn_per_request'].values())} | "
               f"{' / '.join(fmt(v) for v in cpu['worker_per_job'].values())} |"]  # fmt: skip
+    lines += batch.table(res)
     lines += flow.table(res)
     lines += ratelimit.table(res)
     lines += callbacks.table(res)

@@ -53,6 +53,14 @@ def session_record(session: str, admin_token: str) -> str:
     return hmac.new(session.encode(), admin_token.encode(), hashlib.sha256).hexdigest()
 
 
+def request_scope(req: falcon.Request) -> str:
+    """The producer's scope, set by `ApiKeyMiddleware`; raises the ledger outage that kept it from being known."""
+    error = getattr(req.context, "scope_error", None)
+    if error is not None:
+        raise error
+    return getattr(req.context, "scope", "")
+
+
 def _unauthorized(message: str, realm: str) -> ApiError:
     return ApiError(falcon.HTTP_401, "unauthorized", message, headers={"WWW-Authenticate": f'Bearer realm="{realm}"'})
 
@@ -136,16 +144,21 @@ class ApiKeyMiddleware:
         if producer is None:
             raise _unauthorized("This endpoint needs 'Authorization: Bearer <API key>'.", "wjp")
         req.context.scope = producer.scope
-        if req.method == "POST":
-            self._hold_to_rate(producer)
+        if req.method != "POST":
+            return
+        if getattr(resource, "counts_its_items", False):
+            # Only the resource knows how many notifications its body holds; it spends them through this.
+            req.context.hold_to_rate = lambda cost: self._hold_to_rate(producer, cost)
+        else:
+            self._hold_to_rate(producer, 1)
 
-    def _hold_to_rate(self, producer: api_keys.Producer) -> None:
-        """Spend one notification of the key's rate or answer 429. No key, no limit: there is nothing to limit.
-        A batch's further items are to be spent by its endpoint through the limiter's `cost`."""
+    def _hold_to_rate(self, producer: api_keys.Producer, cost: int) -> None:
+        """Spend `cost` notifications of the key's rate or answer 429. No key, no limit: there is nothing to
+        limit."""
         rate = producer.rate if producer.rate is not None else self.default_rate
         if self.limiter is None or rate is None or not producer.scope:
             return
-        wait = self.limiter.wait(producer.scope, rate)
+        wait = self.limiter.wait(producer.scope, rate, cost)
         if wait > 0:
             raise ApiError(
                 falcon.HTTP_429,

@@ -14,6 +14,7 @@ from actors.sessions import DashboardSessions
 from ledger.database import Database
 from service import dashboard, errors, gunicorn_conf, multiproc
 from service.access import AdminTokenMiddleware, ApiKeyMiddleware
+from service.batch import NotificationBatch
 from service.destinations import DestinationCollection, DestinationItem
 from service.metrics import Metrics
 from service.openapi import OpenApiDocument
@@ -70,6 +71,7 @@ def create_app(
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
     app.add_route("/api/notifications", NotificationCollection(ctx))
+    app.add_route("/api/notifications/batch", NotificationBatch(ctx))
     app.add_route("/api/notifications/{job_id}", NotificationItem(ctx))
     app.add_route("/api/notifications/{job_id}/attempts", NotificationAttempts(ctx))
     app.add_route("/internal/queue/stats", QueueStats(ctx))

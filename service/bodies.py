@@ -26,8 +26,8 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def read_json_object(req: falcon.Request) -> dict[str, Any]:
-    """The body as a JSON object, or a 415/413/400 `ApiError` saying what is wrong with it."""
+def read_json_object(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The body (at most `limit` bytes) as a JSON object, or a 415/413/400 `ApiError` saying what is wrong with it."""
     media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise ApiError(
@@ -35,11 +35,11 @@ def read_json_object(req: falcon.Request) -> dict[str, Any]:
             "unsupported_media_type",
             "Send the body as JSON with 'Content-Type: application/json'.",
         )
-    if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
-        raise _too_large()
-    raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise _too_large()
+    if req.content_length is not None and req.content_length > limit:
+        raise _too_large(limit)
+    raw = req.bounded_stream.read(limit + 1)
+    if len(raw) > limit:
+        raise _too_large(limit)
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -54,7 +54,5 @@ def read_json_object(req: falcon.Request) -> dict[str, Any]:
     return body
 
 
-def _too_large() -> ApiError:
-    return ApiError(
-        falcon.HTTP_413, "payload_too_large", f"The body is larger than the limit of {MAX_BODY_BYTES} bytes."
-    )
+def _too_large(limit: int) -> ApiError:
+    return ApiError(falcon.HTTP_413, "payload_too_large", f"The body is larger than the limit of {limit} bytes.")

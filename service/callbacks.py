@@ -52,24 +52,3 @@ def callback_document(view: CallbackView | None) -> dict[str, Any] | None:
         "attempts": view.attempts,
         "last_error": view.last_error,
     }
-
-
-#: `callback_url` of a new notification, in the OpenAPI document.
-CALLBACK_URL_SCHEMA: dict[str, Any] = {
-    "type": ["string", "null"],
-    "format": "uri",
-    "description": "Where a signed Standard Webhooks event is POSTed when the notification reaches SUCCESS, FAILED "
-    "or CANCELLED; checked as a webhook recipient is.",
-}
-#: The `callback` object of a job's GET body, in the OpenAPI document.
-CALLBACK_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["url", "event", "status", "attempts", "last_error"],
-    "properties": {
-        "url": {"type": "string"},
-        "event": {"type": ["string", "null"], "enum": ["SUCCESS", "FAILED", "CANCELLED", None]},
-        "status": {"type": "string", "enum": ["waiting", *DELIVERY_STATUSES.values()]},
-        "attempts": {"type": "integer"},
-        "last_error": {"type": ["string", "null"]},
-    },
-}

@@ -11,7 +11,7 @@ from actors.flow.keys import parse_key
 from actors.flow.overview import Destinations, DestinationView
 from ledger.destinations import KEEP, Limits
 from ledger.timestamps import rfc3339
-from service.destinations import MAX_CONCURRENCY, MAX_RATE, MIN_RATE
+from service.shapes import MAX_CONCURRENCY, MAX_RATE, MIN_RATE
 
 COLUMNS = (
     "key", "concurrency", "rate", "in_flight", "circuit", "failures", "opened_until", "paused_until", "waiting",

@@ -2,41 +2,36 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import falcon
+import msgspec
+from msgspec import UNSET
 
 from actors.broker import BrokerUnavailable
 from actors.flow.keys import MalformedKey, parse_key
 from actors.flow.overview import Destinations, DestinationView
 from ledger.destinations import KEEP
 from ledger.timestamps import rfc3339
+from service import shapes
 from service.bodies import read_json_object
 from service.errors import RETRY_AFTER, ApiError
-from service.validation import json_type
-
-#: Highest concurrency an operator may set: far beyond any fleet's threads, inside the ledger's integer column.
-MAX_CONCURRENCY = 1_000_000
-#: Lowest and highest rate, attempts per second, an operator may set: one attempt in about 17 minutes keeps every
-#: wait the gate computes within reach of a clock, and no receiver takes a million a second.
-MIN_RATE = 0.001
-MAX_RATE = 1_000_000.0
-LIMITS = ("concurrency", "rate")
+from service.field_rules import field_problems
+from service.shapes import Destination, Limits
 
 
-def destination_document(view: DestinationView) -> dict[str, Any]:
-    return {
-        "key": view.key,
-        "concurrency": view.concurrency,
-        "rate": view.rate,
-        "in_flight": view.in_flight,
-        "circuit": view.circuit,
-        "consecutive_failures": view.consecutive_failures,
-        "opened_until": rfc3339(view.opened_until),
-        "paused_until": rfc3339(view.paused_until),
-        "waiting": view.waiting,
-    }
+def destination_document(view: DestinationView) -> Destination:
+    return Destination(
+        key=view.key,
+        concurrency=view.concurrency,
+        rate=view.rate,
+        in_flight=view.in_flight,
+        circuit=view.circuit,
+        consecutive_failures=view.consecutive_failures,
+        opened_until=rfc3339(view.opened_until),
+        paused_until=rfc3339(view.paused_until),
+        waiting=view.waiting,
+    )
 
 
 def _key(raw: str) -> str:
@@ -56,40 +51,24 @@ def _redis_unavailable(what: str) -> ApiError:
 
 
 def parse_limits(body: dict[str, Any]) -> dict[str, Any]:
-    """The limits a PUT body changes: a number sets one, null takes it back to the default, a missing one stays.
+    """The limits a PUT body changes (`shapes.Limits`): a number sets one, null takes it back to the default, a
+    missing one stays (`KEEP`).
 
     Raises:
         ApiError: 400 `validation_error` naming each bad field.
     """
-    problems = [(name, "is not a limit of a destination") for name in sorted(set(body) - set(LIMITS))]
-    changes: dict[str, Any] = {}
-    concurrency = body.get("concurrency", KEEP)
-    if concurrency is None or concurrency is KEEP:
-        changes["concurrency"] = concurrency
-    elif isinstance(concurrency, bool) or not isinstance(concurrency, int):
-        problems.append(("concurrency", f"must be a whole number or null, got {json_type(concurrency)}"))
-    elif not 1 <= concurrency <= MAX_CONCURRENCY:
-        problems.append(("concurrency", f"must be 1 to {MAX_CONCURRENCY}, got {concurrency}"))
-    else:
-        changes["concurrency"] = concurrency
-    rate = body.get("rate", KEEP)
-    if rate is None or rate is KEEP:
-        changes["rate"] = rate
-    elif isinstance(rate, bool) or not isinstance(rate, int | float):
-        problems.append(("rate", f"must be a number or null, got {json_type(rate)}"))
-    elif not (MIN_RATE <= rate <= MAX_RATE and math.isfinite(rate)):
-        problems.append(("rate", f"must be {MIN_RATE:g} to {MAX_RATE:g} attempts per second, got {rate}"))
-    else:
-        changes["rate"] = float(rate)
-    if problems:
+    try:
+        limits = msgspec.convert(body, Limits)
+    except msgspec.ValidationError:
+        problems = field_problems(body, Limits, "is not a limit of a destination")
         fields = ", ".join(dict.fromkeys(field for field, _ in problems))
         raise ApiError(
             falcon.HTTP_400,
             "validation_error",
             f"The limits are not valid: check {fields}.",
             [{"field": field, "message": message} for field, message in problems],
-        )
-    return changes
+        ) from None
+    return {name: KEEP if value is UNSET else value for name, value in msgspec.structs.asdict(limits).items()}
 
 
 class DestinationCollection:
@@ -103,7 +82,7 @@ class DestinationCollection:
             views = self.destinations.listing()
         except BrokerUnavailable:
             raise _redis_unavailable("The destinations cannot be listed:") from None
-        resp.media = {"data": [destination_document(view) for view in views]}
+        resp.media = msgspec.to_builtins(shapes.Destinations(data=[destination_document(view) for view in views]))
 
 
 class DestinationItem:
@@ -115,7 +94,7 @@ class DestinationItem:
     def on_get(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
         canonical = _key(key)
         try:
-            resp.media = destination_document(self.destinations.one(canonical))
+            resp.media = msgspec.to_builtins(destination_document(self.destinations.one(canonical)))
         except BrokerUnavailable:
             raise _redis_unavailable("The destination cannot be read:") from None
 
@@ -124,6 +103,6 @@ class DestinationItem:
         changes = parse_limits(read_json_object(req))
         self.destinations.change(canonical, **changes)
         try:
-            resp.media = destination_document(self.destinations.one(canonical))
+            resp.media = msgspec.to_builtins(destination_document(self.destinations.one(canonical)))
         except BrokerUnavailable:
             raise _redis_unavailable("The limits were saved, but the destination's state cannot be read:") from None

@@ -45,7 +45,7 @@ class GroupIntake:
             )
         )
         if result.outcome is Intake.CREATED and result.dispatch_seq:
-            self.dispatch([_dispatch_of(result)])
+            self.dispatch([dispatch_of(result)])
         return result
 
     def _accept_group(self, group: list[Accepting]) -> list[IntakeResult | None]:
@@ -59,10 +59,10 @@ class GroupIntake:
             # so that only that one fails.
             log.debug("a group of %d requests failed; accepting them one by one", len(group), exc_info=True)
             return [None] * len(group)
-        self.dispatch([_dispatch_of(result) for result in results if result is not None and result.dispatch_seq])
+        self.dispatch([dispatch_of(result) for result in results if result is not None and result.dispatch_seq])
         return results
 
 
-def _dispatch_of(result: IntakeResult) -> Dispatch:
+def dispatch_of(result: IntakeResult) -> Dispatch:
     assert result.next_attempt_at is not None
     return Dispatch(result.job_id, result.dispatch_seq, result.next_attempt_at, result.destination)

@@ -26,8 +26,8 @@ INTAKE = Counter(
 )
 
 
-def count_intake(outcome: str) -> None:
-    INTAKE.labels(outcome).inc()
+def count_intake(outcome: str, count: int = 1) -> None:
+    INTAKE.labels(outcome).inc(count)
 
 
 class LedgerCollector:

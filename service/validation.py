@@ -1,4 +1,6 @@
-"""Validation of a new notification: every rule of the contract, every bad field named at once."""
+"""Validation of a new notification: its type's rules (`shapes.NewNotification`), then those no type can say
+(a recipient that fits its channel, text the ledger can store, metadata's size, send_at's instant), every bad field
+named at once."""
 
 from __future__ import annotations
 
@@ -8,27 +10,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 import falcon
+import msgspec
+from msgspec import inspect
 
 from actors.channels.base import Channel
-from ledger.intake import NewNotification
+from ledger import intake
 from service.callbacks import callback_fields
 from service.errors import ApiError
+from service.field_rules import field_problems, json_type
+from service.shapes import MAX_KEY_LENGTH, NewNotification
 
-MAX_KEY_LENGTH = 255
-MAX_MESSAGE_LENGTH = 16_384
-MAX_SUBJECT_LENGTH = 255
 MAX_METADATA_BYTES = 4096
 #: Deepest nesting of metadata accepted: far beyond any real use, and well inside Python's recursion limit.
 MAX_METADATA_DEPTH = 32
 #: Default of `WJP_MAX_SCHEDULE`: most seconds `send_at` may lie ahead (one year).
 DEFAULT_MAX_SCHEDULE = 31_536_000.0
-FIELDS = ("recipient", "channel", "message", "idempotency_key", "subject", "metadata", "send_at", "callback_url")
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a decoded value's type, for messages a producer understands."""
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
+#: Where each field of a notification comes in the details: in the order its type declares them.
+_ORDER = {field.encode_name: position for position, field in enumerate(inspect.type_info(NewNotification).fields)}
 
 
 def _text_problem(value: str) -> str | None:
@@ -93,6 +91,11 @@ def idempotency_key(body: Mapping[str, Any], header: str | None) -> str:
     return key
 
 
+def type_problems(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Each field of `body` that breaks the rules of its type, `shapes.NewNotification`."""
+    return field_problems(body, NewNotification, "is not a field of a notification")
+
+
 def parse_notification(
     body: Mapping[str, Any],
     *,
@@ -102,33 +105,31 @@ def parse_notification(
     scope: str,
     max_schedule: float = DEFAULT_MAX_SCHEDULE,
     now: datetime | None = None,
-) -> NewNotification:
+) -> intake.NewNotification:
     """Check `body` and return the request to record, or raise a 400 naming every bad field. `send_at` may lie
     at most `max_schedule` seconds after `now` (default: the current time)."""
     key = idempotency_key(body, header_key)
-    problems: list[tuple[str, str]] = []
-    unknown = sorted(set(body) - set(FIELDS))
-    for name in unknown:
-        problems.append((name, "is not a field of a notification"))
+    try:
+        msgspec.convert(body, NewNotification)
+        problems: list[tuple[str, str]] = []
+    except msgspec.ValidationError:
+        # The type names only the first problem it meets; its rules, read field by field, name them all.
+        problems = type_problems(body)
+    bad = {name for name, _ in problems}
 
-    def required_text(name: str) -> str | None:
+    def text(name: str) -> str | None:
+        """The field's text unless it is absent, of the wrong type or not storable by the ledger."""
         value = body.get(name)
-        if value is None:
-            problems.append((name, "is required"))
-            return None
-        if not isinstance(value, str):
-            problems.append((name, f"must be a string, got {json_type(value)}"))
+        if name in bad or not isinstance(value, str):
             return None
         problem = _text_problem(value)
         if problem:
             problems.append((name, problem))
+            bad.add(name)
             return None
         return value
 
-    recipient = required_text("recipient")
-    channel_name = required_text("channel")
-    message = required_text("message")
-
+    recipient, channel_name, message, subject = text("recipient"), text("channel"), text("message"), text("subject")
     channel = None
     if channel_name is not None:
         channel = channels.get(channel_name)
@@ -142,50 +143,33 @@ def parse_notification(
             problem = channel.check_recipient(recipient)
             if problem:
                 problems.append(("recipient", problem))
-    if message is not None:
-        if not message.strip():
-            problems.append(("message", "must not be empty"))
-        elif len(message) > MAX_MESSAGE_LENGTH:
-            problems.append(("message", f"must be at most {MAX_MESSAGE_LENGTH} characters, got {len(message)}"))
+    if message is not None and not message.strip():
+        problems.append(("message", "must not be empty"))
+    if subject is not None and ("\r" in subject or "\n" in subject):
+        # A line break in a subject could smuggle a header into the email.
+        problems.append(("subject", "must be a single line"))
 
-    subject = body.get("subject")
-    if subject is not None:
-        if not isinstance(subject, str):
-            problems.append(("subject", f"must be a string, got {json_type(subject)}"))
-            subject = None
-        elif len(subject) > MAX_SUBJECT_LENGTH:
-            problems.append(("subject", f"must be at most {MAX_SUBJECT_LENGTH} characters, got {len(subject)}"))
-        else:
-            problem = _text_problem(subject)
-            if problem is None and ("\r" in subject or "\n" in subject):
-                # A line break in a subject could smuggle a header into the email.
-                problem = "must be a single line"
-            if problem:
-                problems.append(("subject", problem))
-
-    metadata = body.get("metadata")
+    metadata = None if "metadata" in bad else body.get("metadata")
     if metadata is not None:
-        if not isinstance(metadata, dict):
-            problems.append(("metadata", f"must be an object, got {json_type(metadata)}"))
+        problem = _nested_problem(metadata)
+        if problem:
+            problems.append(("metadata", problem))
         else:
-            problem = _nested_problem(metadata)
-            if problem:
-                problems.append(("metadata", problem))
-            else:
-                size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-                if size > MAX_METADATA_BYTES:
-                    problems.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"))
+            size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+            if size > MAX_METADATA_BYTES:
+                problems.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"))
 
-    send_at = _parse_send_at(body.get("send_at"), problems)
+    send_at = None if "send_at" in bad else _parse_send_at(body.get("send_at"), problems)
     if send_at is not None and (send_at - (now or datetime.now(UTC))).total_seconds() > max_schedule:
         # A job parked for centuries is a typo or a way to fill the ledger with rows nothing will ever send.
         problems.append(("send_at", f"must be at most {max_schedule:g} seconds ahead (WJP_MAX_SCHEDULE)"))
 
-    callback = callback_fields(body.get("callback_url"), channels, problems)
+    callback = {} if "callback_url" in bad else callback_fields(body.get("callback_url"), channels, problems)
     if problems:
-        raise _invalid(problems)
+        # In the order the type declares its fields, unknown ones first.
+        raise _invalid(sorted(problems, key=lambda problem: _ORDER.get(problem[0], -1)))
     assert recipient is not None and channel_name is not None and channel is not None and message is not None
-    return NewNotification(
+    return intake.NewNotification(
         idempotency_key=key,
         recipient=recipient,
         channel=channel_name,
@@ -202,9 +186,6 @@ def parse_notification(
 
 def _parse_send_at(value: Any, problems: list[tuple[str, str]]) -> datetime | None:
     if value is None:
-        return None
-    if not isinstance(value, str):
-        problems.append(("send_at", f"must be an RFC 3339 time string, got {json_type(value)}"))
         return None
     try:
         # RFC 3339 allows lower-case "t" and "z"; Python's parser wants them upper-case.

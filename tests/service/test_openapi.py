@@ -54,10 +54,20 @@ def references(node: Any) -> list[str]:
 
 def validate(document: dict[str, Any], schema: dict[str, Any], value: Any, where: str = "$") -> None:
     """A small JSON Schema check (the keywords this document uses): type, required, properties,
-    additionalProperties, enum, items, minLength/maxLength, formats date-time and uuid, and $ref."""
+    additionalProperties, enum, items, minLength/maxLength, formats date-time and uuid, anyOf and $ref."""
     if "$ref" in schema:
         validate(document, resolve(document, schema["$ref"]), value, where)
         return
+    if "anyOf" in schema:
+        failures = []
+        for branch in schema["anyOf"]:
+            try:
+                validate(document, branch, value, where)
+                break
+            except AssertionError as exc:
+                failures.append(str(exc))
+        else:
+            raise AssertionError(f"{where}: {value!r} fits no branch of anyOf: {failures}")
     types = schema.get("type")
     if types is not None:
         names = [types] if isinstance(types, str) else types

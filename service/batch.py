@@ -1,0 +1,145 @@
+"""POST /api/notifications/batch: many notifications in one request, each answered as its own single POST."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import falcon
+import msgspec
+
+from ledger import intake
+from ledger.errors import LedgerUnavailable
+from ledger.intake import Accepting, Intake, IntakeResult, NewNotification
+from ledger.timestamps import rfc3339, utcnow
+from service import metrics
+from service.access import request_scope
+from service.bodies import read_json_object
+from service.errors import ApiError, error_body
+from service.field_rules import json_type
+from service.intake import dispatch_of
+from service.resources import Context
+from service.shapes import MAX_BATCH_ITEMS, BatchResult, BatchResults
+from service.validation import parse_notification
+
+#: Largest batch body accepted, in bytes.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def _invalid_batch(message: str, detail: str) -> ApiError:
+    return ApiError(falcon.HTTP_400, "validation_error", message, [{"field": "notifications", "message": detail}])
+
+
+def batch_items(body: dict[str, Any]) -> list[Any]:
+    """The batch's notifications, or the 400/413 that the batch as a whole gets."""
+    unknown = sorted(set(body) - {"notifications"})
+    if unknown:
+        raise ApiError(
+            falcon.HTTP_400,
+            "validation_error",
+            "A batch holds only 'notifications'.",
+            [{"field": name, "message": "is not a field of a batch"} for name in unknown],
+        )
+    items = body.get("notifications")
+    if not isinstance(items, list):
+        got = "is required" if items is None else f"must be an array, got {json_type(items)}"
+        raise _invalid_batch("Send the notifications as an array in 'notifications'.", got)
+    if not items:
+        raise _invalid_batch("A batch holds at least one notification.", "must not be empty")
+    if len(items) > MAX_BATCH_ITEMS:
+        raise ApiError(
+            falcon.HTTP_413,
+            "batch_too_large",
+            f"A batch holds at most {MAX_BATCH_ITEMS} notifications, this one {len(items)}; split it.",
+        )
+    return items
+
+
+def _accepted(result: IntakeResult, key: str) -> BatchResult:
+    return BatchResult(
+        status=200 if result.outcome is Intake.REPLAYED else 202,
+        job_id=str(result.job_id),
+        job_status=result.status,
+        idempotency_key=key,
+        created_at=rfc3339(result.created_at),
+    )
+
+
+def _mismatch(result: IntakeResult) -> BatchResult:
+    return BatchResult(
+        status=422,
+        error="idempotency_key_mismatch",
+        message="This idempotency key was already used with a different notification.",
+        details=[{"field": "idempotency_key", "job_id": str(result.job_id)}],
+    )
+
+
+def _refused(error: ApiError) -> BatchResult:
+    return BatchResult(status=error.status_code, **error_body(error))
+
+
+class NotificationBatch:
+    """POST /api/notifications/batch"""
+
+    #: The producer's rate is spent per notification of the batch, which only this resource can count.
+    counts_its_items = True
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        items = batch_items(read_json_object(req, limit=MAX_BATCH_BYTES))
+        hold_to_rate = getattr(req.context, "hold_to_rate", None)
+        if hold_to_rate is not None:
+            hold_to_rate(len(items))
+        try:
+            scope, outage = request_scope(req), None
+        except LedgerUnavailable as exc:
+            # Raised only if an item needs the ledger: a batch of bad items is still told what is wrong with each.
+            scope, outage = "", exc
+        now = utcnow()
+        results: list[BatchResult | None] = [None] * len(items)
+        valid: list[tuple[int, NewNotification]] = []
+        for index, item in enumerate(items):
+            try:
+                valid.append((index, self._parsed(item, scope, now)))
+            except ApiError as exc:
+                results[index] = _refused(exc)
+        metrics.count_intake("invalid", len(items) - len(valid))
+        if valid:
+            if outage is not None:
+                raise outage
+            batch = [Accepting(request, now, self._due_soon(request, now)) for _, request in valid]
+            outcomes = self.ctx.database.run(lambda conn: intake.accept_batch(conn, batch))
+            self.ctx.dispatch([dispatch_of(o) for o in outcomes if o.outcome is Intake.CREATED and o.dispatch_seq])
+            for (index, request), outcome in zip(valid, outcomes, strict=True):
+                mismatched = outcome.outcome is Intake.MISMATCH
+                results[index] = _mismatch(outcome) if mismatched else _accepted(outcome, request.idempotency_key)
+            for kind, count in Counter(outcome.outcome.value for outcome in outcomes).items():
+                metrics.count_intake(kind, count)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = msgspec.json.encode(BatchResults(results=results))
+
+    def _parsed(self, item: Any, scope: str, now: datetime) -> NewNotification:
+        if not isinstance(item, dict):
+            raise ApiError(
+                falcon.HTTP_400,
+                "validation_error",
+                "The notification must be a JSON object.",
+                [{"field": None, "message": f"expected an object, got {json_type(item)}"}],
+            )
+        return parse_notification(
+            item,
+            header_key=None,
+            channels=self.ctx.channels,
+            max_attempts=self.ctx.settings.core.max_attempts,
+            scope=scope,
+            max_schedule=self.ctx.settings.max_schedule,
+            now=now,
+        )
+
+    def _due_soon(self, request: NewNotification, now: datetime) -> bool:
+        """Dispatched at once, or left to the reconciler until it falls due (as a single POST)."""
+        horizon = self.ctx.settings.core.schedule_horizon
+        return request.send_at is None or (request.send_at - now).total_seconds() <= horizon

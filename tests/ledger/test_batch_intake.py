@@ -1,0 +1,102 @@
+"""Intake of a producer's batch on both databases: each request answered as if the batch's requests had come one
+after the other, in a few statements whatever the batch's size."""
+
+from __future__ import annotations
+
+from sqlalchemy import event, func, select
+
+from ledger import intake
+from ledger.intake import Accepting, Intake
+from ledger.schema import jobs
+from ledger.states import Status
+from tests.ledger.conftest import SECOND, T0, claim, notification
+
+
+def accept_batch(database, *requests, now=T0):
+    batch = [Accepting(request, now, True) for request in requests]
+    return database.run(lambda conn: intake.accept_batch(conn, batch))
+
+
+def row_count(database) -> int:
+    return database.run(lambda conn: conn.execute(select(func.count()).select_from(jobs)).scalar_one())
+
+
+def test_every_new_key_of_a_batch_makes_its_job_and_the_results_keep_the_batchs_order(database):
+    results = accept_batch(database, *(notification(f"k{i}") for i in range(5)))
+
+    assert [r.outcome for r in results] == [Intake.CREATED] * 5
+    assert len({r.job_id for r in results}) == 5
+    assert all((r.status, r.created_at, r.dispatch_seq) == (Status.PENDING, T0, 1) for r in results)
+    keys = dict(database.run(lambda conn: conn.execute(select(jobs.c.id, jobs.c.idempotency_key)).all()))
+    assert [keys[r.job_id] for r in results] == [f"k{i}" for i in range(5)]
+
+
+def test_keys_recorded_before_the_batch_are_replays_or_mismatches_with_the_jobs_current_status(database):
+    (earlier, other) = accept_batch(database, notification("same"), notification("other", message="one"))
+    claim(database, earlier.job_id, now=T0 + SECOND)
+
+    results = accept_batch(
+        database, notification("new"), notification("same"), notification("other", message="two"), now=T0 + 2 * SECOND
+    )
+
+    assert [r.outcome for r in results] == [Intake.CREATED, Intake.REPLAYED, Intake.MISMATCH]
+    assert (results[1].job_id, results[1].status, results[1].created_at) == (earlier.job_id, Status.PROCESSING, T0)
+    assert results[2].job_id == other.job_id
+    assert (results[1].dispatch_seq, results[2].dispatch_seq) == (0, 0)
+    assert row_count(database) == 3
+
+
+def test_a_key_repeated_in_a_batch_is_a_replay_of_its_first_occurrence_or_a_mismatch(database):
+    results = accept_batch(
+        database,
+        notification("k", metadata={"a": 1, "b": 2}),
+        notification("k", metadata={"b": 2, "a": 1}),
+        notification("k", metadata={"a": 2}),
+    )
+
+    created, replayed, mismatched = results
+    assert [r.outcome for r in results] == [Intake.CREATED, Intake.REPLAYED, Intake.MISMATCH]
+    assert replayed.job_id == mismatched.job_id == created.job_id
+    assert (replayed.status, replayed.created_at, replayed.dispatch_seq) == (Status.PENDING, T0, 0)
+    assert row_count(database) == 1
+
+
+def test_a_repeated_key_whose_first_occurrence_mismatched_is_compared_with_the_recorded_job(database):
+    (recorded,) = accept_batch(database, notification("k", message="recorded"))
+
+    results = accept_batch(
+        database,
+        notification("k", message="other"),
+        notification("k", message="recorded"),
+        notification("k", message="other"),
+    )
+
+    assert [r.outcome for r in results] == [Intake.MISMATCH, Intake.REPLAYED, Intake.MISMATCH]
+    assert {r.job_id for r in results} == {recorded.job_id}
+    assert row_count(database) == 1
+
+
+def test_the_same_key_in_two_scopes_is_two_jobs(database):
+    (first,) = accept_batch(database, notification("k", scope="producer-a"))
+    (second,) = accept_batch(database, notification("k", scope="producer-b"))
+
+    assert (first.outcome, second.outcome) == (Intake.CREATED, Intake.CREATED)
+    assert first.job_id != second.job_id
+
+
+def test_on_postgresql_a_batch_is_one_insert_and_one_read_of_the_keys_taken_before(postgres_db):
+    accept_batch(postgres_db, *(notification(f"taken-{i}") for i in range(3)))
+    statements: list[str] = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(postgres_db._autocommit, "before_cursor_execute", listener)
+    try:
+        results = accept_batch(
+            postgres_db, *(notification(f"taken-{i}") for i in range(3)), *(notification(f"new-{i}") for i in range(50))
+        )
+    finally:
+        event.remove(postgres_db._autocommit, "before_cursor_execute", listener)
+
+    assert [r.outcome for r in results] == [Intake.REPLAYED] * 3 + [Intake.CREATED] * 50
+    # The INSERT goes through the driver (unseen by SQLAlchemy); the one statement seen reads the taken keys.
+    assert len(statements) == 1 and statements[0].lstrip().upper().startswith("SELECT"), statements
+    assert row_count(postgres_db) == 53
