@@ -223,16 +223,31 @@ class CallbackView:
 
 def callback_view(conn: Connection, job_id: uuid.UUID) -> CallbackView | None:
     """The callback of `job_id`, or None when the job has no `callback_url` (or does not exist)."""
-    row = conn.execute(
-        select(jobs.c.callback_url, callbacks.c.event, callbacks.c.status, callbacks.c.attempts, callbacks.c.last_error)
+    return callback_views(conn, [job_id]).get(job_id)
+
+
+def callback_views(conn: Connection, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, CallbackView]:
+    """The callbacks of those of `job_ids` that have a `callback_url`, by job id (one statement for a page)."""
+    if not job_ids:
+        return {}
+    rows = conn.execute(
+        select(
+            jobs.c.id, jobs.c.callback_url, callbacks.c.event, callbacks.c.status, callbacks.c.attempts,
+            callbacks.c.last_error,
+        )
         .select_from(jobs.outerjoin(callbacks, callbacks.c.job_id == jobs.c.id))
-        .where(jobs.c.id == job_id, jobs.c.callback_url.is_not(None))
-    ).first()
-    if row is None:
-        return None
-    event = None if row.event is None else Status(row.event)
-    status = None if row.status is None else Status(row.status)
-    return CallbackView(row.callback_url, event, status, row.attempts or 0, row.last_error)
+        .where(jobs.c.id.in_(job_ids), jobs.c.callback_url.is_not(None))
+    )  # fmt: skip
+    return {
+        row.id: CallbackView(
+            row.callback_url,
+            None if row.event is None else Status(row.event),
+            None if row.status is None else Status(row.status),
+            row.attempts or 0,
+            row.last_error,
+        )
+        for row in rows
+    }
 
 
 def park(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, due_at: datetime) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 from actors.channels.base import Channel
 from ledger.callbacks import CallbackView
+from ledger.queries import JobView, job_document
 from ledger.states import Status
 
 #: How the `callback` object names each status of a callback's delivery.
@@ -52,3 +53,8 @@ def callback_document(view: CallbackView | None) -> dict[str, Any] | None:
         "attempts": view.attempts,
         "last_error": view.last_error,
     }
+
+
+def job_body(job: JobView, callback: CallbackView | None) -> dict[str, Any]:
+    """The job as every answer of the API shows it (GET, a page of the listing, DELETE, a manual retry)."""
+    return {**job_document(job), "callback": callback_document(callback)}

@@ -22,7 +22,8 @@ from typing import Any
 import falcon
 
 from actors.channels import REGISTRY
-from ledger import listing
+from ledger import callbacks, listing
+from ledger.callbacks import CallbackView
 from ledger.database import Database
 from ledger.listing import Filters, Position
 from ledger.queries import JobView
@@ -199,7 +200,9 @@ def _cursor(value: str, dialect: str, problems: Problems) -> Cursor | None:
 class JobListing:
     """Pages of a producer's jobs, as job bodies; `document` renders one (the body of GET /api/notifications/{id})."""
 
-    def __init__(self, database: Database, document: Callable[[JobView], dict[str, Any]]) -> None:
+    def __init__(
+        self, database: Database, document: Callable[[JobView, CallbackView | None], dict[str, Any]]
+    ) -> None:
         self.database = database
         self.document = document
 
@@ -211,16 +214,19 @@ class JobListing:
             problems.add("cursor", "was issued to another API key; start the walk again without one")
             problems.raise_any()
         filters = replace(cursor.filters if cursor is not None else query.filters, scope=scope)
-        found = self.database.run(
-            lambda conn: listing.list_jobs(
+        def read(conn: Any) -> tuple[listing.Page, dict[uuid.UUID, CallbackView]]:
+            page = listing.list_jobs(
                 conn,
                 filters,
                 limit=query.limit,
                 horizon=None if cursor is None else cursor.horizon,
                 after=None if cursor is None else cursor.position,
             )
-        )
+            return page, callbacks.callback_views(conn, [job.id for job in page.jobs])
+
+        found, callback_of = self.database.run(read)
         following = None
         if found.after is not None:
             following = encode_cursor(Cursor(found.horizon, found.after, replace(filters, scope=""), digest))
-        return {"data": [self.document(job) for job in found.jobs], "next_cursor": following}
+        data = [self.document(job, callback_of.get(job.id)) for job in found.jobs]
+        return {"data": data, "next_cursor": following}

@@ -17,12 +17,11 @@ from ledger.callbacks import CallbackView
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from ledger.intake import Accepting, Intake
-from ledger.queries import job_document
 from ledger.timestamps import rfc3339, utcnow
 from ledger.transitions import Dispatch
 from service import metrics
 from service.bodies import read_json_object
-from service.callbacks import callback_document
+from service.callbacks import job_body
 from service.errors import ApiError
 from service.intake import GroupIntake
 from service.listing import JobListing, parse_query
@@ -77,7 +76,7 @@ class NotificationCollection:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.intake = GroupIntake(ctx.database, ctx.dispatch)
-        self.listing = JobListing(ctx.database, job_document)
+        self.listing = JobListing(ctx.database, job_body)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         query = parse_query(req.params, dialect=self.ctx.database.dialect)
@@ -140,16 +139,16 @@ class NotificationItem:
         found, callback = self.ctx.database.run(read)
         if found is None:
             raise _not_found()
-        resp.media = {**job_document(found), "callback": callback_document(callback)}
+        resp.media = job_body(found, callback)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         key, scope, now = _job_id(job_id), _scope(req), utcnow()
 
-        def cancel(conn: Any) -> tuple[bool, queries.JobView | None]:
+        def cancel(conn: Any) -> tuple[bool, queries.JobView | None, CallbackView | None]:
             cancelled = transitions.cancel(conn, key, scope=scope, now=now)
-            return cancelled, queries.get_job(conn, key, scope=scope)
+            return cancelled, queries.get_job(conn, key, scope=scope), callbacks.callback_view(conn, key)
 
-        cancelled, job = self.ctx.database.run(cancel, transaction=True)
+        cancelled, job, callback = self.ctx.database.run(cancel, transaction=True)
         if job is None:
             raise _not_found()
         # Only this request's own transition counts: a job cancelled earlier is finished, hence 409.
@@ -160,7 +159,7 @@ class NotificationItem:
                 f"The notification is {job.status.value}; only PENDING or RETRY notifications can be cancelled.",
             )
         send_armed(self.ctx.database, self.ctx.dispatcher, [key], now=now)
-        resp.media = job_document(job)
+        resp.media = job_body(job, callback)
 
 
 class NotificationAttempts:
@@ -221,11 +220,11 @@ class NotificationRetry:
         key, now = _job_id(job_id), utcnow()
         extra = self.ctx.settings.core.max_attempts
 
-        def retry(conn: Any) -> tuple[Dispatch | None, queries.JobView | None]:
+        def retry(conn: Any) -> tuple[Dispatch | None, queries.JobView | None, CallbackView | None]:
             dispatch = transitions.manual_retry(conn, key, now=now, extra_attempts=extra)
-            return dispatch, queries.get_job(conn, key, scope=None)
+            return dispatch, queries.get_job(conn, key, scope=None), callbacks.callback_view(conn, key)
 
-        dispatch, job = self.ctx.database.run(retry, transaction=True)
+        dispatch, job, callback = self.ctx.database.run(retry, transaction=True)
         if job is None:
             raise _not_found()
         if dispatch is None:
@@ -236,7 +235,7 @@ class NotificationRetry:
             )
         self.ctx.dispatch([dispatch])
         resp.status = falcon.HTTP_202
-        resp.media = job_document(job)
+        resp.media = job_body(job, callback)
 
 
 class Health:

@@ -9,8 +9,9 @@ from typing import Any
 
 import falcon
 
-from ledger import browse, queries
+from ledger import browse, callbacks, queries
 from ledger.browse import JobFilters, Position
+from ledger.callbacks import CallbackView
 from ledger.states import Status
 from service.dashboard import forms, jobs_page
 from service.dashboard.forms import invalid, job_notice, moment, text
@@ -83,10 +84,12 @@ class JobPage:
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         key = forms.job_id(job_id)
 
-        def read(conn: Any) -> tuple[queries.JobView | None, list[queries.AttemptView]]:
-            return queries.get_job(conn, key, scope=None), queries.list_attempts(conn, key)
+        def read(conn: Any) -> tuple[queries.JobView | None, list[queries.AttemptView], CallbackView | None]:
+            job = queries.get_job(conn, key, scope=None)
+            return job, queries.list_attempts(conn, key), callbacks.callback_view(conn, key)
 
-        job, attempts = self.ctx.database.run(read)
+        job, attempts, callback = self.ctx.database.run(read)
         if job is None:
             raise ApiError(falcon.HTTP_404, "not_found", "No job has this id.")
-        answer(resp, jobs_page.render_job(job, attempts, back=req.relative_uri, notice_text=job_notice(req)))
+        page = jobs_page.render_job(job, attempts, callback, back=req.relative_uri, notice_text=job_notice(req))
+        answer(resp, page)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 
 from ledger.browse import JobFilters
+from ledger.callbacks import CallbackView
 from ledger.queries import AttemptView, JobView
 from ledger.states import Status
+from service.callbacks import callback_document
 from service.dashboard.layout import jobs_table, link, notice, page, retry_form, seconds_text, time_tag
 
 
@@ -142,27 +143,28 @@ def _timeline(attempts: list[AttemptView]) -> str:
     return f'<ol class="timeline" id="attempts">{"".join(items)}</ol>'
 
 
-def _callback(job: JobView) -> str:
-    # CALLBACK SPOT: the job's callback (URL, state, its attempts) once the ledger's JobView carries `callback`
-    # (branch h20c adds callbacks); until then there is nothing to show, and the section is left out.
-    callback = getattr(job, "callback", None)
+def _callback(callback: CallbackView | None) -> str:
     if callback is None:
         return ""
-    if dataclasses.is_dataclass(callback) and not isinstance(callback, type):
-        rows = "".join(
-            f"<dt>{escape(name)}</dt><dd>{escape(str(value))}</dd>"
-            for name, value in dataclasses.asdict(callback).items()
-        )
-        shown = f'<dl class="fields">{rows}</dl>'
-    else:
-        shown = f"<p>{escape(str(callback))}</p>"
-    return f'<section id="callback"><h2>Callback</h2>{shown}</section>'
+    # The API's words for where the delivery stands (the `callback` object of a job's GET body).
+    document = callback_document(callback)
+    shown = {
+        "URL": callback.url,
+        "reports": "(the job has not finished)" if callback.event is None else callback.event.value,
+        "delivery": document["status"],
+        "attempts": str(callback.attempts),
+        "last error": callback.last_error or "",
+    }
+    rows = "".join(f"<dt>{escape(name)}</dt><dd>{escape(value)}</dd>" for name, value in shown.items())
+    return f'<section id="callback"><h2>Callback</h2><dl class="fields">{rows}</dl></section>'
 
 
-def render_job(job: JobView, attempts: list[AttemptView], *, back: str, notice_text: str | None) -> str:
+def render_job(
+    job: JobView, attempts: list[AttemptView], callback: CallbackView | None, *, back: str, notice_text: str | None
+) -> str:
     return page(
         f"job {job.id}",
         f'{notice(notice_text)}<main><h2>Job <code>{job.id}</code> {retry_form(job, back)}</h2>{_fields(job)}'
-        f'<section id="timeline"><h2>Attempts</h2>{_timeline(attempts)}</section>{_callback(job)}</main>',
+        f'<section id="timeline"><h2>Attempts</h2>{_timeline(attempts)}</section>{_callback(callback)}</main>',
         current="/jobs",
     )

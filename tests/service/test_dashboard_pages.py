@@ -286,3 +286,22 @@ def test_without_redis_the_pages_still_show_and_a_circuit_reset_answers_503(data
     assert_error(reset, 503, "redis_unavailable")
     for path in ("/jobs", "/failures", "/health"):
         assert client.simulate_get(f"/internal/dashboard{path}", headers=AUTH).status_code == 200, path
+
+
+def test_a_jobs_page_shows_its_callback_and_where_its_delivery_stands(client, database):
+    callback_url = "https://hooks.example/done?<b>"
+    request = NewNotification(
+        idempotency_key=uuid.uuid4().hex, recipient="user@example.com", channel="email", message="hi",
+        max_attempts=1, destination=RELAY, callback_url=callback_url, callback_destination="webhook:hooks.example:443",
+    )  # fmt: skip
+    job = str(database.run(lambda conn: intake.accept(conn, request, now=utcnow(), dispatch_now=True)).job_id)
+    before = client.simulate_get(f"/internal/dashboard/jobs/{job}", headers=AUTH).text
+    worker = Worker(database)
+    worker.fail(job, worker.claim(job), error="550 no such user")
+    after = client.simulate_get(f"/internal/dashboard/jobs/{job}", headers=AUTH).text
+    plain = client.simulate_get(f"/internal/dashboard/jobs/{submit(database)}", headers=AUTH).text
+
+    assert '<section id="callback">' in before and html.escape(callback_url) in before and "<b>" not in before
+    assert "<dd>waiting</dd>" in before
+    assert "<dd>FAILED</dd>" in after and "<dd>pending</dd>" in after, "armed by the failure, not yet sent"
+    assert 'id="callback"' not in plain
