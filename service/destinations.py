@@ -10,18 +10,12 @@ import falcon
 from actors.broker import BrokerUnavailable
 from actors.flow.keys import MalformedKey, parse_key
 from actors.flow.overview import Destinations, DestinationView
-from ledger.destinations import KEEP
+from ledger.destinations import KEEP, MAX_CONCURRENCY, MAX_RATE, MIN_RATE
 from ledger.timestamps import rfc3339
 from service.bodies import read_json_object
 from service.errors import RETRY_AFTER, ApiError
 from service.validation import json_type
 
-#: Highest concurrency an operator may set: far beyond any fleet's threads, inside the ledger's integer column.
-MAX_CONCURRENCY = 1_000_000
-#: Lowest and highest rate, attempts per second, an operator may set: one attempt in about 17 minutes keeps every
-#: wait the gate computes within reach of a clock, and no receiver takes a million a second.
-MIN_RATE = 0.001
-MAX_RATE = 1_000_000.0
 LIMITS = ("concurrency", "rate")
 
 
