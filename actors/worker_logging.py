@@ -37,7 +37,7 @@ class _StraightToStderr:
 def log_straight_to_stderr() -> None:
     """In a Dramatiq worker process: send the lines of the handler Dramatiq set up to stderr, not to the pipe.
 
-    With JSON logs the handler is the one this process inherited from its main process (`actors.worker_main`),
+    With JSON logs the handler is the one this process inherited from its main process (`wjp worker`),
     writing to the inherited stderr: its long lines go through Dramatiq's pipe (now `sys.stderr`) likewise."""
     pipe = sys.stderr if isinstance(sys.stderr, StreamablePipe) else None
     for handler in logging.getLogger().handlers:

@@ -196,6 +196,12 @@ def descendants(pid: int, *, include_self: bool = True, table: dict | None = Non
     return found
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds spent so far by a process tree: each process's own, and that of the children it reaped."""
+    table = process_table()
+    return sum(table[p][2] + table[p][3] for p in descendants(pid, table=table))
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

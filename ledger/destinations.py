@@ -13,6 +13,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ledger.schema import destinations, jobs, status_in
 from ledger.states import WAITING
 
+#: Highest concurrency an operator may set: far beyond any fleet's threads, inside the ledger's integer column.
+MAX_CONCURRENCY = 1_000_000
+#: Lowest and highest rate, attempts per second, an operator may set: one attempt in about 17 minutes keeps every
+#: wait the gate computes within reach of a clock, and no receiver takes a million a second.
+MIN_RATE = 0.001
+MAX_RATE = 1_000_000.0
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -25,10 +25,8 @@ from actors.settings import Settings, SettingsError
 from ledger import api_keys, bulk_retry, maintenance, queries
 from ledger.database import Database, without_credentials
 from ledger.errors import LedgerUnavailable
-from ledger.migrate import current_revision, upgrade
 from ledger.timestamps import rfc3339, utcnow
 from service import cli_destinations, multiproc
-from service.settings import ServiceSettings, check_exposure
 
 log = logging.getLogger("wjp")
 
@@ -81,6 +79,8 @@ def _ledger(settings: Settings) -> Database:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from ledger.migrate import upgrade  # Alembic: for this command and `serve` alone
+
     settings = _settings()
     database = _ledger(settings)
     upgrade(database)
@@ -97,6 +97,8 @@ def _metrics_dir() -> str:
 
 def _warn_if_api_open(settings: Settings) -> None:
     """While no producer key exists anyone who reaches the API may post: said once, at start."""
+    from ledger.migrate import current_revision
+
     database = _ledger(settings)
     try:
         # Not migrated or not reachable yet: the API reports that itself (/readyz).
@@ -110,6 +112,8 @@ def _warn_if_api_open(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from service.settings import ServiceSettings, check_exposure  # the API's, with Falcon: not for the other commands
+
     check_exposure(args.host, ServiceSettings.from_env().admin_token)
     settings = _settings()
     _warn_if_api_open(settings)
@@ -130,13 +134,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings.channels.webhook_secret is None:
         log.warning("WJP_WEBHOOK_SECRET is not set: webhooks go out unsigned, so receivers cannot verify them")
-    # Dramatiq holds up to 1000 delayed messages per thread in memory; a process that dies strands them until
-    # maintenance. A smaller hoard is plenty for retries and keeps that window small.
-    os.environ.setdefault("dramatiq_delay_queue_prefetch", str(100 * args.threads))
-    # An idle Dramatiq consumer polls Redis less and less often, up to this many ms apart (Dramatiq's default is
-    # 1000). Messages our senders enqueue wake it at once (actors/broker.py, the queue's bell); this bounds the
-    # wait for the others: Dramatiq's retries, and the delay queue's due messages.
-    os.environ.setdefault("dramatiq_worker_timeout", "100")
     # Each worker process sizes its ledger connections to its threads (actors/worker.py).
     os.environ["WJP_WORKER_THREADS"] = str(args.threads)
     # Before Dramatiq starts: its processes' metrics are merged through this directory, which its Prometheus
@@ -146,16 +143,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # Dramatiq's own (lower-case) variable names.
         os.environ["dramatiq_prom_db"] = metrics_dir  # noqa: SIM112
         os.environ["dramatiq_prom_port"] = str(settings.worker_metrics_port)  # noqa: SIM112
-    argv = [
-        sys.executable, "-m", "actors.worker_main" if log_format.json_logs() else "dramatiq", "actors.worker",
+    # Dramatiq runs in this process rather than under its own command: its worker processes are forked from here
+    # with everything they need imported (actors.worker), instead of a new interpreter importing it all again in
+    # each of them (bench/README.md, "Workers that start fast").
+    from dramatiq import cli as dramatiq_cli
+
+    from actors import worker
+
+    worker.ConsumerSettings(os.environ, args.threads)  # a bad dramatiq_* value stops `wjp worker` in one line
+    dramatiq_args = dramatiq_cli.make_argument_parser().parse_args([
+        "actors.worker:boot",
         "--processes", str(args.processes),
         "--threads", str(args.threads),
         "--queues", settings.queue,
         # SIGTERM lets in-flight attempts finish: they are cut off before the visibility timeout anyway.
         "--worker-shutdown-timeout", str(int(settings.visibility_timeout * 1000)),
-    ]  # fmt: skip
-    os.execv(sys.executable, argv)
-    return 0  # pragma: no cover
+    ])  # fmt: skip
+    # Dramatiq sets up the logging of each of its processes itself, as under its own command; ours would shadow it.
+    # In JSON the root logger is set up first instead: Dramatiq's set-up then leaves it be, and its processes inherit.
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    if log_format.json_logs():
+        log_format.configure()
+    return dramatiq_cli.main(dramatiq_args)
 
 
 def make_reconciler(settings: Settings) -> Reconciler:

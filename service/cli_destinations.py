@@ -9,9 +9,8 @@ from typing import Any
 
 from actors.flow.keys import parse_key
 from actors.flow.overview import Destinations, DestinationView
-from ledger.destinations import KEEP, Limits
+from ledger.destinations import KEEP, MAX_CONCURRENCY, MAX_RATE, MIN_RATE, Limits
 from ledger.timestamps import rfc3339
-from service.shapes import MAX_CONCURRENCY, MAX_RATE, MIN_RATE
 
 COLUMNS = (
     "key", "concurrency", "rate", "in_flight", "circuit", "failures", "opened_until", "paused_until", "waiting",

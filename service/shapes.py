@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from ledger.destinations import MAX_CONCURRENCY, MAX_RATE, MIN_RATE
 from ledger.states import Outcome, Status
 
 MAX_KEY_LENGTH = 255
@@ -20,12 +21,6 @@ MAX_MESSAGE_LENGTH = 16_384
 MAX_SUBJECT_LENGTH = 255
 #: Most notifications one batch may hold.
 MAX_BATCH_ITEMS = 1000
-#: Highest concurrency an operator may set: far beyond any fleet's threads, inside the ledger's integer column.
-MAX_CONCURRENCY = 1_000_000
-#: Lowest and highest rate, attempts per second, an operator may set: one attempt in about 17 minutes keeps every
-#: wait the gate computes within reach of a clock, and no receiver takes a million a second.
-MIN_RATE = 0.001
-MAX_RATE = 1_000_000.0
 RATE_UNIT = "attempts per second"
 
 #: An RFC 3339 time with its time zone; read by `validation.py`, which knows the rules a format cannot say.

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import ssl
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+
+@functools.cache
+def system_tls_context() -> ssl.SSLContext:
+    """A client TLS context trusting the system's CAs, built when a channel first needs it: loading the CAs takes
+    tens of ms, which every worker process paid as it started, TLS or not. A context is safe to share."""
+    return ssl.create_default_context()
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from actors.channels.base import (
     PermanentError,
     TransientError,
     TransientSetupError,
+    system_tls_context,
 )
 from actors.flow.keys import destination_key
 
@@ -187,7 +188,7 @@ class EmailChannel(Channel):
         self.sender = sender_address(config.email_from)
         self.server = parse_smtp_url(config.smtp_url) if config.smtp_url else None
         self.timeout = min(SMTP_TIMEOUT, config.timeout_cap)
-        self._ssl_context = ssl_context or ssl.create_default_context()
+        self._ssl_context = ssl_context  # None: the system's (`system_tls_context`), when first needed
         self._clock = clock
         self._sessions = _ThreadSessions()
         # The sessions kept between messages, whichever thread keeps them: the worker says goodbye to each as it
@@ -313,13 +314,14 @@ class EmailChannel(Channel):
         timeout = cutoff.left(self.timeout)
         if timeout <= 0:
             raise TimeoutError("no time left before the attempt's deadline")
+        context = self._ssl_context or system_tls_context()
         if server.implicit_tls:
-            smtp: smtplib.SMTP = _WatchedSMTPSSL(server.host, server.port, timeout=timeout, context=self._ssl_context)
+            smtp: smtplib.SMTP = _WatchedSMTPSSL(server.host, server.port, timeout=timeout, context=context)
         else:
             smtp = _WatchedSMTP(server.host, server.port, timeout=timeout)
         try:
             if server.starttls:
-                smtp.starttls(context=self._ssl_context)
+                smtp.starttls(context=context)
             if server.username:
                 smtp.login(server.username, server.password or "")
         except BaseException:

@@ -19,7 +19,14 @@ from typing import Any
 import httpx
 
 from actors.channels import register
-from actors.channels.base import Channel, ChannelConfig, Notification, PermanentError, TransientError
+from actors.channels.base import (
+    Channel,
+    ChannelConfig,
+    Notification,
+    PermanentError,
+    TransientError,
+    system_tls_context,
+)
 from actors.channels.deadline import Cutoff
 from actors.channels.netguard import Resolver, host_refusal, refusal_reason, system_resolver
 from actors.channels.transport import WatchedTransport
@@ -169,9 +176,9 @@ class WebhookChannel(Channel):
         self._key = decode_secret(config.webhook_secret) if config.webhook_secret else None
         self._resolver = resolver
         self._clock = clock
-        # Built once: loading the CA bundle is the slow part of a client, and a context is
-        # safe to share between threads.
-        self._ssl_context = ssl_context or ssl.create_default_context()
+        # One for every connection (None: the system's, `system_tls_context`, built when first needed): loading the
+        # CA bundle is the slow part of a client, and a context is safe to share between threads.
+        self._ssl_context = ssl_context
         self._transports = _ThreadTransports()
 
     def check_recipient(self, recipient: str) -> str | None:
@@ -346,6 +353,6 @@ class WebhookChannel(Channel):
 
     def _new_transport(self) -> WatchedTransport:
         return WatchedTransport(
-            ssl_context=self._ssl_context,
+            ssl_context=self._ssl_context or system_tls_context(),
             limits=httpx.Limits(max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS),
         )

@@ -53,7 +53,7 @@ def test_handlers_that_do_not_write_to_dramatiqs_pipe_are_left_alone(capsys):
 
 
 def test_with_json_logs_the_inherited_stderr_handler_sends_long_lines_through_the_pipe(capfd, monkeypatch):
-    """`actors.worker_main` sets the root handler up on stderr before Dramatiq forks; in a worker process
+    """`wjp worker` sets the root handler up on stderr before Dramatiq forks; in a worker process
     Dramatiq's pipe is `sys.stderr`, and a line too long for one atomic write goes through it."""
     read_end, write_end = multiprocessing.Pipe(duplex=False)
     handler = logging.StreamHandler(sys.__stderr__)

@@ -105,10 +105,10 @@ def test_threads_beyond_the_budget_wait_for_a_connection_and_the_process_never_h
 def test_the_reconciler_and_each_worker_process_state_their_budgets(postgres_server_url, redis_server_url):
     env = {"DATABASE_URL": postgres_server_url, "REDIS_URL": redis_server_url}
     assert make_reconciler(Settings.from_env(env)).database.max_connections == 2
-    # What a Dramatiq process of `wjp worker --threads 3` imports: a connection per thread, one for transactions
+    # What a Dramatiq process of `wjp worker --threads 3` boots with: a connection per thread, one for transactions
     # and the batcher's kept one.
     worker = subprocess.run(
-        [sys.executable, "-c", "import actors.worker as w; print(w.database.max_connections)"],
+        [sys.executable, "-c", "import actors.worker as w; print(w.boot().database.max_connections)"],
         env={**os.environ, **env, "WJP_WORKER_THREADS": "3"},
         cwd=ROOT,
         capture_output=True,

@@ -71,7 +71,7 @@ TRACING_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter", "opentel
 def test_off_no_process_loads_the_tracing_sdk():
     """Unset, the API's app, the worker's delivery path and the commands load nothing of the tracing SDK."""
     code = (
-        "import sys, service.app, service.cli, actors.worker_main, actors.observe, actors.delivery;"
+        "import sys, service.app, service.cli, actors.worker, actors.observe, actors.delivery;"
         f"print(sorted(m for m in sys.modules if m.startswith({TRACING_MODULES!r})))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
