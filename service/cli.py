@@ -166,6 +166,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         root.removeHandler(handler)
     if log_format.json_logs():
         log_format.configure()
+    # Dramatiq's reload (SIGHUP) execs sys.argv as it is: under `python -m service.cli` its first item is this file,
+    # which is no program.
+    if not os.access(sys.argv[0], os.X_OK):
+        sys.argv = [sys.executable, "-m", "service.cli", *sys.argv[1:]]
     return dramatiq_cli.main(dramatiq_args)
 
 
