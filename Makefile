@@ -25,9 +25,12 @@ $(VENV)/.installed-bench: $(BIN)/python pyproject.toml constraints.txt
 run: $(VENV)/.installed-run
 	$(BIN)/wjp dev
 
+# Two pytest-xdist processes, each with a database and a private PostgreSQL cluster of its own: most tests wait on
+# servers and subprocesses, so two overlap well even on two cores. `loadgroup` keeps each `xdist_group` on one process.
+TEST_PROCESSES ?= 2
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check ledger actors service tests
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup
 
 # Intake, delivery, end-to-end latency, maintenance at 1 M / 5 M rows and memory, next to baselines and peers:
 # writes bench/results/latest.json (see bench/README.md). BENCH_QUICK=1 for the reduced version (< 5 minutes).

@@ -188,6 +188,11 @@ def tripped_circuit(build, postgres_db, redis_server_url, queue_name, cooldown: 
             yield Tripped(gate, key, job, first, waiting, opened_until, sink)
 
 
+#: The cooldown of the circuits an operator resets: the reset is a `wjp` process, whose start alone takes seconds on
+#: a loaded machine, and only a reset well inside the cooldown tells its effect from the cooldown's end.
+RESET_COOLDOWN = "30"
+
+
 def reset_by_command(postgres_db, redis_server_url, queue_name, key: str) -> None:
     env = process_env(**settings_env(postgres_db, redis_server_url, queue_name))
     reset = run_wjp(["destinations", "reset", key], env)
@@ -197,7 +202,7 @@ def reset_by_command(postgres_db, redis_server_url, queue_name, key: str) -> Non
 def test_wjp_destinations_reset_closes_an_open_circuit_at_once_and_the_destinations_jobs_flow(
     build, postgres_db, redis_server_url, queue_name
 ):
-    with tripped_circuit(build, postgres_db, redis_server_url, queue_name, cooldown="5") as tripped:
+    with tripped_circuit(build, postgres_db, redis_server_url, queue_name, cooldown=RESET_COOLDOWN) as tripped:
         reset_by_command(postgres_db, redis_server_url, queue_name, tripped.key)
         after_reset = tripped.gate.inspect([tripped.key])[0]
         fresh = wait_for_status(postgres_db, tripped.job(), timeout=20)
@@ -217,7 +222,7 @@ def test_wjp_destinations_reset_closes_an_open_circuit_at_once_and_the_destinati
 def test_the_jobs_deferred_while_a_circuit_was_open_flow_once_an_operator_resets_it(
     build, postgres_db, redis_server_url, queue_name
 ):
-    with tripped_circuit(build, postgres_db, redis_server_url, queue_name, cooldown="4") as tripped:
+    with tripped_circuit(build, postgres_db, redis_server_url, queue_name, cooldown=RESET_COOLDOWN) as tripped:
         reset_by_command(postgres_db, redis_server_url, queue_name, tripped.key)
         done = [wait_for_status(postgres_db, job_id, timeout=max(0.0, tripped.opened_until - time.time()))
                 for job_id in tripped.waiting]  # fmt: skip

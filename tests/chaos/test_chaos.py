@@ -13,6 +13,7 @@ from tests.conftest import unavailable
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fault-drills")
 def test_no_accepted_notification_is_lost_or_delivered_twice_by_the_system_through_kills_and_restarts(tmp_path):
     reason = missing_servers()
     if reason:

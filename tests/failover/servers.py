@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psycopg
 import redis
 
 from tests.chaos.servers import PostgresCluster
@@ -69,6 +70,17 @@ class ReplicatedCluster(PostgresCluster):
         psql = ("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres")
         alter = f"ALTER SYSTEM SET default_transaction_read_only = {value}"
         self._run(*psql, "-c", alter, "-c", "SELECT pg_reload_conf()")
+        # pg_reload_conf() only signals the postmaster. A new session shows the value once the postmaster has read
+        # it, by which time it has signalled every backend: an open connection then applies it before its next
+        # statement, which on a loaded machine might otherwise run before the reload.
+        url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        deadline = time.monotonic() + 30
+        while True:
+            with psycopg.connect(url, autocommit=True) as conn:
+                if conn.execute("SHOW default_transaction_read_only").fetchone() == (value,):
+                    return
+            assert time.monotonic() < deadline, f"default_transaction_read_only still not {value} after 30 s"
+            time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:

@@ -13,6 +13,7 @@ from tests.failover.report import DrillConfig
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fault-drills")
 def test_nothing_accepted_is_lost_when_the_redis_master_and_the_postgresql_primary_fail_over(tmp_path):
     reason = missing_servers()
     if reason:

@@ -313,7 +313,8 @@ def test_a_manual_retry_of_a_job_that_has_not_failed_is_a_409_not_failed(client,
     assert set(redis_messages.queued()) | set(redis_messages.delayed()) == messages_before
 
 
-@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid"])
+# Named ids: pytest-xdist needs every worker to collect the same test names, and a random uuid's differs.
+@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid"], ids=["unknown-uuid", "not-a-uuid"])
 def test_a_manual_retry_of_an_unknown_job_is_a_404(client, job_id):
     assert_error(client.simulate_post(f"/internal/notifications/{job_id}/retry"), 404, "not_found")
 
