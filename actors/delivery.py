@@ -149,11 +149,10 @@ class Delivery:
                 kept=True,
             )
         except LedgerUnavailable as exc:
-            if not delivered:
-                raise
-            # The claims hear of it at once (their messages come back later); the successes ride it out.
+            # The claims hear of it at once (their messages come back later), giving back below what their
+            # admissions took; the successes ride it out.
             claimed = [exc] * len(dispatches)
-            done = self._write_successes(attempts, delivered, now=now)
+            done = self._write_successes(attempts, delivered, now=now) if delivered else []
         except Exception:
             # One request the database refuses fails the statement it shares: each goes on its own, so that only it
             # fails, and no success is dropped (to be delivered again once its claim expires).
