@@ -343,11 +343,15 @@ def test_with_javascript_off_every_page_reads_and_a_failure_group_is_retried_thr
     for name, shown in [("Jobs", "job-list"), ("Destinations", "destinations"), ("Health", "latency-chart"),
                         ("Failures", "failure-groups")]:  # fmt: skip
         browser.find_element(By.LINK_TEXT, name).click()
+        # Each click loads a page: the next look waits for it (without scripts nothing tells the driver sooner).
+        wait_until(lambda shown=shown: browser.find_elements(By.ID, shown), name)
         assert browser.find_element(By.ID, shown).is_displayed(), name
 
     browser.find_element(By.CSS_SELECTOR, "button.retry-group").click()
+    wait_until(lambda: browser.find_elements(By.ID, "retry-count"), "the count of the jobs a retry will touch")
     assert browser.find_element(By.ID, "retry-count").get_attribute("data-count") == "1"
     browser.find_element(By.CSS_SELECTOR, "#confirm-retry button").click()
 
+    wait_until(lambda: browser.find_elements(By.ID, "notice"), "the notice of the retry")
     assert browser.find_element(By.ID, "notice").text == "1 failed job was queued again."
     assert database.run(lambda conn: queries.get_job(conn, job, scope=None)).status is Status.PENDING
