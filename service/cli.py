@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import re
 import signal
@@ -25,15 +24,14 @@ from actors.settings import Settings, SettingsError
 from ledger import api_keys, bulk_retry, maintenance, queries
 from ledger.database import Database, without_credentials
 from ledger.errors import LedgerUnavailable
-from ledger.timestamps import rfc3339, utcnow
-from service import cli_destinations, multiproc
+from ledger.timestamps import utcnow
+from service import cli_destinations, cli_keys, multiproc
 
 log = logging.getLogger("wjp")
 
 GUNICORN_CONFIG = Path(__file__).resolve().parent / "gunicorn_conf.py"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 #: Jobs re-queued per statement by `wjp retry`: bounds each transaction's locks.
 RETRY_BATCH = 500
 
@@ -258,66 +256,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 1 if unsent else 0
 
 
-def _key_name(text: str) -> str:
-    if not _KEY_NAME.match(text):
-        raise argparse.ArgumentTypeError(
-            "use 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    return text
-
-
-def _key_rate(text: str | None) -> float | None:
-    """Notifications per second above 0, or `none` (or no --rate): the key follows WJP_API_KEY_RATE."""
-    if text is None or text.strip().lower() == "none":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise CommandError(f"rate {text!r} is not a number of notifications per second above 0, nor 'none'")
-    return value
-
-
-def _rate_text(rate: float | None) -> str:
-    return "default" if rate is None else f"{rate:g}/s"
-
-
 def cmd_api_key(args: argparse.Namespace) -> int:
-    settings = _settings()
-    database = _ledger(settings)
-    if args.action == "create":
-        rate = _key_rate(args.rate)
-        try:
-            key, secret = database.run(
-                lambda conn: api_keys.create(conn, args.name, now=utcnow(), rate=rate), transaction=True
-            )
-        except api_keys.KeyNameTaken as exc:
-            raise CommandError(f"{exc}; choose another name") from None
-        print(f"API key {key.name!r} created (scope {key.id}, rate {_rate_text(key.rate)}).")
-        print("It is shown only this once; store it now:")
-        print(secret)
-        return 0
-    if args.action == "revoke":
-        if not database.run(lambda conn: api_keys.revoke(conn, args.name, now=utcnow()), transaction=True):
-            raise CommandError(f"no active API key is named {args.name!r}")
-        print(f"API key {args.name!r} revoked; it stops working within seconds.")
-        return 0
-    if args.action == "set-rate":
-        rate = _key_rate(args.rate)
-        if not database.run(lambda conn: api_keys.set_rate(conn, args.name, rate), transaction=True):
-            raise CommandError(f"no active API key is named {args.name!r}")
-        print(f"API key {args.name!r} now has rate {_rate_text(rate)}; running APIs follow within seconds.")
-        return 0
-    keys = database.run(api_keys.list_keys)
-    rows = [("name", "scope", "created", "rate", "revoked")]
-    rows += [
-        (k.name, k.id, rfc3339(k.created_at) or "", _rate_text(k.rate), rfc3339(k.revoked_at) or "-") for k in keys
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    return 0
+    try:
+        return cli_keys.run(args, _ledger(_settings()))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def cmd_destinations(args: argparse.Namespace) -> int:
@@ -381,17 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--failed", action="store_true", required=True, help="re-queue FAILED jobs (required)")
     retry.add_argument("--since", type=since, metavar="TIME", help="only jobs that failed since: 2h, 1d or RFC 3339")
     retry.add_argument("--channel", metavar="CHANNEL", help="only jobs of this channel")
-    api_key = command("api-key", cmd_api_key, "create, list, revoke or rate-limit producer API keys")
-    key_actions = api_key.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = key_actions.add_parser("create", help="a new key, printed once on the last line")
-    create.add_argument("name", type=_key_name)
-    rate_help = "notifications per second (default: WJP_API_KEY_RATE, unset = unlimited)"
-    create.add_argument("--rate", metavar="R", help=rate_help)
-    key_actions.add_parser("list", help="every key (never the keys themselves)")
-    key_actions.add_parser("revoke", help="stop a key from working").add_argument("name")
-    set_rate = key_actions.add_parser("set-rate", help="a key's rate, or 'none' to follow WJP_API_KEY_RATE")
-    set_rate.add_argument("name")
-    set_rate.add_argument("rate", metavar="R|none", help=rate_help)
+    cli_keys.add_parser(commands, cmd_api_key)
     cli_destinations.add_parser(commands, cmd_destinations)
     prune = command("prune", cmd_prune, "delete finished jobs older than a duration")
     prune.add_argument("--older-than", type=parse_duration, required=True, metavar="DURATION")
