@@ -11,7 +11,6 @@ live with.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +19,7 @@ from sqlalchemy import Connection, func, literal, select, tuple_, union_all
 from sqlalchemy.types import Uuid
 
 from ledger import api_keys
+from ledger.listing import Position
 from ledger.queries import JOB_COLUMNS, JobView, job_view
 from ledger.schema import jobs, status_in
 from ledger.states import Status
@@ -40,14 +40,6 @@ class JobFilters:
     created_after: datetime | None = None
     #: created_at strictly before this moment.
     created_before: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Position:
-    """The last job a page showed; the next page starts just past it."""
-
-    created_at: datetime
-    job_id: uuid.UUID
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 
 from ledger.schema import jobs
-from ledger.transitions import Dispatch, transition_guard
+from ledger.transitions import Dispatch, retried_values, transition_guard
 
 
 @dataclass(frozen=True)
@@ -60,17 +60,7 @@ def retry_failed(
     rows = conn.execute(
         update(jobs)
         .where(jobs.c.id.in_(candidates.scalar_subquery()), guard)
-        .values(
-            status=target,
-            max_attempts=jobs.c.attempts + extra_attempts,
-            next_attempt_at=now,
-            dispatch_seq=jobs.c.dispatch_seq + 1,
-            updated_at=now,
-            completed_at=None,
-            # A job that failed waiting on its destination starts its deferral afresh.
-            deferred_since=None,
-            deferred_reason=None,
-        )
+        .values(**retried_values(target, now=now, extra_attempts=extra_attempts))
         .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.destination)
     ).all()
     return [Dispatch(row.id, row.dispatch_seq, now, row.destination) for row in rows]

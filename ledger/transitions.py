@@ -289,23 +289,28 @@ def cancel(conn: Connection, job_id: uuid.UUID, *, scope: str, now: datetime) ->
     return result.rowcount == 1
 
 
+
+def retried_values(target: Any, *, now: datetime, extra_attempts: int) -> dict[str, Any]:
+    """The columns a manual retry sets on a FAILED job (one or many): a fresh budget and a new dispatch."""
+    return {
+        "status": target,
+        "max_attempts": jobs.c.attempts + extra_attempts,
+        "next_attempt_at": now,
+        "dispatch_seq": jobs.c.dispatch_seq + 1,
+        "updated_at": now,
+        "completed_at": None,
+        # A job that failed waiting on its destination starts its deferral afresh.
+        "deferred_since": None,
+        "deferred_reason": None,
+    }
+
 def manual_retry(conn: Connection, job_id: uuid.UUID, *, now: datetime, extra_attempts: int) -> Dispatch | None:
     """FAILED → PENDING with `extra_attempts` more attempts, due now; the history is kept."""
     guard, target = transition_guard("manual_retry")
     row = conn.execute(
         update(jobs)
         .where(jobs.c.id == job_id, guard)
-        .values(
-            status=target,
-            max_attempts=jobs.c.attempts + extra_attempts,
-            next_attempt_at=now,
-            dispatch_seq=jobs.c.dispatch_seq + 1,
-            updated_at=now,
-            completed_at=None,
-            # A job that failed waiting on its destination starts its deferral afresh.
-            deferred_since=None,
-            deferred_reason=None,
-        )
+        .values(**retried_values(target, now=now, extra_attempts=extra_attempts))
         .returning(jobs.c.dispatch_seq, jobs.c.destination)
     ).first()
     return None if row is None else Dispatch(job_id, row.dispatch_seq, now, row.destination)
