@@ -4,8 +4,8 @@ baselines and peers, in one run on one machine. Writes `bench/results/latest.jso
 BENCH_QUICK=1 runs a reduced version (fewer jobs, shorter runs, 1 M rows only) in under 5 minutes.
 Other knobs: BENCH_API_WORKERS (gunicorn workers for our API and both baselines, default 4),
 BENCH_INTAKE_REPS, BENCH_INTAKE_SECONDS, BENCH_DRAIN_JOBS, BENCH_E2E_SECONDS, BENCH_SCALES (e.g. "1000000"),
-BENCH_ONLY (comma-separated phases: intake, batch, ratelimit, drain, peers, e2e, flow_cost, noisy, callback_cost,
-maintenance),
+BENCH_ONLY (comma-separated phases: intake, batch, ratelimit, drain, peers, e2e, sustainable, flow_cost, noisy,
+callback_cost, maintenance),
 BENCH_KEEP_DB=1.
 """
 
@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import platform
 import re
-import runpy
 import subprocess
 import sys
 import time
@@ -26,9 +25,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import batch, callbacks, common, flow, listing, ratelimit
+from bench import batch, callbacks, common, flow, listing, ratelimit, sustainable
+from bench import intake as intake_module
 from bench.common import (
-    BENCH,
     DATABASE_URL,
     PYTHON,
     QUICK,
@@ -46,6 +45,7 @@ from bench.common import (
     start,
     target,
 )
+from bench.intake import API_WORKERS, INTAKE_SECONDS, wrk
 
 os.environ["DATABASE_URL"] = DATABASE_URL
 os.environ["REDIS_URL"] = REDIS_URL
@@ -53,10 +53,6 @@ os.environ["REDIS_URL"] = REDIS_URL
 import redis
 
 WJP = str(Path(PYTHON).parent / "wjp")
-API_WORKERS = int(os.environ.get("BENCH_API_WORKERS", "4"))
-INTAKE_REPS = int(os.environ.get("BENCH_INTAKE_REPS", "1" if QUICK else "5"))
-INTAKE_SECONDS = int(os.environ.get("BENCH_INTAKE_SECONDS", "5" if QUICK else "10"))
-WRK_THREADS, WRK_CONNECTIONS = 2, 32
 DRAIN_JOBS = int(os.environ.get("BENCH_DRAIN_JOBS", "5000" if QUICK else "20000"))
 DRAIN_REPS = int(os.environ.get("BENCH_DRAIN_REPS", "1" if QUICK else "3"))
 WORKER_PROCESSES, WORKER_THREADS = 2, 8
@@ -65,7 +61,7 @@ SCALES = [int(s) for s in os.environ.get("BENCH_SCALES", "1000000" if QUICK else
 STATS_SAMPLES = 50 if QUICK else 200
 RECONCILE_SAMPLES = 10 if QUICK else 30
 CANDIDATE_PASSES = 3 if QUICK else 7
-ALL_PHASES = "intake,batch,ratelimit,drain,peers,e2e,flow_cost,noisy,callback_cost,maintenance"
+ALL_PHASES = "intake,batch,ratelimit,drain,peers,e2e,sustainable,flow_cost,noisy,callback_cost,maintenance"
 PHASES = [p for p in os.environ.get("BENCH_ONLY", ALL_PHASES).split(",") if p]
 QUEUE = "notifications"
 
@@ -107,18 +103,6 @@ def api_server(name: str, *, workers: int = API_WORKERS, **env: str) -> tuple[Se
     return service, port
 
 
-def baseline_server(name: str, app: str, *, workers: int = API_WORKERS) -> tuple[Service, int]:
-    """The baseline app under gunicorn with exactly the product's gunicorn settings and worker count."""
-    port = common.free_port()
-    argv = [
-        PYTHON, "-m", "gunicorn", "--config", str(ROOT / "service" / "gunicorn_conf.py"),
-        "--bind", f"127.0.0.1:{port}", "--workers", str(workers), f"bench.baseline_app:{app}",
-    ]  # fmt: skip
-    service = start(name, argv)
-    common.wait_http(port, "/")
-    return service, port
-
-
 def worker(name: str, **env: str) -> Service:
     return start(
         name,
@@ -131,128 +115,6 @@ def worker_processes(service: Service) -> list[int]:
     """The Dramatiq worker processes (those that run the actor), not the supervising main process: its children."""
     table = common.process_table()
     return [p for p in common.descendants(service.pid, include_self=False, table=table) if table[p][0] == service.pid]
-
-
-# --------------------------------------------------------------------------------------------------- intake
-
-
-_WRK_LATENCY = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
-
-
-def wrk(
-    port: int,
-    seconds: float,
-    tag: str,
-    api_key: str | None = None,
-    *,
-    script: str = "post.lua",
-    path: str = "/api/notifications",
-    connections: int = WRK_CONNECTIONS,
-    args: tuple[str, ...] = (),
-) -> tuple[dict, float]:
-    """Run wrk against POST `path` (a single notification per request by default; as the producer of `api_key` if
-    given); return its figures and its own CPU seconds."""
-    argv = [
-        "wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency",
-        "-s", str(BENCH / script), f"http://127.0.0.1:{port}{path}", "--", tag,
-        *([api_key] if api_key else []), *args,
-    ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = proc.stdout.read() if proc.stdout else ""
-    _, _, usage = os.wait4(proc.pid, 0)
-    proc.returncode = 0
-    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-    lat = {m.group(1): float(m.group(2)) * unit[m.group(3)] for m in _WRK_LATENCY.finditer(out)}
-    total = re.search(r"(\d+) requests in", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not rps:
-        raise RuntimeError(f"wrk failed:\n{out}")
-    return {
-        "rps": float(rps.group(1)),
-        "p50_ms": lat.get("50"),
-        "p99_ms": lat.get("99"),
-        "requests": int(total.group(1)) if total else 0,
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        "socket_errors": errors.group(1).strip() if errors else "",
-    }, usage.ru_utime + usage.ru_stime
-
-
-def gunicorn_settings() -> str:
-    """The product's gunicorn worker settings, which the baselines run under too."""
-    conf = runpy.run_path(str(ROOT / "service" / "gunicorn_conf.py"))
-    return f"{conf['worker_class']} workers × {conf.get('threads', 1)} threads"
-
-
-def phase_intake() -> dict:
-    log(f"intake: 3 servers in turn, gunicorn {gunicorn_settings()}, {API_WORKERS} workers each; "
-        f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {INTAKE_REPS} rep(s) × {INTAKE_SECONDS}s")  # fmt: skip
-    # One server runs at a time, started afresh and warmed up for each run: the three at once held more PostgreSQL
-    # connections than a stock server allows (bench/README.md).
-    servers: dict[str, Callable[[], tuple[Service, int]]] = {
-        "intake": lambda: api_server("intake-api"),
-        "baseline_insert": lambda: baseline_server("baseline-insert", "insert_app"),
-        "baseline_naive": lambda: baseline_server("baseline-naive", "naive_app"),
-    }
-    runs: dict[str, list[dict]] = {name: [] for name in servers}
-    rss: dict[str, float] = {}
-    order = list(servers)
-    for rep in range(INTAKE_REPS):
-        for name in order[rep % 3 :] + order[: rep % 3]:
-            service, port = servers[name]()
-            with running(service):
-                wrk(port, 2, f"warm-{name}-{rep}")  # connections, pools, statement caches
-                reset_ledger()
-                time.sleep(1)
-                with bench_connect() as conn:
-                    db0 = common.db_counters(conn)
-                    rc0 = common.redis_commandstats(r)
-                    meter = CpuMeter({"gunicorn": service.tree()}, common.backends_of_bench())
-                    with meter:
-                        figures, wrk_cpu = wrk(port, INTAKE_SECONDS, f"{name}-{rep}")
-                    time.sleep(0.6)  # pg_stat flush interval
-                    db1 = common.db_counters(conn)
-                    rc1 = common.redis_commandstats(r)
-                if name == "intake":
-                    rss = {f"pid{p}": round(common.rss_mb(p), 1) for p in service.children()}
-            cores = meter.cores()
-            cores["wrk"] = round(wrk_cpu / meter.wall, 3)
-            cores["unaccounted_other_users"] = round(cores["unaccounted_other_users"] - cores["wrk"], 3)
-            n = max(figures["requests"], 1)
-            figures["cores"] = cores
-            figures["gunicorn_cpu_us_per_req"] = round(cores["gunicorn"] * meter.wall / n * 1e6)
-            figures["pg_commits_per_req"] = round(common.diff(db1, db0).get("xact_commit", 0) / n, 2)
-            figures["redis_calls_per_req"] = {
-                k: round(v / n, 2) for k, v in common.diff(rc1, rc0).items() if v / n >= 0.05
-            }
-            runs[name].append(figures)
-            log(f"  rep {rep + 1} {name:16s} {figures['rps']:8.0f} req/s  p50 {figures['p50_ms']:.2f} ms  "
-                f"p99 {figures['p99_ms']:.2f} ms  cores {cores}")  # fmt: skip
-    out: dict = {}
-    for name, figures in runs.items():
-        best = sorted(figures, key=lambda f: f["rps"])[len(figures) // 2]
-        out[name] = {
-            "rps": round(median(f["rps"] for f in figures), 1),
-            "p50_ms": round(median(f["p50_ms"] for f in figures), 3),
-            "p99_ms": round(median(f["p99_ms"] for f in figures), 3),
-            "runs_rps": [round(f["rps"]) for f in figures],
-            "median_run": best,
-        }
-    ratio_a = [a["rps"] / b["rps"] for a, b in zip(runs["intake"], runs["baseline_insert"], strict=True)]
-    ratio_b = [a["rps"] / b["rps"] for a, b in zip(runs["intake"], runs["baseline_naive"], strict=True)]
-    out["intake"]["ratio_vs_baseline_insert"] = round(median(ratio_a), 3)
-    out["intake"]["ratio_vs_baseline_naive"] = round(median(ratio_b), 3)
-    out["intake"]["ratios_per_rep"] = {"vs_insert": [round(x, 3) for x in ratio_a],
-                                       "vs_naive": [round(x, 3) for x in ratio_b]}  # fmt: skip
-    out["intake"]["rss_mb_after"] = rss
-    out["settings"] = {
-        "gunicorn": f"service/gunicorn_conf.py ({gunicorn_settings()}), --workers {API_WORKERS}, same for all three, "
-        "one server at a time",
-        "wrk": f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{INTAKE_SECONDS}s --latency -s bench/post.lua",
-        "reps": INTAKE_REPS,
-    }
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------- drain
@@ -811,7 +673,7 @@ def summarise(res: dict) -> dict:
 
     out = {
         **{name: {k: g(intake, name, k) for k in ("rps", "p50_ms", "p99_ms")}
-           for name in ("intake", "baseline_insert", "baseline_naive")},
+           for name in ("intake", *intake_module.BASELINES)},
         **{name: {"jobs_per_s": g(d, key, "jobs_per_s"), "jobs_per_s_from_start": g(d, key, "jobs_per_s_incl_startup"),
                   "startup_s": g(d, key, "startup_s"), "startup_cpu_s": g(d, key, "startup_cpu_s")}
            for name, d, key in (("drain", drain_, "log"), ("drain_webhook", drain_, "webhook"),
@@ -848,8 +710,7 @@ def summarise(res: dict) -> dict:
     scale_note = "5 M rows" if big else "1 M rows (BENCH_QUICK: 5 M skipped)"
     stats_key, empty_key = ("stats_5m_ms", "reconcile_empty_5m_ms") if big else ("stats_1m_ms", "reconcile_empty_1m_ms")
     out["targets"] = {
-        "intake_vs_baseline_insert": target(_dig(intake, ("intake", "ratio_vs_baseline_insert")), ">=", 1.0),
-        "intake_vs_baseline_naive": target(_dig(intake, ("intake", "ratio_vs_baseline_naive")), ">=", 1.3),
+        **intake_module.targets(intake),
         "drain_vs_dramatiq": target(drain_ratio("dramatiq"), ">=", 0.5),
         "drain_vs_celery": target(drain_ratio("celery"), ">=", 1.5),
         "drain_from_start_vs_dramatiq": target(_dig(drain_, ("log", "from_start_ratio_vs_dramatiq")), ">=", 0.5),
@@ -861,7 +722,7 @@ def summarise(res: dict) -> dict:
         "rss_api_mb": target(out["rss_mb"]["api"], "<", 100),
         "rss_worker_mb": target(out["rss_mb"]["worker"], "<", 100),
     }  # fmt: skip
-    for extra in (flow.summary(res), ratelimit.summary(res)):
+    for extra in (flow.summary(res), ratelimit.summary(res), sustainable.summary(res)):
         out["targets"].update(extra.pop("targets"))
         out.update(extra)
     out["targets"].update(batch.targets(res))
@@ -870,11 +731,14 @@ def summarise(res: dict) -> dict:
         "drain_webhook_vs_dramatiq": _round(ratio(rate["drain_webhook"], rate["peer_dramatiq"])),
         "drain_webhook_vs_celery": _round(ratio(rate["drain_webhook"], rate["peer_celery"])),
         "dramatiq_vs_celery": _round(ratio(rate["peer_dramatiq"], rate["peer_celery"])),
-    }
+        # The threaded baselines are reference rows since issue 22: ours is judged against the asyncio ones.
+        **{f"intake_vs_{name}": _dig(intake, ("intake", f"ratio_vs_{name}"))
+           for name in ("baseline_insert_threaded", "baseline_naive_threaded")},
+    }  # fmt: skip
     # CPU per unit of work of the process under test: less sensitive to other users' load than the rates.
     out["cpu_us"] = {
         "gunicorn_per_request": {k: _dig(intake, (k, "median_run", "gunicorn_cpu_us_per_req"))
-                                 for k in ("intake", "baseline_insert", "baseline_naive")},
+                                 for k in ("intake", *intake_module.BASELINES)},
         "worker_per_job": {"drain": _dig(drain_, ("log", "worker_cpu_us_per_job")),
                            "drain_webhook": _dig(drain_, ("webhook", "worker_cpu_us_per_job")),
                            "peer_dramatiq": _dig(peers, ("dramatiq", "worker_cpu_us_per_job")),
@@ -909,7 +773,7 @@ def main() -> int:
     results["machine"] = machine()
     try:
         if "intake" in PHASES:
-            results["intake"] = phase_intake()
+            results["intake"] = intake_module.phase_intake(intake_module.Harness(reset_ledger, api_server, r))
         if "batch" in PHASES:
             results["batch"] = batch.phase_batch(batch.Harness(reset_ledger, api_server, wrk))
         if "ratelimit" in PHASES:
@@ -921,6 +785,9 @@ def main() -> int:
         if "e2e" in PHASES:
             max_rps = _dig(results, ("intake", "intake", "rps")) or float(os.environ.get("BENCH_E2E_MAX_RPS", "1000"))
             results["e2e"] = phase_e2e(max_rps)
+        if "sustainable" in PHASES:
+            s_harness = sustainable.Harness(reset_ledger, api_server, worker)
+            results["sustainable"] = sustainable.phase_sustainable(s_harness)
         harness = flow.Harness(reset_ledger, api_server, worker, drain, webhook_drain, DRAIN_JOBS)
         results.update(flow.run_phases(PHASES, results, harness))
         if "callback_cost" in PHASES:
@@ -935,8 +802,8 @@ def main() -> int:
     results["duration_s"] = round(time.time() - started)
     final = {**summarise(results), "meta": {k: results[k] for k in (
         "date", "quick", "loadavg_before", "loadavg_after", "machine_busy_cores_before", "duration_s", "machine")},
-        "details": {k: results.get(k) for k in ("intake", "batch", "ratelimit", "drain", "peers", "e2e", "noisy",
-                                                 "flow_cost", "callback_cost", "maintenance")}}  # fmt: skip
+        "details": {k: results.get(k) for k in ("intake", "batch", "ratelimit", "drain", "peers", "e2e", "sustainable",
+                                                 "noisy", "flow_cost", "callback_cost", "maintenance")}}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     common.write_json(RESULTS / "latest.json", final)
     table = render_table(final)
@@ -959,17 +826,7 @@ def render_table(res: dict) -> str:
         "| figure | ours | baseline / peer | ratio | target | pass |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    i, a, b = res["intake"], res["baseline_insert"], res["baseline_naive"]
-    ta, tb = t["intake_vs_baseline_insert"], t["intake_vs_baseline_naive"]
-    lines.append(
-        f"| intake req/s (p50 / p99 ms) | {fmt(i['rps'])} ({fmt(i['p50_ms'], 1)} / {fmt(i['p99_ms'], 1)}) | "
-        f"(a) bare INSERT {fmt(a['rps'])} ({fmt(a['p50_ms'], 1)} / {fmt(a['p99_ms'], 1)}) | "
-        f"{fmt(ta['measured'], 2)} | ≥ 1.0 | {ta['pass']} |"
-    )
-    lines.append(
-        f"| | | (b) INSERT + Dramatiq send {fmt(b['rps'])} ({fmt(b['p50_ms'], 1)} / {fmt(b['p99_ms'], 1)}) | "
-        f"{fmt(tb['measured'], 2)} | ≥ 1.3 | {tb['pass']} |"
-    )
+    lines += intake_module.table_rows(res)
     d, dw, pd, pc = (res[k]["jobs_per_s"] for k in ("drain", "drain_webhook", "peer_dramatiq", "peer_celery"))
     lines.append(
         f"| drain jobs/s, `log` channel | {fmt(d)} | bare Dramatiq no-op {fmt(pd)} | "
@@ -1040,10 +897,12 @@ def render_table(res: dict) -> str:
         ]
     cpu = res["cpu_us"]
     lines += ["", "CPU per unit of work of the process under test (µs; less sensitive to other users' load):", "",
-              "| gunicorn per request: ours / (a) / (b) | worker per job: `log` / webhook / Dramatiq / Celery |",
+              "| gunicorn per request: ours / (a) / (b) / (a) gthread / (b) gthread "
+              "| worker per job: `log` / webhook / Dramatiq / Celery |",
               "| --- | --- |",
               f"| {' / '.join(fmt(v) for v in cpu['gunicorn_per_request'].values())} | "
               f"{' / '.join(fmt(v) for v in cpu['worker_per_job'].values())} |"]  # fmt: skip
+    lines += sustainable.table(res)
     lines += batch.table(res)
     lines += flow.table(res)
     lines += ratelimit.table(res)
