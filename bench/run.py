@@ -99,7 +99,11 @@ def api_server(name: str, *, workers: int = API_WORKERS, **env: str) -> tuple[Se
         [WJP, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
         env=bench_env(**env),
     )
-    common.wait_http(port, "/healthz")
+    try:
+        common.wait_http(port, "/healthz")
+    except RuntimeError:
+        service.stop()  # not left running when it did not come up in time
+        raise
     return service, port
 
 

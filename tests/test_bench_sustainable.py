@@ -1,0 +1,94 @@
+"""The sustainable-rate phase of `make bench` (bench/sustainable.py): its verdict on a trial and its search, on
+made-up trials (the phase itself runs real servers and is measured by `make bench`, not here)."""
+
+from __future__ import annotations
+
+from bench import sustainable
+
+RATE = 200.0
+SECONDS = 10.0
+T0 = 1_700_000_000.0
+
+
+def _trial(*, admit_rate: float = RATE, finish_rate: float | None = None, service_s: float = 0.02,
+           answered: int | None = None) -> tuple[dict[str, float], list, dict]:  # fmt: skip
+    """POSTs started at RATE for SECONDS; the API creates job i at `admit_rate`, and the workers finish each one
+    `service_s` after its creation or, with `finish_rate`, one after another at that rate."""
+    n = int(RATE * SECONDS)
+    sent = {f"k-{i}": T0 + i / RATE for i in range(n)}
+    rows = []
+    for i in range(n):
+        created = T0 + i / admit_rate + 0.003
+        completed = created + service_s if finish_rate is None else max(created + service_s, T0 + i / finish_rate)
+        rows.append((f"k-{i}", created, completed))
+    client = {"sent": n, "statuses": {"202": n if answered is None else answered}}
+    return sent, rows, client
+
+
+def _judge(sent: dict[str, float], rows: list, client: dict) -> dict:
+    return sustainable.judge(RATE, sent, rows, T0 + SECONDS + 5, client)
+
+
+def test_a_trial_whose_workers_keep_up_is_flat() -> None:
+    verdict = _judge(*_trial())
+    assert verdict["flat"], verdict
+    assert verdict["p50_ms"] == 20.0
+
+
+def test_workers_that_fall_behind_by_a_tenth_make_a_trial_not_flat() -> None:
+    verdict = _judge(*_trial(finish_rate=RATE * 0.9))
+    assert not verdict["flat"]
+    assert verdict["backlog_growth_share"] > 1 - sustainable.KEEP_UP
+
+
+def test_a_standing_queue_that_no_longer_grows_makes_a_trial_not_flat() -> None:
+    verdict = _judge(*_trial(service_s=0.5))  # every job waits half a second: a queue built before the window
+    assert not verdict["flat"]
+    assert abs(verdict["backlog_growth_share"]) < 1 - sustainable.KEEP_UP
+    assert verdict["backlog_end"] > verdict["backlog_allowed"]
+
+
+def test_an_api_that_admits_less_than_is_offered_makes_a_trial_not_flat() -> None:
+    verdict = _judge(*_trial(admit_rate=RATE * 0.9))
+    assert not verdict["flat"]
+    assert verdict["admitted_share"] < sustainable.KEEP_UP
+
+
+def test_an_answer_other_than_202_makes_a_trial_not_flat() -> None:
+    sent, rows, client = _trial()
+    client["statuses"] = {"202": client["sent"] - 1, "503": 1}
+    assert not _judge(sent, rows, client)["flat"]
+
+
+def test_jobs_never_finished_count_with_the_latency_they_reached() -> None:
+    sent, rows, client = _trial()
+    rows[-1] = (rows[-1][0], rows[-1][1], None)
+    verdict = _judge(sent, rows, client)
+    assert verdict["unfinished"] == 1
+    assert verdict["p99_ms"] >= 20.0
+
+
+def test_the_search_steps_up_then_bisects_to_just_below_the_limit() -> None:
+    tried: list[float] = []
+
+    def run_trial(rate: float) -> dict:
+        tried.append(rate)
+        return {"rate": rate, "flat": rate <= 400}
+
+    found, trials = sustainable.search(run_trial)
+    assert found is not None and found <= 400
+    lowest_failed = min(rate for rate in tried if rate > 400)
+    assert tried[:4] == [150, 225, 338, 507]
+    assert lowest_failed / found < 1.5
+    assert len(trials) == len(tried)
+
+
+def test_the_search_steps_down_when_the_first_rate_is_too_high() -> None:
+    found, _ = sustainable.search(lambda rate: {"rate": rate, "flat": rate <= 50})
+    assert found is not None and found <= 50 < found * sustainable.STEP
+
+
+def test_the_search_reports_no_rate_when_no_trial_is_flat() -> None:
+    found, trials = sustainable.search(lambda rate: {"rate": rate, "flat": False})
+    assert found is None
+    assert len(trials) == sustainable.MAX_STEPS
