@@ -28,6 +28,8 @@ WRK_THREADS, WRK_CONNECTIONS = 2, 32
 #: The gunicorn worker class of the asyncio baselines: the one setting that follows the product's server model.
 ASYNC_WORKER_CLASS = os.environ.get("BENCH_ASYNC_WORKER", "asgi")
 GUNICORN_CONF = ROOT / "service" / "gunicorn_conf.py"
+#: Seconds a server may take to answer after its start: ~2 s on a quiet machine, over 20 s at a load average of 14.
+SERVER_START_TIMEOUT = 60.0
 #: Targets (issue 22): ours over the asyncio baselines (a) and (b), median of the per-repetition ratios.
 TARGET_VS_INSERT, TARGET_VS_NAIVE = 1.5, 2.0
 
@@ -38,6 +40,8 @@ BASELINES = {
     "baseline_insert_threaded": ("bench.baseline_app:insert_app", "threaded"),
     "baseline_naive_threaded": ("bench.baseline_app:naive_app", "threaded"),
 }
+#: Whether the threaded reference rows run (not in BENCH_QUICK, which must stay within a few minutes).
+REFERENCE_ROWS = os.environ.get("BENCH_INTAKE_REFERENCE", "0" if QUICK else "1") not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,11 @@ def baseline_server(name: str, app: str, model: str, *, workers: int = API_WORKE
         "--bind", f"127.0.0.1:{port}", "--workers", str(workers), app,
     ]  # fmt: skip
     service = start(name, argv)
-    common.wait_http(port, "/")
+    try:
+        common.wait_http(port, "/", timeout=SERVER_START_TIMEOUT)
+    except RuntimeError:
+        service.stop()
+        raise
     return service, port
 
 
@@ -148,13 +156,15 @@ def _measure(h: Harness, name: str, rep: int, service: Service, port: int) -> tu
 
 
 def phase_intake(h: Harness) -> dict:
-    log(f"intake: ours ({gunicorn_settings()}), baselines (a) and (b) on gunicorn -k {ASYNC_WORKER_CLASS} and, for "
-        f"reference, on gthread; {API_WORKERS} workers each, one server at a time; wrk -t{WRK_THREADS} "
-        f"-c{WRK_CONNECTIONS}, {INTAKE_REPS} rep(s) × {INTAKE_SECONDS}s")  # fmt: skip
+    log(f"intake: ours ({gunicorn_settings()}), baselines (a) and (b) on gunicorn -k {ASYNC_WORKER_CLASS}"
+        f"{' and, for reference, on gthread' if REFERENCE_ROWS else ''}; {API_WORKERS} workers each, one server at a "
+        f"time; wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {INTAKE_REPS} rep(s) × {INTAKE_SECONDS}s")  # fmt: skip
     # One server runs at a time, started afresh and warmed up for each run: several at once held more PostgreSQL
     # connections than a stock server allows (bench/README.md).
     servers: dict[str, Callable[[], tuple[Service, int]]] = {"intake": lambda: h.api_server("intake-api")}
     for name, (app, model) in BASELINES.items():
+        if model == "threaded" and not REFERENCE_ROWS:
+            continue
         servers[name] = lambda name=name, app=app, model=model: baseline_server(name.replace("_", "-"), app, model)
     runs: dict[str, list[dict]] = {name: [] for name in servers}
     rss: dict[str, float] = {}
@@ -179,7 +189,7 @@ def phase_intake(h: Harness) -> dict:
             "median_run": sorted(figures, key=lambda f: f["rps"])[len(figures) // 2],
         }
     per_rep: dict[str, list[float]] = {}
-    for name in BASELINES:
+    for name in [n for n in runs if n != "intake"]:
         ratios = [a["rps"] / b["rps"] for a, b in zip(runs["intake"], runs[name], strict=True)]
         out["intake"][f"ratio_vs_{name}"] = round(median(ratios), 3)
         per_rep[f"vs_{name}"] = [round(x, 3) for x in ratios]

@@ -1,9 +1,10 @@
 """`make bench`: intake, delivery, end-to-end latency, maintenance at scale and memory, side by side with the
 baselines and peers, in one run on one machine. Writes `bench/results/latest.json`; see `bench/README.md`.
 
-BENCH_QUICK=1 runs a reduced version (fewer jobs, shorter runs, 1 M rows only) in under 5 minutes.
+BENCH_QUICK=1 runs a reduced version (fewer jobs, shorter runs, 1 M rows only) in about 6 minutes.
 Other knobs: BENCH_API_WORKERS (gunicorn workers for our API and both baselines, default 4),
-BENCH_INTAKE_REPS, BENCH_INTAKE_SECONDS, BENCH_DRAIN_JOBS, BENCH_E2E_SECONDS, BENCH_SCALES (e.g. "1000000"),
+BENCH_INTAKE_REPS, BENCH_INTAKE_SECONDS, BENCH_INTAKE_REFERENCE, BENCH_ASYNC_WORKER, BENCH_SUSTAINABLE_*,
+BENCH_DRAIN_JOBS, BENCH_E2E_SECONDS, BENCH_SCALES (e.g. "1000000"),
 BENCH_ONLY (comma-separated phases: intake, batch, ratelimit, drain, peers, e2e, sustainable, flow_cost, noisy,
 callback_cost, maintenance),
 BENCH_KEEP_DB=1.
@@ -45,7 +46,7 @@ from bench.common import (
     start,
     target,
 )
-from bench.intake import API_WORKERS, INTAKE_SECONDS, wrk
+from bench.intake import API_WORKERS, INTAKE_SECONDS, SERVER_START_TIMEOUT, wrk
 
 os.environ["DATABASE_URL"] = DATABASE_URL
 os.environ["REDIS_URL"] = REDIS_URL
@@ -100,7 +101,7 @@ def api_server(name: str, *, workers: int = API_WORKERS, **env: str) -> tuple[Se
         env=bench_env(**env),
     )
     try:
-        common.wait_http(port, "/healthz")
+        common.wait_http(port, "/healthz", timeout=SERVER_START_TIMEOUT)
     except RuntimeError:
         service.stop()  # not left running when it did not come up in time
         raise
