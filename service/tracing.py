@@ -14,7 +14,7 @@ class TraceRequests:
     when the request carries a W3C `traceparent` header."""
 
     async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        carrier = {name.lower(): value for name, value in req.headers.items() if name in ("TRACEPARENT", "TRACESTATE")}
+        carrier = {name: value for name in ("traceparent", "tracestate") if (value := req.get_header(name)) is not None}
         span = tracing.tracer().start_span(
             req.method,
             context=tracing.extract(carrier),
