@@ -32,9 +32,6 @@ class Offload:
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True)
-
 
 class Threaded:
     """`resource` served from the loop: its coroutine responders as they are, each plain one on `offload`'s threads
