@@ -8,7 +8,8 @@ usage: python -m bench.experiments threads     drain rate, batch size and CPU pe
        python -m bench.experiments idle        end-to-end latency at 2 and 20 req/s, with Dramatiq's default
                                                consumer back-off (dramatiq_worker_timeout=1000) and with 100
        python -m bench.experiments servers     intake (wrk), API CPU per request and RSS: `wjp serve` on
-                                               gunicorn's asyncio worker, on uvicorn's worker, and (with
+                                               gunicorn's asyncio worker (asyncio's loop, uvloop), on
+                                               uvicorn's worker, and (with
                                                BENCH_GTHREAD_TREE=<checkout>) that checkout's gthread API
 """
 
@@ -168,27 +169,29 @@ def idle() -> None:
     os.environ.pop("dramatiq_worker_timeout", None)
 
 
-def _gthread_tree(name: str) -> tuple[common.Service, int]:
-    """`wjp serve` of another checkout (BENCH_GTHREAD_TREE, with its own .venv): the API as it was on gthread."""
-    tree = Path(os.environ["BENCH_GTHREAD_TREE"])
+def _wjp_serve(name: str, tree: Path, **env: str) -> tuple[common.Service, int]:
+    """`wjp serve` of the checkout `tree` (with its own .venv). Up to 2 minutes to start: on a machine shared with
+    other benches, four workers importing at once took more than `run.api_server`'s 20 s."""
     port = common.free_port()
     argv = [str(tree / ".venv" / "bin" / "wjp"), "serve", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(run.API_WORKERS)]  # fmt: skip
-    service = common.start(name, argv, env=common.bench_env(PYTHONPATH=str(tree)), cwd=tree)
-    common.wait_http(port, "/healthz")
+    service = common.start(name, argv, env=common.bench_env(PYTHONPATH=str(tree), **env), cwd=tree)
+    common.wait_http(port, "/healthz", timeout=120)
     return service, port
 
 
 def servers() -> None:
-    """Intake under wrk and API CPU per request: gunicorn's asyncio worker (the product), uvicorn's worker under
-    gunicorn, and, with BENCH_GTHREAD_TREE, the gthread API of that checkout; alternating, 3 rounds."""
-    uvicorn = "--worker-class uvicorn.workers.UvicornWorker"
+    """Intake under wrk and API CPU per request: gunicorn's asyncio worker (the product), with uvloop, uvicorn's
+    worker under gunicorn, and, with BENCH_GTHREAD_TREE=<checkout>, that checkout's gthread API; 3 rounds."""
     factories = {
-        "gunicorn-asgi": lambda name: run.api_server(name),
-        "uvicorn-worker": lambda name: run.api_server(name, GUNICORN_CMD_ARGS=uvicorn),
+        "gunicorn-asgi": lambda name: _wjp_serve(name, common.ROOT),
+        "gunicorn-asgi-uvloop": lambda name: _wjp_serve(name, common.ROOT, GUNICORN_CMD_ARGS="--asgi-loop uvloop"),
+        "uvicorn-worker": lambda name: _wjp_serve(
+            name, common.ROOT, GUNICORN_CMD_ARGS="--worker-class uvicorn.workers.UvicornWorker"
+        ),
     }
     if os.environ.get("BENCH_GTHREAD_TREE"):
-        factories["gthread"] = _gthread_tree
+        factories["gthread"] = lambda name: _wjp_serve(name, Path(os.environ["BENCH_GTHREAD_TREE"]))
     for rep in range(3):
         for name, factory in factories.items():
             service, port = factory(f"exp-{name}-{rep}")
