@@ -7,8 +7,10 @@ usage: python -m bench.experiments threads     drain rate, batch size and CPU pe
                                                migrations vs statement-level triggers with transition tables
        python -m bench.experiments idle        end-to-end latency at 2 and 20 req/s, with Dramatiq's default
                                                consumer back-off (dramatiq_worker_timeout=1000) and with 100
-       python -m bench.experiments asgi        intake (wrk) and end to end at 700 req/s: `wjp serve` against
-                                               bench/asgi_probe.py on gunicorn's asyncio worker
+       python -m bench.experiments servers     intake (wrk), API CPU per request and RSS: `wjp serve` on
+                                               gunicorn's asyncio worker (asyncio's loop, uvloop), on
+                                               uvicorn's worker, and (with
+                                               BENCH_GTHREAD_TREE=<checkout>) that checkout's gthread API
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 from bench import common, run
 from bench.common import bench_connect, log
@@ -166,45 +169,49 @@ def idle() -> None:
     os.environ.pop("dramatiq_worker_timeout", None)
 
 
-def _asgi_probe(name: str) -> tuple[common.Service, int]:
+def _wjp_serve(name: str, tree: Path, **env: str) -> tuple[common.Service, int]:
+    """`wjp serve` of the checkout `tree` (with its own .venv). Up to 2 minutes to start: on a machine shared with
+    other benches, four workers importing at once took more than `run.api_server`'s 20 s."""
     port = common.free_port()
-    argv = [
-        common.PYTHON, "-m", "gunicorn", "--config", str(common.ROOT / "service" / "gunicorn_conf.py"),
-        "--worker-class", "asgi", "--bind", f"127.0.0.1:{port}", "--workers", str(run.API_WORKERS),
-        "bench.asgi_probe:create_app()",
-    ]  # fmt: skip
-    service = common.start(name, argv)
-    common.wait_http(port, "/healthz")
+    argv = [str(tree / ".venv" / "bin" / "wjp"), "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(run.API_WORKERS)]  # fmt: skip
+    service = common.start(name, argv, env=common.bench_env(PYTHONPATH=str(tree), **env), cwd=tree)
+    common.wait_http(port, "/healthz", timeout=120)
     return service, port
 
 
-def asgi() -> None:
-    servers = {"wjp serve (gthread)": run.api_server, "asgi probe": _asgi_probe}
-    started = {name: factory(f"exp-{name.split()[0]}") for name, factory in servers.items()}
-    with common.running(*(service for service, _ in started.values())):
-        for name, (_, port) in started.items():
-            run.wrk(port, 2, f"warm-{name.split()[0]}")
-        for rep in range(3):
-            for name, (service, port) in started.items():
+def servers() -> None:
+    """Intake under wrk and API CPU per request: gunicorn's asyncio worker (the product), with uvloop, uvicorn's
+    worker under gunicorn, and, with BENCH_GTHREAD_TREE=<checkout>, that checkout's gthread API; 3 rounds."""
+    factories = {
+        "gunicorn-asgi": lambda name: _wjp_serve(name, common.ROOT),
+        "gunicorn-asgi-uvloop": lambda name: _wjp_serve(name, common.ROOT, GUNICORN_CMD_ARGS="--asgi-loop uvloop"),
+        "uvicorn-worker": lambda name: _wjp_serve(
+            name, common.ROOT, GUNICORN_CMD_ARGS="--worker-class uvicorn.workers.UvicornWorker"
+        ),
+    }
+    if os.environ.get("BENCH_GTHREAD_TREE"):
+        factories["gthread"] = lambda name: _wjp_serve(name, Path(os.environ["BENCH_GTHREAD_TREE"]))
+    for rep in range(3):
+        for name, factory in factories.items():
+            service, port = factory(f"exp-{name}-{rep}")
+            with common.running(service):
+                run.wrk(port, 2, f"warm-{name}-{rep}")
                 run.reset_ledger()
                 meter = common.CpuMeter({"gunicorn": service.tree()}, common.backends_of_bench())
                 with meter:
-                    figures, _ = run.wrk(port, 8, f"{name.split()[0]}-{rep}")
-                cores = meter.cores()
-                per_request = cores["gunicorn"] * meter.wall / figures["requests"] * 1e6
-                print(f"intake {name}: {figures['rps']:.0f} req/s, p50 {figures['p50_ms']} ms, "
-                      f"p99 {figures['p99_ms']} ms; gunicorn {per_request:.0f} µs/request; cores {cores}",
-                      flush=True)  # fmt: skip
-    for _ in range(2):
-        for name, factory in servers.items():
-            out = run.phase_e2e(1400, server=factory)
-            print(f"e2e at 700 req/s, {name}: p50 {out['p50_ms']} ms p99 {out['p99_ms']} ms, HTTP p99 "
-                  f"{out['client']['http_p99_ms']} ms; cores {out['cores']}", flush=True)  # fmt: skip
+                    figures, _ = run.wrk(port, 8, f"{name}-{rep}")
+                rss = sorted(round(common.rss_mb(pid), 1) for pid in service.children())
+            cores = meter.cores()
+            per_request = cores["gunicorn"] * meter.wall / figures["requests"] * 1e6
+            print(f"intake {name}: {figures['rps']:.0f} req/s, p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} "
+                  f"ms; gunicorn {per_request:.0f} µs/request; RSS MB {rss}; loadavg {common.loadavg()}; "
+                  f"cores {cores}", flush=True)  # fmt: skip
 
 
 def main() -> None:
     what = sys.argv[1] if len(sys.argv) > 1 else ""
-    experiments = {"threads": threads, "plan": plan, "triggers": triggers, "idle": idle, "asgi": asgi}
+    experiments = {"threads": threads, "plan": plan, "triggers": triggers, "idle": idle, "servers": servers}
     if what not in experiments:
         raise SystemExit(__doc__)
     log(f"experiment {what}; loadavg {common.loadavg()}")

@@ -20,6 +20,7 @@ from ledger import api_keys
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from service.errors import RETRY_AFTER, ApiError
+from service.offload import Offload
 
 #: Routes that need the admin token when one is configured.
 ADMIN_PREFIXES = ("/internal/", "/metrics")
@@ -67,13 +68,17 @@ def _unauthorized(message: str, realm: str) -> ApiError:
 
 class AdminTokenMiddleware:
     """Rejects operator routes without `Authorization: Bearer <WJP_ADMIN_TOKEN>` (or, on the dashboard, its
-    session cookie); a browser opening the dashboard without either is sent to the sign-in page."""
+    session cookie); a browser opening the dashboard without either is sent to the sign-in page. Sessions are read
+    from Redis on `offload`'s threads."""
 
-    def __init__(self, token: str, sessions: DashboardSessions) -> None:
+    def __init__(self, token: str, sessions: DashboardSessions, offload: Offload) -> None:
         self.token = token
         self.sessions = sessions
+        self.offload = offload
 
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
+    async def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict
+    ) -> None:
         template = req.uri_template or ""
         if not template.startswith(ADMIN_PREFIXES) or template in (LOGIN, LOGOUT):
             return
@@ -83,7 +88,7 @@ class AdminTokenMiddleware:
             return
         if given is None and template.startswith(DASHBOARD):
             cookie = req.cookies.get(SESSION_COOKIE)
-            if cookie is not None and self._live(cookie):
+            if cookie is not None and await self.offload(self._live, cookie):
                 return
             if req.method == "GET" and req.get_header("Authorization") is None:
                 raise falcon.HTTPSeeOther(LOGIN)
@@ -110,11 +115,13 @@ def sessions_unavailable() -> ApiError:
 class ApiKeyMiddleware:
     """Once any producer key exists, /api/* needs `Authorization: Bearer <key>`; sets `req.context.scope` to
     the key's id ('' while no key exists), which scopes idempotency keys and the jobs a producer can see. A key's
-    submissions are held to its rate (or `default_rate`) by `limiter`, shared by every API process."""
+    submissions are held to its rate (or `default_rate`) by `limiter`, shared by every API process. What it reads
+    is cached a moment, in the loop; the ledger and Redis are asked on `offload`'s threads."""
 
     def __init__(
         self,
         database: Database,
+        offload: Offload,
         *,
         limiter: RateLimiter | None = None,
         default_rate: float | None = None,
@@ -122,6 +129,7 @@ class ApiKeyMiddleware:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.database = database
+        self.offload = offload
         self.limiter = limiter
         self.default_rate = default_rate
         self.cache_seconds = cache_seconds
@@ -131,11 +139,13 @@ class ApiKeyMiddleware:
         # entry per producer key; never the keys themselves.
         self._producers: dict[str, tuple[api_keys.Producer, float]] = {}
 
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
+    async def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict
+    ) -> None:
         if not (req.uri_template or "").startswith(PRODUCER_PREFIX):
             return
         try:
-            producer = self._producer(bearer_token(req))
+            producer = await self._producer(bearer_token(req))
         except LedgerUnavailable as exc:
             # No scope, so the request cannot reach the ledger; it fails with this 503 when it tries, after
             # the checks that need no ledger (a bad request is still told what is wrong with it).
@@ -150,15 +160,15 @@ class ApiKeyMiddleware:
             # Only the resource knows how many notifications its body holds; it spends them through this.
             req.context.hold_to_rate = lambda cost: self._hold_to_rate(producer, cost)
         else:
-            self._hold_to_rate(producer, 1)
+            await self._hold_to_rate(producer, 1)
 
-    def _hold_to_rate(self, producer: api_keys.Producer, cost: int) -> None:
+    async def _hold_to_rate(self, producer: api_keys.Producer, cost: int) -> None:
         """Spend `cost` notifications of the key's rate or answer 429. No key, no limit: there is nothing to
         limit."""
         rate = producer.rate if producer.rate is not None else self.default_rate
         if self.limiter is None or rate is None or not producer.scope:
             return
-        wait = self.limiter.wait(producer.scope, rate, cost)
+        wait = await self.offload(self.limiter.wait, producer.scope, rate, cost)
         if wait > 0:
             raise ApiError(
                 falcon.HTTP_429,
@@ -167,27 +177,27 @@ class ApiKeyMiddleware:
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
 
-    def _producer(self, given: str | None) -> api_keys.Producer | None:
+    async def _producer(self, given: str | None) -> api_keys.Producer | None:
         """No scope ('') while no key exists; else the given key's, or None when it is missing or unknown."""
-        if not self._any_keys():
+        if not await self._any_keys():
             return NO_KEY
-        return self._producer_of(given) if given is not None else None
+        return await self._producer_of(given) if given is not None else None
 
-    def _any_keys(self) -> bool:
+    async def _any_keys(self) -> bool:
         answer, until = self._keys_exist
         now = self.clock()
         if now >= until:
-            answer = self.database.run(api_keys.any_exist)
+            answer = await self.offload(self.database.run, api_keys.any_exist)
             self._keys_exist = (answer, now + self.cache_seconds)
         return answer
 
-    def _producer_of(self, key: str) -> api_keys.Producer | None:
+    async def _producer_of(self, key: str) -> api_keys.Producer | None:
         digest = api_keys.digest(key)
         now = self.clock()
         cached = self._producers.get(digest)
         if cached is not None and now < cached[1]:
             return cached[0]
-        producer = self.database.run(lambda conn: api_keys.producer_of(conn, key))
+        producer = await self.offload(self.database.run, lambda conn: api_keys.producer_of(conn, key))
         if producer is None:
             self._producers.pop(digest, None)
         else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import falcon
+from typing import Any
+
+import falcon.asgi
 
 from actors import tracing
 from actors.broker import Dispatcher, make_broker
@@ -12,11 +14,12 @@ from actors.flow.overview import Destinations
 from actors.ratelimit import RateLimiter
 from actors.sessions import DashboardSessions
 from ledger.database import Database
-from service import dashboard, errors, gunicorn_conf, multiproc
+from service import dashboard, errors, multiproc
 from service.access import AdminTokenMiddleware, ApiKeyMiddleware
 from service.batch import NotificationBatch
 from service.destinations import DestinationCollection, DestinationItem
 from service.metrics import Metrics
+from service.offload import Offload, Threaded
 from service.openapi import OpenApiDocument
 from service.resources import (
     Context,
@@ -30,6 +33,9 @@ from service.resources import (
 )
 from service.settings import ServiceSettings
 
+#: Threads per API process for blocking calls (`service.offload`), and the ledger connections they share.
+OFFLOAD_THREADS = 8
+
 
 def create_app(
     settings: ServiceSettings,
@@ -37,37 +43,43 @@ def create_app(
     database: Database | None = None,
     dispatcher: Dispatcher | None = None,
     gate: Gate | None = None,
-) -> falcon.App:
-    """Build the API. Tests pass their own ledger, dispatcher and gate; production builds them from settings."""
+) -> falcon.asgi.App:
+    """Build the API, an ASGI app. Tests pass their own ledger, dispatcher and gate; production builds them from
+    settings. Blocking calls run on the offload threads; the routes that are hot or must stay prompt (a single
+    POST, a batch, /healthz) are coroutines, the others plain functions run on those threads (`Threaded`)."""
     core = settings.core
+    offload = Offload(OFFLOAD_THREADS)
     ctx = Context(
         settings=settings,
-        # A connection per gunicorn thread, one for the rare transactions (cancel, retry: they take turns) and the
-        # intake batcher's kept one; README.md, "Running in production", sums them up per process.
+        # A connection per offload thread, one for the rare transactions (cancel, retry: they take turns) and the
+        # intake group's kept one; README.md, "Running in production", sums them up per process.
         database=database
         or Database(
             core.database_url,
-            pool_size=gunicorn_conf.threads,
+            pool_size=OFFLOAD_THREADS,
             transactions=1,
             kept=1,
             prepared_statements=core.prepared_statements,
         ),
         dispatcher=dispatcher or Dispatcher(make_broker(core.redis_url), core.queue),
         channels=build_channels(core.channels),
+        offload=offload,
     )
     # The destinations' state lives in the broker's Redis, read through the same connections.
     destinations = Destinations(ctx.database, gate or Gate(ctx.dispatcher.broker.client), core.flow, ctx.dispatcher)
     limiter = RateLimiter(ctx.dispatcher.broker.client)
     # Per queue, like the queue's own keys: deployments sharing one Redis keep their sign-ins apart.
     sessions = DashboardSessions(ctx.dispatcher.broker.client, prefix=f"wjp:dashboard:{core.queue}:")
-    middleware: list[object] = [ApiKeyMiddleware(ctx.database, limiter=limiter, default_rate=settings.api_key_rate)]
+    middleware: list[object] = [
+        ApiKeyMiddleware(ctx.database, offload, limiter=limiter, default_rate=settings.api_key_rate)
+    ]
     if settings.admin_token:
-        middleware.insert(0, AdminTokenMiddleware(settings.admin_token, sessions))
+        middleware.insert(0, AdminTokenMiddleware(settings.admin_token, sessions, offload))
     if tracing.enabled():
         from service.tracing import TraceRequests  # OpenTelemetry is imported only when tracing is on
 
         middleware.insert(0, TraceRequests())
-    app = falcon.App(middleware=middleware)
+    app = _ThreadedRoutes(offload, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
     app.add_route("/api/notifications", NotificationCollection(ctx))
@@ -86,7 +98,19 @@ def create_app(
     return app
 
 
-def create_app_from_env() -> falcon.App:
+class _ThreadedRoutes(falcon.asgi.App):
+    """An ASGI app whose every route is served through `Threaded`: coroutine responders as they are, plain ones on
+    the offload threads."""
+
+    def __init__(self, offload: Offload, **options: Any) -> None:
+        super().__init__(**options)
+        self.offload = offload
+
+    def add_route(self, uri_template: str, resource: object, **kwargs: Any) -> None:
+        super().add_route(uri_template, Threaded(resource, self.offload), **kwargs)
+
+
+def create_app_from_env() -> falcon.asgi.App:
     """Entry point for gunicorn (`service.app:create_app_from_env()`), called in each worker after fork."""
     settings = ServiceSettings.from_env()
     tracing.start("wjp-api")

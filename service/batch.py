@@ -15,7 +15,7 @@ from ledger.intake import Accepting, Intake, IntakeResult, NewNotification
 from ledger.timestamps import rfc3339, utcnow
 from service import metrics
 from service.access import request_scope
-from service.bodies import read_json_object
+from service.bodies import receive_json_object
 from service.errors import ApiError, error_body
 from service.field_rules import json_type
 from service.intake import dispatch_of
@@ -88,11 +88,11 @@ class NotificationBatch:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        items = batch_items(read_json_object(req, limit=MAX_BATCH_BYTES))
+    async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        items = batch_items(await receive_json_object(req, limit=MAX_BATCH_BYTES))
         hold_to_rate = getattr(req.context, "hold_to_rate", None)
         if hold_to_rate is not None:
-            hold_to_rate(len(items))
+            await hold_to_rate(len(items))
         try:
             scope, outage = request_scope(req), None
         except LedgerUnavailable as exc:
@@ -111,8 +111,7 @@ class NotificationBatch:
             if outage is not None:
                 raise outage
             batch = [Accepting(request, now, self._due_soon(request, now)) for _, request in valid]
-            outcomes = self.ctx.database.run(lambda conn: intake.accept_batch(conn, batch))
-            self.ctx.dispatch([dispatch_of(o) for o in outcomes if o.outcome is Intake.CREATED and o.dispatch_seq])
+            outcomes = await self.ctx.offload(self._accept, batch)
             for (index, request), outcome in zip(valid, outcomes, strict=True):
                 mismatched = outcome.outcome is Intake.MISMATCH
                 results[index] = _mismatch(outcome) if mismatched else _accepted(outcome, request.idempotency_key)
@@ -120,6 +119,12 @@ class NotificationBatch:
                 metrics.count_intake(kind, count)
         resp.content_type = falcon.MEDIA_JSON
         resp.data = msgspec.json.encode(BatchResults(results=results))
+
+    def _accept(self, batch: list[Accepting]) -> list[IntakeResult]:
+        """The batch in one statement, then its new jobs' messages in one send (off the loop: both block)."""
+        outcomes = self.ctx.database.run(lambda conn: intake.accept_batch(conn, batch))
+        self.ctx.dispatch([dispatch_of(o) for o in outcomes if o.outcome is Intake.CREATED and o.dispatch_seq])
+        return outcomes
 
     def _parsed(self, item: Any, scope: str, now: datetime) -> NewNotification:
         if not isinstance(item, dict):

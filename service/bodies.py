@@ -26,18 +26,19 @@ def _finite_float(text: str) -> float:
     return value
 
 
+async def receive_json_object(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """Read the body (at most `limit` + 1 bytes) into `req.context.body`, then parse it as `read_json_object` does.
+    What its headers already refuse is refused before any of it is read (or waited for)."""
+    _check_headers(req, limit)
+    req.context.body = await req.stream.read(limit + 1)
+    return read_json_object(req, limit)
+
+
 def read_json_object(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    """The body (at most `limit` bytes) as a JSON object, or a 415/413/400 `ApiError` saying what is wrong with it."""
-    media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        raise ApiError(
-            falcon.HTTP_415,
-            "unsupported_media_type",
-            "Send the body as JSON with 'Content-Type: application/json'.",
-        )
-    if req.content_length is not None and req.content_length > limit:
-        raise _too_large(limit)
-    raw = req.bounded_stream.read(limit + 1)
+    """The body read so far (`req.context.body`: at most `limit` + 1 bytes are ever read) as a JSON object, or a
+    415/413/400 `ApiError` saying what is wrong with it."""
+    _check_headers(req, limit)
+    raw: bytes = req.context.body
     if len(raw) > limit:
         raise _too_large(limit)
     try:
@@ -52,6 +53,18 @@ def read_json_object(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> dict[s
             [{"field": None, "message": f"expected an object, got {type(body).__name__}"}],
         )
     return body
+
+
+def _check_headers(req: falcon.Request, limit: int) -> None:
+    media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(
+            falcon.HTTP_415,
+            "unsupported_media_type",
+            "Send the body as JSON with 'Content-Type: application/json'.",
+        )
+    if req.content_length is not None and req.content_length > limit:
+        raise _too_large(limit)
 
 
 def _too_large(limit: int) -> ApiError:

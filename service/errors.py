@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import falcon
+import falcon.asgi
 
 from ledger.errors import LedgerUnavailable
 
@@ -67,7 +68,9 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HT
         resp.set_header("Allow", error.headers.get("Allow", "") if error.headers else "")
 
 
-def handle_ledger_unavailable(req: falcon.Request, resp: falcon.Response, ex: LedgerUnavailable, params: Any) -> None:
+async def handle_ledger_unavailable(
+    req: falcon.Request, resp: falcon.Response, ex: LedgerUnavailable, params: Any
+) -> None:
     log.warning("ledger unavailable: %s", ex)
     raise ApiError(
         falcon.HTTP_503,
@@ -77,14 +80,14 @@ def handle_ledger_unavailable(req: falcon.Request, resp: falcon.Response, ex: Le
     )
 
 
-def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+async def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
     if isinstance(ex, falcon.HTTPError):
         raise ex
     log.exception("unexpected error on %s %s", req.method, req.path)
     raise ApiError(falcon.HTTP_500, "internal_error", "The server hit an unexpected error; it has been logged.")
 
 
-def register(app: falcon.App) -> None:
+def register(app: falcon.asgi.App) -> None:
     """Wire every error path of `app` to the one shape above."""
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)

@@ -9,11 +9,14 @@ Anything here can still be overridden without editing the file through gunicorn'
 
 import os
 
-# Threaded workers: the POSTs one process handles at the same moment share one INSERT and one Redis round
-# trip (service/intake.py), which a sync worker, one request at a time, never could. Measured with `make bench`
-# (bench/README.md): ~2 requests per statement at 32 connections, and the highest intake of the settings tried.
-worker_class = "gthread"
-threads = 8
+# gunicorn's asyncio worker serving the ASGI app (service/app.py): one event loop per process reads every
+# request, and the POSTs read while a group is in the database share the next INSERT and Redis round trip
+# (service/intake.py); blocking calls run on a few threads (service/offload.py). Measured against gthread × 8
+# and uvicorn's worker with `make bench` (bench/README.md, "The API on an event loop").
+worker_class = "asgi"
+# The loop is asyncio's own: uvloop is not a dependency of the API (see bench/README.md), and "auto" would pick
+# it up wherever it happens to be installed, making the server model depend on the environment.
+asgi_loop = "asyncio"
 
 # A request is one INSERT and one Redis send; 30 s is far beyond a healthy one. On SIGTERM the
 # workers get the same 30 s to finish what they hold (deployments give the process a bit more).

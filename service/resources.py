@@ -20,11 +20,12 @@ from ledger.intake import Accepting, Intake
 from ledger.timestamps import rfc3339, utcnow
 from ledger.transitions import Dispatch
 from service import metrics
-from service.bodies import read_json_object
+from service.bodies import receive_json_object
 from service.callbacks import job_body
 from service.errors import ApiError
 from service.intake import GroupIntake
 from service.listing import JobListing, parse_query
+from service.offload import Offload
 from service.settings import ServiceSettings
 from service.validation import parse_notification
 
@@ -33,12 +34,14 @@ log = logging.getLogger("wjp.api")
 
 @dataclass(frozen=True)
 class Context:
-    """What every resource shares: settings, the ledger, the dispatcher and the enabled channels."""
+    """What every resource shares: settings, the ledger, the dispatcher, the enabled channels, and the threads that
+    run their blocking calls off the event loop."""
 
     settings: ServiceSettings
     database: Database
     dispatcher: Dispatcher
     channels: dict[str, Channel]
+    offload: Offload
 
     def dispatch(self, dispatches: list[Dispatch]) -> None:
         """Send after commit, best effort: the ledger has the jobs, and the reconciler sends what Redis missed."""
@@ -75,17 +78,17 @@ class NotificationCollection:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.intake = GroupIntake(ctx.database, ctx.dispatch)
+        self.intake = GroupIntake(ctx.database, ctx.dispatch, ctx.offload)
         self.listing = JobListing(ctx.database, job_body)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         query = parse_query(req.params, dialect=self.ctx.database.dialect)
         resp.media = self.listing.page(query, scope=_scope(req))
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
             request = parse_notification(
-                read_json_object(req),
+                await receive_json_object(req),
                 header_key=req.get_header("Idempotency-Key"),
                 channels=self.ctx.channels,
                 max_attempts=self.ctx.settings.core.max_attempts,
@@ -100,7 +103,7 @@ class NotificationCollection:
         now = utcnow()
         horizon = self.ctx.settings.core.schedule_horizon
         dispatch_now = request.send_at is None or (request.send_at - now).total_seconds() <= horizon
-        result = self.intake.accept(Accepting(request, now, dispatch_now))
+        result = await self.intake.accept(Accepting(request, now, dispatch_now))
         metrics.count_intake(result.outcome.value)
         if result.outcome is Intake.MISMATCH:
             raise ApiError(
@@ -214,7 +217,6 @@ class NotificationRetry:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.intake = GroupIntake(ctx.database, ctx.dispatch)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         key, now = _job_id(job_id), utcnow()
@@ -239,9 +241,9 @@ class NotificationRetry:
 
 
 class Health:
-    """GET /healthz: the process answers."""
+    """GET /healthz: the process answers (on the loop: nothing it waits for, whatever the ledger is doing)."""
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok"}
 
 

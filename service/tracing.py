@@ -13,8 +13,8 @@ class TraceRequests:
     """Falcon middleware: a server span per request, current while it is handled, continuing the caller's trace
     when the request carries a W3C `traceparent` header."""
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        carrier = {name.lower(): value for name, value in req.headers.items() if name in ("TRACEPARENT", "TRACESTATE")}
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        carrier = {name: value for name in ("traceparent", "tracestate") if (value := req.get_header(name)) is not None}
         span = tracing.tracer().start_span(
             req.method,
             context=tracing.extract(carrier),
@@ -24,7 +24,9 @@ class TraceRequests:
         req.context.trace_span = span
         req.context.trace_token = context.attach(trace.set_span_in_context(span))
 
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
+    async def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict
+    ) -> None:
         span = req.context.get("trace_span")
         if span is not None and req.uri_template:
             span.update_name(f"{req.method} {req.uri_template}")
@@ -32,7 +34,7 @@ class TraceRequests:
             if "job_id" in params:  # a job's own request: a retry it sends continues the job's trace from here
                 span.set_attribute(tracing.JOB, str(params["job_id"]))
 
-    def process_response(
+    async def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
         span = req.context.get("trace_span")

@@ -55,7 +55,7 @@ def _nested_problem(value: Any, depth: int = 1) -> str | None:
 
 
 def header_text(raw: str | None) -> str | None:
-    """A header as the client wrote it: WSGI hands over Latin-1, clients send UTF-8."""
+    """A header as the client wrote it: the server hands it over as Latin-1, clients send UTF-8."""
     if raw is None:
         return None
     try:

@@ -1,18 +1,17 @@
 """A headless Chromium driven by Selenium (Debian's `chromium` and `chromium-driver`), and the app served over
-real HTTP by a WSGI server on a free port: shared by the dashboard's browser tests and `make screenshots`."""
+real HTTP by an ASGI server on a free port: shared by the dashboard's browser tests and `make screenshots`."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+
+from tests.asgi_server import AsgiServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -51,23 +50,11 @@ def chromium(profile: Path, *, width: int = 1280, height: int = 900) -> Iterator
         driver.quit()
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @contextmanager
 def served(app: object) -> Iterator[str]:
     """`app` served on a free port of 127.0.0.1 for the block; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, server_class=_Server, handler_class=_QuietHandler)  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = AsgiServer(app)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.port}"
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()

@@ -284,10 +284,10 @@ def test_the_gunicorn_config_leaves_bind_and_workers_to_wjp_serve_and_never_prel
     assert not settings.get("preload_app")
 
 
-def test_the_gunicorn_config_uses_threaded_workers_with_bounded_timeouts_memory_and_logs() -> None:
+def test_the_gunicorn_config_uses_asyncio_workers_with_bounded_timeouts_memory_and_logs() -> None:
     settings = _gunicorn_settings()
-    # Threads, so that concurrent POSTs of one process can share their INSERT and Redis round trip.
-    assert settings["worker_class"] == "gthread" and settings["threads"] > 1
+    # An event loop, so that concurrent POSTs of one process can share their INSERT and Redis round trip.
+    assert settings["worker_class"] == "asgi" and "threads" not in settings
     assert 0 < settings["timeout"] <= 60
     assert 0 < settings["graceful_timeout"] <= 60
     assert settings["max_requests"] > 0 and 0 < settings["max_requests_jitter"] < settings["max_requests"]

@@ -34,12 +34,13 @@ def same_origin(req: falcon.Request) -> None:
 
 
 def read_form(req: falcon.Request) -> dict[str, str]:
-    """The posted form, after checking that it comes from the dashboard."""
+    """The posted form (read into `req.context.body` before the responder ran, see `service.offload.Threaded`),
+    after checking that it comes from the dashboard."""
     same_origin(req)
     media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
     if media_type != falcon.MEDIA_URLENCODED:
         raise ApiError(falcon.HTTP_415, "unsupported_media_type", "Send the form as application/x-www-form-urlencoded.")
-    raw = req.bounded_stream.read(MAX_FORM_BYTES + 1)
+    raw: bytes = req.context.body
     if len(raw) > MAX_FORM_BYTES:
         raise ApiError(falcon.HTTP_413, "payload_too_large", f"The form is larger than {MAX_FORM_BYTES} bytes.")
     fields = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import falcon
+import falcon.asgi
 import pytest
 from falcon import testing
 from sqlalchemy import Engine, event, select
@@ -20,6 +21,7 @@ from ledger.database import Database
 from ledger.schema import api_keys as api_keys_table
 from ledger.timestamps import utcnow
 from service.access import KEY_CACHE_SECONDS, ApiKeyMiddleware
+from service.offload import Offload
 from tests.e2e.conftest import process_env, run_wjp
 from tests.service.conftest import assert_error, notification, post
 
@@ -27,7 +29,7 @@ from tests.service.conftest import assert_error, notification, post
 class Scope:
     """A producer route that only shows the scope the middleware gave the request."""
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"scope": req.context.scope}
 
 
@@ -114,7 +116,7 @@ def test_a_revoked_key_stops_working_in_a_running_api(database, make_client):
 
 def test_a_revoked_key_works_until_its_cached_answer_lapses_and_not_one_request_longer(database):
     now = [1000.0]
-    app = falcon.App(middleware=[ApiKeyMiddleware(database, clock=lambda: now[0])])
+    app = falcon.asgi.App(middleware=[ApiKeyMiddleware(database, Offload(1), clock=lambda: now[0])])
     app.add_route("/api/scope", Scope())
     client = testing.TestClient(app)
     key = new_key(database, "alpha")

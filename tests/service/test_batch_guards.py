@@ -15,7 +15,7 @@ from ledger.database import Database
 from ledger.states import Status
 from ledger.timestamps import utcnow
 from tests.conftest import free_port
-from tests.service.conftest import assert_error, job_count, ledger_counts, notification, post
+from tests.service.conftest import assert_error, job_count, ledger_counts, notification, post, simulate_on_own_loop
 from tests.service.test_batch import post_batch, results_of
 from tests.service.test_outages import assert_ledger_unavailable, ledger_down  # noqa: F401 (a fixture)
 
@@ -111,9 +111,8 @@ def race(app, batches: list[list[dict]]) -> list[testing.Result]:
     barrier = threading.Barrier(len(batches))
 
     def send(items: list[dict]) -> testing.Result:
-        client = testing.TestClient(app)
         barrier.wait(timeout=30)
-        return post_batch(client, items)
+        return simulate_on_own_loop(app, "POST", "/api/notifications/batch", json={"notifications": items})
 
     with ThreadPoolExecutor(max_workers=len(batches)) as pool:
         return list(pool.map(send, batches))

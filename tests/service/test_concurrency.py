@@ -1,10 +1,11 @@
 """Many producers racing on one idempotency key: exactly one row, one 202, the same job id for all, no 5xx.
 
-The requests go through the app factory's WSGI app from real threads, so they race on the real database's
-unique constraint exactly as gunicorn's threads and workers would."""
+The requests go through the app factory's ASGI app from real threads, each on an event loop of its own, so they
+race on the real database's unique constraint exactly as the API's processes would."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import falcon
+import falcon.asgi
 import pytest
 from falcon import testing
 
@@ -19,20 +21,30 @@ from actors.broker import Dispatcher
 from ledger import intake
 from ledger.database import Database
 from ledger.states import Status
-from tests.service.conftest import RedisMessages, job_count, ledger_counts, notification, post
+from tests.service.conftest import RedisMessages, job_count, ledger_counts, notification, simulate_on_own_loop
 
 
-def race(app: falcon.App, bodies: list[dict[str, Any]]) -> list[testing.Result]:
+def race(app: falcon.asgi.App, bodies: list[dict[str, Any]]) -> list[testing.Result]:
     """POST every body at once, one thread each, released together by a barrier."""
     barrier = threading.Barrier(len(bodies))
 
     def send(body: dict[str, Any]) -> testing.Result:
-        client = testing.TestClient(app)
         barrier.wait(timeout=30)
-        return post(client, body)
+        return simulate_on_own_loop(app, "POST", "/api/notifications", json=body)
 
     with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
         return list(pool.map(send, bodies))
+
+
+def race_in_one_process(app: falcon.asgi.App, bodies: list[dict[str, Any]]) -> list[testing.Result]:
+    """POST every body at once on one event loop, as the requests one API process reads at the same moment."""
+
+    async def send_all() -> list[testing.Result]:
+        async with testing.ASGIConductor(app) as conductor:
+            posts = [conductor.simulate_post("/api/notifications", json=body) for body in bodies]
+            return list(await asyncio.gather(*posts))
+
+    return asyncio.run(send_all())
 
 
 def assert_exactly_one_job(results: list[testing.Result], messages: RedisMessages) -> str:
@@ -50,7 +62,7 @@ def assert_exactly_one_job(results: list[testing.Result], messages: RedisMessage
 
 @pytest.fixture
 def app_on(client_for) -> Any:
-    def build(database: Database, dispatcher: Dispatcher) -> falcon.App:
+    def build(database: Database, dispatcher: Dispatcher) -> falcon.asgi.App:
         return client_for(database, dispatcher).app
 
     return build
@@ -139,7 +151,7 @@ def test_concurrent_requests_share_the_ledger_statement_and_each_gets_its_own_an
     app = app_on(postgres_db, dispatcher)
     bodies = [notification() for _ in range(20)] + [notification(idempotency_key="twice")] * 2
 
-    results = race(app, bodies)
+    results = race_in_one_process(app, bodies)
 
     assert sum(groups) == 22 and max(groups) > 1, groups
     assert sorted(r.status_code for r in results) == [200] + [202] * 21
@@ -160,7 +172,7 @@ def test_a_group_the_ledger_refuses_as_a_whole_is_accepted_request_by_request(
     monkeypatch.setattr(intake, "accept_many", refusing)
     app = app_on(postgres_db, dispatcher)
 
-    results = race(app, [notification() for _ in range(10)])
+    results = race_in_one_process(app, [notification() for _ in range(10)])
 
     assert [r.status_code for r in results] == [202] * 10
     assert job_count(postgres_db) == 10

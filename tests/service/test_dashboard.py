@@ -1,5 +1,5 @@
 """The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`, driven by Selenium) against
-the app served by a real WSGI server: signing in, the counts, a failure's error, the retry button, lookup by id and
+the app served by a real ASGI server: signing in, the counts, a failure's error, the retry button, lookup by id and
 by idempotency key, and the page refreshing itself; then the other pages: the jobs list filtered, a bulk retry
 through its confirmation, a circuit reset, a job's timeline and the health charts, checked as a person would see
 them; and every page read, and a bulk retry made, with JavaScript off."""

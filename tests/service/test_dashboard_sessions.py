@@ -1,4 +1,4 @@
-"""Dashboard sessions over real HTTP against a real WSGI server and real Redis: a fresh random session at every
+"""Dashboard sessions over real HTTP against a real ASGI server and real Redis: a fresh random session at every
 sign-in, kept on the server for 12 h, ended by sign-out, an expired one refused, a changed admin token ending them
 all, and a flood of wrong tokens from one client address answered 429 while another address still signs in."""
 
@@ -7,11 +7,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 import redis
@@ -21,6 +18,7 @@ from service.access import SESSION_COOKIE
 from service.app import create_app
 from service.dashboard.sign_in import SESSION_LIFETIME
 from service.settings import ServiceSettings
+from tests.asgi_server import AsgiServer
 from tests.conftest import free_port, settings_env
 from tests.service.conftest import assert_error
 
@@ -28,15 +26,6 @@ TOKEN = "dashboard-sessions-test-token"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 #: The contract's sign-in limit: after 10 failed sign-ins from one address within a minute, 429 for the rest of it.
 MAX_FAILED_SIGN_INS, FAILED_SIGN_IN_WINDOW = 10, 60
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 @dataclass
@@ -82,22 +71,20 @@ class Site:
         return f"{self.prefix}session:{hashlib.sha256(session.encode()).hexdigest()}"
 
 
-def serve(app) -> tuple[_Server, int]:
-    server = make_server("127.0.0.1", 0, app, server_class=_Server, handler_class=_QuietHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, server.server_address[1]
+def serve(app) -> tuple[AsgiServer, int]:
+    server = AsgiServer(app)
+    return server, server.port
 
 
 @pytest.fixture
 def site(database, dispatcher, redis_server_url: str, queue_name: str, tmp_path) -> Iterator[Site]:
-    """The app with an admin token, served by a real WSGI server; its dashboard keys are deleted afterwards."""
+    """The app with an admin token, served by a real ASGI server; its dashboard keys are deleted afterwards."""
     env = settings_env(database, redis_server_url, queue_name, WJP_ADMIN_TOKEN=TOKEN, WJP_OUTBOX_DIR=str(tmp_path))
     server, port = serve(create_app(ServiceSettings.from_env(env), database=database, dispatcher=dispatcher))
     client = redis.Redis.from_url(redis_server_url)
     prefix = f"wjp:dashboard:{queue_name}:"
     yield Site(port, client, prefix)
-    server.shutdown()
-    server.server_close()
+    server.stop()
     keys = list(client.scan_iter(match=f"{prefix}*"))
     if keys:
         client.delete(*keys)
@@ -163,8 +150,7 @@ def test_changing_the_admin_token_ends_every_session(
         assert site.redis.exists(site.session_key(session))
         assert renewed.dashboard(session).status == 303
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def test_a_flood_of_wrong_tokens_from_one_address_is_429_from_the_11th_while_another_address_signs_in(site):

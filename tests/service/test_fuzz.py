@@ -32,7 +32,7 @@ EXAMPLES = 40
 
 @pytest.fixture(params=["open", "guarded"])
 def api_schema(request, postgres_db, dispatcher, redis_server_url, queue_name, tmp_path):
-    """The schema as the app serves it, bound to the app (requests go through WSGI, no server needed): once
+    """The schema as the app serves it, bound to the app (requests go through ASGI, no server needed): once
     open, once guarded by an admin token and a producer key, so that the guards see the generated requests too."""
     env = {"WJP_OUTBOX_DIR": str(tmp_path / "outbox")}
     if request.param == "guarded":
@@ -40,7 +40,7 @@ def api_schema(request, postgres_db, dispatcher, redis_server_url, queue_name, t
         postgres_db.run(lambda conn: api_keys.create(conn, "fuzz", now=utcnow()), transaction=True)
     settings = ServiceSettings.from_env(settings_env(postgres_db, redis_server_url, queue_name, **env))
     app = create_app(settings, database=postgres_db, dispatcher=dispatcher)
-    return schemathesis.openapi.from_wsgi("/openapi.json", app)
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 # One test per operation, built here rather than with `schema.parametrize()`: schemathesis's lazy fixture loader

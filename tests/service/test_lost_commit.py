@@ -3,6 +3,7 @@ it, and the request is answered as created (202, its own job id) and its message
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from ledger.database import Database
@@ -10,6 +11,7 @@ from ledger.intake import Accepting, Intake, NewNotification
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
 from service.intake import GroupIntake
+from service.offload import Offload
 from tests.pg_proxy import LosingProxy
 
 
@@ -22,13 +24,14 @@ def test_an_intake_whose_answer_was_lost_is_created_and_dispatched_not_replayed(
 ):
     with LosingProxy(postgres_server_url) as proxy:
         lossy = Database(proxy.url)
-        groups = GroupIntake(lossy, lambda dispatches: dispatcher.send(dispatches, now=utcnow()))
+        groups = GroupIntake(lossy, lambda dispatches: dispatcher.send(dispatches, now=utcnow()), Offload(1))
         # The intake thread makes its connection (and prepares its statement) before the fault.
-        assert groups.accept(Accepting(request(uuid.uuid4().hex), utcnow(), True)).outcome is Intake.CREATED
+        first = Accepting(request(uuid.uuid4().hex), utcnow(), True)
+        assert asyncio.run(groups.accept(first)).outcome is Intake.CREATED
 
         proxy.arm()
         item = Accepting(request(uuid.uuid4().hex), utcnow(), True)
-        result = groups.accept(item)
+        result = asyncio.run(groups.accept(item))
         lossy.dispose()
 
     assert proxy.lost.is_set()
