@@ -16,6 +16,7 @@ from sqlalchemy import (
     Connection,
     Integer,
     Uuid,
+    any_,
     bindparam,
     column,
     func,
@@ -64,6 +65,13 @@ def _pairs(second: str, ids: str) -> Any:
     )
 
 
+def _among(ids: str) -> Any:
+    """`jobs.id = ANY(:<ids>)`, beside the join with `_pairs`: every plan then reads the asked rows by primary key,
+    even the generic plan a kept connection made on an empty or just-truncated table, where joining `jobs` to the
+    pairs read the whole primary key for every statement (bench/README.md, 2026-12-03 17:20)."""
+    return jobs.c.id == any_(bindparam(ids, type_=ARRAY(Uuid())))
+
+
 def _clock(postgresql: bool) -> Any:
     """The time a hot-path statement stamps its rows with: `:now`, or when it is NULL (`database_clock`), the
     database's own, so that a claim's time and the reconciler's cutoff are read from one clock whatever the
@@ -97,7 +105,7 @@ def _build_claim(postgresql: bool, ids: str = "ids", *flag: Any) -> tuple[Any, A
     token = bindparam("token", type_=Uuid())
     if postgresql:
         pairs = _pairs("seq", ids)
-        matching: tuple[Any, ...] = (jobs.c.id == pairs.c.id, jobs.c.dispatch_seq == pairs.c.seq)
+        matching: tuple[Any, ...] = (_among(ids), jobs.c.id == pairs.c.id, jobs.c.dispatch_seq == pairs.c.seq)
         held_guard = status_in_rows_found_by_key({Status.PROCESSING})
     else:
         matching = (tuple_(jobs.c.id, jobs.c.dispatch_seq).in_(bindparam("dispatches", expanding=True)),)
@@ -181,7 +189,7 @@ def _build_succeed(postgresql: bool, ids: str = "ids") -> Any:
     now = _clock(postgresql)
     if postgresql:
         pairs = _pairs("attempt", ids)
-        matching = (jobs.c.id == pairs.c.id, jobs.c.attempts == pairs.c.attempt)
+        matching = (_among(ids), jobs.c.id == pairs.c.id, jobs.c.attempts == pairs.c.attempt)
     else:
         matching = (tuple_(jobs.c.id, jobs.c.attempts).in_(bindparam("held", expanding=True)),)
     return (

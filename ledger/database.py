@@ -154,7 +154,9 @@ class Database:
         # for an unknown count), which cost a quarter of its CPU per job; the generic plan is the same plan.
         # That plan is made once per connection and kept until the next ANALYZE: made while `jobs` is new or
         # nearly empty, it scans the whole table for every batch (a fresh install, a bench run: 2,000+ rows read
-        # per job within seconds). Every statement here finds its rows by key, so a scan is never the right plan.
+        # per job within seconds). Every statement here finds its rows by key, so a scan is never the right plan; and
+        # since turning scans off still leaves a whole index to read, each statement names its keys where the plan
+        # reads `jobs` (ledger/intake.py, ledger/claims.py).
         self._kept_engine: Engine | None = None
         # Unprepared statements are planned at each execution with their own values: no plan is kept to steer,
         # and behind a pooler in transaction mode a session setting would stay with whichever server connection

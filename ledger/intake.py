@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 from psycopg.types.json import Json
-from sqlalchemy import JSON, Connection, String, Text, bindparam, column, func, literal, select
+from sqlalchemy import JSON, Connection, String, Text, bindparam, column, func, literal, literal_column, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ledger.database import DriverStatement, postgres
@@ -219,7 +219,11 @@ def _build_insert_batch() -> Any:
         .table_valued(column("id", jobs.c.id.type))
         .render_derived(name="ours", with_types=True)
     )
-    return select(inserted.c.id).union_all(select(jobs.c.id).where(jobs.c.id == ours.c.id))
+    # One primary-key probe per row, whatever the statistics: as a plain join, the generic plan made on a new or
+    # just-truncated `jobs` hashed the whole table for every group (bench/README.md, 2026-12-03 17:20). A LIMIT
+    # keeps the lateral subquery from being flattened into a join, so its only plan is the probe.
+    found = select(jobs.c.id).where(jobs.c.id == ours.c.id).limit(literal_column("1")).lateral("found")
+    return select(inserted.c.id).union_all(select(found.c.id).select_from(ours.join(found, true())))
 
 
 _DRIVER_INSERT_BATCH = DriverStatement(_build_insert_batch())
