@@ -71,16 +71,13 @@ def event(claimed: ClaimedCallback, *, now: datetime) -> dict[str, Any]:
     return {"type": EVENT_TYPES[claimed.event], "timestamp": rfc3339(now), "data": job_document(claimed.job)}
 
 
-def send_armed(
-    database: Database, dispatcher: Dispatcher, job_ids: list[uuid.UUID], *, now: datetime, kept: bool = False
-) -> None:
+def send_armed(database: Database, dispatcher: Dispatcher, job_ids: list[uuid.UUID], *, now: datetime) -> None:
     """Send the first message of the callbacks armed as `job_ids` finished (after the commit that finished them).
-    Best effort: a reconciler pass sends whatever this misses. `kept`: on the calling thread's own connection (a
-    worker's sending thread, `ArmedSender`)."""
+    Best effort: a reconciler pass sends whatever this misses."""
     if not job_ids:
         return
     try:
-        dispatches = database.run(lambda conn: callbacks.dispatch_armed(conn, job_ids, now=now), kept=kept)
+        dispatches = database.run(lambda conn: callbacks.dispatch_armed(conn, job_ids, now=now))
         dispatcher.send(dispatches, now=now, kind=CALLBACK_MESSAGES)
     except (LedgerUnavailable, BrokerUnavailable) as exc:
         log.warning("could not send %d status callbacks (%s); the reconciler will", len(job_ids), exc)
@@ -105,7 +102,7 @@ class ArmedSender:
         return self._batcher.flush(timeout)
 
     def _send(self, job_ids: list[uuid.UUID]) -> list[BaseException | None]:
-        send_armed(self.database, self.dispatcher, job_ids, now=self.clock(), kept=True)
+        send_armed(self.database, self.dispatcher, job_ids, now=self.clock())
         return [None] * len(job_ids)
 
 
