@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -21,7 +21,7 @@ from actors.batching import Batcher
 from actors.broker import DEST_OPTION, RID_OPTION, BrokerUnavailable, Dispatcher, MessageKind, parse_redis_message_id
 from actors.channels.base import DeliveryError, PermanentError, TransientError
 from actors.channels.webhook import WebhookChannel
-from actors.flow import Admission, AdmitRequest
+from actors.flow import Admission
 from actors.flow.control import FlowControl
 from actors.settings import Settings
 from ledger import callbacks
@@ -106,6 +106,55 @@ class ArmedSender:
         return [None] * len(job_ids)
 
 
+class CallbackClaim(NamedTuple):
+    """A callback message that is to claim its attempt, in the worker's ledger batch (`Delivery.ledger`); with a
+    destination, admitted by the gate first, in the batch's one round trip."""
+
+    job_id: uuid.UUID
+    seq: int
+    destination: str = ""
+    rid: str = ""
+
+
+class CallbackSucceeded(NamedTuple):
+    """A callback delivered, whose success is yet to be written, in the worker's ledger batch."""
+
+    claimed: ClaimedCallback
+
+
+def write_batch(
+    database: Database, claims: list[CallbackClaim], successes: list[CallbackSucceeded], *, now: datetime
+) -> tuple[list[bool], list[ClaimedCallback | BaseException | None]]:
+    """The callbacks' part of a worker's ledger batch, in one statement: which successes took, and each claim's
+    answer (the callback claimed, None when stale, or the error to raise in its thread). A success that cannot be
+    written is delivered again once the reconciler takes its claim back (at least once)."""
+    if not claims and not successes:
+        return [], []
+    attempts = [(s.claimed.job.id, s.claimed.attempt) for s in successes]
+    dispatches = [(c.job_id, c.seq) for c in claims]
+    postgresql = database.dialect == "postgresql"
+    try:
+        # SQLite reads the claimed jobs in a second statement: in the claims' transaction.
+        done, claimed = database.run(
+            lambda conn: callbacks.succeed_and_claim(conn, attempts, dispatches, now=now),
+            kept=postgresql,
+            transaction=not postgresql,
+        )
+    except Exception as exc:  # answered to each claim's thread; the successes are the reconciler's
+        if not isinstance(exc, LedgerUnavailable):
+            log.exception("a batch of %d status callbacks failed", len(claims) + len(successes))
+        for success in successes:
+            log.error("Job %s: could not record its delivered callback (%s); it will be sent again",
+                      success.claimed.job.id, exc)  # fmt: skip
+        return [False] * len(successes), [exc] * len(claims)
+    for (job_id, attempt), ok, success in zip(attempts, done, successes, strict=True):
+        if ok:
+            log.info("📣 Job %s: %s callback delivered (attempt %d)", job_id, success.claimed.event.value, attempt)
+        else:
+            log.warning("Job %s: callback attempt %d was taken back meanwhile; its result is dropped", job_id, attempt)
+    return done, claimed
+
+
 class CallbackDelivery:
     """Runs one attempt of a callback for a message: admitted by its destination's flow control like a webhook,
     claimed in the ledger, POSTed through the webhook channel (its guard, signing and timeouts), and recorded. A
@@ -119,6 +168,7 @@ class CallbackDelivery:
         webhook: WebhookChannel,
         settings: Settings,
         flow: FlowControl | None,
+        ledger: Batcher[Any, Any],
         clock: Callable[[], datetime] = utcnow,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -127,6 +177,9 @@ class CallbackDelivery:
         self.webhook = webhook
         self.settings = settings
         self.flow = flow
+        # The worker's ledger batcher (`Delivery.ledger`): claims, successes and admissions share its statements and
+        # its gate round trips with other callbacks' and jobs', as jobs' do.
+        self.ledger = ledger
         self.clock = clock
         self.rand = rand
 
@@ -137,24 +190,14 @@ class CallbackDelivery:
             log.error("dropping a callback message with a malformed id %r", rid)
             return
         flow = self.flow if destination else None
-        if flow is not None:
-            admission = _admit(flow, destination, rid)
-            if not admission.granted:
-                self._defer(Dispatch(job_id, seq, self.clock(), destination), admission)
-                return
         deadline = time.monotonic() + self.settings.attempt_time_limit
-        now = self.clock()
-        try:
-            claimed = self.database.run(lambda conn: callbacks.claim(conn, job_id, seq, now=now), transaction=True)
-        except Exception:
-            if flow is not None:
-                flow.unclaimed(destination, rid)
-            raise
+        claimed = self.ledger.submit(CallbackClaim(job_id, seq, destination if flow else "", rid))
+        if isinstance(claimed, Admission):
+            self._defer(Dispatch(job_id, seq, self.clock(), destination), claimed)
+            return
         if claimed is None:
             # Stale (a newer dispatch, the job retried by an operator, already done): a waiting callback whose
-            # message this was is sent again by a reconciler pass.
-            if flow is not None:
-                flow.unclaimed(destination, rid)
+            # message this was is sent again by a reconciler pass. Its admission went back in the batch.
             log.debug("dropping stale callback message %s", rid)
             return
         error = self._attempt(claimed, deadline)
@@ -184,9 +227,11 @@ class CallbackDelivery:
         )  # fmt: skip
         text = (str(error) or type(error).__name__)[:MAX_ERROR_LENGTH] if error is not None else ""
         if decision.verdict is Verdict.SUCCEED:
-            done: object = self.database.run(lambda conn: callbacks.succeed(conn, job_id, attempt, now=now))
-            log.info("📣 Job %s: %s callback delivered (attempt %d)", job_id, claimed.event.value, attempt)
-        elif decision.verdict is Verdict.RETRY:
+            # Written with the worker's next ledger batch (`write_batch`), which logs it; this thread goes on.
+            self.ledger.post(CallbackSucceeded(claimed))
+            return
+        done: object
+        if decision.verdict is Verdict.RETRY:
             assert decision.due_at is not None
             due_at = decision.due_at
             parked = (due_at - now).total_seconds() > self.settings.schedule_horizon
@@ -223,15 +268,6 @@ class CallbackDelivery:
             self.dispatcher.send([dispatch], now=self.clock(), kind=CALLBACK_MESSAGES)
         except BrokerUnavailable as exc:
             log.warning("Job %s: could not enqueue its callback (%s); the reconciler will", dispatch.job_id, exc)
-
-
-def _admit(flow: FlowControl, key: str, rid: str) -> Admission:
-    """The gate's answer for one callback attempt to `key`, counted against this process's share as a job's is."""
-    took = flow.shares.take(key, rid)
-    admission = flow.decide([AdmitRequest(key, rid, flow.limits(key), park=rid, share_full=not took)], [])[0]
-    if took and not admission.granted:
-        flow.shares.give(key, rid, attempted=False)
-    return admission
 
 
 def declare_callback_actor(broker: RedisBroker, delivery: CallbackDelivery, settings: Settings) -> dramatiq.Actor:

@@ -9,7 +9,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import NamedTuple, TypeVar
 
@@ -21,7 +21,7 @@ from actors import metrics, observe
 from actors.backoff import Verdict, decide
 from actors.batching import Batcher
 from actors.broker import BrokerUnavailable, Dispatcher, parse_redis_message_id
-from actors.callbacks import ArmedSender
+from actors.callbacks import ArmedSender, CallbackClaim, CallbackSucceeded, write_batch
 from actors.channels.base import (
     Channel,
     DeliveryError,
@@ -35,6 +35,7 @@ from actors.flow import Admission, throttling
 from actors.flow.control import Deferred, FlowControl, Released
 from actors.settings import Settings
 from ledger import claims, queries, transitions
+from ledger.callbacks import ClaimedCallback
 from ledger.claims import ClaimedJob
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
@@ -114,12 +115,12 @@ class Delivery:
         # Claims and successes are the two writes of every job: the process's threads share statements of them, and
         # a success waits a moment for a claim to share its statement (and commit) with. A thread waits for its
         # claim, but not for its success to be written: it takes its next message meanwhile.
-        self._ledger: Batcher[_Request, _Result] = Batcher(self._write_batch, "wjp-ledger", linger=SUCCESS_LINGER)
+        self.ledger: Batcher[_Request, _Result] = Batcher(self._write_batch, "wjp-ledger", linger=SUCCESS_LINGER)
         self.armed = ArmedSender(database, dispatcher, clock)  # the status callbacks of finished jobs
         self.flow: FlowControl | None = None
         if settings.flow.enabled:
             self.flow = FlowControl(
-                database=database, dispatcher=dispatcher, settings=settings, threads=threads, post=self._ledger.post,
+                database=database, dispatcher=dispatcher, settings=settings, threads=threads, post=self.ledger.post,
                 clock=clock, rand=rand,
             )  # fmt: skip
 
@@ -127,16 +128,28 @@ class Delivery:
         admissions: dict[int, Admission] = {}
         if self.flow is not None:
             asking = [(n, r.destination, r.rid) for n, r in enumerate(requests)
-                      if isinstance(r, _Claim) and r.destination]  # fmt: skip
+                      if isinstance(r, _Claim | CallbackClaim) and r.destination]  # fmt: skip
             admissions = self.flow.admit(asking, requests)
+        granted = [r for n, r in enumerate(requests) if admissions.get(n, _GRANTED).granted]
         delivered = [r for r in requests if isinstance(r, _Delivered)]
-        dispatches = [
-            (r.job_id, r.seq)
-            for n, r in enumerate(requests)
-            if isinstance(r, _Claim) and admissions.get(n, _GRANTED).granted
-        ]
+        dispatches = [(r.job_id, r.seq) for r in granted if isinstance(r, _Claim)]
         attempts = [(item.job.id, item.job.attempt) for item in delivered]
         now = self.clock()
+        # Status callbacks' claims and successes: a statement of their own in the same batch.
+        callbacks_done, callbacks_claimed = write_batch(
+            self.database, [r for r in granted if isinstance(r, CallbackClaim)],
+            [r for r in requests if isinstance(r, CallbackSucceeded)], now=now,
+        )  # fmt: skip
+        done, claimed = self._write_jobs(attempts, dispatches, delivered, now=now)
+        return self._answers(requests, admissions, {_Claim: iter(claimed), CallbackClaim: iter(callbacks_claimed)},
+                             {_Delivered: iter(done), CallbackSucceeded: iter(callbacks_done)})  # fmt: skip
+
+    def _write_jobs(
+        self, attempts: list[tuple[uuid.UUID, int]], dispatches: list[tuple[uuid.UUID, int]],
+        delivered: list[_Delivered], *, now: datetime,
+    ) -> tuple[list[bool], Sequence[ClaimedJob | BaseException | None]]:  # fmt: skip
+        if not attempts and not dispatches:
+            return [], []
         # Drawn once, outside the retried statement: a retry finds the claims it committed. The claims are stamped
         # with the database's clock, by which the reconciler expires them, whatever this host's clock says.
         token = uuid.uuid4()
@@ -156,7 +169,7 @@ class Delivery:
         except Exception:
             # One request the database refuses fails the statement it shares: each goes on its own, so that only it
             # fails, and no success is dropped (to be delivered again once its claim expires).
-            log.exception("a ledger batch failed; writing its %d requests one by one", len(requests))
+            log.exception("a ledger batch failed; writing its %d jobs' requests one by one", len(attempts + dispatches))
             done = self._write_successes(attempts, delivered, now=now) if delivered else []
             claimed = [self._claim_alone(dispatch, now=now) for dispatch in dispatches]
         for (job, _, elapsed_ms), succeeded in zip(delivered, done, strict=True):
@@ -166,20 +179,28 @@ class Delivery:
             else:
                 _log_taken_back(job)
         self.armed.post([job.id for (job, *_), ok in zip(delivered, done, strict=True) if ok and job.callback_url])
-        successes, claim_results = iter(done), iter(claimed)
+        return done, claimed
+
+    def _answers(
+        self, requests: list[_Request], admissions: dict[int, Admission], claims: dict[type, Iterator[object]],
+        successes: dict[type, Iterator[bool]],
+    ) -> list[_Result | BaseException]:  # fmt: skip
+        """Each request's answer, in order, from the answers of its kind (`claims`, `successes`, by type); an
+        admitted claim that did not claim gives its admission back."""
         results: list[_Result | BaseException] = []
         for n, request in enumerate(requests):
-            if isinstance(request, _Delivered):
-                results.append(next(successes))
-            elif not isinstance(request, _Claim):
+            kind = type(request)
+            if kind in successes:
+                results.append(next(successes[kind]))
+            elif kind not in claims:
                 results.append(None)
             elif not admissions.get(n, _GRANTED).granted:
                 results.append(admissions[n])
             else:
-                result = next(claim_results)
-                if n in admissions and not isinstance(result, ClaimedJob):
+                result = next(claims[kind])
+                if n in admissions and not isinstance(result, ClaimedJob | ClaimedCallback):
                     self.flow.unclaimed(request.destination, request.rid)  # type: ignore[union-attr]
-                results.append(result)
+                results.append(result)  # type: ignore[arg-type]
         return results
 
     def _claim_alone(self, dispatch: tuple[uuid.UUID, int], *, now: datetime) -> ClaimedJob | BaseException | None:
@@ -218,7 +239,7 @@ class Delivery:
 
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the successes not yet written and their callbacks sent; whether done."""
-        return self._ledger.flush(timeout) and self.armed.flush(timeout)
+        return self.ledger.flush(timeout) and self.armed.flush(timeout)
 
     def close_channels(self) -> None:
         """Let every channel close what it keeps between deliveries (SMTP sessions say QUIT)."""
@@ -241,7 +262,7 @@ class Delivery:
         claimed_at = self.clock()
         dispatch = Dispatch(message_job_id, seq, claimed_at, destination)
         with observe.claiming(message_job_id):
-            job = self._ledger.submit(_Claim(message_job_id, seq, destination if flow else "", rid))
+            job = self.ledger.submit(_Claim(message_job_id, seq, destination if flow else "", rid))
         if isinstance(job, Admission):
             flow.defer(dispatch, job)  # type: ignore[union-attr]
             return
@@ -293,7 +314,7 @@ class Delivery:
         if decision.verdict is Verdict.SUCCEED:
             # Written by the batcher (`_write_batch`), which rides out a ledger outage as `_write` does; until then
             # the job is PROCESSING in this worker's claim, as if the delivery were still running.
-            self._ledger.post(_Delivered(job, started, (now - started).total_seconds() * 1000))
+            self.ledger.post(_Delivered(job, started, (now - started).total_seconds() * 1000))
             return
         text = _error_text(error)
         if decision.verdict is Verdict.RETRY:
@@ -372,9 +393,10 @@ class Delivery:
                 pause = min(pause * 2, 5.0)
 
 
-_Request = _Claim | _Delivered | Released | Deferred
-#: A claim's answer: the job claimed, None (not claimed) or the gate's deferral; a success's: whether it was written.
-_Result = ClaimedJob | Admission | bool | None
+_Request = _Claim | _Delivered | CallbackClaim | CallbackSucceeded | Released | Deferred
+#: A claim's answer: the job or callback claimed, None (not claimed) or the gate's deferral; a success's: whether it
+#: was written.
+_Result = ClaimedJob | ClaimedCallback | Admission | bool | None
 _GRANTED = Admission(granted=True)
 
 

@@ -86,7 +86,8 @@ def boot() -> Delivery:
     if not isinstance(webhook, WebhookChannel):
         webhook = WebhookChannel(settings.channels)
     callback_delivery = CallbackDelivery(
-        database=database, dispatcher=dispatcher, webhook=webhook, settings=settings, flow=delivery.flow
+        database=database, dispatcher=dispatcher, webhook=webhook, settings=settings, flow=delivery.flow,
+        ledger=delivery.ledger,
     )
     declare_callback_actor(broker, callback_delivery, settings)
     logging.getLogger("wjp").setLevel(logging.INFO)

@@ -727,7 +727,7 @@ def summarise(res: dict) -> dict:
         "rss_api_mb": target(out["rss_mb"]["api"], "<", 100),
         "rss_worker_mb": target(out["rss_mb"]["worker"], "<", 100),
     }  # fmt: skip
-    for extra in (flow.summary(res), ratelimit.summary(res), sustainable.summary(res)):
+    for extra in (flow.summary(res), ratelimit.summary(res), sustainable.summary(res), callbacks.summary(res)):
         out["targets"].update(extra.pop("targets"))
         out.update(extra)
     out["targets"].update(batch.targets(res))

@@ -10,15 +10,36 @@ still in the status it reports, so one armed before a manual retry waits for the
 from __future__ import annotations
 
 import uuid
+from collections import namedtuple
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, literal_column, or_, select, tuple_, update
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Integer,
+    Uuid,
+    and_,
+    any_,
+    bindparam,
+    column,
+    func,
+    literal,
+    literal_column,
+    null,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
+from ledger.database import DriverStatement, array_literal, postgres
 from ledger.queries import JOB_COLUMNS, JobView, job_view
 from ledger.schema import callbacks, jobs
 from ledger.states import WAITING, Status
+from ledger.timestamps import UTCDateTime
 from ledger.transitions import Dispatch
 
 #: name → (statuses the callback must be in, status it moves to); as `states.TRANSITIONS` for jobs.
@@ -64,13 +85,106 @@ def dispatch_armed(conn: Connection, job_ids: list[uuid.UUID], *, now: datetime)
     after commit; guarded on the seq, so a reconciler pass doing the same meanwhile sends each once."""
     if not job_ids:
         return []
-    rows = conn.execute(
+    driver = postgres(conn)
+    if driver is None:
+        return _dispatches(conn.execute(_DISPATCH_ARMED, {"job_ids": job_ids, "now": now}))
+    return [Dispatch(*row) for row in _DRIVER_DISPATCH_ARMED.execute(driver, {"job_ids": array_literal(job_ids),
+                                                                             "now": now})]  # fmt: skip
+
+
+def _build_dispatch_armed(postgresql: bool) -> Any:
+    """Built once: the workers send the callbacks of every batch of finished jobs, and SQLAlchemy's rendering of an
+    IN list of ids per call cost them more CPU than the jobs' own statements (bench/README.md)."""
+    sources, _ = TRANSITIONS["claim"]
+    if postgresql:
+        matching = (callbacks.c.job_id == any_(bindparam("job_ids", type_=ARRAY(Uuid()))),
+                    _status_found_by_key(sources))  # fmt: skip
+    else:
+        matching = (callbacks.c.job_id.in_(bindparam("job_ids", expanding=True)), _guard("claim")[0])
+    return (
         update(callbacks)
-        .where(callbacks.c.job_id.in_(job_ids), _guard("claim")[0], callbacks.c.dispatch_seq <= 0)
-        .values(dispatch_seq=func.abs(callbacks.c.dispatch_seq) + 1, updated_at=now)
+        .where(*matching, callbacks.c.dispatch_seq <= 0)
+        .values(dispatch_seq=func.abs(callbacks.c.dispatch_seq) + 1, updated_at=bindparam("now", type_=UTCDateTime()))
         .returning(*_RETURNING)
-    ).all()
-    return _dispatches(rows)
+    )
+
+
+def _pairs(second: str) -> Any:
+    """PostgreSQL's `unnest(:<second>_ids, :<second>s) AS <second>_pairs(id, <second>)`: a batch as two arrays, one
+    statement text (prepared once) for every batch size, each pair found through the primary key."""
+    arrays = (bindparam(f"{second}_ids", type_=ARRAY(Uuid())), bindparam(f"{second}s", type_=ARRAY(Integer())))
+    return (
+        func.unnest(*arrays)
+        .table_valued(column("id", Uuid()), column(second, Integer()))
+        .render_derived(name=f"{second}_pairs", with_types=False)
+    )
+
+
+def _status_found_by_key(statuses: frozenset[Status]) -> Any:
+    """`callbacks.status IN (...)` that no partial index's predicate matches, for statements that find their rows
+    by key (as `schema.status_in_rows_found_by_key` for jobs)."""
+    return callbacks.c.status.concat(literal_column("''")).in_([literal_column(f"'{s.value}'") for s in statuses])
+
+
+#: What a claim returns on PostgreSQL; labelled, since `attempts` names a column of both tables.
+_CLAIMED_COLUMNS = (callbacks.c.job_id, callbacks.c.event.label("callback_event"),
+                    callbacks.c.attempts.label("callback_attempts"), *JOB_COLUMNS, jobs.c.callback_url)  # fmt: skip
+
+
+def _build_claim(postgresql: bool) -> Any:
+    """Dispatches waiting and due, their job still in the status they report → PROCESSING, attempts + 1. On
+    PostgreSQL with the job's columns as they are now (UPDATE … FROM jobs); SQLite's RETURNING cannot name them."""
+    sources, target = TRANSITIONS["claim"]
+    now = bindparam("now", type_=UTCDateTime())
+    claiming = update(callbacks).values(
+        status=target, attempts=callbacks.c.attempts + 1, claimed_at=now, updated_at=now
+    )
+    due = callbacks.c.next_attempt_at <= bindparam("due_by", type_=UTCDateTime())
+    if not postgresql:
+        matching = tuple_(callbacks.c.job_id, callbacks.c.dispatch_seq).in_(bindparam("dispatches", expanding=True))
+        return claiming.where(matching, _guard("claim")[0], due, _reports_job_status()).returning(
+            callbacks.c.job_id, callbacks.c.event, callbacks.c.attempts
+        )
+    pairs = _pairs("seq")
+    return claiming.where(
+        callbacks.c.job_id == pairs.c.id,
+        callbacks.c.dispatch_seq == pairs.c.seq,
+        _status_found_by_key(sources),
+        due,
+        jobs.c.id == callbacks.c.job_id,
+        jobs.c.status == callbacks.c.event,
+    ).returning(*_CLAIMED_COLUMNS)
+
+
+def _build_succeed(postgresql: bool) -> Any:
+    sources, target = TRANSITIONS["succeed"]
+    now = bindparam("now", type_=UTCDateTime())
+    succeeding = update(callbacks).values(status=target, last_error=None, claimed_at=None, updated_at=now)
+    if not postgresql:
+        matching = tuple_(callbacks.c.job_id, callbacks.c.attempts).in_(bindparam("held", expanding=True))
+        return succeeding.where(matching, _guard("succeed")[0]).returning(callbacks.c.job_id)
+    pairs = _pairs("attempt")
+    return succeeding.where(
+        callbacks.c.job_id == pairs.c.id, callbacks.c.attempts == pairs.c.attempt, _status_found_by_key(sources)
+    ).returning(callbacks.c.job_id)
+
+
+def _build_succeed_and_claim() -> Any:
+    """Both in one PostgreSQL statement (one commit): the successes' ids flagged False, then the claimed rows flagged
+    True. No row is in both: one guard wants PROCESSING, the other a waiting status."""
+    flag = Boolean()
+    succeeded = _build_succeed(postgresql=True).cte("succeeded")
+    claimed = _build_claim(postgresql=True).cte("claimed")
+    return select(literal(True, flag), *claimed.c).union_all(
+        select(literal(False, flag), succeeded.c.job_id, *(null() for _ in range(len(claimed.c) - 1)))
+    )
+
+
+# Built once: the worker runs them for every callback, and building a statement costs more CPU than running it.
+_CLAIM, _SUCCEED = _build_claim(postgresql=False), _build_succeed(postgresql=False)
+_DISPATCH_ARMED, _DRIVER_DISPATCH_ARMED = _build_dispatch_armed(False), DriverStatement(_build_dispatch_armed(True))
+_DRIVER_SUCCEED_AND_CLAIM = DriverStatement(_build_succeed_and_claim())
+_CLAIMED_JOB = select(*JOB_COLUMNS, jobs.c.callback_url).where(jobs.c.id.in_(bindparam("ids", expanding=True)))
 
 
 @dataclass(frozen=True)
@@ -83,26 +197,57 @@ class ClaimedCallback:
     attempt: int
 
 
+def succeed_and_claim(
+    conn: Connection,
+    attempts: list[tuple[uuid.UUID, int]],
+    dispatches: list[tuple[uuid.UUID, int]],
+    *,
+    now: datetime,
+) -> tuple[list[bool], list[ClaimedCallback | None]]:
+    """A worker's batch: each `(job_id, attempt)` PROCESSING at that attempt → SUCCESS, and each `(job_id, seq)`,
+    waiting and due, `seq` its current dispatch, its job still in the status it reports → PROCESSING, attempts + 1,
+    with the job as it is now. On PostgreSQL one statement; answers in the order asked (of two claims of one dispatch
+    only the first takes). A claim that fails its guard (a stale message) answers None."""
+    driver = postgres(conn)
+    due_by = now + EARLY_CLAIM_TOLERANCE
+    rows: list[Any]
+    if driver is None:
+        succeeded = set()
+        if attempts:
+            succeeded = {row.job_id for row in conn.execute(_SUCCEED, {"held": attempts, "now": now})}
+        rows = []
+        if dispatches:
+            claims = conn.execute(_CLAIM, {"dispatches": dispatches, "now": now, "due_by": due_by}).all()
+            by_id = {row.id: row for row in conn.execute(_CLAIMED_JOB, {"ids": [row.job_id for row in claims]})}
+            rows = [(row.event, row.attempts, by_id[row.job_id]) for row in claims]
+    else:
+        params = {
+            "now": now,
+            "due_by": due_by,
+            "attempt_ids": array_literal(job_id for job_id, _ in attempts),
+            "attempts": array_literal(n for _, n in attempts),
+            "seq_ids": array_literal(job_id for job_id, _ in dispatches),
+            "seqs": array_literal(seq for _, seq in dispatches),
+        }
+        succeeded, rows = set(), []
+        for row in _DRIVER_SUCCEED_AND_CLAIM.execute(driver, params).fetchall():
+            if row[0]:
+                rows.append((row[2], row[3], _JobRow(*row[4:])))
+            else:
+                succeeded.add(row[1])
+    claimed = {
+        job.id: ClaimedCallback(job_view(job), job.callback_url, Status(event), attempt) for event, attempt, job in rows
+    }
+    return [job_id in succeeded for job_id, _ in attempts], [claimed.pop(job_id, None) for job_id, _ in dispatches]
+
+
+#: A row of `JOB_COLUMNS` and `callback_url`, read by name as `job_view` does, from the driver's plain tuples.
+_JobRow = namedtuple("_JobRow", [c.name for c in JOB_COLUMNS] + ["callback_url"])  # type: ignore[misc]
+
+
 def claim(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime) -> ClaimedCallback | None:
-    """Dispatch `seq` of the callback of `job_id`, waiting and due, its job still in the status it reports →
-    PROCESSING, attempts + 1; with the job as it is now. None when the guard no longer holds (a stale message)."""
-    guard, target = _guard("claim")
-    row = conn.execute(
-        update(callbacks)
-        .where(
-            callbacks.c.job_id == job_id,
-            callbacks.c.dispatch_seq == seq,
-            guard,
-            callbacks.c.next_attempt_at <= now + EARLY_CLAIM_TOLERANCE,
-            _reports_job_status(),
-        )
-        .values(status=target, attempts=callbacks.c.attempts + 1, claimed_at=now, updated_at=now)
-        .returning(callbacks.c.event, callbacks.c.attempts)
-    ).first()
-    if row is None:
-        return None
-    job = conn.execute(select(*JOB_COLUMNS, jobs.c.callback_url).where(jobs.c.id == job_id)).one()
-    return ClaimedCallback(job_view(job), job.callback_url, Status(row.event), row.attempts)
+    """Claim one dispatch; see `succeed_and_claim`."""
+    return succeed_and_claim(conn, [], [(job_id, seq)], now=now)[1][0]
 
 
 def _held(job_id: uuid.UUID, attempt: int, name: str) -> tuple[tuple[Any, ...], Status]:
@@ -111,10 +256,8 @@ def _held(job_id: uuid.UUID, attempt: int, name: str) -> tuple[tuple[Any, ...], 
 
 
 def succeed(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime) -> bool:
-    """PROCESSING at `attempt` → SUCCESS."""
-    held, target = _held(job_id, attempt, "succeed")
-    values = {"status": target, "last_error": None, "claimed_at": None, "updated_at": now}
-    return conn.execute(update(callbacks).where(*held).values(**values)).rowcount == 1
+    """PROCESSING at `attempt` → SUCCESS; see `succeed_and_claim`."""
+    return succeed_and_claim(conn, [(job_id, attempt)], [], now=now)[0][0]
 
 
 def fail(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime, error: str) -> bool:
