@@ -168,7 +168,7 @@ class ApiKeyMiddleware:
         rate = producer.rate if producer.rate is not None else self.default_rate
         if self.limiter is None or rate is None or not producer.scope:
             return
-        wait = await self.offload(self.limiter.wait, producer.scope, rate, cost)
+        wait = await self.limiter.wait(producer.scope, rate, cost)
         if wait > 0:
             raise ApiError(
                 falcon.HTTP_429,
