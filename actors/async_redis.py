@@ -1,21 +1,16 @@
-"""The API's Redis calls on its event loop (redis.asyncio): the new jobs' dispatch, as `Dispatcher.send` writes it."""
+"""redis.asyncio clients for the API's Redis calls made on its event loop (the producers' rate limits)."""
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Iterable
-from datetime import datetime
 
 import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 
-from actors import tracing
-from actors.broker import JOB_MESSAGES, REDIS_TIMEOUT, BrokerUnavailable, Dispatcher, MessageKind
-from actors.enqueue import enqueue_commands, raise_failed
+from actors.broker import REDIS_TIMEOUT
 from actors.redis_address import SENTINEL_SCHEME, parse_sentinel_url
-from ledger.transitions import Dispatch
 
 
 class AsyncRedis:
@@ -53,40 +48,3 @@ class AsyncRedis:
             password=address.password,
             **self._options,
         )
-
-
-class AsyncDispatcher:
-    """`dispatcher.send` on the event loop: the same messages (`Dispatcher.messages`) and the same MULTI
-    (`enqueue_commands`), sent through redis.asyncio instead of a thread. For the API only, whose broker
-    processes no message (no ack rides with a send, as a worker's may: `OutageProofRedisBroker.enqueue_many`)."""
-
-    def __init__(self, dispatcher: Dispatcher, redis_: AsyncRedis) -> None:
-        self.dispatcher = dispatcher
-        self.redis = redis_
-
-    async def send(self, dispatches: Iterable[Dispatch], *, now: datetime, kind: MessageKind = JOB_MESSAGES) -> int:
-        """As `Dispatcher.send`: one round trip, `BrokerUnavailable` when Redis is unreachable."""
-        messages, traced = self.dispatcher.messages(dispatches, now=now, kind=kind)
-        if not messages:
-            return 0
-        commands = [("MULTI",), *enqueue_commands(self.dispatcher.broker.namespace, messages), ("EXEC",)]
-        try:
-            with traced or tracing.NO_SPAN:
-                raise_failed((await self._exchange(commands))[-1])
-        except (redis.RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
-        return len(messages)
-
-    async def _exchange(self, commands: list[tuple[object, ...]]) -> list[object]:
-        """`commands` in one write on a pooled connection, and their replies (see `OutageProofRedisBroker._exchange`:
-        a connection that fails under them is closed, never pooled with replies unread)."""
-        pool = self.redis.client().connection_pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(conn.pack_commands(commands))
-            return [await conn.read_response() for _ in commands]
-        except BaseException:
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)

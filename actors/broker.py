@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import uuid
@@ -19,8 +20,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
 from actors import tracing
-from actors.consumer import CONNECTION_LOST, NAMESPACE, BelledConsumer
-from actors.enqueue import enqueue_commands, raise_failed
+from actors.consumer import BELL_TOKENS, CONNECTION_LOST, NAMESPACE, BelledConsumer, bell_key
 from actors.redis_address import connection_pool
 from actors.settings import TIME_LIMIT_CHECK_MS, SettingsError
 from ledger.transitions import Dispatch
@@ -199,16 +199,38 @@ class OutageProofRedisBroker(RedisBroker):
 
     def enqueue_many(self, messages: Sequence[tuple[str, str, bytes]]) -> None:
         """Enqueue each `(queue, Redis message id, encoded message)` as Dramatiq's enqueue script would, all in one
-        round trip (`enqueue_commands`), after the ack of the message this thread processes if one of them is its
-        copy (`_ack_before_reenqueue`)."""
+        round trip: per queue, the bodies into its hash and then the ids onto its list, in one MULTI; for a queue
+        that is not a delay queue, a token on its bell too, which wakes an idle consumer (`BelledConsumer`).
+
+        Atomic, as the script is: a body without its id on the list would look queued to `Dispatcher.missing`
+        and never be delivered; an id without its body would be dropped by the consumer. What the script does
+        besides (a heartbeat under the sender's id, and maintenance by chance) concerns consumers, not senders.
+        """
+        by_queue: dict[str, dict[str, bytes]] = {}
+        for queue_name, rid, data in messages:
+            by_queue.setdefault(queue_name, {})[rid] = data
         ack = self._ack_before_reenqueue({rid for _, rid, _ in messages})
-        self._transact([("MULTI",), *([ack] if ack else []), *enqueue_commands(self.namespace, messages), ("EXEC",)])
+        commands: list[tuple[object, ...]] = [("MULTI",), *([ack] if ack else [])]
+        for queue_name, bodies in by_queue.items():
+            key = f"{self.namespace}:{queue_name}"
+            commands.append(("HSET", f"{key}.msgs", *itertools.chain.from_iterable(bodies.items())))
+            commands.append(("RPUSH", key, *bodies))
+            if dq_name(queue_name) != queue_name:
+                commands.append(("RPUSH", bell_key(queue_name), 1))
+                commands.append(("LTRIM", bell_key(queue_name), -BELL_TOKENS, -1))
+        commands.append(("EXEC",))
+        self._transact(commands)
         if ack:
             self.processing.acked = True
 
     def _transact(self, commands: list[tuple[object, ...]]) -> None:
         """Send a MULTI … EXEC and raise the first error it met."""
-        raise_failed(self._exchange(commands)[-1])
+        executed = self._exchange(commands)[-1]
+        if executed is None:
+            raise redis.ResponseError("the transaction was aborted")
+        for reply in executed:
+            if isinstance(reply, Exception):
+                raise reply
 
     def _exchange(self, commands: list[tuple[object, ...]]) -> list[object]:
         """Send `commands` in one write on a pooled connection and read their replies.
@@ -299,21 +321,6 @@ class Dispatcher:
         the Redis id pinned to the dispatch), without its two copies of each message, its enqueue hooks and a
         Lua call per message, none of which we need: most of the CPU of a send (bench/README.md).
         """
-        messages, traced = self.messages(dispatches, now=now, kind=kind)
-        if not messages:
-            return 0
-        try:
-            with traced or tracing.NO_SPAN:
-                self.broker.enqueue_many(messages)
-        except (redis.RedisError, ConnectionClosed) as exc:
-            raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
-        return len(messages)
-
-    def messages(
-        self, dispatches: Iterable[Dispatch], *, now: datetime, kind: MessageKind = JOB_MESSAGES
-    ) -> tuple[list[tuple[str, str, bytes]], tracing.Enqueued | None]:
-        """Each dispatch's `(queue, Redis message id, encoded message)`, as `send` writes it, and the trace of their
-        sending (None: not traced)."""
         messages = []
         encode = dramatiq.get_encoder().encode
         sent_at = current_millis()
@@ -337,7 +344,14 @@ class Dispatcher:
                 "options": options, "message_id": rid, "message_timestamp": sent_at,
             }  # fmt: skip
             messages.append((queue, rid, encode(fields)))
-        return messages, traced
+        if not messages:
+            return 0
+        try:
+            with traced or tracing.NO_SPAN:
+                self.broker.enqueue_many(messages)
+        except (redis.RedisError, ConnectionClosed) as exc:
+            raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
+        return len(messages)
 
     def missing(self, dispatches: list[Dispatch], kind: MessageKind = JOB_MESSAGES) -> list[Dispatch]:
         """The dispatches whose message is in neither the queue nor the delay queue (nor a worker's lease,

@@ -140,7 +140,6 @@ class Database:
             # SQLAlchemy reads a pool size of 0 as "no limit".
             raise ValueError(f"pool_size {pool_size} and transactions {transactions} must be >= 1, kept {kept} >= 0")
         self.max_connections = pool_size + transactions + kept
-        self.prepared_statements = prepared_statements
         self.engine = make_engine(url, pool_size=transactions, prepared_statements=prepared_statements)
         # Single statements need no BEGIN/COMMIT round trips: each one is atomic on its own. On PostgreSQL
         # they get a pool of their own, born in autocommit, since switching a pooled connection's mode at
@@ -287,13 +286,6 @@ class DriverStatement:
         # Prepared unless the connection prepares nothing (`prepared_statements=False`: a threshold of None).
         prepare = driver.prepare_threshold is not None
         return driver.execute(self.sql, {**self._constants, **params}, prepare=prepare)
-
-    async def execute_async(
-        self, driver: psycopg.AsyncConnection[Any], params: dict[str, Any]
-    ) -> psycopg.AsyncCursor[Any]:
-        """`execute` on psycopg's async driver (`ledger.async_database`)."""
-        prepare = driver.prepare_threshold is not None
-        return await driver.execute(self.sql, {**self._constants, **params}, prepare=prepare)
 
 
 def array_literal(values: Iterable[uuid.UUID | int]) -> str:

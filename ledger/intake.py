@@ -11,7 +11,6 @@ from enum import StrEnum
 from typing import Any
 
 import msgspec
-from psycopg import AsyncConnection
 from psycopg.types.json import Json
 from sqlalchemy import JSON, Connection, String, Text, bindparam, column, func, literal, literal_column, select, true
 from sqlalchemy.dialects import postgresql, sqlite
@@ -245,34 +244,10 @@ def accept_many(conn: Connection, batch: list[Accepting]) -> list[IntakeResult |
             for item in batch
         ]
     rows = [item.row() for item in batch]
-    inserted = {found for (found,) in _DRIVER_INSERT_BATCH.execute(driver, _batch_parameters(rows))}
-    return [_created(row) if row["id"] in inserted else None for row in rows]
-
-
-def _batch_parameters(rows: list[dict[str, Any]]) -> dict[str, Any]:
     # The row's other keys ride along unread: json_to_recordset takes only the columns it names.
-    return {"rows": _ROWS.encode(rows).decode()}
-
-
-async def accept_many_async(driver: AsyncConnection[Any], batch: list[Accepting]) -> list[IntakeResult | None]:
-    """`accept_many` on PostgreSQL through psycopg's async driver (`ledger.async_database`): the same statement
-    and results."""
-    rows = [item.row() for item in batch]
-    cursor = await _DRIVER_INSERT_BATCH.execute_async(driver, _batch_parameters(rows))
-    inserted = {found for (found,) in await cursor.fetchall()}
+    encoded = _ROWS.encode(rows).decode()
+    inserted = {found for (found,) in _DRIVER_INSERT_BATCH.execute(driver, {"rows": encoded})}
     return [_created(row) if row["id"] in inserted else None for row in rows]
-
-
-async def accept_batch_async(driver: AsyncConnection[Any], batch: list[Accepting]) -> list[IntakeResult] | None:
-    """`accept_batch` for the common batch, whose keys are all new and distinct, in its one statement on the async
-    driver; None when a key repeats or was taken, for `accept_batch` to answer the whole batch (what this call
-    created, it then finds under its ids and answers as created)."""
-    if len({item.request.idempotency_key for item in batch}) < len(batch):
-        return None
-    results = await accept_many_async(driver, batch)
-    if any(result is None for result in results):
-        return None
-    return [result for result in results if result is not None]
 
 
 def accept_batch(conn: Connection, batch: list[Accepting]) -> list[IntakeResult]:

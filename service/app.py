@@ -7,14 +7,13 @@ from typing import Any
 import falcon.asgi
 
 from actors import tracing
-from actors.async_redis import AsyncDispatcher, AsyncRedis
+from actors.async_redis import AsyncRedis
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
 from actors.flow import Gate
 from actors.flow.overview import Destinations
 from actors.ratelimit import RateLimiter
 from actors.sessions import DashboardSessions
-from ledger.async_database import AsyncDatabase
 from ledger.database import Database
 from service import dashboard, errors, multiproc
 from service.access import AdminTokenMiddleware, ApiKeyMiddleware
@@ -51,31 +50,26 @@ def create_app(
     POST, a batch, /healthz) are coroutines, the others plain functions run on those threads (`Threaded`)."""
     core = settings.core
     offload = Offload(OFFLOAD_THREADS)
-    # A connection per offload thread and one for the rare transactions (cancel, retry: they take turns); on
-    # PostgreSQL one more, the event loop's, for the intake groups (`AsyncDatabase`). README.md, "Running in
-    # production", sums them up per process.
-    database = database or Database(
-        core.database_url,
-        pool_size=OFFLOAD_THREADS,
-        transactions=1,
-        kept=0,
-        prepared_statements=core.prepared_statements,
-    )
-    dispatcher = dispatcher or Dispatcher(make_broker(core.redis_url), core.queue)
-    # The loop's own Redis clients, for the new jobs' sends and the rate limits.
-    redis_ = AsyncRedis(dispatcher.broker.redis_url)
     ctx = Context(
         settings=settings,
-        database=database,
-        ledger=AsyncDatabase.of(database),
-        dispatcher=dispatcher,
-        async_dispatcher=AsyncDispatcher(dispatcher, redis_),
+        # A connection per offload thread, one for the rare transactions (cancel, retry: they take turns) and the
+        # intake group's kept one; README.md, "Running in production", sums them up per process.
+        database=database
+        or Database(
+            core.database_url,
+            pool_size=OFFLOAD_THREADS,
+            transactions=1,
+            kept=1,
+            prepared_statements=core.prepared_statements,
+        ),
+        dispatcher=dispatcher or Dispatcher(make_broker(core.redis_url), core.queue),
         channels=build_channels(core.channels),
         offload=offload,
     )
+    # The rate limits' round trips go from the loop (no thread hand-off per request), on clients of their own.
+    limiter = RateLimiter(AsyncRedis(ctx.dispatcher.broker.redis_url))
     # The destinations' state lives in the broker's Redis, read through the same connections.
     destinations = Destinations(ctx.database, gate or Gate(ctx.dispatcher.broker.client), core.flow, ctx.dispatcher)
-    limiter = RateLimiter(redis_)
     # Per queue, like the queue's own keys: deployments sharing one Redis keep their sign-ins apart.
     sessions = DashboardSessions(ctx.dispatcher.broker.client, prefix=f"wjp:dashboard:{core.queue}:")
     middleware: list[object] = [

@@ -13,7 +13,6 @@ from ledger import intake
 from ledger.errors import LedgerUnavailable
 from ledger.intake import Accepting, Intake, IntakeResult, NewNotification
 from ledger.timestamps import rfc3339, utcnow
-from ledger.transitions import Dispatch
 from service import metrics
 from service.access import request_scope
 from service.bodies import receive_json_object
@@ -76,10 +75,6 @@ def _mismatch(result: IntakeResult) -> BatchResult:
     )
 
 
-def _new_dispatches(outcomes: list[IntakeResult]) -> list[Dispatch]:
-    return [dispatch_of(o) for o in outcomes if o.outcome is Intake.CREATED and o.dispatch_seq]
-
-
 def _refused(error: ApiError) -> BatchResult:
     return BatchResult(status=error.status_code, **error_body(error))
 
@@ -116,7 +111,7 @@ class NotificationBatch:
             if outage is not None:
                 raise outage
             batch = [Accepting(request, now, self._due_soon(request, now)) for _, request in valid]
-            outcomes = await self._accept(batch)
+            outcomes = await self.ctx.offload(self._accept, batch)
             for (index, request), outcome in zip(valid, outcomes, strict=True):
                 mismatched = outcome.outcome is Intake.MISMATCH
                 results[index] = _mismatch(outcome) if mismatched else _accepted(outcome, request.idempotency_key)
@@ -125,20 +120,10 @@ class NotificationBatch:
         resp.content_type = falcon.MEDIA_JSON
         resp.data = msgspec.json.encode(BatchResults(results=results))
 
-    async def _accept(self, batch: list[Accepting]) -> list[IntakeResult]:
-        """The batch in one statement, then its new jobs' messages in one send, both on the loop (PostgreSQL); a
-        batch with a repeated or taken key, or on SQLite, on a thread (`accept_batch`)."""
-        ledger = self.ctx.ledger
-        if ledger is not None:
-            outcomes = await ledger.run(lambda conn: intake.accept_batch_async(conn, batch))
-            if outcomes is not None:
-                await self.ctx.dispatch_async(_new_dispatches(outcomes))
-                return outcomes
-        return await self.ctx.offload(self._accept_on_thread, batch)
-
-    def _accept_on_thread(self, batch: list[Accepting]) -> list[IntakeResult]:
+    def _accept(self, batch: list[Accepting]) -> list[IntakeResult]:
+        """The batch in one statement, then its new jobs' messages in one send (off the loop: both block)."""
         outcomes = self.ctx.database.run(lambda conn: intake.accept_batch(conn, batch))
-        self.ctx.dispatch(_new_dispatches(outcomes))
+        self.ctx.dispatch([dispatch_of(o) for o in outcomes if o.outcome is Intake.CREATED and o.dispatch_seq])
         return outcomes
 
     def _parsed(self, item: Any, scope: str, now: datetime) -> NewNotification:

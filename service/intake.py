@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from actors import tracing
 from actors.batching import MAX_BATCH
 from ledger import intake
-from ledger.async_database import AsyncDatabase
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from ledger.intake import Accepting, Intake, IntakeResult
@@ -27,26 +26,16 @@ class GroupIntake:
     pipeline before any of them is answered: each 202 still means "committed and sent".
 
     A lone request goes at once; the requests the loop reads while a group is in the database form the next one,
-    so commits and round trips per request shrink as the load grows (bench/README.md). On PostgreSQL a group's
-    statement and send run on the loop itself, through psycopg's and redis-py's async drivers (`ledger`: the
-    loop's kept `AsyncDatabase` connection); on SQLite, whose driver has no async API, on a thread of its own: one
-    thread hand-off per group. The rare request answered alone (a key taken, a group refused) goes to `offload`.
+    so commits and round trips per request shrink as the load grows (bench/README.md). A group runs on a thread
+    of its own, which keeps its connection (`Database.run(kept=True)`): one thread hand-off per group, not per
+    request, and the loop stays free meanwhile.
     """
 
-    def __init__(
-        self,
-        database: Database,
-        ledger: AsyncDatabase | None,
-        dispatch: Callable[[list[Dispatch]], None],
-        dispatch_async: Callable[[list[Dispatch]], Awaitable[None]],
-        offload: Offload,
-    ) -> None:
+    def __init__(self, database: Database, dispatch: Callable[[list[Dispatch]], None], offload: Offload) -> None:
         self.database = database
-        self.ledger = ledger
         self.dispatch = dispatch
-        self.dispatch_async = dispatch_async
         self.offload = offload
-        self.group_thread = Offload(1, "wjp-intake") if ledger is None else None
+        self.group_thread = Offload(1, "wjp-intake")
         # A process serves from one loop; tests' clients may run one per thread, each with its own groups.
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Groups] = weakref.WeakKeyDictionary()
 
@@ -73,43 +62,21 @@ class GroupIntake:
             self.dispatch([dispatch_of(result)])
         return result
 
-    async def accept_group(self, group: list[Accepting]) -> list[IntakeResult | None]:
+    def accept_group(self, group: list[Accepting]) -> list[IntakeResult | None]:
         """One statement for `group`, then one send for its new jobs; None for each item when the statement as a
         whole failed for a reason other than an outage (each then goes again on its own)."""
-        if self.ledger is None:
-            assert self.group_thread is not None
-            return await self.group_thread(self._accept_group_on_thread, group)
         try:
             with tracing.each("wjp.ledger.write", group):
-                results = await self.ledger.run(lambda conn: intake.accept_many_async(conn, group))
+                results = self.database.run(lambda conn: intake.accept_many(conn, group), kept=True)
         except LedgerUnavailable:
             raise
         except Exception:
-            return _refused(group)
-        await self.dispatch_async(_new_dispatches(results))
+            # One request's value the ledger refuses fails the statement for all: each goes again on its own,
+            # so that only that one fails.
+            log.debug("a group of %d requests failed; accepting them one by one", len(group), exc_info=True)
+            return [None] * len(group)
+        self.dispatch([dispatch_of(result) for result in results if result is not None and result.dispatch_seq])
         return results
-
-    def _accept_group_on_thread(self, group: list[Accepting]) -> list[IntakeResult | None]:
-        try:
-            with tracing.each("wjp.ledger.write", group):
-                results = self.database.run(lambda conn: intake.accept_many(conn, group))
-        except LedgerUnavailable:
-            raise
-        except Exception:
-            return _refused(group)
-        self.dispatch(_new_dispatches(results))
-        return results
-
-
-def _refused(group: list[Accepting]) -> list[IntakeResult | None]:
-    # One request's value the ledger refuses fails the statement for all: each goes again on its own, so that only
-    # that one fails.
-    log.debug("a group of %d requests failed; accepting them one by one", len(group), exc_info=True)
-    return [None] * len(group)
-
-
-def _new_dispatches(results: list[IntakeResult | None]) -> list[Dispatch]:
-    return [dispatch_of(result) for result in results if result is not None and result.dispatch_seq]
 
 
 class _Groups:
@@ -134,7 +101,7 @@ class _Groups:
                 group, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
                 items = [item for item, _ in group]
                 try:
-                    results = await self.owner.accept_group(items)
+                    results = await self.owner.group_thread(self.owner.accept_group, items)
                 except Exception as exc:
                     for _, answer in group:
                         if not answer.done():

@@ -9,12 +9,10 @@ from typing import Any
 
 import falcon
 
-from actors.async_redis import AsyncDispatcher
 from actors.broker import BrokerUnavailable, Dispatcher
 from actors.callbacks import send_armed
 from actors.channels.base import Channel
 from ledger import callbacks, queries, transitions
-from ledger.async_database import AsyncDatabase
 from ledger.callbacks import CallbackView
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
@@ -44,10 +42,6 @@ class Context:
     dispatcher: Dispatcher
     channels: dict[str, Channel]
     offload: Offload
-    #: The hot path's statements on the event loop (PostgreSQL), or None (SQLite: they run on threads).
-    ledger: AsyncDatabase | None
-    #: `dispatcher`'s sends on the event loop.
-    async_dispatcher: AsyncDispatcher
 
     def dispatch(self, dispatches: list[Dispatch]) -> None:
         """Send after commit, best effort: the ledger has the jobs, and the reconciler sends what Redis missed."""
@@ -56,21 +50,8 @@ class Context:
         try:
             self.dispatcher.send(dispatches, now=utcnow())
         except BrokerUnavailable as exc:
-            _not_yet_dispatched(dispatches, exc)
-
-    async def dispatch_async(self, dispatches: list[Dispatch]) -> None:
-        """`dispatch` on the event loop."""
-        if not dispatches:
-            return
-        try:
-            await self.async_dispatcher.send(dispatches, now=utcnow())
-        except BrokerUnavailable as exc:
-            _not_yet_dispatched(dispatches, exc)
-
-
-def _not_yet_dispatched(dispatches: list[Dispatch], exc: BrokerUnavailable) -> None:
-    for dispatch in dispatches:
-        log.warning("job %s recorded but not yet dispatched: %s", dispatch.job_id, exc)
+            for dispatch in dispatches:
+                log.warning("job %s recorded but not yet dispatched: %s", dispatch.job_id, exc)
 
 
 def _job_id(raw: str) -> uuid.UUID:
@@ -97,7 +78,7 @@ class NotificationCollection:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.intake = GroupIntake(ctx.database, ctx.ledger, ctx.dispatch, ctx.dispatch_async, ctx.offload)
+        self.intake = GroupIntake(ctx.database, ctx.dispatch, ctx.offload)
         self.listing = JobListing(ctx.database, job_body)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:

@@ -3,7 +3,6 @@ Redis layout and build its script's calls themselves, so each of those is checke
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import re
 import time
@@ -19,14 +18,12 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
 
-from actors.async_redis import AsyncDispatcher, AsyncRedis
 from actors.broker import (
     ACTOR_NAME,
     DEST_OPTION,
     NAMESPACE,
     RID_OPTION,
     TESTED_DISPATCH_SHA,
-    BrokerUnavailable,
     Dispatcher,
     PinRedisMessageId,
     UntestedDramatiq,
@@ -117,50 +114,6 @@ def test_dispatcher_send_writes_what_dramatiqs_own_enqueue_writes(private_redis)
     assert before + delay_ms <= etas[0] <= after + delay_ms <= etas[1]
     assert ours == theirs
     assert set(ours) == {f"{NAMESPACE}:{QUEUE}{suffix}" for suffix in ("", ".msgs", ".DQ", ".DQ.msgs")}
-
-
-def without_timestamps(state: dict[str, tuple[str, Any]]) -> dict[str, tuple[str, Any]]:
-    """`state` without the send's clock readings (each side reads its own), which `snapshot` decodes."""
-    for kind, value in state.values():
-        if kind == "hash":
-            for message in value.values():
-                message.pop("message_timestamp")
-                message["options"].pop("eta", None)
-    return state
-
-
-def test_the_async_send_writes_what_the_sync_send_writes(private_redis):
-    client = redis.Redis(port=private_redis.port)
-    dispatcher = Dispatcher(make_broker(private_redis.url), QUEUE)
-    now = utcnow()
-    dispatches = [
-        Dispatch(uuid.uuid4(), 1, now, "log"),
-        Dispatch(uuid.uuid4(), 3, now + timedelta(minutes=5), "webhook:example.com:443"),
-        Dispatch(uuid.uuid4(), 1, now, ""),
-    ]
-
-    assert dispatcher.send(dispatches, now=now) == 3
-    sync_sent = snapshot(client)
-    sync_bell = client.lrange(bell_key(QUEUE), 0, -1)
-    client.flushall()
-    sent = asyncio.run(AsyncDispatcher(dispatcher, AsyncRedis(private_redis.url)).send(dispatches, now=now))
-    async_sent = snapshot(client)
-
-    assert sent == 3
-    assert client.lrange(bell_key(QUEUE), 0, -1) == sync_bell == [b"1"]
-    assert set(async_sent) == {f"{NAMESPACE}:{QUEUE}{suffix}" for suffix in ("", ".msgs", ".DQ", ".DQ.msgs")}
-    assert without_timestamps(async_sent) == without_timestamps(sync_sent)
-
-
-def test_the_async_send_raises_broker_unavailable_when_redis_is_down(private_redis):
-    dispatcher = Dispatcher(make_broker(private_redis.url, timeout=2), QUEUE)
-    sender = AsyncDispatcher(dispatcher, AsyncRedis(private_redis.url, timeout=2))
-    private_redis.stop()
-    try:
-        with pytest.raises(BrokerUnavailable, match="Redis unreachable"):
-            asyncio.run(sender.send([Dispatch(uuid.uuid4(), 1, utcnow(), "log")], now=utcnow()))
-    finally:
-        private_redis.start()
 
 
 @pytest.mark.parametrize(("command", "args"), [("fetch", (3,)), ("ack", ("a.1",)), ("enqueue", ("a.1", b"{}"))])

@@ -3,16 +3,11 @@ connection to a server that turned read-only is dropped, never reused. Real serv
 
 from __future__ import annotations
 
-import asyncio
 import time
-import weakref
-from collections.abc import Callable
 
-import psycopg
 import pytest
 from sqlalchemy import Connection, text
 
-from ledger.async_database import AsyncDatabase
 from ledger.database import Database, postgres
 from ledger.errors import LedgerUnavailable
 from tests.failover.conftest import PostgresPair
@@ -43,24 +38,6 @@ def write_kept(database: Database, value: int) -> int:
         return driver.execute("SELECT inet_server_port()").fetchone()[0]
 
     return database.run(insert, kept=True)
-
-
-#: The loop `write_async` runs on, and each database's async ledger on it: its connection is kept from call to call.
-_LOOP = asyncio.new_event_loop()
-_ASYNC_LEDGERS: weakref.WeakKeyDictionary[Database, AsyncDatabase] = weakref.WeakKeyDictionary()
-
-
-def write_async(database: Database, value: int) -> int:
-    """As the API's intake groups write: through psycopg's async driver, on the loop's kept connection."""
-    ledger = _ASYNC_LEDGERS.setdefault(database, AsyncDatabase(database))
-
-    async def insert(conn: psycopg.AsyncConnection) -> int:
-        await conn.execute("INSERT INTO notes (value) VALUES (%s)", (value,))
-        row = await (await conn.execute("SELECT inet_server_port()")).fetchone()
-        assert row is not None
-        return int(row[0])
-
-    return _LOOP.run_until_complete(ledger.run(insert))
 
 
 def backend_of_writes(database: Database) -> int:
@@ -95,12 +72,13 @@ def test_the_same_database_writes_to_the_promoted_standby_after_the_primary_is_k
     database.dispose()
 
 
-@pytest.mark.parametrize("writer", [write, write_kept, write_async], ids=["pooled", "kept", "async"])
+@pytest.mark.parametrize("kept", [False, True], ids=["pooled", "kept"])
 def test_a_connection_to_a_primary_fenced_read_only_is_dropped_and_the_call_goes_to_the_new_primary(
-    pg_pair: PostgresPair, writer: Callable[[Database, int], int]
+    pg_pair: PostgresPair, kept: bool
 ):
     database = Database(pg_pair.url, pool_size=2)
     database.run(lambda conn: conn.execute(text("CREATE TABLE notes (value INTEGER)")), transaction=True)
+    writer = write_kept if kept else write
     assert writer(database, 1) == pg_pair.primary.port
 
     # The old primary still answers, read-only, while the standby takes over.
@@ -118,16 +96,12 @@ def test_a_server_turned_read_only_answers_ledger_unavailable_and_its_connection
     database = Database(f"postgresql://postgres@127.0.0.1:{pg_pair.primary.port}/postgres", pool_size=1)
     database.run(lambda conn: conn.execute(text("CREATE TABLE notes (value INTEGER)")), transaction=True)
     backend = backend_of_writes(database)
-    assert write_async(database, 0) == pg_pair.primary.port  # the loop's connection, made before the fence
 
     pg_pair.primary.set_read_only(True)
     with pytest.raises(LedgerUnavailable, match="read-only"):
         write(database, 1)
-    with pytest.raises(LedgerUnavailable, match="read-only"):
-        write_async(database, 1)
     pg_pair.primary.set_read_only(False)
 
     assert write(database, 2) == pg_pair.primary.port
-    assert write_async(database, 3) == pg_pair.primary.port
     assert backend_of_writes(database) != backend
     database.dispose()

@@ -1,16 +1,13 @@
-"""An intake whose INSERT committed but whose answer the network lost (`tests/pg_proxy.py`): `AsyncDatabase.run`
-retries it on a new connection, and the request is answered as created (202, its own job id) and its message sent,
-not as a replay."""
+"""An intake whose INSERT committed but whose answer the network lost (`tests/pg_proxy.py`): `Database.run` retries
+it, and the request is answered as created (202, its own job id) and its message sent, not as a replay."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 
-from actors.async_redis import AsyncDispatcher, AsyncRedis
-from ledger.async_database import AsyncDatabase
 from ledger.database import Database
-from ledger.intake import Accepting, Intake, IntakeResult, NewNotification
+from ledger.intake import Accepting, Intake, NewNotification
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
 from service.intake import GroupIntake
@@ -27,27 +24,14 @@ def test_an_intake_whose_answer_was_lost_is_created_and_dispatched_not_replayed(
 ):
     with LosingProxy(postgres_server_url) as proxy:
         lossy = Database(proxy.url)
-        ledger = AsyncDatabase(lossy)
+        groups = GroupIntake(lossy, lambda dispatches: dispatcher.send(dispatches, now=utcnow()), Offload(1))
+        # The intake thread makes its connection (and prepares its statement) before the fault.
+        first = Accepting(request(uuid.uuid4().hex), utcnow(), True)
+        assert asyncio.run(groups.accept(first)).outcome is Intake.CREATED
 
-        def dispatch(dispatches: list[Dispatch]) -> None:
-            dispatcher.send(dispatches, now=utcnow())
-
-        async def dispatch_async(dispatches: list[Dispatch]) -> None:
-            await AsyncDispatcher(dispatcher, AsyncRedis(dispatcher.broker.redis_url)).send(dispatches, now=utcnow())
-
-        groups = GroupIntake(lossy, ledger, dispatch, dispatch_async, Offload(1))
-
-        async def accept_twice() -> IntakeResult:
-            # The loop's connection is made (and its statement prepared) before the fault.
-            first = Accepting(request(uuid.uuid4().hex), utcnow(), True)
-            assert (await groups.accept(first)).outcome is Intake.CREATED
-            proxy.arm()
-            result = await groups.accept(item)
-            await ledger.close()
-            return result
-
+        proxy.arm()
         item = Accepting(request(uuid.uuid4().hex), utcnow(), True)
-        result = asyncio.run(accept_twice())
+        result = asyncio.run(groups.accept(item))
         lossy.dispose()
 
     assert proxy.lost.is_set()
