@@ -119,8 +119,10 @@ class OutageProofRedisBroker(RedisBroker):
     message is in Redis) would ever bring them back.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, redis_url: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: Where its Redis is, for the API's redis.asyncio clients (`actors.async_redis`).
+        self.redis_url = redis_url
         sha = self.scripts["dispatch"].sha
         if sha != TESTED_DISPATCH_SHA:
             raise UntestedDramatiq(
@@ -297,7 +299,9 @@ def make_broker(redis_url: str, *, timeout: float = REDIS_TIMEOUT, **options: ob
     # Only the middleware we rely on: each one runs hooks on every message.
     limit = TimeLimit(interval=TIME_LIMIT_CHECK_MS)
     middleware = [limit, Retries(), PinRedisMessageId(), CurrentMessage(), NoteProcessedMessage()]
-    return OutageProofRedisBroker(connection_pool=pool, namespace=NAMESPACE, middleware=middleware, **options)
+    return OutageProofRedisBroker(
+        connection_pool=pool, namespace=NAMESPACE, middleware=middleware, redis_url=redis_url, **options
+    )
 
 
 class Dispatcher:

@@ -11,6 +11,7 @@ admits the request; the outage is logged once, and its end once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 import redis
+
+from actors.async_redis import AsyncRedis
 
 log = logging.getLogger("wjp.api")
 
@@ -46,21 +49,22 @@ class _Allowance:
 
 class RateLimiter:
     """Admits a producer's requests at `rate` per second, bursts up to one second's worth, for every API process
-    sharing the Redis at once. Thread-safe."""
+    sharing the Redis at once. Its round trips go through redis.asyncio, on the caller's event loop (any number of
+    loops, on any threads)."""
 
     def __init__(
-        self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, *, monotonic: Callable[[], float] = time.monotonic
+        self, redis_: AsyncRedis, prefix: str = DEFAULT_PREFIX, *, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
-        source = resources.files(__package__).joinpath("ratelimit.lua").read_text(encoding="utf-8")
-        # redis-py's Script sends EVALSHA and reloads the script once on NoScriptError (a restarted server).
-        self._script = client.register_script(source)
+        self._source = resources.files(__package__).joinpath("ratelimit.lua").read_text(encoding="utf-8")
+        self._sha = hashlib.sha1(self._source.encode()).hexdigest()
+        self.redis = redis_
         self.prefix = prefix
         self._monotonic = monotonic
         self._allowances: dict[str, _Allowance] = {}
         self._lock = threading.Lock()
         self._down = False
 
-    def wait(self, scope: str, rate: float, cost: int = 1) -> float:
+    async def wait(self, scope: str, rate: float, cost: int = 1) -> float:
         """0.0 when `scope` may spend `cost` now (and it is spent), else the seconds until it may. `cost` is the
         number of notifications of the request: one for a single POST, each item of a batch."""
         if not rate > 0 or cost < 1:
@@ -72,14 +76,14 @@ class RateLimiter:
                 allowance.tokens -= cost
                 allowance.spent += cost
                 return 0.0
-            # Taken out under the lock: a thread racing this one gives back none of them a second time.
+            # Taken out under the lock: a caller racing this one gives back none of them a second time.
             unspent, allowance.tokens = allowance.tokens, 0
             demand = allowance.spent / max(now - allowance.since, DEMAND_RESOLUTION)
             allowance.spent, allowance.since = 0, now
         ahead = math.floor(min(demand, rate) * ALLOWANCE_SECONDS)
         try:
-            wait_ms, granted = self._script(keys=[self.prefix + scope], args=[repr(float(rate)), cost, ahead, unspent])
-        except redis.RedisError as exc:
+            wait_ms, granted = await self._bucket(self.prefix + scope, repr(float(rate)), cost, ahead, unspent)
+        except (redis.RedisError, OSError) as exc:
             self._note_outage(exc)
             return 0.0
         if self._down:
@@ -91,7 +95,17 @@ class RateLimiter:
                 allowance.until = now + ALLOWANCE_SECONDS
         return int(wait_ms) / 1000
 
-    def _note_outage(self, exc: redis.RedisError) -> None:
+    async def _bucket(self, key: str, *args: object) -> list[int]:
+        """ratelimit.lua on `key`: EVALSHA, loading the script once when Redis has lost it (a restart), as redis-py's
+        Script does."""
+        client = self.redis.client()
+        try:
+            return await client.evalsha(self._sha, 1, key, *args)  # type: ignore[no-any-return]
+        except redis.exceptions.NoScriptError:
+            await client.script_load(self._source)
+            return await client.evalsha(self._sha, 1, key, *args)  # type: ignore[no-any-return]
+
+    def _note_outage(self, exc: Exception) -> None:
         with self._lock:
             if self._down:
                 return

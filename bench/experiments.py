@@ -11,6 +11,8 @@ usage: python -m bench.experiments threads     drain rate, batch size and CPU pe
                                                gunicorn's asyncio worker (asyncio's loop, uvloop), on
                                                uvicorn's worker, and (with
                                                BENCH_GTHREAD_TREE=<checkout>) that checkout's gthread API
+                                               (BENCH_OTHER_TREE=<checkout>: that checkout's API as it is;
+                                               BENCH_SERVERS=<names>: only those servers)
 """
 
 from __future__ import annotations
@@ -192,6 +194,10 @@ def servers() -> None:
     }
     if os.environ.get("BENCH_GTHREAD_TREE"):
         factories["gthread"] = lambda name: _wjp_serve(name, Path(os.environ["BENCH_GTHREAD_TREE"]))
+    if os.environ.get("BENCH_OTHER_TREE"):  # another checkout's API as it serves itself: before and after a change
+        factories["other-tree"] = lambda name: _wjp_serve(name, Path(os.environ["BENCH_OTHER_TREE"]))
+    if os.environ.get("BENCH_SERVERS"):  # only these, e.g. BENCH_SERVERS=gunicorn-asgi,other-tree
+        factories = {name: factory for name, factory in factories.items() if name in os.environ["BENCH_SERVERS"]}
     for rep in range(3):
         for name, factory in factories.items():
             service, port = factory(f"exp-{name}-{rep}")

@@ -116,7 +116,7 @@ class ApiKeyMiddleware:
     """Once any producer key exists, /api/* needs `Authorization: Bearer <key>`; sets `req.context.scope` to
     the key's id ('' while no key exists), which scopes idempotency keys and the jobs a producer can see. A key's
     submissions are held to its rate (or `default_rate`) by `limiter`, shared by every API process. What it reads
-    is cached a moment, in the loop; the ledger and Redis are asked on `offload`'s threads."""
+    is cached a moment, in the loop; the ledger is asked on `offload`'s threads, Redis (the rate) from the loop."""
 
     def __init__(
         self,
@@ -168,7 +168,7 @@ class ApiKeyMiddleware:
         rate = producer.rate if producer.rate is not None else self.default_rate
         if self.limiter is None or rate is None or not producer.scope:
             return
-        wait = await self.offload(self.limiter.wait, producer.scope, rate, cost)
+        wait = await self.limiter.wait(producer.scope, rate, cost)
         if wait > 0:
             raise ApiError(
                 falcon.HTTP_429,

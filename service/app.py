@@ -7,6 +7,7 @@ from typing import Any
 import falcon.asgi
 
 from actors import tracing
+from actors.async_redis import AsyncRedis
 from actors.broker import Dispatcher, make_broker
 from actors.channels import build_channels
 from actors.flow import Gate
@@ -65,9 +66,10 @@ def create_app(
         channels=build_channels(core.channels),
         offload=offload,
     )
+    # The rate limits' round trips go from the loop (no thread hand-off per request), on clients of their own.
+    limiter = RateLimiter(AsyncRedis(ctx.dispatcher.broker.redis_url))
     # The destinations' state lives in the broker's Redis, read through the same connections.
     destinations = Destinations(ctx.database, gate or Gate(ctx.dispatcher.broker.client), core.flow, ctx.dispatcher)
-    limiter = RateLimiter(ctx.dispatcher.broker.client)
     # Per queue, like the queue's own keys: deployments sharing one Redis keep their sign-ins apart.
     sessions = DashboardSessions(ctx.dispatcher.broker.client, prefix=f"wjp:dashboard:{core.queue}:")
     middleware: list[object] = [

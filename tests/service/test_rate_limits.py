@@ -3,6 +3,7 @@ with Retry-After, no limit without a key, and intake that keeps answering while 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
+from actors.async_redis import AsyncRedis
 from actors.broker import Dispatcher, make_broker
 from actors.ratelimit import RateLimiter
 from actors.settings import SettingsError
@@ -104,13 +106,15 @@ def test_while_redis_is_down_intake_answers_202_and_logs_the_outage_once_then_li
 
 
 def test_a_cost_larger_than_the_bucket_passes_when_it_is_full_and_the_debt_is_waited_out(redis_server_url):
-    client = redis.Redis.from_url(redis_server_url)
-    limiter = RateLimiter(client, prefix=f"wjp:test-ratelimit:{id(client)}:")
+    limiter = RateLimiter(AsyncRedis(redis_server_url), prefix=f"wjp:test-ratelimit:{uuid.uuid4().hex}:")
 
-    assert limiter.wait("batch", rate=2, cost=5) == 0.0
+    async def spend() -> tuple[float, float]:
+        return await limiter.wait("batch", rate=2, cost=5), await limiter.wait("batch", rate=2)
+
+    first, second = asyncio.run(spend())
+    assert first == 0.0
     # Two tokens held, five spent: three owed, and one more needed, at two per second.
-    assert 1.5 < limiter.wait("batch", rate=2) <= 2.0
-    client.close()
+    assert 1.5 < second <= 2.0
 
 
 class FakeClock:
@@ -130,15 +134,18 @@ def evalsha_calls(client: redis.Redis) -> int:
 def test_a_busy_key_takes_tokens_ahead_and_asks_redis_once_for_many_requests(private_redis):
     client = redis.Redis.from_url(private_redis.url)
     clock = FakeClock()
-    limiter = RateLimiter(client, monotonic=clock)
-    assert limiter.wait("warm-up", rate=1) == 0.0  # the script loaded (a first EVALSHA fails and counts)
-    before = evalsha_calls(client)
+    limiter = RateLimiter(AsyncRedis(private_redis.url), monotonic=clock)
 
-    waits = []
-    for _ in range(1000):
-        waits.append(limiter.wait("busy", rate=1_000_000))
-        clock.now += 0.001  # 1,000 submissions per second from this process
+    async def submit() -> tuple[int, list[float]]:
+        assert await limiter.wait("warm-up", rate=1) == 0.0  # the script loaded (a first EVALSHA fails and counts)
+        before = evalsha_calls(client)
+        waits = []
+        for _ in range(1000):
+            waits.append(await limiter.wait("busy", rate=1_000_000))
+            clock.now += 0.001  # 1,000 submissions per second from this process
+        return before, waits
 
+    before, waits = asyncio.run(submit())
     assert waits == [0.0] * 1000
     # About one round trip per ALLOWANCE_SECONDS of demand (50 requests here), not one per request.
     assert evalsha_calls(client) - before <= 1000 // 50 + 2
@@ -148,14 +155,17 @@ def test_a_busy_key_takes_tokens_ahead_and_asks_redis_once_for_many_requests(pri
 def test_a_key_that_submits_slowly_asks_redis_for_each_request_and_takes_nothing_ahead(private_redis):
     client = redis.Redis.from_url(private_redis.url)
     clock = FakeClock()
-    limiter = RateLimiter(client, monotonic=clock)
-    assert limiter.wait("warm-up", rate=1) == 0.0
-    before = evalsha_calls(client)
+    limiter = RateLimiter(AsyncRedis(private_redis.url), monotonic=clock)
 
-    for _ in range(10):
-        assert limiter.wait("calm", rate=100) == 0.0
-        clock.now += 1.0
+    async def submit() -> int:
+        assert await limiter.wait("warm-up", rate=1) == 0.0
+        before = evalsha_calls(client)
+        for _ in range(10):
+            assert await limiter.wait("calm", rate=100) == 0.0
+            clock.now += 1.0
+        return before
 
+    before = asyncio.run(submit())
     assert evalsha_calls(client) - before == 10
     assert float(client.hget("wjp:ratelimit:calm", "tokens")) >= 99 - 10, "nothing taken beyond what was spent"
     client.close()
@@ -164,17 +174,21 @@ def test_a_key_that_submits_slowly_asks_redis_for_each_request_and_takes_nothing
 def test_tokens_taken_ahead_and_not_spent_go_back_to_the_shared_bucket(private_redis):
     client = redis.Redis.from_url(private_redis.url)
     clock = FakeClock()
-    limiter = RateLimiter(client, monotonic=clock)
+    limiter = RateLimiter(AsyncRedis(private_redis.url), monotonic=clock)
     bucket = "wjp:ratelimit:returning"
-    # 50 submissions 0.1 ms apart at 100/s: the round trips take 5 tokens ahead each (0.05 s of the rate), the last
-    # of them at the 50th submission, so this process holds 5 unspent.
-    for _ in range(50):
-        assert limiter.wait("returning", rate=100) == 0.0
-        clock.now += 0.0001
-    held_back = float(client.hget(bucket, "tokens"))
 
-    clock.now += 10  # the process goes quiet; its next submission gives back what it did not spend
-    assert limiter.wait("returning", rate=100) == 0.0
+    async def submit() -> float:
+        # 50 submissions 0.1 ms apart at 100/s: the round trips take 5 tokens ahead each (0.05 s of the rate), the
+        # last of them at the 50th submission, so this process holds 5 unspent.
+        for _ in range(50):
+            assert await limiter.wait("returning", rate=100) == 0.0
+            clock.now += 0.0001
+        held_back = float(client.hget(bucket, "tokens"))
+        clock.now += 10  # the process goes quiet; its next submission gives back what it did not spend
+        assert await limiter.wait("returning", rate=100) == 0.0
+        return held_back
+
+    held_back = asyncio.run(submit())
 
     assert float(client.hget(bucket, "tokens")) >= held_back + 5 - 1
     client.close()
@@ -182,16 +196,18 @@ def test_tokens_taken_ahead_and_not_spent_go_back_to_the_shared_bucket(private_r
 
 def test_two_processes_taking_tokens_ahead_never_admit_more_than_the_rate_between_them(redis_server_url):
     rate, seconds = 200.0, 1.5
-    clients = [redis.Redis.from_url(redis_server_url) for _ in range(2)]
-    limiters = [RateLimiter(client, prefix=f"wjp:test-ratelimit:{uuid.uuid4().hex}:") for client in clients]
-    limiters[1].prefix = limiters[0].prefix  # one bucket, two processes
+    prefix = f"wjp:test-ratelimit:{uuid.uuid4().hex}:"
+    limiters = [RateLimiter(AsyncRedis(redis_server_url), prefix=prefix) for _ in range(2)]  # two processes
 
-    def hammer(limiter: RateLimiter) -> int:
+    async def submit(limiter: RateLimiter) -> int:
         admitted = 0
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            admitted += limiter.wait("shared", rate=rate) == 0.0
+            admitted += await limiter.wait("shared", rate=rate) == 0.0
         return admitted
+
+    def hammer(limiter: RateLimiter) -> int:
+        return asyncio.run(submit(limiter))  # a loop per thread, as each API process has its own
 
     started = time.monotonic()
     with ThreadPoolExecutor(4) as pool:
@@ -200,5 +216,3 @@ def test_two_processes_taking_tokens_ahead_never_admit_more_than_the_rate_betwee
 
     # The bucket starts with one second's worth and refills at the rate, whoever spends it.
     assert rate * seconds * 0.8 <= admitted <= rate + rate * elapsed, (admitted, elapsed)
-    for client in clients:
-        client.close()
