@@ -340,6 +340,8 @@ def test_with_javascript_off_every_page_reads_and_a_failure_group_is_retried_thr
     browser.get(f"{base_url}/internal/dashboard")
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    # Signing in posts the form and loads the page it answers with: as for every click below, wait for it.
+    wait_until(lambda: browser.find_elements(By.LINK_TEXT, "Jobs"), "the dashboard after signing in")
     for name, shown in [("Jobs", "job-list"), ("Destinations", "destinations"), ("Health", "latency-chart"),
                         ("Failures", "failure-groups")]:  # fmt: skip
         browser.find_element(By.LINK_TEXT, name).click()
