@@ -56,13 +56,17 @@ def batch_items(body: dict[str, Any]) -> list[Any]:
     return items
 
 
-def _accepted(result: IntakeResult, key: str) -> BatchResult:
+def _accepted(result: IntakeResult, key: str, times: dict[datetime, str | None]) -> BatchResult:
+    # The jobs a batch creates share one instant: it is rendered once per batch (`times`), not once per item.
+    created_at = times.get(result.created_at)
+    if created_at is None:
+        created_at = times[result.created_at] = rfc3339(result.created_at)
     return BatchResult(
         status=200 if result.outcome is Intake.REPLAYED else 202,
         job_id=str(result.job_id),
         job_status=result.status,
         idempotency_key=key,
-        created_at=rfc3339(result.created_at),
+        created_at=created_at,
     )
 
 
@@ -110,13 +114,22 @@ class NotificationBatch:
         if valid:
             if outage is not None:
                 raise outage
-            batch = [Accepting(request, now, self._due_soon(request, now)) for _, request in valid]
+            # Dispatched at once, or left to the reconciler until it falls due (as a single POST).
+            horizon = self.ctx.settings.core.schedule_horizon
+            batch = [
+                Accepting(r, now, r.send_at is None or (r.send_at - now).total_seconds() <= horizon) for _, r in valid
+            ]
             outcomes = await self.ctx.offload(self._accept, batch)
+            times: dict[datetime, str | None] = {}
+            kinds: Counter[Intake] = Counter()
             for (index, request), outcome in zip(valid, outcomes, strict=True):
-                mismatched = outcome.outcome is Intake.MISMATCH
-                results[index] = _mismatch(outcome) if mismatched else _accepted(outcome, request.idempotency_key)
-            for kind, count in Counter(outcome.outcome.value for outcome in outcomes).items():
-                metrics.count_intake(kind, count)
+                kinds[outcome.outcome] += 1
+                if outcome.outcome is Intake.MISMATCH:
+                    results[index] = _mismatch(outcome)
+                else:
+                    results[index] = _accepted(outcome, request.idempotency_key, times)
+            for kind, count in kinds.items():
+                metrics.count_intake(kind.value, count)
         resp.content_type = falcon.MEDIA_JSON
         resp.data = msgspec.json.encode(BatchResults(results=results))
 
@@ -143,8 +156,3 @@ class NotificationBatch:
             max_schedule=self.ctx.settings.max_schedule,
             now=now,
         )
-
-    def _due_soon(self, request: NewNotification, now: datetime) -> bool:
-        """Dispatched at once, or left to the reconciler until it falls due (as a single POST)."""
-        horizon = self.ctx.settings.core.schedule_horizon
-        return request.send_at is None or (request.send_at - now).total_seconds() <= horizon

@@ -92,6 +92,22 @@ def test_a_key_known_before_the_batch_is_a_replay_or_a_mismatch(client, database
     assert job_count(database) == 1
 
 
+def test_each_result_carries_its_own_jobs_created_at_when_replays_and_new_items_share_a_batch(client):
+    # A batch renders each instant once; replays of jobs recorded at other instants must still get their own.
+    earlier = [notification(), notification()]
+    recorded = [post(client, item).json for item in earlier]
+    fresh = [notification(), notification()]
+
+    results = results_of(post_batch(client, [fresh[0], earlier[0], fresh[1], earlier[1]]))
+
+    assert [r["status"] for r in results] == [202, 200, 202, 200]
+    assert [results[1]["created_at"], results[3]["created_at"]] == [job["created_at"] for job in recorded]
+    assert results[0]["created_at"] == results[2]["created_at"] not in {job["created_at"] for job in recorded}
+    for result in results:
+        job = client.simulate_get(f"/api/notifications/{result['job_id']}").json
+        assert job["created_at"] == result["created_at"]
+
+
 def test_a_key_twice_in_one_batch_is_answered_as_if_the_items_came_one_after_the_other(
     client, database, redis_messages
 ):
