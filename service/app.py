@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import falcon
 import falcon.asgi
+import falcon.media
+import msgspec
 
 from actors import tracing
 from actors.async_redis import AsyncRedis
@@ -83,6 +86,9 @@ def create_app(
         middleware.insert(0, TraceRequests())
     app = _ThreadedRoutes(offload, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
+    # Response bodies through msgspec: the same JSON (UTF-8, not escaped) ~13 × faster than json.dumps, which took
+    # ~3 % of the API's GIL-held samples under single POSTs (bench/README.md).
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(dumps=msgspec.json.encode)
     errors.register(app)
     app.add_route("/api/notifications", NotificationCollection(ctx))
     app.add_route("/api/notifications/batch", NotificationBatch(ctx))

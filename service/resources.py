@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import falcon
@@ -80,6 +80,10 @@ class NotificationCollection:
         self.ctx = ctx
         self.intake = GroupIntake(ctx.database, ctx.dispatch, ctx.offload)
         self.listing = JobListing(ctx.database, job_body)
+        # Read once: the settings are frozen, and a property read per POST is CPU on the loop.
+        self.max_attempts = ctx.settings.core.max_attempts
+        self.max_schedule = ctx.settings.max_schedule
+        self.schedule_horizon = ctx.settings.core.schedule_horizon
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         query = parse_query(req.params, dialect=self.ctx.database.dialect)
@@ -91,18 +95,18 @@ class NotificationCollection:
                 await receive_json_object(req),
                 header_key=req.get_header("Idempotency-Key"),
                 channels=self.ctx.channels,
-                max_attempts=self.ctx.settings.core.max_attempts,
-                scope="",
-                max_schedule=self.ctx.settings.max_schedule,
+                max_attempts=self.max_attempts,
+                # '' when the ledger was down for the key check: `_scope` below raises that outage.
+                scope=getattr(req.context, "scope", ""),
+                max_schedule=self.max_schedule,
             )
         except ApiError:
             metrics.count_intake("invalid")
             raise
-        # The scope only now: when the ledger was down for the key check, a bad request still gets its 400.
-        request = replace(request, scope=_scope(req))
+        # The outage only now: when the ledger was down for the key check, a bad request still gets its 400.
+        _scope(req)
         now = utcnow()
-        horizon = self.ctx.settings.core.schedule_horizon
-        dispatch_now = request.send_at is None or (request.send_at - now).total_seconds() <= horizon
+        dispatch_now = request.send_at is None or (request.send_at - now).total_seconds() <= self.schedule_horizon
         result = await self.intake.accept(Accepting(request, now, dispatch_now))
         metrics.count_intake(result.outcome.value)
         if result.outcome is Intake.MISMATCH:
