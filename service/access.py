@@ -6,11 +6,13 @@ to `/internal/queue/stats`, and a prefix test on the raw path would let that spe
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import falcon
 
@@ -21,6 +23,8 @@ from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from service.errors import RETRY_AFTER, ApiError
 from service.offload import Offload
+
+T = TypeVar("T")
 
 #: Routes that need the admin token when one is configured.
 ADMIN_PREFIXES = ("/internal/", "/metrics")
@@ -138,6 +142,10 @@ class ApiKeyMiddleware:
         # Digest of a key → (its scope and rate, until). Only keys that worked are kept, so it holds at most one
         # entry per producer key; never the keys themselves.
         self._producers: dict[str, tuple[api_keys.Producer, float]] = {}
+        # What is being read from the ledger now, by loop and what it answers ("" whether any key exists, else a
+        # key's digest): the requests that find the same answer lapsed meanwhile wait for that read, not one each.
+        # By loop, as a future waits only on its own (one per process when served; tests run several).
+        self._reads: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future] = {}
 
     async def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict
@@ -191,21 +199,43 @@ class ApiKeyMiddleware:
 
     async def _any_keys(self) -> bool:
         answer, until = self._keys_exist
+        if self.clock() < until:
+            return answer
+        return await self._read_once("", self._read_any_keys)
+
+    async def _read_any_keys(self) -> bool:
         now = self.clock()
-        if now >= until:
-            answer = await self.offload(self.database.run, api_keys.any_exist)
-            self._keys_exist = (answer, now + self.cache_seconds)
+        answer = await self.offload(self.database.run, api_keys.any_exist)
+        self._keys_exist = (answer, now + self.cache_seconds)
         return answer
 
     async def _producer_of(self, key: str) -> api_keys.Producer | None:
         digest = api_keys.digest(key)
-        now = self.clock()
         cached = self._producers.get(digest)
-        if cached is not None and now < cached[1]:
+        if cached is not None and self.clock() < cached[1]:
             return cached[0]
+        return await self._read_once(digest, lambda: self._read_producer(digest, key))
+
+    async def _read_producer(self, digest: str, key: str) -> api_keys.Producer | None:
+        now = self.clock()
         producer = await self.offload(self.database.run, lambda conn: api_keys.producer_of(conn, key))
         if producer is None:
             self._producers.pop(digest, None)
         else:
             self._producers[digest] = (producer, now + self.cache_seconds)
         return producer
+
+    async def _read_once(self, what: str, read: Callable[[], Awaitable[T]]) -> T:
+        """`read()`, or the one already in flight for `what`. Shielded: a caller that goes away does not cancel
+        the read the others wait for."""
+        reading = (asyncio.get_running_loop(), what)
+        flight = self._reads.get(reading)
+        if flight is None:
+            flight = self._reads[reading] = asyncio.ensure_future(read())
+            flight.add_done_callback(lambda done: self._read_done(reading, done))
+        return await asyncio.shield(flight)
+
+    def _read_done(self, reading: tuple[asyncio.AbstractEventLoop, str], done: asyncio.Future) -> None:
+        del self._reads[reading]
+        if not done.cancelled():
+            done.exception()  # every waiter has it; marks it seen should no waiter be left

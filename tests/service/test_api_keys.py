@@ -3,8 +3,10 @@ and revoked; once one exists /api/* needs one, and each key sees only its own jo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,6 +129,47 @@ def test_a_revoked_key_works_until_its_cached_answer_lapses_and_not_one_request_
     assert client.simulate_get("/api/scope", headers=bearer(key)).status_code == 200  # the cached answer
     now[0] += KEY_CACHE_SECONDS / 2
     assert client.simulate_get("/api/scope", headers=bearer(key)).status_code == 401
+
+
+class HeldOffload(Offload):
+    """Counts the calls that reach the ledger and holds each until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(4)
+        self.calls = 0
+        self.release = threading.Event()
+
+    async def __call__(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+
+        def held() -> Any:
+            self.release.wait(30)
+            return fn(*args, **kwargs)
+
+        return await super().__call__(held)
+
+
+def test_requests_that_find_the_cached_answer_lapsed_together_share_one_ledger_read(database):
+    key = new_key(database, "alpha")
+    producer = database.run(lambda conn: api_keys.producer_of(conn, key))
+    offload = HeldOffload()
+    app = falcon.asgi.App(middleware=[ApiKeyMiddleware(database, offload)])
+    app.add_route("/api/scope", Scope())
+
+    async def twenty_at_once() -> list[Any]:
+        async with testing.ASGIConductor(app) as conductor:
+            requests = [
+                asyncio.ensure_future(conductor.simulate_get("/api/scope", headers=bearer(key))) for _ in range(20)
+            ]
+            for _ in range(100):  # each request runs up to its wait for the ledger
+                await asyncio.sleep(0)
+            offload.release.set()
+            return await asyncio.gather(*requests)
+
+    results = asyncio.run(twenty_at_once())
+
+    assert [(r.status_code, r.json) for r in results] == [(200, {"scope": producer.scope})] * 20
+    assert offload.calls == 2  # whether any key exists, and this key's producer: once each
 
 
 def test_revoking_every_key_keeps_the_producer_api_closed(database, make_client):
