@@ -45,17 +45,47 @@ class NewNotification:
     callback_destination: str | None = None
 
     def payload_hash(self) -> str:
-        """A digest of what makes two requests "the same": key order and time zones do not count."""
-        canonical = {
-            "recipient": self.recipient,
-            "channel": self.channel,
-            "message": self.message,
-            "subject": self.subject,
-            "metadata": self.metadata,
-            "send_at": self.send_at.astimezone(UTC).isoformat() if self.send_at else None,
-        }
-        encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(encoded.encode()).hexdigest()
+        """A digest of what makes two requests "the same": key order and time zones do not count.
+
+        The digest of `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)` of the payload, which
+        rows already in a ledger hold; msgspec writes those very bytes in a sixth of the time, except for floats
+        (`1e+16` where msgspec writes `1e16`), so metadata holding one takes the slow road."""
+        send_at = self.send_at.astimezone(UTC).isoformat() if self.send_at else None
+        if self.metadata is not None and _holds_float(self.metadata):
+            canonical = {
+                "recipient": self.recipient, "channel": self.channel, "message": self.message,
+                "subject": self.subject, "metadata": self.metadata, "send_at": send_at,
+            }  # fmt: skip
+            encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        else:
+            payload = _Payload(self.channel, self.message, self.metadata, self.recipient, send_at, self.subject)
+            encoded = _CANONICAL.encode(payload)
+        return hashlib.sha256(encoded).hexdigest()
+
+
+class _Payload(msgspec.Struct):
+    """The compared payload, its fields in the sorted order `json.dumps(sort_keys=True)` writes them."""
+
+    channel: str
+    message: str
+    metadata: dict[str, Any] | None
+    recipient: str
+    send_at: str | None
+    subject: str | None
+
+
+#: Sorts the keys of metadata at every depth, as `sort_keys=True` does (by code point).
+_CANONICAL = msgspec.json.Encoder(order="sorted")
+
+
+def _holds_float(value: object) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_float(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds_float(item) for item in value)
+    return False
 
 
 # Built once per dialect: the columns come with the parameters, so one statement serves every request.
