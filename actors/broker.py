@@ -336,8 +336,9 @@ class Dispatcher:
         is unreachable (then some of them may have been sent: a later send of one is dropped by its claim).
 
         The messages are written where and as Dramatiq's `enqueue` would write them (same keys, bodies its decoder
-        reads as the same messages, the Redis id pinned to the dispatch), without its two copies of each message, its enqueue hooks and a
-        Lua call per message, none of which we need: most of the CPU of a send (bench/README.md).
+        reads as the same messages, the Redis id pinned to the dispatch), without its two copies of each message,
+        its enqueue hooks and a Lua call per message, none of which we need: most of the CPU of a send
+        (bench/README.md).
         """
         messages = []
         sent_at = current_millis()

@@ -39,7 +39,9 @@ RECORDED = [
      "5ae3a6f411e25c74a7c378df0c947340"),
     (notification(
         "k", recipient="+15551234567", channel="sms", message='Hé "quoted" \\ \n\t\x01 \u2028 😀', subject="Sub",
-        metadata={"zeta": [1, 2**70, None, True, {"b": "x", "a": []}], "Alpha": {"\uffff": 1, "\U00010000": 2, "": "e"}},
+        metadata={
+            "zeta": [1, 2**70, None, True, {"b": "x", "a": []}], "Alpha": {"\uffff": 1, "\U00010000": 2, "": "e"}
+        },
         send_at=datetime(2026, 1, 31, 9, 0, tzinfo=timezone(timedelta(hours=-5))),
     ), "815aefd9d1ab8ba9e1d24027624c9d910678e7c5af7a67e145d3a8ea006de609"),
     (notification(
