@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -22,9 +21,11 @@ from ledger.schema import jobs
 from ledger.states import Status
 
 
-@dataclass(frozen=True)
-class NewNotification:
-    """A producer's request, already validated by the API."""
+class NewNotification(msgspec.Struct, frozen=True):
+    """A producer's request, already validated by the API.
+
+    These per-request types are msgspec Structs, not frozen dataclasses: one is built in a fifteenth of the time
+    (0.24 µs, not 3.6), which a batch pays per item several times over (bench/README.md, 2026-12-03 20:10)."""
 
     idempotency_key: str
     recipient: str
@@ -119,8 +120,7 @@ def _insert(conn: Connection, values: dict[str, Any]) -> bool:
     return _DRIVER_INSERT.execute(driver, values).fetchone() is not None
 
 
-@dataclass(frozen=True)
-class IntakeResult:
+class IntakeResult(msgspec.Struct, frozen=True):
     outcome: Intake
     job_id: uuid.UUID
     status: Status
@@ -132,8 +132,7 @@ class IntakeResult:
     destination: str = ""
 
 
-@dataclass(frozen=True)
-class Accepting:
+class Accepting(msgspec.Struct, frozen=True):
     """A request on its way into the ledger, with the instant the API took for it."""
 
     request: NewNotification
@@ -142,7 +141,7 @@ class Accepting:
     dispatch_now: bool
     #: The id its job gets, drawn once when the request arrives: an INSERT retried after a commit whose answer
     #: was lost with the connection meets a row of this id, and knows it for its own.
-    job_id: uuid.UUID = field(default_factory=uuid7)
+    job_id: uuid.UUID = msgspec.field(default_factory=uuid7)
 
     def row(self) -> dict[str, Any]:
         request, now = self.request, self.now
