@@ -252,9 +252,11 @@ def _build_insert_batch() -> Any:
     # but unanswered (it is retried when its connection dies). Read in the snapshot that predates the INSERT.
     # One primary-key probe per row, whatever the statistics: as a plain join, the generic plan made on a new or
     # just-truncated `jobs` hashed the whole table for every group (bench/README.md, 2026-12-03 17:20). A LIMIT
-    # keeps the lateral subquery from being flattened into a join, so its only plan is the probe.
+    # keeps the lateral subquery from being flattened into a join, so its only plan is the probe. Only the rows
+    # the INSERT skipped are probed (a hashed NOT IN): an inserted row's id cannot have been there before.
     found = select(jobs.c.id).where(jobs.c.id == batch.c.id).limit(literal_column("1")).lateral("found")
-    return select(inserted.c.id).union_all(select(found.c.id).select_from(batch.join(found, true())))
+    skipped = batch.c.id.not_in(select(inserted.c.id).scalar_subquery())
+    return select(inserted.c.id).union_all(select(found.c.id).select_from(batch.join(found, true())).where(skipped))
 
 
 _DRIVER_INSERT_BATCH = DriverStatement(_build_insert_batch())
