@@ -305,7 +305,7 @@ def make_broker(redis_url: str, *, timeout: float = REDIS_TIMEOUT, **options: ob
     )
 
 
-class _MessageBody(msgspec.Struct):
+class _MessageBody(msgspec.Struct, gc=False):
     """A `dramatiq.Message`'s fields as its `encode` writes them, read back by Dramatiq's JSON decoder into the same
     message (tests/actors/test_broker_contract.py): msgspec writes it in a quarter of `json.dumps`'s time, a quarter
     of a batch item's API CPU before (bench/README.md, 2026-12-03 20:10)."""

@@ -3,6 +3,8 @@ after the other, in a few statements whatever the batch's size."""
 
 from __future__ import annotations
 
+import gc
+
 from sqlalchemy import event, func, select
 
 from ledger import intake
@@ -118,3 +120,13 @@ def test_on_postgresql_a_batch_statement_parses_its_rows_once(postgres_db):
 
     parses = [n for n in nodes(postgres_db.run(plan)[0]["Plan"]) if n.get("Function Name") == "json_to_recordset"]
     assert len(parses) == 1, parses
+
+
+def test_a_batchs_per_item_objects_are_left_out_of_the_garbage_collectors_passes(database):
+    """Thousands of them live through a batch: tracked, they made the collector's passes cost as much as their
+    building (bench/README.md, 2026-12-03 20:10). None can be part of a cycle."""
+    items = [Accepting(notification(f"k{i}", metadata={"tags": ["a"]}), T0, True) for i in range(3)]
+    results = database.run(lambda conn: intake.accept_batch(conn, items))
+
+    objects = [*items, *(item.request for item in items), *(item.columns() for item in items), *results]
+    assert not any(gc.is_tracked(o) for o in objects)
