@@ -250,15 +250,16 @@ def _build_insert_batch() -> Any:
         .returning(jobs.c.id)
         .cte("inserted")
     )
-    # The batch's rows that exist already under their own ids: written by this statement's earlier run, committed
-    # but unanswered (it is retried when its connection dies). Read in the snapshot that predates the INSERT.
-    # One primary-key probe per row, whatever the statistics: as a plain join, the generic plan made on a new or
-    # just-truncated `jobs` hashed the whole table for every group (bench/README.md, 2026-12-03 17:20). A LIMIT
-    # keeps the lateral subquery from being flattened into a join, so its only plan is the probe. Only the rows
-    # the INSERT skipped are probed (a hashed NOT IN): an inserted row's id cannot have been there before.
+    # The statement answers with the rows whose key someone else holds: those the INSERT skipped (a hashed NOT IN on
+    # what it inserted) that do not exist under their own ids, i.e. were not written by this statement's earlier
+    # run, committed but unanswered (it is retried when its connection dies). Read in the snapshot that predates the
+    # INSERT. Nothing comes back for a batch of new keys: reading back an id per row cost more client CPU than it.
+    # One primary-key probe per skipped row, whatever the statistics: as a plain join, the generic plan made on a new
+    # or just-truncated `jobs` hashed the whole table for every group (bench/README.md, 2026-12-03 17:20). A LIMIT
+    # keeps the lateral subquery from being flattened into a join, so its only plan is the probe.
     found = select(jobs.c.id).where(jobs.c.id == batch.c.id).limit(literal_column("1")).lateral("found")
     skipped = batch.c.id.not_in(select(inserted.c.id).scalar_subquery())
-    return select(inserted.c.id).union_all(select(found.c.id).select_from(batch.join(found, true())).where(skipped))
+    return select(batch.c.id).select_from(batch.outerjoin(found, true())).where(skipped, found.c.id.is_(None))
 
 
 _DRIVER_INSERT_BATCH = DriverStatement(_build_insert_batch())
@@ -280,8 +281,10 @@ def accept_many(conn: Connection, batch: list[Accepting]) -> list[IntakeResult |
         ]
     rows = [item.columns() for item in batch]
     encoded = _ROWS.encode(rows).decode()
-    inserted = {found for (found,) in _DRIVER_INSERT_BATCH.execute(driver, {"rows": encoded})}
-    return [_created(row) if row.id in inserted else None for row in rows]
+    taken = {job_id for (job_id,) in _DRIVER_INSERT_BATCH.execute(driver, {"rows": encoded})}
+    if not taken:
+        return [_created(row) for row in rows]
+    return [None if row.id in taken else _created(row) for row in rows]
 
 
 def accept_batch(conn: Connection, batch: list[Accepting]) -> list[IntakeResult]:
