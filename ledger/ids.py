@@ -20,7 +20,7 @@ def uuid7(now_ms: int | None = None) -> uuid.UUID:
 
 def uuid7s(count: int, now_ms: int | None = None) -> list[uuid.UUID]:
     """`count` UUIDv7s of one millisecond, from one draw of random bytes: a batch's items paid a system call each
-    (bench/README.md, 2026-12-03 20:10)."""
+    (bench/README.md, 2026-12-03 20:07)."""
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     head = (ms & 0xFFFF_FFFF_FFFF) << 80 | _VERSION_AND_VARIANT
     rand = os.urandom(10 * count)

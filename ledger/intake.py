@@ -27,7 +27,7 @@ class NewNotification(msgspec.Struct, frozen=True, gc=False):
     These per-request types are msgspec Structs, not frozen dataclasses: one is built in a fifteenth of the time
     (0.24 µs, not 3.6), which a batch pays per item several times over; and none is tracked by the garbage
     collector (`gc=False`: they hold no cycle), whose passes over a batch's live objects cost as much again
-    (bench/README.md, 2026-12-03 20:10)."""
+    (bench/README.md, 2026-12-03 20:07)."""
 
     idempotency_key: str
     recipient: str
@@ -236,7 +236,7 @@ def _build_insert_batch() -> Any:
         .render_derived(name="sent", with_types=True)
     )
     # Parsed once for both uses below: parsing the JSON was a quarter of PostgreSQL's CPU per row when each use
-    # parsed it again (bench/README.md, 2026-12-03 20:10).
+    # parsed it again (bench/README.md, 2026-12-03 20:07).
     batch = select(*rows.c).cte("batch").prefix_with("MATERIALIZED")
     # In key order: two statements inserting the same keys then take their locks in the same order, and neither
     # can wait for the other's next key while holding one it needs (a deadlock).

@@ -124,7 +124,7 @@ def test_on_postgresql_a_batch_statement_parses_its_rows_once(postgres_db):
 
 def test_a_batchs_per_item_objects_are_left_out_of_the_garbage_collectors_passes(database):
     """Thousands of them live through a batch: tracked, they made the collector's passes cost as much as their
-    building (bench/README.md, 2026-12-03 20:10). None can be part of a cycle."""
+    building (bench/README.md, 2026-12-03 20:07). None can be part of a cycle."""
     items = [Accepting(notification(f"k{i}", metadata={"tags": ["a"]}), T0, True) for i in range(3)]
     results = database.run(lambda conn: intake.accept_batch(conn, items))
 
