@@ -11,6 +11,7 @@ import msgspec
 
 from ledger import intake
 from ledger.errors import LedgerUnavailable
+from ledger.ids import uuid7s
 from ledger.intake import Accepting, Intake, IntakeResult, NewNotification
 from ledger.timestamps import rfc3339, utcnow
 from service import metrics
@@ -117,7 +118,8 @@ class NotificationBatch:
             # Dispatched at once, or left to the reconciler until it falls due (as a single POST).
             horizon = self.ctx.settings.core.schedule_horizon
             batch = [
-                Accepting(r, now, r.send_at is None or (r.send_at - now).total_seconds() <= horizon) for _, r in valid
+                Accepting(r, now, r.send_at is None or (r.send_at - now).total_seconds() <= horizon, job_id)
+                for (_, r), job_id in zip(valid, uuid7s(len(valid)), strict=True)
             ]
             outcomes = await self.ctx.offload(self._accept, batch)
             times: dict[datetime, str | None] = {}

@@ -33,6 +33,8 @@ def _text_problem(value: str) -> str | None:
     """Strings the ledger cannot store faithfully: NUL characters and lone surrogates."""
     if "\x00" in value:
         return "must not contain NUL characters"
+    if value.isascii():
+        return None  # no surrogate, and known without a pass over the text
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -109,13 +111,14 @@ def parse_notification(
     """Check `body` and return the request to record, or raise a 400 naming every bad field. `send_at` may lie
     at most `max_schedule` seconds after `now` (default: the current time)."""
     key = idempotency_key(body, header_key)
+    problems: list[tuple[str, str]] = []
+    bad: set[str] = set()
     try:
         msgspec.convert(body, NewNotification)
-        problems: list[tuple[str, str]] = []
     except msgspec.ValidationError:
         # The type names only the first problem it meets; its rules, read field by field, name them all.
         problems = type_problems(body)
-    bad = {name for name, _ in problems}
+        bad = {name for name, _ in problems}
 
     def text(name: str) -> str | None:
         """The field's text unless it is absent, of the wrong type or not storable by the ledger."""

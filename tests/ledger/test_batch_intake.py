@@ -3,6 +3,8 @@ after the other, in a few statements whatever the batch's size."""
 
 from __future__ import annotations
 
+import gc
+
 from sqlalchemy import event, func, select
 
 from ledger import intake
@@ -100,3 +102,50 @@ def test_on_postgresql_a_batch_is_one_insert_and_one_read_of_the_keys_taken_befo
     # The INSERT goes through the driver (unseen by SQLAlchemy); the one statement seen reads the taken keys.
     assert len(statements) == 1 and statements[0].lstrip().upper().startswith("SELECT"), statements
     assert row_count(postgres_db) == 53
+
+
+def test_on_postgresql_a_batch_statement_parses_its_rows_once(postgres_db):
+    """Its rows are read twice (inserted, and probed for a retried statement's own rows) but parsed once: parsing
+    the JSON was a quarter of PostgreSQL's CPU per row when each read parsed it again."""
+    rows = [Accepting(notification(f"k{i}"), T0, True).columns() for i in range(3)]
+
+    def plan(conn) -> list[dict]:
+        driver = conn.connection.driver_connection
+        params = {**intake._DRIVER_INSERT_BATCH._constants, "rows": intake._ROWS.encode(rows).decode()}
+        ((found,),) = driver.execute(f"EXPLAIN (FORMAT JSON) {intake._DRIVER_INSERT_BATCH.sql}", params).fetchall()
+        return found
+
+    def nodes(node: dict) -> list[dict]:
+        return [node, *(n for child in node.get("Plans", []) for n in nodes(child))]
+
+    parses = [n for n in nodes(postgres_db.run(plan)[0]["Plan"]) if n.get("Function Name") == "json_to_recordset"]
+    assert len(parses) == 1, parses
+
+
+def test_a_batchs_per_item_objects_are_left_out_of_the_garbage_collectors_passes(database):
+    """Thousands of them live through a batch: tracked, they made the collector's passes cost as much as their
+    building (bench/README.md, 2026-12-03 20:07). None can be part of a cycle."""
+    items = [Accepting(notification(f"k{i}", metadata={"tags": ["a"]}), T0, True) for i in range(3)]
+    results = database.run(lambda conn: intake.accept_batch(conn, items))
+
+    objects = [*items, *(item.request for item in items), *(item.columns() for item in items), *results]
+    assert not any(gc.is_tracked(o) for o in objects)
+
+
+def test_on_postgresql_the_batch_statement_answers_only_with_the_rows_whose_key_another_job_holds(postgres_db):
+    """A batch of new keys reads nothing back: reading back an id per row cost more client CPU than the rows."""
+    accept_batch(postgres_db, notification("taken"))
+    new = [Accepting(notification(f"new-{i}"), T0, True) for i in range(3)]
+    again = [Accepting(notification("taken"), T0, True), Accepting(notification("new-0"), T0, True)]
+
+    def answered(batch: list[Accepting]) -> list:
+        def run(conn) -> list:
+            rows = intake._ROWS.encode([item.columns() for item in batch]).decode()
+            driver = conn.connection.driver_connection
+            return [job_id for (job_id,) in intake._DRIVER_INSERT_BATCH.execute(driver, {"rows": rows})]
+
+        return postgres_db.run(run)
+
+    assert answered(new) == []
+    assert answered(new) == []  # its own rows, written by an earlier run of the statement
+    assert sorted(answered(again)) == sorted(item.job_id for item in again)

@@ -78,3 +78,33 @@ def test_claims_and_successes_planned_on_an_empty_table_read_only_their_jobs(pos
         assert all(claims.succeed_many(conn, pairs, now=T0))
 
     assert rows_fetched(postgres_db, claim_then_succeed) <= 2 * PER_JOB * len(pairs) < FILL
+
+
+def index_scans(database: Database, operation: Callable[[Any], object]) -> int:
+    """Index scans of `jobs` that `operation` started on the kept connection, in a transaction rolled back."""
+
+    def measured(conn: Any) -> int:
+        driver = conn.connection.driver_connection
+        count = "SELECT idx_scan FROM pg_stat_xact_user_tables WHERE relname = 'jobs'"
+        driver.execute("BEGIN")
+        try:
+            (before,) = driver.execute(count).fetchone()
+            operation(conn)
+            (after,) = driver.execute(count).fetchone()
+        finally:
+            driver.execute("ROLLBACK")
+        return after - before
+
+    return database.run(measured, kept=True)
+
+
+def test_a_group_looks_up_by_id_only_the_jobs_its_insert_skipped(postgres_db):
+    """A row the INSERT wrote cannot have been there before it: only the rows it skipped are looked up by id (a
+    retried statement's own rows are among those). Every row costs one scan besides: the INSERT's check of its key."""
+    planned_on_an_empty_table_then_filled(postgres_db)
+    taken = group("taken", 3)
+    postgres_db.run(lambda conn: intake.accept_many(conn, taken), kept=True)
+    fresh, mixed = group("new", 50), taken + group("more", 50)
+
+    assert index_scans(postgres_db, lambda conn: intake.accept_many(conn, fresh)) == len(fresh)
+    assert index_scans(postgres_db, lambda conn: intake.accept_many(conn, mixed)) == len(mixed) + len(taken)

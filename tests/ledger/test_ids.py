@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from ledger.ids import uuid7
+from ledger.ids import uuid7, uuid7s
 
 
 def test_a_job_id_is_a_version_7_uuid_with_the_rfc_4122_variant():
@@ -42,3 +42,9 @@ def test_ids_made_over_increasing_milliseconds_are_in_creation_order():
 def test_ten_thousand_ids_are_all_different_even_within_one_millisecond():
     assert len({uuid7() for _ in range(10_000)}) == 10_000
     assert len({uuid7(now_ms=42) for _ in range(10_000)}) == 10_000
+
+
+def test_ids_drawn_together_are_distinct_version_7_uuids_of_their_millisecond():
+    ids = uuid7s(1000, now_ms=1_700_000_000_123)
+    assert len(set(ids)) == 1000
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 and u.int >> 80 == 1_700_000_000_123 for u in ids)
