@@ -107,8 +107,7 @@ class NotificationCollection:
         _scope(req)
         now = utcnow()
         dispatch_now = request.send_at is None or (request.send_at - now).total_seconds() <= self.schedule_horizon
-        result = await self.intake.accept(Accepting(request, now, dispatch_now))
-        metrics.count_intake(result.outcome.value)
+        result = await self.intake.accept(Accepting(request, now, dispatch_now))  # counted by its outcome there
         if result.outcome is Intake.MISMATCH:
             raise ApiError(
                 falcon.HTTP_422,
