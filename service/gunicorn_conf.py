@@ -19,7 +19,7 @@ worker_class = "asgi"
 asgi_loop = "asyncio"
 # gunicorn's own HTTP parser, whatever is installed: "auto" would take the C parser of gunicorn_h1c wherever it is,
 # and gunicorn 27 declares it needs gunicorn_h1c >= 0.6.14, which our package index does not have (bench/README.md,
-# "2026-12-03 20:10–21:10").
+# "2026-12-03 20:10–21:00").
 http_parser = "python"
 
 # A request is one INSERT and one Redis send; 30 s is far beyond a healthy one. On SIGTERM the
