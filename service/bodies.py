@@ -37,14 +37,17 @@ async def receive_json_object(req: falcon.Request, limit: int = MAX_BODY_BYTES) 
     What its headers already refuse is refused before any of it is read (or waited for)."""
     _check_headers(req, limit)
     req.context.body = await req.stream.read(limit + 1)
-    return read_json_object(req, limit)
+    return _json_object(req.context.body, limit)
 
 
 def read_json_object(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """The body read so far (`req.context.body`: at most `limit` + 1 bytes are ever read) as a JSON object, or a
     415/413/400 `ApiError` saying what is wrong with it."""
     _check_headers(req, limit)
-    raw: bytes = req.context.body
+    return _json_object(req.context.body, limit)
+
+
+def _json_object(raw: bytes, limit: int) -> dict[str, Any]:
     if len(raw) > limit:
         raise _too_large(limit)
     try:
