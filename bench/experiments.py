@@ -215,9 +215,55 @@ def servers() -> None:
                   f"cores {cores}", flush=True)  # fmt: skip
 
 
+#: Server models of `models`: gunicorn options given to ours (GUNICORN_CMD_ARGS) and to both baselines alike.
+SERVER_MODELS = {
+    "asgi-python": ("--worker-class", "asgi", "--http-parser", "python", "--asgi-loop", "asyncio"),
+    "asgi-h1c": ("--worker-class", "asgi", "--http-parser", "fast", "--asgi-loop", "asyncio"),
+    "asgi-h1c-uvloop": ("--worker-class", "asgi", "--http-parser", "fast", "--asgi-loop", "uvloop"),
+    "uvicorn-httptools": ("--worker-class", "bench.uvicorn_workers.HttptoolsAsyncio"),
+    "uvicorn-httptools-uvloop": ("--worker-class", "bench.uvicorn_workers.HttptoolsUvloop"),
+}
+
+
+def models() -> None:
+    """Ours, (a) and (b) of the intake phase on each server model of SERVER_MODELS (BENCH_MODELS=<names>: only
+    those), like with like: the three in turn on one model, then the next model; BENCH_INTAKE_REPS rounds."""
+    from bench import intake
+
+    chosen = [m for m in os.environ.get("BENCH_MODELS", ",".join(SERVER_MODELS)).split(",") if m]
+    harness = intake.Harness(run.reset_ledger, run.api_server, run.r)
+    apps = {"baseline_insert": intake.BASELINES["baseline_insert"][0],
+            "baseline_naive": intake.BASELINES["baseline_naive"][0]}  # fmt: skip
+    for rep in range(intake.INTAKE_REPS):
+        for model in chosen:
+            options = SERVER_MODELS[model]
+            servers = {
+                "intake": lambda o=options: run.api_server("exp-intake", GUNICORN_CMD_ARGS=" ".join(o)),
+                **{name: lambda app=app, o=options: intake.baseline_server("exp-baseline", app, "asyncio", options=o)
+                   for name, app in apps.items()},
+            }  # fmt: skip
+            order = list(servers)
+            order = order[rep % 3 :] + order[: rep % 3]
+            rps: dict[str, float] = {}
+            for name in order:
+                service, port = servers[name]()
+                with common.running(service):
+                    figures, rss = intake.measure(harness, name, rep, service, port)
+                rps[name] = figures["rps"]
+                print(f"{model:26s} rep {rep + 1} {name:16s} {figures['rps']:7.0f} req/s  "
+                      f"gunicorn {figures['gunicorn_cpu_us_per_req']:5d} µs/req  p99 {figures['p99_ms']:.1f} ms  "
+                      f"non-2xx {figures['non_2xx']}  commits/req {figures['pg_commits_per_req']}  "
+                      f"other users {figures['cores']['unaccounted_other_users']:.2f}  "
+                      f"pg {figures['cores']['postgres_bench_backends']:.2f}  loadavg {common.loadavg()[0]:.1f}"
+                      f"{'  RSS MB ' + str(sorted(rss.values())) if rss else ''}", flush=True)  # fmt: skip
+            print(f"{model:26s} rep {rep + 1} ratios: vs (a) {rps['intake'] / rps['baseline_insert']:.2f}, "
+                  f"vs (b) {rps['intake'] / rps['baseline_naive']:.2f}", flush=True)
+
+
 def main() -> None:
     what = sys.argv[1] if len(sys.argv) > 1 else ""
-    experiments = {"threads": threads, "plan": plan, "triggers": triggers, "idle": idle, "servers": servers}
+    experiments = {"threads": threads, "plan": plan, "triggers": triggers, "idle": idle, "servers": servers,
+                   "models": models}  # fmt: skip
     if what not in experiments:
         raise SystemExit(__doc__)
     log(f"experiment {what}; loadavg {common.loadavg()}")

@@ -113,11 +113,14 @@ def server_model_args(model: str) -> list[str]:
     return ["--worker-class", "gthread", "--threads", str(threads)]
 
 
-def baseline_server(name: str, app: str, model: str, *, workers: int = API_WORKERS) -> tuple[Service, int]:
-    """A baseline app under gunicorn with the product's config and worker count, on the given server model."""
+def baseline_server(
+    name: str, app: str, model: str, *, workers: int = API_WORKERS, options: tuple[str, ...] = ()
+) -> tuple[Service, int]:
+    """A baseline app under gunicorn with the product's config and worker count, on the given server model (gunicorn
+    `options` after it, as ours get them through GUNICORN_CMD_ARGS)."""
     port = common.free_port()
     argv = [
-        PYTHON, "-m", "gunicorn", "--config", str(GUNICORN_CONF), *server_model_args(model),
+        PYTHON, "-m", "gunicorn", "--config", str(GUNICORN_CONF), *server_model_args(model), *options,
         "--bind", f"127.0.0.1:{port}", "--workers", str(workers), app,
     ]  # fmt: skip
     service = start(name, argv)
@@ -129,7 +132,7 @@ def baseline_server(name: str, app: str, model: str, *, workers: int = API_WORKE
     return service, port
 
 
-def _measure(h: Harness, name: str, rep: int, service: Service, port: int) -> tuple[dict, dict]:
+def measure(h: Harness, name: str, rep: int, service: Service, port: int) -> tuple[dict, dict]:
     """One measured wrk run on a started server; returns its figures and (for ours) the workers' RSS."""
     wrk(port, 2, f"warm-{name}-{rep}")  # connections, pools, statement caches
     h.reset_ledger()
@@ -174,7 +177,7 @@ def phase_intake(h: Harness) -> dict:
         for name in order[shift:] + order[:shift]:
             service, port = servers[name]()
             with running(service):
-                figures, server_rss = _measure(h, name, rep, service, port)
+                figures, server_rss = measure(h, name, rep, service, port)
             rss = server_rss or rss
             runs[name].append(figures)
             log(f"  rep {rep + 1} {name:24s} {figures['rps']:8.0f} req/s  p50 {figures['p50_ms']:.2f} ms  "

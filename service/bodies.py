@@ -7,11 +7,17 @@ import math
 from typing import Any
 
 import falcon
+import msgspec
 
 from service.errors import ApiError
 
 #: Largest request body accepted, in bytes.
 MAX_BODY_BYTES = 64 * 1024
+
+# msgspec reads a valid body ~10 × faster than json.loads (bench/README.md) and to the same values; what it
+# refuses goes through json.loads, which says what is wrong in today's words, or reads what msgspec is stricter
+# about (a lone UTF-16 surrogate escape, left for validation to name the field).
+_decode = msgspec.json.Decoder().decode
 
 
 def _reject_constant(name: str) -> Any:
@@ -31,20 +37,23 @@ async def receive_json_object(req: falcon.Request, limit: int = MAX_BODY_BYTES) 
     What its headers already refuse is refused before any of it is read (or waited for)."""
     _check_headers(req, limit)
     req.context.body = await req.stream.read(limit + 1)
-    return read_json_object(req, limit)
+    return _json_object(req.context.body, limit)
 
 
 def read_json_object(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """The body read so far (`req.context.body`: at most `limit` + 1 bytes are ever read) as a JSON object, or a
     415/413/400 `ApiError` saying what is wrong with it."""
     _check_headers(req, limit)
-    raw: bytes = req.context.body
+    return _json_object(req.context.body, limit)
+
+
+def _json_object(raw: bytes, limit: int) -> dict[str, Any]:
     if len(raw) > limit:
         raise _too_large(limit)
     try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ApiError(falcon.HTTP_400, "invalid_json", f"The body is not valid JSON: {exc}") from None
+        body = _decode(raw)
+    except (msgspec.MsgspecError, RecursionError):
+        body = _strict_json(raw)
     if not isinstance(body, dict):
         raise ApiError(
             falcon.HTTP_400,
@@ -53,6 +62,13 @@ def read_json_object(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> dict[s
             [{"field": None, "message": f"expected an object, got {type(body).__name__}"}],
         )
     return body
+
+
+def _strict_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ApiError(falcon.HTTP_400, "invalid_json", f"The body is not valid JSON: {exc}") from None
 
 
 def _check_headers(req: falcon.Request, limit: int) -> None:

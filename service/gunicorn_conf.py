@@ -17,6 +17,10 @@ worker_class = "asgi"
 # The loop is asyncio's own: uvloop is not a dependency of the API (see bench/README.md), and "auto" would pick
 # it up wherever it happens to be installed, making the server model depend on the environment.
 asgi_loop = "asyncio"
+# gunicorn's own HTTP parser, whatever is installed: "auto" would take the C parser of gunicorn_h1c wherever it is,
+# and gunicorn 27 declares it needs gunicorn_h1c >= 0.6.14, which our package index does not have (bench/README.md,
+# "2026-12-03 20:10–21:00").
+http_parser = "python"
 
 # A request is one INSERT and one Redis send; 30 s is far beyond a healthy one. On SIGTERM the
 # workers get the same 30 s to finish what they hold (deployments give the process a bit more).

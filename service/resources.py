@@ -107,8 +107,7 @@ class NotificationCollection:
         _scope(req)
         now = utcnow()
         dispatch_now = request.send_at is None or (request.send_at - now).total_seconds() <= self.schedule_horizon
-        result = await self.intake.accept(Accepting(request, now, dispatch_now))
-        metrics.count_intake(result.outcome.value)
+        result = await self.intake.accept(Accepting(request, now, dispatch_now))  # counted by its outcome there
         if result.outcome is Intake.MISMATCH:
             raise ApiError(
                 falcon.HTTP_422,
@@ -116,13 +115,14 @@ class NotificationCollection:
                 "This idempotency key was already used with a different notification.",
                 [{"field": "idempotency_key", "job_id": str(result.job_id)}],
             )
+        job_id = str(result.job_id)
         resp.media = {
-            "job_id": str(result.job_id),
+            "job_id": job_id,
             "status": result.status.value,
             "idempotency_key": request.idempotency_key,
             "created_at": rfc3339(result.created_at),
         }
-        resp.location = f"/api/notifications/{result.job_id}"
+        resp.location = f"/api/notifications/{job_id}"
         if result.outcome is Intake.REPLAYED:
             resp.status = falcon.HTTP_200
             resp.set_header("Idempotent-Replayed", "true")
