@@ -44,11 +44,12 @@ class Batcher(Generic[Request, Result]):
     """Runs `run_batch` on everything submitted meanwhile, from one thread of its own. It answers each request
     with a result, or with an exception to raise in that request's thread alone.
 
-    No request that someone waits for waits for company: it runs at once. Posted requests alone wait for one, to
-    share its statement, only while `coming()` says one is on its way, and `linger` seconds at most: nothing
-    waits for a request that is not coming. Under load, requests that arrive while a batch is in the database
-    form the next batch, so the statements (and commits) per job shrink as the load grows. The thread starts on
-    first use, so it belongs to the process that uses it (Dramatiq forks).
+    No request that someone waits for waits for company: it runs at once. Posted requests alone wait up to
+    `linger` seconds for company to share their statement: for the next request, whatever it is, or, given
+    `coming`, for as long as it says a request someone waits for is on its way (and not at all when none is).
+    Under load, requests that arrive while a batch is in the database form the next batch, so the statements
+    (and commits) per job shrink as the load grows. The thread starts on first use, so it belongs to the process
+    that uses it (Dramatiq forks).
     """
 
     def __init__(
@@ -57,7 +58,7 @@ class Batcher(Generic[Request, Result]):
         name: str,
         *,
         linger: float = 0.0,
-        coming: Callable[[], bool] = lambda: False,
+        coming: Callable[[], bool] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._name = name
@@ -115,10 +116,12 @@ class Batcher(Generic[Request, Result]):
                 marker.done.release()  # type: ignore[union-attr]
 
     def _wait_for_company(self, batch: list[_Waiter[Request, Result]]) -> None:
-        """While nobody waits for `batch` and a request someone will wait for is on its way, let it come and carry
-        these along (up to `linger` seconds): what comes meanwhile joins too."""
+        """While nobody waits for `batch`, let the next request join it, or with `coming`, every request until one
+        someone waits for carries them all along, for as long as it is on its way (`linger` seconds at most)."""
         deadline = time.monotonic() + self._linger
-        while len(batch) < MAX_BATCH and all(waiter.done is None for waiter in batch) and self._coming():
+        while len(batch) < MAX_BATCH and all(waiter.done is None for waiter in batch):
+            if self._coming is not None and not self._coming():
+                return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -127,6 +130,8 @@ class Batcher(Generic[Request, Result]):
             except queue.Empty:
                 return
             self._gather(batch)
+            if self._coming is None:
+                return
 
     def _gather(self, batch: list[_Waiter[Request, Result]]) -> None:
         while len(batch) < MAX_BATCH:

@@ -88,6 +88,18 @@ def test_a_failing_batch_of_posted_requests_is_logged_and_the_next_batch_still_r
     assert batcher.submit(2) == 2
 
 
+def test_posted_requests_alone_wait_for_the_next_request_to_share_its_batch():
+    batches: list[list[str]] = []
+    batcher = Batcher(lambda items: batches.append(items) or items, "test", linger=10.0)
+
+    batcher.post("first")
+    time.sleep(0.05)  # longer than a batch takes: without the linger, "first" would have run alone
+    batcher.post("second")
+    assert batcher.flush(timeout=20)
+
+    assert batches == [["first", "second"]]
+
+
 def test_posted_requests_alone_wait_for_a_waited_request_on_its_way_to_share_its_batch():
     batches: list[list[str]] = []
     batcher = Batcher(lambda items: batches.append(items) or items, "test", linger=10.0, coming=lambda: True)
@@ -115,7 +127,9 @@ def test_posted_requests_that_come_while_others_wait_for_company_wait_with_them(
 def test_a_posted_request_runs_at_once_when_no_waited_request_is_on_its_way():
     ran = threading.Event()
     batches: list[list[str]] = []
-    batcher = Batcher(lambda items: batches.append(items) or ran.set() or items, "test", linger=600.0)
+    batcher = Batcher(
+        lambda items: batches.append(items) or ran.set() or items, "test", linger=600.0, coming=lambda: False
+    )
 
     batcher.post("success")
 
