@@ -44,6 +44,7 @@ def declare_actor(broker: RedisBroker, delivery: Delivery, settings: Settings) -
     """Register the delivery actor on `broker` for the configured queue."""
     # Beyond the attempt's time limit, `_write` gives up on an unreachable ledger anyway.
     broker.add_middleware(_WriteSuccessesBeforeExit(delivery, settings.attempt_time_limit + 5))
+    broker.add_middleware(delivery.claims_coming)
 
     def deliver(job_id: str) -> None:
         message = CurrentMessage.get_current_message()

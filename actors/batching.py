@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -44,18 +44,26 @@ class Batcher(Generic[Request, Result]):
     """Runs `run_batch` on everything submitted meanwhile, from one thread of its own. It answers each request
     with a result, or with an exception to raise in that request's thread alone.
 
-    No request that someone waits for waits for company: it runs at once. Posted requests alone may wait up to
-    `linger` seconds for one, to share its statement. Under load, requests that arrive while a
-    batch is in the database form the next batch, so the statements (and commits) per job shrink as the
-    load grows. The thread starts on first use, so it belongs to the process that uses it (Dramatiq forks).
+    No request that someone waits for waits for company: it runs at once. Posted requests alone wait up to
+    `linger` seconds for company to share their statement: for the next request, whatever it is, or, given
+    `coming`, for as long as it says a request someone waits for is on its way (and not at all when none is).
+    Under load, requests that arrive while a batch is in the database form the next batch, so the statements
+    (and commits) per job shrink as the load grows. The thread starts on first use, so it belongs to the process
+    that uses it (Dramatiq forks).
     """
 
     def __init__(
-        self, run_batch: Callable[[list[Request]], list[Result | BaseException]], name: str, *, linger: float = 0.0
+        self,
+        run_batch: Callable[[list[Request]], list[Result | BaseException]],
+        name: str,
+        *,
+        linger: float = 0.0,
+        coming: Callable[[], bool] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._name = name
         self._linger = linger
+        self._coming = coming
         self._waiting: queue.SimpleQueue[_Waiter[Request, Result]] = queue.SimpleQueue()
         self._starting = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -97,11 +105,8 @@ class Batcher(Generic[Request, Result]):
         while True:
             batch = [self._waiting.get()]
             self._gather(batch)
-            if self._linger and all(waiter.done is None for waiter in batch):
-                # Nobody is waiting yet: a request someone waits for, arriving soon, can carry these along.
-                with contextlib.suppress(queue.Empty):
-                    batch.append(self._waiting.get(timeout=self._linger))
-                self._gather(batch)
+            if self._linger:
+                self._wait_for_company(batch)
             markers = [waiter for waiter in batch if waiter.request is _FLUSH]
             if markers:
                 batch = [waiter for waiter in batch if waiter.request is not _FLUSH]
@@ -109,6 +114,24 @@ class Batcher(Generic[Request, Result]):
                 self._run(batch)
             for marker in markers:
                 marker.done.release()  # type: ignore[union-attr]
+
+    def _wait_for_company(self, batch: list[_Waiter[Request, Result]]) -> None:
+        """While nobody waits for `batch`, let the next request join it, or with `coming`, every request until one
+        someone waits for carries them all along, for as long as it is on its way (`linger` seconds at most)."""
+        deadline = time.monotonic() + self._linger
+        while len(batch) < MAX_BATCH and all(waiter.done is None for waiter in batch):
+            if self._coming is not None and not self._coming():
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                batch.append(self._waiting.get(timeout=remaining))
+            except queue.Empty:
+                return
+            self._gather(batch)
+            if self._coming is None:
+                return
 
     def _gather(self, batch: list[_Waiter[Request, Result]]) -> None:
         while len(batch) < MAX_BATCH:

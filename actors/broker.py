@@ -21,7 +21,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
 from actors import tracing
-from actors.consumer import BELL_TOKENS, CONNECTION_LOST, NAMESPACE, BelledConsumer, bell_key
+from actors.consumer import BELL_TOKENS, CONNECTION_LOST, NAMESPACE, BelledConsumer, NoteWorkerThreads, bell_key
 from actors.redis_address import connection_pool
 from actors.settings import TIME_LIMIT_CHECK_MS, SettingsError
 from ledger.transitions import Dispatch
@@ -132,6 +132,8 @@ class OutageProofRedisBroker(RedisBroker):
             )
         self._unsent_acks: dict[str, collections.deque[str]] = {}
         self.processing = _Processing()
+        #: Its worker's threads (`NoteWorkerThreads`); none known outside a worker.
+        self.worker_threads = 0
 
     def _dispatch(self, command: str) -> Callable[..., object]:
         dispatch = super()._dispatch(command)
@@ -299,7 +301,9 @@ def make_broker(redis_url: str, *, timeout: float = REDIS_TIMEOUT, **options: ob
     pool = connection_pool(redis_url, timeout=timeout)
     # Only the middleware we rely on: each one runs hooks on every message.
     limit = TimeLimit(interval=TIME_LIMIT_CHECK_MS)
-    middleware = [limit, Retries(), PinRedisMessageId(), CurrentMessage(), NoteProcessedMessage()]
+    middleware = [
+        limit, Retries(), PinRedisMessageId(), CurrentMessage(), NoteProcessedMessage(), NoteWorkerThreads()
+    ]
     return OutageProofRedisBroker(
         connection_pool=pool, namespace=NAMESPACE, middleware=middleware, redis_url=redis_url, **options
     )

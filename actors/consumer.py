@@ -11,6 +11,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import _RedisConsumer
 from dramatiq.common import compute_backoff
 from dramatiq.errors import ConnectionClosed
+from dramatiq.middleware import Middleware
 
 if TYPE_CHECKING:
     from actors.broker import OutageProofRedisBroker
@@ -21,14 +22,22 @@ NAMESPACE = "dramatiq"
 CONNECTION_LOST = (redis.ConnectionError, redis.TimeoutError)
 #: Tokens a queue's bell holds at most: one wakes one idle consumer, which fetches all it may hold.
 BELL_TOKENS = 1
-#: Empty fetches in a row after which a consumer waits on the bell instead of sleeping through its back-off
-#: (Dramatiq's 5-10 ms, then 10-20 ms): within those pauses, what arrives is fetched, and claimed, together.
+#: Empty fetches in a row after which a consumer whose worker threads are all busy waits on the bell instead of
+#: sleeping through its back-off (Dramatiq's 5-10 ms, then 10-20 ms): within those pauses, what arrives is fetched,
+#: and claimed, together.
 MISSES_BEFORE_BELL = 2
 
 
 def bell_key(queue_name: str) -> str:
     """The list a sender pushes a token onto after enqueueing, and idle consumers of the queue wait on."""
     return f"{NAMESPACE}:{queue_name}.bell"
+
+
+class NoteWorkerThreads(Middleware):
+    """Tell the broker how many threads its worker runs, so that its consumers know when one is idle."""
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        broker.worker_threads = worker.worker_threads  # type: ignore[attr-defined]
 
 
 class BelledConsumer(_RedisConsumer):
@@ -80,11 +89,12 @@ class BelledConsumer(_RedisConsumer):
                 return MessageProxy(message)
             lately_busy = self.misses < MISSES_BEFORE_BELL
             self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
-            if lately_busy or self.outstanding_message_count >= self.prefetch:
-                # A consumer that fetched something moments ago sleeps its first pauses: a busy one woken by every
-                # ring fetched a message at a time, each with its own claim (the bell from the second miss on cost
-                # 13 % more worker CPU per job at 700 req/s, bench/README.md). When full, what frees room is an ack
-                # of this process, not a sender.
+            threads_idle = self.outstanding_message_count < self.broker.worker_threads
+            if (lately_busy and not threads_idle) or self.outstanding_message_count >= self.prefetch:
+                # A consumer that fetched something moments ago and whose threads are all busy sleeps its first
+                # pauses: what it fetches now would wait for a thread anyway, and what comes meanwhile is fetched
+                # together. One with a thread idle waits on the bell at once: a sleep only delayed the next message
+                # (bench/README.md, 2026-12-03 20:10). When full, what frees room is an ack of this process.
                 time.sleep(backoff_ms / 1000)
             else:
                 self.broker.client.blpop([bell_key(self.queue_name)], timeout=backoff_ms / 1000)

@@ -31,6 +31,7 @@ from actors.channels.base import (
     SetupError,
     TransientError,
 )
+from actors.claims_coming import ClaimsComing
 from actors.flow import Admission, throttling
 from actors.flow.control import Deferred, FlowControl, Released
 from actors.settings import Settings
@@ -66,7 +67,7 @@ def _worker_name(pid: int) -> str:
     return f"{socket.gethostname()}:{pid}"
 
 
-#: Longest a success waits for a claim to share a statement with (at most this much later in the ledger).
+#: Longest a success waits for a claim on its way to share a statement with (at most this much later in the ledger).
 SUCCESS_LINGER = 0.005
 #: Milliseconds before a message ahead of the ledger is looked at again: a transaction that sent it commits sooner.
 AHEAD_RECHECK_MS = 250
@@ -113,9 +114,12 @@ class Delivery:
         self.clock = clock
         self.rand = rand
         # Claims and successes are the two writes of every job: the process's threads share statements of them, and
-        # a success waits a moment for a claim to share its statement (and commit) with. A thread waits for its
-        # claim, but not for its success to be written: it takes its next message meanwhile.
-        self.ledger: Batcher[_Request, _Result] = Batcher(self._write_batch, "wjp-ledger", linger=SUCCESS_LINGER)
+        # a success waits a moment for a claim on its way to share its statement (and commit) with. A thread waits
+        # for its claim, but not for its success to be written: it takes its next message meanwhile.
+        self.claims_coming = ClaimsComing()
+        self.ledger: Batcher[_Request, _Result] = Batcher(
+            self._write_batch, "wjp-ledger", linger=SUCCESS_LINGER, coming=self.claims_coming
+        )
         self.armed = ArmedSender(database, dispatcher, clock)  # the status callbacks of finished jobs
         self.flow: FlowControl | None = None
         if settings.flow.enabled:
@@ -261,6 +265,7 @@ class Delivery:
         deadline = time.monotonic() + self.settings.attempt_time_limit
         claimed_at = self.clock()
         dispatch = Dispatch(message_job_id, seq, claimed_at, destination)
+        self.claims_coming.claimed()
         with observe.claiming(message_job_id):
             job = self.ledger.submit(_Claim(message_job_id, seq, destination if flow else "", rid))
         if isinstance(job, Admission):

@@ -68,6 +68,12 @@ def test_jobs_never_finished_count_with_the_latency_they_reached() -> None:
     assert verdict["p99_ms"] >= 20.0
 
 
+def test_the_split_at_the_claim_leaves_out_jobs_never_claimed_or_never_finished() -> None:
+    rows = [("k-0", T0, T0 + 0.030, T0 + 0.010), ("k-1", T0, None, T0 + 0.010), ("k-2", T0, None, None)]
+    split = sustainable.split(rows)
+    assert (split["created_to_claimed_p50"], split["claimed_to_completed_p50"]) == (10.0, 20.0)
+
+
 def test_the_search_steps_up_then_bisects_to_just_below_the_limit() -> None:
     tried: list[float] = []
 

@@ -88,9 +88,21 @@ def test_a_failing_batch_of_posted_requests_is_logged_and_the_next_batch_still_r
     assert batcher.submit(2) == 2
 
 
-def test_posted_requests_alone_wait_for_a_waited_request_to_share_its_batch():
+def test_posted_requests_alone_wait_for_the_next_request_to_share_its_batch():
     batches: list[list[str]] = []
     batcher = Batcher(lambda items: batches.append(items) or items, "test", linger=10.0)
+
+    batcher.post("first")
+    time.sleep(0.05)  # longer than a batch takes: without the linger, "first" would have run alone
+    batcher.post("second")
+    assert batcher.flush(timeout=20)
+
+    assert batches == [["first", "second"]]
+
+
+def test_posted_requests_alone_wait_for_a_waited_request_on_its_way_to_share_its_batch():
+    batches: list[list[str]] = []
+    batcher = Batcher(lambda items: batches.append(items) or items, "test", linger=10.0, coming=lambda: True)
 
     batcher.post("success")
     time.sleep(0.05)  # longer than a batch takes: without the linger, "success" would have run alone
@@ -99,9 +111,36 @@ def test_posted_requests_alone_wait_for_a_waited_request_to_share_its_batch():
     assert batches == [["success", "claim"]]
 
 
+def test_posted_requests_that_come_while_others_wait_for_company_wait_with_them():
+    batches: list[list[str]] = []
+    batcher = Batcher(lambda items: batches.append(items) or items, "test", linger=10.0, coming=lambda: True)
+
+    batcher.post("first success")
+    time.sleep(0.05)
+    batcher.post("second success")  # ends no wait: the claim is still on its way
+    time.sleep(0.05)
+    assert batcher.submit("claim") == "claim"
+
+    assert batches == [["first success", "second success", "claim"]]
+
+
+def test_a_posted_request_runs_at_once_when_no_waited_request_is_on_its_way():
+    ran = threading.Event()
+    batches: list[list[str]] = []
+    batcher = Batcher(
+        lambda items: batches.append(items) or ran.set() or items, "test", linger=600.0, coming=lambda: False
+    )
+
+    batcher.post("success")
+
+    assert ran.wait(10)  # not after the linger of 10 minutes: no claim is coming
+    assert batcher.submit("claim") == "claim"
+    assert batches == [["success"], ["claim"]]
+
+
 def test_a_posted_request_alone_runs_once_the_linger_is_over():
     ran = threading.Event()
-    batcher = Batcher(lambda items: ran.set() or items, "test", linger=0.05)
+    batcher = Batcher(lambda items: ran.set() or items, "test", linger=0.05, coming=lambda: True)
     batcher.post("success")
     assert ran.wait(5)
 

@@ -95,18 +95,38 @@ def test_an_idle_consumer_waits_on_the_bell_and_a_send_wakes_it_long_before_its_
     consumer.close()
 
 
-def test_a_consumer_that_fetched_moments_ago_sleeps_its_first_pauses_and_only_then_waits_on_the_bell(
+def test_a_consumer_whose_threads_are_all_busy_sleeps_its_first_pauses_and_only_then_waits_on_the_bell(
     dispatcher, queue_name, redis_server_url
 ):
     client = redis.Redis.from_url(redis_server_url)
+    dispatcher.broker.worker_threads = 1
     consumer = dispatcher.broker.consume(queue_name, prefetch=4, timeout=50)
-    client.rpush(bell_key(queue_name), 1)  # a ring no fetch answered (its message went to another consumer)
+    dispatcher.send([Dispatch(uuid.uuid4(), 1, utcnow())], now=utcnow())
+    held = next(consumer)  # in its one thread's hands: none is idle
+    assert held is not None
+    assert client.llen(bell_key(queue_name)) == 1  # the send's ring, which the fetch leaves
 
     for _ in range(MISSES_BEFORE_BELL):
         assert next(consumer) is None
         assert client.llen(bell_key(queue_name)) == 1  # slept, leaving the ring for an idle consumer
     assert next(consumer) is None
     assert client.llen(bell_key(queue_name)) == 0  # idle long enough: it waited on the bell, and took the ring
+    consumer.ack(held)
+    consumer.close()
+
+
+def test_a_consumer_with_an_idle_thread_waits_on_the_bell_right_after_a_miss(dispatcher, queue_name, redis_server_url):
+    client = redis.Redis.from_url(redis_server_url)
+    dispatcher.broker.worker_threads = 2
+    consumer = dispatcher.broker.consume(queue_name, prefetch=4, timeout=50)
+    dispatcher.send([Dispatch(uuid.uuid4(), 1, utcnow())], now=utcnow())
+    held = next(consumer)  # one thread busy, the other idle
+    assert held is not None
+    assert client.llen(bell_key(queue_name)) == 1  # the send's ring, which the fetch leaves
+
+    assert next(consumer) is None  # its first miss, moments after a fetch
+    assert client.llen(bell_key(queue_name)) == 0  # it waited on the bell (a sleep would have left the ring)
+    consumer.ack(held)
     consumer.close()
 
 
@@ -208,3 +228,14 @@ def test_acks_after_redis_lost_dramatiqs_script_load_it_again(dispatcher, queue_
     client.script_flush()  # what a restart of Redis does to its scripts
     assert next(consumer) is None
     assert acked_in_redis(client, queue_name, redis_message_id(sent))
+
+
+def test_a_worker_tells_its_broker_how_many_threads_it_runs_so_its_consumers_know_when_one_is_idle(redis_server_url):
+    broker = make_broker(redis_server_url)
+    worker = dramatiq.Worker(broker, worker_threads=3, worker_timeout=50)
+    worker.start()
+    try:
+        assert broker.worker_threads == 3
+    finally:
+        worker.stop()
+        broker.close()

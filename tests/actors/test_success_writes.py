@@ -1,6 +1,6 @@
 """A worker thread hands its success to the process's ledger batcher and returns without waiting for the write;
-the success waits a moment for a claim to share a statement with; a worker that stops writes what it was handed
-before it exits."""
+the success waits a moment for a claim on its way to share a statement with, and only then; a worker that stops
+writes what it was handed before it exits."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from actors import delivery as delivery_module
+from actors.batching import Batcher
 from actors.broker import Dispatcher, make_broker, redis_message_id
 from actors.delivery import Delivery
 from ledger import claims, queries
@@ -87,17 +88,40 @@ def test_the_thread_returns_before_its_success_is_written(make_settings, databas
     assert status(database, job_id) is Status.SUCCESS
 
 
-def test_a_success_shares_the_statement_of_the_next_claim(make_settings, database, statements, monkeypatch):
+def test_a_success_shares_the_statement_of_the_claim_of_the_message_in_hand(
+    make_settings, database, dispatcher, statements, monkeypatch
+):
     monkeypatch.setattr(delivery_module, "SUCCESS_LINGER", 10.0)  # so that the next claim surely comes in time
+    settings = make_settings()
+    # Both messages are in Redis before the worker starts: its one thread delivers the first while the second waits
+    # in the worker's work queue, so the first's success waits for the second's claim.
+    first = submit(database, dispatcher, settings)
+    second = submit(database, dispatcher, settings)
+    real_post = Batcher.post
+
+    def post_and_dawdle(batcher: Batcher, request: Any) -> None:
+        real_post(batcher, request)
+        if getattr(request, "job", None) and request.job.id == first:
+            time.sleep(0.3)  # the batcher has the first success in hand well before the second claim comes
+
+    monkeypatch.setattr(Batcher, "post", post_and_dawdle)
+
+    with running_worker(settings, database, channels={"log": RecordingChannel()}, threads=1):
+        for job_id in (first, second):
+            assert wait_for_status(database, job_id).status is Status.SUCCESS
+
+    assert statements.calls == [([], [first]), ([first], [second]), ([second], [])]
+
+
+def test_a_success_with_no_claim_on_its_way_is_written_at_once(make_settings, database, statements, monkeypatch):
+    monkeypatch.setattr(delivery_module, "SUCCESS_LINGER", 600.0)  # a success lingering for nothing would stay
     settings = make_settings()
     delivery = make_delivery(settings, database)
 
-    first = deliver(delivery, database, settings)
-    second = deliver(delivery, database, settings)
-    assert delivery.flush(timeout=10)
+    job_id = deliver(delivery, database, settings)  # no message in hand, none in a work queue
 
-    assert statements.calls == [([], [first]), ([first], [second]), ([second], [])]
-    assert {status(database, first), status(database, second)} == {Status.SUCCESS}
+    assert wait_for_status(database, job_id).status is Status.SUCCESS
+    assert statements.calls == [([], [job_id]), ([job_id], [])]
 
 
 def test_a_stopping_worker_writes_the_successes_it_was_handed_before_it_exits(
