@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from actors.broker import Dispatcher
 from actors.callbacks import CALLBACK_MESSAGES
-from ledger import callbacks
+from ledger import callback_recovery
 from ledger.database import Database
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
@@ -68,7 +68,7 @@ class CallbackReconciler:
         while True:
 
             dispatches, failed = self.database.run(
-                lambda conn: callbacks.expire(
+                lambda conn: callback_recovery.expire(
                     conn, now=now, cutoff=cutoff, max_attempts=self.max_attempts, error=error, limit=self.batch_size
                 ),
                 transaction=True,
@@ -88,7 +88,7 @@ class CallbackReconciler:
         after: tuple[datetime, uuid.UUID] | None = None
         while True:
             candidates = self.database.run(
-                lambda conn, after=after: callbacks.waiting_candidates(
+                lambda conn, after=after: callback_recovery.waiting_candidates(
                     conn,
                     overdue_before=now - self.grace,
                     schedule_until=now + self.schedule_horizon,
@@ -102,7 +102,7 @@ class CallbackReconciler:
             sent = [Dispatch(job_id, seq, due) for job_id, seq, due in candidates if seq > 0]
             unsent = [(job_id, seq) for job_id, seq, _ in candidates if seq <= 0]
             lost = [(d.job_id, d.seq) for d in self.dispatcher.missing(sent, CALLBACK_MESSAGES)] + unsent
-            dispatches = self.database.run(lambda conn, lost=lost: callbacks.redispatch(conn, lost, now=now))
+            dispatches = self.database.run(lambda conn, lost=lost: callback_recovery.redispatch(conn, lost, now=now))
             if dispatches:
                 self.dispatcher.send(dispatches, now=now, kind=CALLBACK_MESSAGES)
             report.redispatched += len(dispatches)

@@ -137,8 +137,7 @@ def test_a_callback_whose_message_redis_lost_is_sent_again_by_the_reconciler(
     dispatcher = Dispatcher(make_broker(private_redis.url), settings.queue)
     with webhook_sink() as sink:
         job_id = submit(database, None, settings, **callback_fields(sink.url))
-        assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=utcnow(), worker="w")) is not None
-        assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=utcnow()))
+        assert database.run(lambda conn: transitions.cancel(conn, job_id, scope="", now=utcnow()))
         send_armed(database, dispatcher, [job_id], now=utcnow())
         assert dispatcher.broker.client.hlen(f"dramatiq:{settings.queue}.msgs") == 1
         dispatcher.broker.client.flushall()
@@ -147,6 +146,41 @@ def test_a_callback_whose_message_redis_lost_is_sent_again_by_the_reconciler(
         assert report.redispatched == 1
         with running_worker(settings, database):
             wait_for_callback(database, job_id, {Status.SUCCESS})
+    assert received_events(sink) == [(f"{job_id}.CANCELLED", "notification.cancelled")]
+
+
+def test_a_finished_jobs_callback_goes_from_its_workers_thread_without_a_message(
+    make_settings, database, dispatcher
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true")
+    with webhook_sink() as sink, running_worker(settings, database) as delivery:
+        sent: list[str] = []
+        real_send = delivery.dispatcher.send
+        delivery.dispatcher.send = lambda dispatches, **kw: (sent.extend(kw.get("kind", "job") for _ in dispatches),
+                                                             real_send(dispatches, **kw))  # fmt: skip
+        job_id = submit(database, dispatcher, settings, **callback_fields(sink.url))
+        view = wait_for_callback(database, job_id, {Status.SUCCESS})
+    assert (view.event, view.attempts) == (Status.SUCCESS, 1)
+    assert received_events(sink) == [(f"{job_id}.SUCCESS", "notification.succeeded")]
+    assert sent == []  # no callback message, and no first dispatch written for one
+
+
+def test_a_callback_armed_for_a_worker_that_died_before_sending_it_is_sent_by_the_reconciler(
+    make_settings, database, private_redis
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_RECONCILE_GRACE="0", REDIS_URL=private_redis.url)
+    dispatcher = Dispatcher(make_broker(private_redis.url), settings.queue)
+    with webhook_sink() as sink:
+        job_id = submit(database, None, settings, **callback_fields(sink.url))
+        # The worker's success commits (arming the callback for that worker to send), then the worker is gone.
+        assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=utcnow(), worker="w")) is not None
+        assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=utcnow()))
+        later = lambda: utcnow() + timedelta(seconds=1)  # noqa: E731
+        report = make_reconciler(settings, database, dispatcher, clock=later).run_once()
+        assert report.redispatched == 1
+        with running_worker(settings, database):
+            view = wait_for_callback(database, job_id, {Status.SUCCESS})
+    assert (view.event, view.attempts) == (Status.SUCCESS, 1)
     assert received_events(sink) == [(f"{job_id}.SUCCESS", "notification.succeeded")]
 
 
