@@ -20,12 +20,13 @@ from actors.backoff import Verdict, decide
 from actors.batching import Batcher
 from actors.broker import DEST_OPTION, RID_OPTION, BrokerUnavailable, Dispatcher, MessageKind, parse_redis_message_id
 from actors.channels.base import DeliveryError, PermanentError, TransientError
-from actors.channels.webhook import WebhookChannel
+from actors.channels.webhook import WebhookChannel, webhook_destination
 from actors.flow import Admission
 from actors.flow.control import FlowControl
 from actors.settings import Settings
 from ledger import callbacks
 from ledger.callbacks import ARMED_SEQ, ClaimedCallback
+from ledger.claims import ClaimedJob
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from ledger.queries import job_document
@@ -43,6 +44,8 @@ EVENT_TYPES = {
     Status.FAILED: "notification.failed",
     Status.CANCELLED: "notification.cancelled",
 }
+#: Longest the first callback of a batch waits for others to share its statement and Redis round trip.
+ARMED_LINGER = 0.005
 #: Longest error text kept on a callback.
 MAX_ERROR_LENGTH = 2000
 _INFIX = ".callback."
@@ -54,10 +57,12 @@ def callback_message_id(dispatch: Dispatch) -> str:
 
 
 def parse_callback_message_id(rid: str) -> tuple[uuid.UUID, int]:
-    """Split what `callback_message_id` writes; ValueError for anything else."""
+    """Split what `callback_message_id` writes (the seq `ARMED_SEQ` included); ValueError for anything else."""
     job_id, infix, seq = rid.partition(_INFIX)
     if not infix:
         raise ValueError(f"not the Redis id of a callback: {rid!r}")
+    if seq == str(ARMED_SEQ):
+        return parse_redis_message_id(f"{job_id}.1")[0], ARMED_SEQ
     return parse_redis_message_id(f"{job_id}.{seq}")
 
 
@@ -70,8 +75,8 @@ def event(claimed: ClaimedCallback, *, now: datetime) -> dict[str, Any]:
 
 
 def send_armed(database: Database, dispatcher: Dispatcher, job_ids: list[uuid.UUID], *, now: datetime) -> None:
-    """Send the first message of the callbacks armed as `job_ids` finished (after the commit that finished them).
-    Best effort: a reconciler pass sends whatever this misses."""
+    """Send the first message of the callbacks armed unsent as `job_ids` finished without a worker (a cancellation),
+    after the commit that finished them. Best effort: a reconciler pass sends whatever this misses."""
     if not job_ids:
         return
     try:
@@ -79,6 +84,36 @@ def send_armed(database: Database, dispatcher: Dispatcher, job_ids: list[uuid.UU
         dispatcher.send(dispatches, now=now, kind=CALLBACK_MESSAGES)
     except (LedgerUnavailable, BrokerUnavailable) as exc:
         log.warning("could not send %d status callbacks (%s); the reconciler will", len(job_ids), exc)
+
+
+class ArmedSender:
+    """Sends the first messages of the callbacks the ledger armed already dispatched as this worker finished their
+    jobs (migration 0009), from a thread of its own: the worker's ledger batcher posts its finished jobs here and goes
+    on with its claims. No statement: each message names the armed dispatch (`ARMED_SEQ`), whatever its seq, and its
+    destination comes from the URL as intake's did. Batched like the ledger's: one Redis round trip per batch."""
+
+    def __init__(self, dispatcher: Dispatcher, clock: Callable[[], datetime] = utcnow) -> None:
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self._batcher: Batcher[ClaimedJob, None] = Batcher(self._send, "wjp-callbacks", linger=ARMED_LINGER)
+
+    def post(self, jobs: list[ClaimedJob]) -> None:
+        """`jobs`, whose outcome is written, each with a `callback_url`."""
+        for job in jobs:
+            self._batcher.post(job)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for what was posted to be sent; whether it all was."""
+        return self._batcher.flush(timeout)
+
+    def _send(self, jobs: list[ClaimedJob]) -> list[BaseException | None]:
+        now = self.clock()
+        dispatches = [Dispatch(job.id, ARMED_SEQ, now, webhook_destination(job.callback_url or "")) for job in jobs]
+        try:
+            self.dispatcher.send(dispatches, now=now, kind=CALLBACK_MESSAGES)
+        except BrokerUnavailable as exc:
+            log.warning("could not send %d status callbacks (%s); the reconciler will", len(jobs), exc)
+        return [None] * len(jobs)
 
 
 class CallbackClaim(NamedTuple):
@@ -175,49 +210,9 @@ class CallbackDelivery:
             # message this was is sent again by a reconciler pass. Its admission went back in the batch.
             log.debug("dropping stale callback message %s", rid)
             return
-        self._deliver(claimed, destination if flow else "", rid, deadline)
-
-    def send_own(self, job_id: uuid.UUID, url: str, deadline: float) -> None:
-        """Send the callback the ledger armed for this worker as it finished `job_id` (migration 0009), from the
-        thread that finished it, within that message's `deadline`: claimed in the worker's next ledger batch (after
-        the job's own outcome in it) and admitted by its destination like any callback, then POSTed and recorded.
-        Without a message, its first attempt costs no Dramatiq message and no first dispatch. A callback its
-        destination defers, or that the rest of this message's time cannot fit, goes by message; one this thread
-        cannot claim (the job's outcome not written, the ledger out) waits armed for a reconciler pass, which finds
-        its message missing and sends one."""
-        destination = self.webhook.destination(url) if self.flow is not None else ""
-        rid = callback_message_id(Dispatch(job_id, ARMED_SEQ, self.clock()))
-        if deadline - time.monotonic() < self.webhook.timeout:
-            self._hand_over(job_id, None)
-            return
-        try:
-            claimed = self.ledger.submit(CallbackClaim(job_id, ARMED_SEQ, destination, rid))
-        except Exception as exc:  # LedgerUnavailable, or a statement the database refused: the reconciler's
-            log.warning("Job %s: could not claim its callback (%s); the reconciler will send it", job_id, exc)
-            return
-        if isinstance(claimed, Admission):
-            self._hand_over(job_id, claimed)
-        elif claimed is not None:
-            self._deliver(claimed, destination, rid, deadline)
-
-    def _hand_over(self, job_id: uuid.UUID, admission: Admission | None) -> None:
-        """The armed callback of `job_id` goes by message: now, or as its destination's `admission` says."""
-        try:
-            dispatch = self.database.run(lambda conn: callbacks.waiting_dispatch(conn, job_id))
-        except LedgerUnavailable as exc:
-            log.warning("Job %s: could not hand its callback over (%s); the reconciler will send it", job_id, exc)
-            return
-        if dispatch is None:
-            return
-        if admission is None:
-            self._send(dispatch)
-        else:
-            self._defer(dispatch, admission)
-
-    def _deliver(self, claimed: ClaimedCallback, destination: str, rid: str, deadline: float) -> None:
         error = self._attempt(claimed, deadline)
-        if destination and self.flow is not None:
-            self.flow.finished(destination, rid, error)
+        if flow is not None:
+            flow.finished(destination, rid, error)
         self._record(claimed, error)
 
     def _attempt(self, claimed: ClaimedCallback, deadline: float) -> DeliveryError | None:

@@ -21,7 +21,7 @@ from actors import metrics, observe
 from actors.backoff import Verdict, decide
 from actors.batching import Batcher
 from actors.broker import BrokerUnavailable, Dispatcher, parse_redis_message_id
-from actors.callbacks import CallbackClaim, CallbackDelivery, CallbackSucceeded, write_batch
+from actors.callbacks import ArmedSender, CallbackClaim, CallbackSucceeded, write_batch
 from actors.channels.base import (
     Channel,
     DeliveryError,
@@ -116,9 +116,7 @@ class Delivery:
         # a success waits a moment for a claim to share its statement (and commit) with. A thread waits for its
         # claim, but not for its success to be written: it takes its next message meanwhile.
         self.ledger: Batcher[_Request, _Result] = Batcher(self._write_batch, "wjp-ledger", linger=SUCCESS_LINGER)
-        #: Sends the status callbacks of the jobs this process finishes, from the thread that finished each (set by
-        #: `actors.worker`; without it they wait armed for a reconciler pass).
-        self.callbacks: CallbackDelivery | None = None
+        self.armed = ArmedSender(dispatcher, clock)  # the status callbacks of finished jobs
         self.flow: FlowControl | None = None
         if settings.flow.enabled:
             self.flow = FlowControl(
@@ -137,13 +135,12 @@ class Delivery:
         dispatches = [(r.job_id, r.seq) for r in granted if isinstance(r, _Claim)]
         attempts = [(item.job.id, item.job.attempt) for item in delivered]
         now = self.clock()
-        done, claimed = self._write_jobs(attempts, dispatches, delivered, now=now)
-        # Status callbacks' claims and successes: a statement of their own, after the jobs' (a job's own callback
-        # claims once its outcome is written, which may be in this batch).
+        # Status callbacks' claims and successes: a statement of their own in the same batch.
         callbacks_done, callbacks_claimed = write_batch(
             self.database, [r for r in granted if isinstance(r, CallbackClaim)],
             [r for r in requests if isinstance(r, CallbackSucceeded)], now=now,
         )  # fmt: skip
+        done, claimed = self._write_jobs(attempts, dispatches, delivered, now=now)
         return self._answers(requests, admissions, {_Claim: iter(claimed), CallbackClaim: iter(callbacks_claimed)},
                              {_Delivered: iter(done), CallbackSucceeded: iter(callbacks_done)})  # fmt: skip
 
@@ -181,6 +178,7 @@ class Delivery:
                          extra={"job_id": job.id, "attempt": job.attempt})  # fmt: skip
             else:
                 _log_taken_back(job)
+        self.armed.post([job for (job, *_), ok in zip(delivered, done, strict=True) if ok and job.callback_url])
         return done, claimed
 
     def _answers(
@@ -240,8 +238,8 @@ class Delivery:
             return [False] * len(delivered)
 
     def flush(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for the successes not yet written; whether done."""
-        return self.ledger.flush(timeout)
+        """Wait up to `timeout` seconds for the successes not yet written and their callbacks sent; whether done."""
+        return self.ledger.flush(timeout) and self.armed.flush(timeout)
 
     def close_channels(self) -> None:
         """Let every channel close what it keeps between deliveries (SMTP sessions say QUIT)."""
@@ -276,8 +274,7 @@ class Delivery:
         metrics.observe_attempt(job.channel, error, time.perf_counter() - started)
         if flow is not None:
             flow.finished(destination, rid, error)
-        if self._record(job, error, started=claimed_at) and job.callback_url and self.callbacks is not None:
-            self.callbacks.send_own(job.id, job.callback_url, deadline)
+        self._record(job, error, started=claimed_at)
 
     def _attempt(self, job: ClaimedJob, deadline: float) -> DeliveryError | None:
         channel = self.channels.get(job.channel)
@@ -298,8 +295,7 @@ class Delivery:
             return TransientError(f"{type(exc).__name__}: {exc}")
         return None
 
-    def _record(self, job: ClaimedJob, error: DeliveryError | None, *, started: datetime) -> bool:
-        """Record the attempt's outcome; whether the job finished (its success posted to the batcher, or failed)."""
+    def _record(self, job: ClaimedJob, error: DeliveryError | None, *, started: datetime) -> None:
         now = self.clock()
         if isinstance(error, TransientError) and error.throttled:
             given_back = throttling.give_back(
@@ -309,7 +305,7 @@ class Delivery:
             if isinstance(given_back, Dispatch):
                 self._send(given_back)
             if given_back is not None:
-                return False
+                return
         decision = decide(
             attempt=job.attempt, max_attempts=job.max_attempts, failed=error is not None,
             permanent=isinstance(error, PermanentError), retry_after=getattr(error, "retry_after", None),
@@ -319,7 +315,7 @@ class Delivery:
             # Written by the batcher (`_write_batch`), which rides out a ledger outage as `_write` does; until then
             # the job is PROCESSING in this worker's claim, as if the delivery were still running.
             self.ledger.post(_Delivered(job, started, (now - started).total_seconds() * 1000))
-            return True
+            return
         text = _error_text(error)
         if decision.verdict is Verdict.RETRY:
             assert decision.due_at is not None
@@ -352,10 +348,9 @@ class Delivery:
             )
             if done:
                 log.warning("⚠️ Job %s marked as FAILED after attempt %d: %s", job.id, job.attempt, text)
-                return True
+                self.armed.post([job] if job.callback_url else [])
         if not done:
             _log_taken_back(job)
-        return False
 
     def _handle_unclaimed(self, dispatch: Dispatch) -> None:
         """A message that did not claim is dropped, unless it is the job's current one and merely early, or one

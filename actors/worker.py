@@ -90,7 +90,6 @@ def boot() -> Delivery:
         ledger=delivery.ledger,
     )
     declare_callback_actor(broker, callback_delivery, settings)
-    delivery.callbacks = callback_delivery  # the callbacks of the jobs it finishes, sent from their threads
     logging.getLogger("wjp").setLevel(logging.INFO)
     log_straight_to_stderr()
     return delivery

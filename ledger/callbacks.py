@@ -54,9 +54,16 @@ TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
 
 #: A message may arrive this much before its due time (clocks of different hosts) and still claim.
 EARLY_CLAIM_TOLERANCE = timedelta(milliseconds=500)
-#: The seq a claim names for the callback its job's worker was armed to send itself, without a message (migration
-#: 0009): whatever the row's seq, while it was never attempted. Messages' seqs start at 1.
+#: The seq of the message that the worker that finished a job sends for the callback the ledger armed already
+#: dispatched (migration 0009): it claims that dispatch whatever the row's seq, while never attempted.
 ARMED_SEQ = 0
+
+
+def _is_dispatch(seq: int) -> Any:
+    """The row's current dispatch is `seq`, or the armed one (`ARMED_SEQ`) while never attempted."""
+    if seq == ARMED_SEQ:
+        return and_(callbacks.c.dispatch_seq > 0, callbacks.c.attempts == 0)
+    return callbacks.c.dispatch_seq == seq
 
 
 def transition_guard(name: str) -> tuple[Any, Status]:
@@ -143,11 +150,10 @@ def _build_claim(postgresql: bool) -> Any:
         status=target, attempts=callbacks.c.attempts + 1, claimed_at=now, updated_at=now
     )
     due = callbacks.c.next_attempt_at <= bindparam("due_by", type_=UTCDateTime())
-    armed = and_(callbacks.c.attempts == 0, callbacks.c.dispatch_seq > 0)
     if not postgresql:
         matching = or_(
             tuple_(callbacks.c.job_id, callbacks.c.dispatch_seq).in_(bindparam("dispatches", expanding=True)),
-            and_(callbacks.c.job_id.in_(bindparam("armed", expanding=True)), armed),
+            and_(callbacks.c.job_id.in_(bindparam("armed", expanding=True)), _is_dispatch(ARMED_SEQ)),
         )
         return claiming.where(matching, transition_guard("claim")[0], due, reports_job_status()).returning(
             callbacks.c.job_id, callbacks.c.event, callbacks.c.attempts
@@ -203,14 +209,6 @@ class ClaimedCallback:
     url: str
     event: Status
     attempt: int
-
-
-def waiting_dispatch(conn: Connection, job_id: uuid.UUID) -> Dispatch | None:
-    """The current dispatch of the callback of `job_id` while it waits (for a worker that hands the callback it was
-    armed to send over to a message), or None."""
-    query = select(*DISPATCH_COLUMNS).where(callbacks.c.job_id == job_id, transition_guard("claim")[0])
-    rows = dispatches_of(conn.execute(query))
-    return rows[0] if rows else None
 
 
 def succeed_and_claim(
@@ -353,7 +351,7 @@ def park(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, due_at
     return (
         conn.execute(
             update(callbacks)
-            .where(callbacks.c.job_id == job_id, callbacks.c.dispatch_seq == seq, transition_guard("claim")[0])
+            .where(callbacks.c.job_id == job_id, _is_dispatch(seq), transition_guard("claim")[0])
             .values(next_attempt_at=due_at, dispatch_seq=-callbacks.c.dispatch_seq, updated_at=now)
         ).rowcount
         == 1

@@ -88,7 +88,6 @@ def running_worker(
         webhook=webhook if isinstance(webhook, WebhookChannel) else WebhookChannel(settings.channels),
     )  # fmt: skip
     declare_callback_actor(broker, callbacks, settings)
-    delivery.callbacks = callbacks
     if booted:
         broker.emit_after("process_boot")
     worker = Worker(broker, worker_threads=threads, worker_timeout=100)

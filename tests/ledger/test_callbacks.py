@@ -126,12 +126,12 @@ def test_a_manual_retry_holds_the_failed_callback_and_the_next_finish_rearms_it(
     job_id = with_callback(database, "retried")
     claim(database, job_id)
     fail_attempt(database, job_id)
-    first = database.run(lambda conn: callbacks.waiting_dispatch(conn, job_id))
-    assert first is not None and first.seq == 1
+    first = row(database, job_id)
+    assert first.dispatch_seq == 1
     dispatch = database.run(lambda conn: transitions.manual_retry(conn, job_id, now=T0, extra_attempts=3))
     assert dispatch is not None
     # The job is no longer FAILED: the failed callback does not claim, and no pass sends it meanwhile.
-    assert database.run(lambda conn: callbacks.claim(conn, job_id, first.seq, now=T0)) is None
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, first.dispatch_seq, now=T0)) is None
     candidates = database.run(
         lambda conn: callback_recovery.waiting_candidates(
             conn, overdue_before=T0 + 60 * SECOND, schedule_until=T0 + 60 * SECOND, limit=10
@@ -143,7 +143,7 @@ def test_a_manual_retry_holds_the_failed_callback_and_the_next_finish_rearms_it(
     rearmed = row(database, job_id)
     # Re-armed dispatched by the worker's success, past the seq of any message of the first finish.
     assert (rearmed.event, rearmed.status, rearmed.attempts, rearmed.dispatch_seq) == ("SUCCESS", "PENDING", 0, 2)
-    assert database.run(lambda conn: callbacks.claim(conn, job_id, first.seq, now=T0)) is None
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, first.dispatch_seq, now=T0)) is None
     assert database.run(lambda conn: callbacks.claim(conn, job_id, 2, now=T0)).event is Status.SUCCESS
 
 

@@ -1,10 +1,11 @@
-"""Status callbacks of jobs a worker finished are armed already dispatched: that worker sends them itself, without a
-message, so the row is written once fewer (bench/README.md, 2026-12-03 20:10).
+"""Status callbacks of jobs a worker finished are armed already dispatched: that worker sends their message with no
+statement of its own, so the row is written once fewer (bench/README.md, 2026-12-03 20:10).
 
 A worker's own success or failure (from PROCESSING, with that attempt's outcome) arms the callback with a positive
-seq and no message in Redis: the worker claims it at once; if it died first, a reconciler pass finds the dispatch's
-message missing and sends it. Every other finish (a cancellation, the reconciler's expiry, a deferral given up) arms
-it unsent as before (seq 0, or negated on a re-arm), for whoever finished it or a reconciler pass to send.
+seq; the worker sends a message naming that armed dispatch (`ledger.callbacks.ARMED_SEQ`). If it died first, a
+reconciler pass finds no message for the dispatch and sends one. Every other finish (a cancellation, the
+reconciler's expiry, a deferral given up) arms it unsent as before (seq 0, or negated on a re-arm), for whoever
+finished it or a reconciler pass to send.
 
 Revision ID: 0009
 Revises: 0007
