@@ -194,3 +194,19 @@ def test_the_reconciler_reads_unsent_and_overdue_callbacks_and_takes_back_vanish
     assert database.run(lambda conn: callbacks.claim(conn, held, 2, now=T0 + 60 * SECOND)).attempt == 2
     assert expire(max_attempts=2, cutoff=T0 + 90 * SECOND) == ([], 1)
     assert (row(database, held).status, row(database, held).last_error) == ("FAILED", "vt")
+
+
+def test_the_armed_dispatch_deferred_beyond_the_horizon_is_parked_for_the_reconciler(database: Database) -> None:
+    job_id = with_callback(database, "parked")
+    claim(database, job_id)
+    assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=T0))
+    later = T0 + 3600 * SECOND
+    assert database.run(lambda conn: callbacks.park(conn, job_id, callbacks.ARMED_SEQ, now=T0, due_at=later))
+    parked = row(database, job_id)
+    assert (parked.dispatch_seq, parked.next_attempt_at) == (-1, later)
+    # Its message is gone: only the reconciler's next dispatch claims it, once due.
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, callbacks.ARMED_SEQ, now=later)) is None
+    candidates = database.run(
+        lambda conn: callback_recovery.waiting_candidates(conn, overdue_before=later, schedule_until=later, limit=10)
+    )
+    assert candidates == [(job_id, -1, later)]
