@@ -1,10 +1,11 @@
-"""Status callbacks in the ledger: their lifecycle, one guarded statement per transition, and the reads of the
-reconciler and the API.
+"""Status callbacks in the ledger: their lifecycle, one guarded statement per transition, and the API's reads (the
+reconciler's statements are in `ledger.callback_recovery`).
 
-A callback is armed by a trigger on `jobs` in the transaction that finishes its job (migration 0006); from then on
-it lives like a job of its own: dispatched under a seq that fences older messages, claimed for one attempt at a
-time, retried, and taken back by the reconciler when its worker vanished. A callback only claims while its job is
-still in the status it reports, so one armed before a manual retry waits for the job's next finish, which re-arms it.
+A callback is armed by a trigger on `jobs` in the transaction that finishes its job (migrations 0006 and 0009:
+already dispatched when its worker finished it, that worker then sending its message); from then on it lives like a
+job of its own: dispatched under a seq that fences older messages, claimed for one attempt at a time, retried, and
+taken back by the reconciler when its worker vanished. A callback only claims while its job is still in the status
+it reports, so one armed before a manual retry waits for the job's next finish, which re-arms it.
 """
 
 from __future__ import annotations
