@@ -3,6 +3,7 @@ message was never sent, was lost with Redis or waits parked are (re-)dispatched,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -11,7 +12,8 @@ from datetime import datetime, timedelta
 
 from actors.broker import Dispatcher
 from actors.callbacks import CALLBACK_MESSAGES
-from ledger import callbacks
+from ledger import callback_recovery
+from ledger.callbacks import ARMED_SEQ
 from ledger.database import Database
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
@@ -66,9 +68,8 @@ class CallbackReconciler:
         cutoff = now - self.visibility_timeout
         error = f"visibility timeout exceeded: no result within {self.visibility_timeout.total_seconds():g}s"
         while True:
-
             dispatches, failed = self.database.run(
-                lambda conn: callbacks.expire(
+                lambda conn: callback_recovery.expire(
                     conn, now=now, cutoff=cutoff, max_attempts=self.max_attempts, error=error, limit=self.batch_size
                 ),
                 transaction=True,
@@ -88,7 +89,7 @@ class CallbackReconciler:
         after: tuple[datetime, uuid.UUID] | None = None
         while True:
             candidates = self.database.run(
-                lambda conn, after=after: callbacks.waiting_candidates(
+                lambda conn, after=after: callback_recovery.waiting_candidates(
                     conn,
                     overdue_before=now - self.grace,
                     schedule_until=now + self.schedule_horizon,
@@ -101,8 +102,14 @@ class CallbackReconciler:
                 return
             sent = [Dispatch(job_id, seq, due) for job_id, seq, due in candidates if seq > 0]
             unsent = [(job_id, seq) for job_id, seq, _ in candidates if seq <= 0]
-            lost = [(d.job_id, d.seq) for d in self.dispatcher.missing(sent, CALLBACK_MESSAGES)] + unsent
-            dispatches = self.database.run(lambda conn, lost=lost: callbacks.redispatch(conn, lost, now=now))
+            missing = self.dispatcher.missing(sent, CALLBACK_MESSAGES)
+            # A callback armed for the worker that finished its job goes by a message naming the armed dispatch
+            # (`ARMED_SEQ`): that one counts too. (Left behind by a callback claimed through a newer message, it only
+            # delays that callback's next dispatch until it is consumed and dropped as stale.)
+            armed = [dataclasses.replace(d, seq=ARMED_SEQ) for d in missing]
+            gone = {d.job_id for d in self.dispatcher.missing(armed, CALLBACK_MESSAGES)}
+            lost = [(d.job_id, d.seq) for d in missing if d.job_id in gone] + unsent
+            dispatches = self.database.run(lambda conn, lost=lost: callback_recovery.redispatch(conn, lost, now=now))
             if dispatches:
                 self.dispatcher.send(dispatches, now=now, kind=CALLBACK_MESSAGES)
             report.redispatched += len(dispatches)

@@ -20,12 +20,13 @@ from actors.backoff import Verdict, decide
 from actors.batching import Batcher
 from actors.broker import DEST_OPTION, RID_OPTION, BrokerUnavailable, Dispatcher, MessageKind, parse_redis_message_id
 from actors.channels.base import DeliveryError, PermanentError, TransientError
-from actors.channels.webhook import WebhookChannel
+from actors.channels.webhook import WebhookChannel, webhook_destination
 from actors.flow import Admission
 from actors.flow.control import FlowControl
 from actors.settings import Settings
 from ledger import callbacks
-from ledger.callbacks import ClaimedCallback
+from ledger.callbacks import ARMED_SEQ, ClaimedCallback
+from ledger.claims import ClaimedJob
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from ledger.queries import job_document
@@ -56,10 +57,12 @@ def callback_message_id(dispatch: Dispatch) -> str:
 
 
 def parse_callback_message_id(rid: str) -> tuple[uuid.UUID, int]:
-    """Split what `callback_message_id` writes; ValueError for anything else."""
+    """Split what `callback_message_id` writes (the seq `ARMED_SEQ` included); ValueError for anything else."""
     job_id, infix, seq = rid.partition(_INFIX)
     if not infix:
         raise ValueError(f"not the Redis id of a callback: {rid!r}")
+    if seq == str(ARMED_SEQ):
+        return parse_redis_message_id(f"{job_id}.1")[0], ARMED_SEQ
     return parse_redis_message_id(f"{job_id}.{seq}")
 
 
@@ -72,8 +75,8 @@ def event(claimed: ClaimedCallback, *, now: datetime) -> dict[str, Any]:
 
 
 def send_armed(database: Database, dispatcher: Dispatcher, job_ids: list[uuid.UUID], *, now: datetime) -> None:
-    """Send the first message of the callbacks armed as `job_ids` finished (after the commit that finished them).
-    Best effort: a reconciler pass sends whatever this misses."""
+    """Send the first message of the callbacks armed unsent as `job_ids` finished without a worker (a cancellation),
+    after the commit that finished them. Best effort: a reconciler pass sends whatever this misses."""
     if not job_ids:
         return
     try:
@@ -84,26 +87,33 @@ def send_armed(database: Database, dispatcher: Dispatcher, job_ids: list[uuid.UU
 
 
 class ArmedSender:
-    """Sends the first messages of the callbacks armed as jobs finished (`send_armed`), from a thread of its own: the
-    worker's ledger batcher posts its finished jobs here and goes on with its claims. Batched like it."""
+    """Sends the first messages of the callbacks the ledger armed already dispatched as this worker finished their
+    jobs (migration 0009), from a thread of its own: the worker's ledger batcher posts its finished jobs here and goes
+    on with its claims. No statement: each message names the armed dispatch (`ARMED_SEQ`), whatever its seq, and its
+    destination comes from the URL as intake's did. Batched like the ledger's: one Redis round trip per batch."""
 
-    def __init__(self, database: Database, dispatcher: Dispatcher, clock: Callable[[], datetime] = utcnow) -> None:
-        self.database = database
+    def __init__(self, dispatcher: Dispatcher, clock: Callable[[], datetime] = utcnow) -> None:
         self.dispatcher = dispatcher
         self.clock = clock
-        self._batcher: Batcher[uuid.UUID, None] = Batcher(self._send, "wjp-callbacks", linger=ARMED_LINGER)
+        self._batcher: Batcher[ClaimedJob, None] = Batcher(self._send, "wjp-callbacks", linger=ARMED_LINGER)
 
-    def post(self, job_ids: list[uuid.UUID]) -> None:
-        for job_id in job_ids:
-            self._batcher.post(job_id)
+    def post(self, jobs: list[ClaimedJob]) -> None:
+        """`jobs`, whose outcome is written, each with a `callback_url`."""
+        for job in jobs:
+            self._batcher.post(job)
 
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for what was posted to be sent; whether it all was."""
         return self._batcher.flush(timeout)
 
-    def _send(self, job_ids: list[uuid.UUID]) -> list[BaseException | None]:
-        send_armed(self.database, self.dispatcher, job_ids, now=self.clock())
-        return [None] * len(job_ids)
+    def _send(self, jobs: list[ClaimedJob]) -> list[BaseException | None]:
+        now = self.clock()
+        dispatches = [Dispatch(job.id, ARMED_SEQ, now, webhook_destination(job.callback_url or "")) for job in jobs]
+        try:
+            self.dispatcher.send(dispatches, now=now, kind=CALLBACK_MESSAGES)
+        except BrokerUnavailable as exc:
+            log.warning("could not send %d status callbacks (%s); the reconciler will", len(jobs), exc)
+        return [None] * len(jobs)
 
 
 class CallbackClaim(NamedTuple):

@@ -120,7 +120,7 @@ class Delivery:
         self.ledger: Batcher[_Request, _Result] = Batcher(
             self._write_batch, "wjp-ledger", linger=SUCCESS_LINGER, coming=self.claims_coming
         )
-        self.armed = ArmedSender(database, dispatcher, clock)  # the status callbacks of finished jobs
+        self.armed = ArmedSender(dispatcher, clock)  # the status callbacks of finished jobs
         self.flow: FlowControl | None = None
         if settings.flow.enabled:
             self.flow = FlowControl(
@@ -182,7 +182,7 @@ class Delivery:
                          extra={"job_id": job.id, "attempt": job.attempt})  # fmt: skip
             else:
                 _log_taken_back(job)
-        self.armed.post([job.id for (job, *_), ok in zip(delivered, done, strict=True) if ok and job.callback_url])
+        self.armed.post([job for (job, *_), ok in zip(delivered, done, strict=True) if ok and job.callback_url])
         return done, claimed
 
     def _answers(
@@ -353,7 +353,7 @@ class Delivery:
             )
             if done:
                 log.warning("⚠️ Job %s marked as FAILED after attempt %d: %s", job.id, job.attempt, text)
-                self.armed.post([job.id] if job.callback_url else [])
+                self.armed.post([job] if job.callback_url else [])
         if not done:
             _log_taken_back(job)
 

@@ -2,6 +2,8 @@
 
 usage: python -m bench.profile intake [SECONDS]        (gunicorn workers of `wjp serve` under wrk -c32)
        python -m bench.profile drain [JOBS] [CHANNEL]  (the two Dramatiq worker processes during a drain)
+       python -m bench.profile callbacks [JOBS]        (the same, `log` jobs with a status callback each, until
+                                                       the last callback is delivered)
        python -m bench.profile e2e RATE [SECONDS]      (both, `wjp serve` and `wjp worker` together, under
                                                        bench.openloop POSTing RATE/s: e2e-api and e2e-worker)
        python -m bench.profile summary FILE            (re-summarise a collapsed-stack file)
@@ -150,7 +152,7 @@ def profile_intake(seconds: int) -> Path:
     return path
 
 
-def profile_drain(jobs: int, channel: str) -> Path:
+def profile_drain(jobs: int, channel: str, *, callbacks: bool = False) -> Path:
     run.setup_database()
     run.reset_ledger()
     sink = None
@@ -161,19 +163,27 @@ def profile_drain(jobs: int, channel: str) -> Path:
         sink = common.start("profile-sink", [PYTHON, "-m", "bench.sink", str(port), "2"])
         common.wait_http(port, "/")
         recipient, env = f"http://127.0.0.1:{port}/hook", {"WJP_WEBHOOK_ALLOW_PRIVATE": "true"}
-    run.enqueue(jobs, channel, recipient, "prof")
+    callback_url = None
+    if callbacks:
+        # `log` jobs with a status callback each, to a local receiver (the callback_cost phase's drain).
+        port = common.free_port()
+        sink = common.start("profile-sink", [PYTHON, "-m", "bench.sink", str(port), "2"])
+        common.wait_http(port, "/")
+        callback_url, env = f"http://127.0.0.1:{port}/status", {"WJP_WEBHOOK_ALLOW_PRIVATE": "true"}
+    run.enqueue(jobs, channel, recipient, "prof", callback_url=callback_url)
     service = run.worker("profile-worker", **env)
+    name = f"drain-{channel}" + ("-callbacks" if callbacks else "")
     try:
         with bench_connect() as conn:
             while not run.worker_processes(service):
                 time.sleep(0.05)
             time.sleep(1.5)  # imports done; the processes are consuming
-            spies = spy(run.worker_processes(service), f"drain-{channel}")
+            spies = spy(run.worker_processes(service), name)
             t0, d0 = time.perf_counter(), sum(run.finished_count(conn))
-            while sum(run.finished_count(conn)) < jobs:
+            while sum(run.finished_count(conn)) < jobs or (callbacks and run.callbacks_undelivered(conn)):
                 time.sleep(0.05)
             rate = (jobs - d0) / (time.perf_counter() - t0)
-            path = stop_spies(spies, f"drain-{channel}")
+            path = stop_spies(spies, name)
         log(f"drain under py-spy: {rate:.0f} jobs/s")
     finally:
         service.stop()
@@ -217,6 +227,8 @@ def main() -> None:
     elif what == "drain":
         jobs = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
         paths = [profile_drain(jobs, sys.argv[3] if len(sys.argv) > 3 else "log")]
+    elif what == "callbacks":
+        paths = [profile_drain(int(sys.argv[2]) if len(sys.argv) > 2 else 5000, "log", callbacks=True)]
     elif what == "e2e" and len(sys.argv) > 2:
         paths = profile_e2e(float(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 8)
     else:

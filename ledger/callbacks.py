@@ -1,10 +1,11 @@
-"""Status callbacks in the ledger: their lifecycle, one guarded statement per transition, and the reads of the
-reconciler and the API.
+"""Status callbacks in the ledger: their lifecycle, one guarded statement per transition, and the API's reads (the
+reconciler's statements are in `ledger.callback_recovery`).
 
-A callback is armed by a trigger on `jobs` in the transaction that finishes its job (migration 0006); from then on
-it lives like a job of its own: dispatched under a seq that fences older messages, claimed for one attempt at a
-time, retried, and taken back by the reconciler when its worker vanished. A callback only claims while its job is
-still in the status it reports, so one armed before a manual retry waits for the job's next finish, which re-arms it.
+A callback is armed by a trigger on `jobs` in the transaction that finishes its job (migrations 0006 and 0009:
+already dispatched when its worker finished it, that worker then sending its message); from then on it lives like a
+job of its own: dispatched under a seq that fences older messages, claimed for one attempt at a time, retried, and
+taken back by the reconciler when its worker vanished. A callback only claims while its job is still in the status
+it reports, so one armed before a manual retry waits for the job's next finish, which re-arms it.
 """
 
 from __future__ import annotations
@@ -54,29 +55,39 @@ TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
 
 #: A message may arrive this much before its due time (clocks of different hosts) and still claim.
 EARLY_CLAIM_TOLERANCE = timedelta(milliseconds=500)
+#: The seq of the message that the worker that finished a job sends for the callback the ledger armed already
+#: dispatched (migration 0009): it claims that dispatch whatever the row's seq, while never attempted.
+ARMED_SEQ = 0
 
 
-def _guard(name: str) -> tuple[Any, Status]:
+def _is_dispatch(seq: int) -> Any:
+    """The row's current dispatch is `seq`, or the armed one (`ARMED_SEQ`) while never attempted."""
+    if seq == ARMED_SEQ:
+        return and_(callbacks.c.dispatch_seq > 0, callbacks.c.attempts == 0)
+    return callbacks.c.dispatch_seq == seq
+
+
+def transition_guard(name: str) -> tuple[Any, Status]:
     sources, target = TRANSITIONS[name]
     return callbacks.c.status.in_(sorted(s.value for s in sources)), target
 
 
-def _status_in(statuses: frozenset[Status]) -> Any:
+def status_in(statuses: frozenset[Status]) -> Any:
     """`callbacks.status IN (...)` with literal values, as the partial indexes' predicates are written, so that the
     PostgreSQL and SQLite planners use them (see `schema.status_in`)."""
     values = [literal_column(f"'{s.value}'") for s in sorted(statuses)]
     return callbacks.c.status == values[0] if len(values) == 1 else callbacks.c.status.in_(values)
 
 
-def _reports_job_status() -> Any:
+def reports_job_status() -> Any:
     """The callback's job is still in the status it reports (not retried by an operator since)."""
     return callbacks.c.event == select(jobs.c.status).where(jobs.c.id == callbacks.c.job_id).scalar_subquery()
 
 
-_RETURNING = (callbacks.c.job_id, callbacks.c.dispatch_seq, callbacks.c.next_attempt_at, callbacks.c.destination)
+DISPATCH_COLUMNS = (callbacks.c.job_id, callbacks.c.dispatch_seq, callbacks.c.next_attempt_at, callbacks.c.destination)
 
 
-def _dispatches(rows: Any) -> list[Dispatch]:
+def dispatches_of(rows: Any) -> list[Dispatch]:
     return [Dispatch(r.job_id, r.dispatch_seq, r.next_attempt_at, r.destination) for r in rows]
 
 
@@ -87,7 +98,7 @@ def dispatch_armed(conn: Connection, job_ids: list[uuid.UUID], *, now: datetime)
         return []
     driver = postgres(conn)
     if driver is None:
-        return _dispatches(conn.execute(_DISPATCH_ARMED, {"job_ids": job_ids, "now": now}))
+        return dispatches_of(conn.execute(_DISPATCH_ARMED, {"job_ids": job_ids, "now": now}))
     return [Dispatch(*row) for row in _DRIVER_DISPATCH_ARMED.execute(driver, {"job_ids": array_literal(job_ids),
                                                                              "now": now})]  # fmt: skip
 
@@ -100,12 +111,12 @@ def _build_dispatch_armed(postgresql: bool) -> Any:
         matching = (callbacks.c.job_id == any_(bindparam("job_ids", type_=ARRAY(Uuid()))),
                     _status_found_by_key(sources))  # fmt: skip
     else:
-        matching = (callbacks.c.job_id.in_(bindparam("job_ids", expanding=True)), _guard("claim")[0])
+        matching = (callbacks.c.job_id.in_(bindparam("job_ids", expanding=True)), transition_guard("claim")[0])
     return (
         update(callbacks)
         .where(*matching, callbacks.c.dispatch_seq <= 0)
         .values(dispatch_seq=func.abs(callbacks.c.dispatch_seq) + 1, updated_at=bindparam("now", type_=UTCDateTime()))
-        .returning(*_RETURNING)
+        .returning(*DISPATCH_COLUMNS)
     )
 
 
@@ -141,14 +152,18 @@ def _build_claim(postgresql: bool) -> Any:
     )
     due = callbacks.c.next_attempt_at <= bindparam("due_by", type_=UTCDateTime())
     if not postgresql:
-        matching = tuple_(callbacks.c.job_id, callbacks.c.dispatch_seq).in_(bindparam("dispatches", expanding=True))
-        return claiming.where(matching, _guard("claim")[0], due, _reports_job_status()).returning(
+        matching = or_(
+            tuple_(callbacks.c.job_id, callbacks.c.dispatch_seq).in_(bindparam("dispatches", expanding=True)),
+            and_(callbacks.c.job_id.in_(bindparam("armed", expanding=True)), _is_dispatch(ARMED_SEQ)),
+        )
+        return claiming.where(matching, transition_guard("claim")[0], due, reports_job_status()).returning(
             callbacks.c.job_id, callbacks.c.event, callbacks.c.attempts
         )
     pairs = _pairs("seq")
     return claiming.where(
         callbacks.c.job_id == pairs.c.id,
-        callbacks.c.dispatch_seq == pairs.c.seq,
+        callbacks.c.dispatch_seq > 0,
+        or_(callbacks.c.dispatch_seq == pairs.c.seq, and_(pairs.c.seq == ARMED_SEQ, callbacks.c.attempts == 0)),
         _status_found_by_key(sources),
         due,
         jobs.c.id == callbacks.c.job_id,
@@ -162,7 +177,7 @@ def _build_succeed(postgresql: bool) -> Any:
     succeeding = update(callbacks).values(status=target, last_error=None, claimed_at=None, updated_at=now)
     if not postgresql:
         matching = tuple_(callbacks.c.job_id, callbacks.c.attempts).in_(bindparam("held", expanding=True))
-        return succeeding.where(matching, _guard("succeed")[0]).returning(callbacks.c.job_id)
+        return succeeding.where(matching, transition_guard("succeed")[0]).returning(callbacks.c.job_id)
     pairs = _pairs("attempt")
     return succeeding.where(
         callbacks.c.job_id == pairs.c.id, callbacks.c.attempts == pairs.c.attempt, _status_found_by_key(sources)
@@ -206,8 +221,9 @@ def succeed_and_claim(
 ) -> tuple[list[bool], list[ClaimedCallback | None]]:
     """A worker's batch: each `(job_id, attempt)` PROCESSING at that attempt → SUCCESS, and each `(job_id, seq)`,
     waiting and due, `seq` its current dispatch, its job still in the status it reports → PROCESSING, attempts + 1,
-    with the job as it is now. On PostgreSQL one statement; answers in the order asked (of two claims of one dispatch
-    only the first takes). A claim that fails its guard (a stale message) answers None."""
+    with the job as it is now (`seq` ARMED_SEQ: the dispatch its finishing worker was armed with). On PostgreSQL one
+    statement; answers in the order asked (of two claims of one dispatch only the first takes). A claim that fails
+    its guard (a stale message) answers None."""
     driver = postgres(conn)
     due_by = now + EARLY_CLAIM_TOLERANCE
     rows: list[Any]
@@ -217,7 +233,10 @@ def succeed_and_claim(
             succeeded = {row.job_id for row in conn.execute(_SUCCEED, {"held": attempts, "now": now})}
         rows = []
         if dispatches:
-            claims = conn.execute(_CLAIM, {"dispatches": dispatches, "now": now, "due_by": due_by}).all()
+            sent = [(job_id, seq) for job_id, seq in dispatches if seq != ARMED_SEQ]
+            armed = [job_id for job_id, seq in dispatches if seq == ARMED_SEQ]
+            params = {"dispatches": sent, "armed": armed, "now": now, "due_by": due_by}
+            claims = conn.execute(_CLAIM, params).all()
             by_id = {row.id: row for row in conn.execute(_CLAIMED_JOB, {"ids": [row.job_id for row in claims]})}
             rows = [(row.event, row.attempts, by_id[row.job_id]) for row in claims]
     else:
@@ -251,7 +270,7 @@ def claim(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime) -> Cl
 
 
 def _held(job_id: uuid.UUID, attempt: int, name: str) -> tuple[tuple[Any, ...], Status]:
-    guard, target = _guard(name)
+    guard, target = transition_guard(name)
     return (callbacks.c.job_id == job_id, callbacks.c.attempts == attempt, guard), target
 
 
@@ -280,77 +299,11 @@ def schedule_retry(
         .values(
             status=target, next_attempt_at=due_at, dispatch_seq=seq, last_error=error, claimed_at=None, updated_at=now
         )
-        .returning(*_RETURNING)
+        .returning(*DISPATCH_COLUMNS)
     ).first()
     if row is None:
         return False
-    return True if parked else _dispatches([row])[0]
-
-
-def expire(
-    conn: Connection, *, now: datetime, cutoff: datetime, max_attempts: int, error: str, limit: int
-) -> tuple[list[Dispatch], int]:
-    """Take back up to `limit` claims made before `cutoff` (their worker vanished): → RETRY due now with a new
-    dispatch each, or FAILED after `max_attempts`. Guarded on what was read, so overlapping passes take each once."""
-    held = select(callbacks.c.job_id, callbacks.c.attempts).where(
-        _status_in(frozenset({Status.PROCESSING})), callbacks.c.claimed_at < cutoff
-    )
-    claims = [tuple(row) for row in conn.execute(held.order_by(callbacks.c.claimed_at).limit(limit)).all()]
-    if not claims:
-        return [], 0
-    common = {"last_error": error, "claimed_at": None, "updated_at": now}
-    matching = (tuple_(callbacks.c.job_id, callbacks.c.attempts).in_(claims), callbacks.c.claimed_at < cutoff)
-    guard, target = _guard("expire_to_retry")
-    retried = conn.execute(
-        update(callbacks)
-        .where(*matching, guard, callbacks.c.attempts < max_attempts)
-        .values(status=target, next_attempt_at=now, dispatch_seq=func.abs(callbacks.c.dispatch_seq) + 1, **common)
-        .returning(*_RETURNING)
-    ).all()
-    guard, target = _guard("expire_to_failed")
-    failed = conn.execute(
-        update(callbacks).where(*matching, guard, callbacks.c.attempts >= max_attempts).values(status=target, **common)
-    ).rowcount
-    return _dispatches(retried), failed
-
-
-def waiting_candidates(
-    conn: Connection,
-    *,
-    overdue_before: datetime,
-    schedule_until: datetime,
-    limit: int,
-    after: tuple[datetime, uuid.UUID] | None = None,
-) -> list[tuple[uuid.UUID, int, datetime]]:
-    """Waiting callbacks whose job is still in the status they report and that should have a message in Redis:
-    sent and overdue, or without one (armed but never sent, or parked) and due before `schedule_until`.
-    Keyset-paged on (next_attempt_at, job_id) from `after`."""
-    overdue = and_(callbacks.c.dispatch_seq > 0, callbacks.c.next_attempt_at < overdue_before)
-    unsent = and_(callbacks.c.dispatch_seq <= 0, callbacks.c.next_attempt_at <= schedule_until)
-    query = select(callbacks.c.job_id, callbacks.c.dispatch_seq, callbacks.c.next_attempt_at).where(
-        _status_in(WAITING),
-        callbacks.c.next_attempt_at <= max(overdue_before, schedule_until),
-        or_(overdue, unsent),
-        _reports_job_status(),
-    )
-    if after is not None:
-        query = query.where(tuple_(callbacks.c.next_attempt_at, callbacks.c.job_id) > after)
-    rows = conn.execute(query.order_by(callbacks.c.next_attempt_at, callbacks.c.job_id).limit(limit)).all()
-    return [(row.job_id, row.dispatch_seq, row.next_attempt_at) for row in rows]
-
-
-def redispatch(conn: Connection, lost: list[tuple[uuid.UUID, int]], *, now: datetime) -> list[Dispatch]:
-    """Waiting callbacks `(job_id, seq)` whose message is gone, never sent or parked → a new dispatch each, guarded
-    on the seq read."""
-    if not lost:
-        return []
-    rows = conn.execute(
-        update(callbacks)
-        .where(tuple_(callbacks.c.job_id, callbacks.c.dispatch_seq).in_(lost), _guard("claim")[0])
-        .values(dispatch_seq=func.abs(callbacks.c.dispatch_seq) + 1, updated_at=now)
-        .returning(*_RETURNING)
-    ).all()
-    return _dispatches(rows)
+    return True if parked else dispatches_of([row])[0]
 
 
 @dataclass(frozen=True)
@@ -399,7 +352,7 @@ def park(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime, due_at
     return (
         conn.execute(
             update(callbacks)
-            .where(callbacks.c.job_id == job_id, callbacks.c.dispatch_seq == seq, _guard("claim")[0])
+            .where(callbacks.c.job_id == job_id, _is_dispatch(seq), transition_guard("claim")[0])
             .values(next_attempt_at=due_at, dispatch_seq=-callbacks.c.dispatch_seq, updated_at=now)
         ).rowcount
         == 1

@@ -157,6 +157,12 @@ class _ThreadTransports(threading.local):
         )
 
 
+def webhook_destination(url: str) -> str:
+    """`webhook:<host>:<port>`: the port explicit, the host as httpx connects to it (IDNA ASCII)."""
+    parsed = httpx.URL(url)
+    return destination_key("webhook", parsed.raw_host.decode("ascii"), parsed.port or _DEFAULT_PORTS[parsed.scheme])
+
+
 @register
 class WebhookChannel(Channel):
     """POSTs the notification as JSON to the recipient URL, signed when a secret is set."""
@@ -189,9 +195,7 @@ class WebhookChannel(Channel):
         return None
 
     def destination(self, recipient: str) -> str:
-        """`webhook:<host>:<port>`: the port explicit, the host as httpx connects to it (IDNA ASCII)."""
-        url = httpx.URL(recipient)
-        return destination_key(self.name, url.raw_host.decode("ascii"), url.port or _DEFAULT_PORTS[url.scheme])
+        return webhook_destination(recipient)
 
     def _recipient_url(self, recipient: str) -> httpx.URL:
         """The recipient as a URL we may post to; the PermanentError says why it is not one."""

@@ -11,9 +11,10 @@ from urllib.parse import urlsplit
 from standardwebhooks.webhooks import Webhook
 
 from actors.broker import Dispatcher, make_broker
-from actors.callbacks import send_armed
+from actors.callbacks import ArmedSender, send_armed
 from ledger import callbacks, claims, destinations, transitions
 from ledger.callbacks import CallbackView
+from ledger.claims import ClaimedJob
 from ledger.database import Database
 from ledger.states import Status
 from ledger.timestamps import utcnow
@@ -137,8 +138,7 @@ def test_a_callback_whose_message_redis_lost_is_sent_again_by_the_reconciler(
     dispatcher = Dispatcher(make_broker(private_redis.url), settings.queue)
     with webhook_sink() as sink:
         job_id = submit(database, None, settings, **callback_fields(sink.url))
-        assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=utcnow(), worker="w")) is not None
-        assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=utcnow()))
+        assert database.run(lambda conn: transitions.cancel(conn, job_id, scope="", now=utcnow()))
         send_armed(database, dispatcher, [job_id], now=utcnow())
         assert dispatcher.broker.client.hlen(f"dramatiq:{settings.queue}.msgs") == 1
         dispatcher.broker.client.flushall()
@@ -147,6 +147,68 @@ def test_a_callback_whose_message_redis_lost_is_sent_again_by_the_reconciler(
         assert report.redispatched == 1
         with running_worker(settings, database):
             wait_for_callback(database, job_id, {Status.SUCCESS})
+    assert received_events(sink) == [(f"{job_id}.CANCELLED", "notification.cancelled")]
+
+
+def test_a_finished_jobs_callback_goes_by_one_message_naming_its_armed_dispatch_and_no_statement(
+    make_settings, database, dispatcher, monkeypatch
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true")
+    statements: list[object] = []
+    real_dispatch_armed = callbacks.dispatch_armed
+
+    def dispatch_armed(*args, **kwargs):
+        statements.append(args)
+        return real_dispatch_armed(*args, **kwargs)
+
+    monkeypatch.setattr(callbacks, "dispatch_armed", dispatch_armed)
+    with webhook_sink() as sink, running_worker(settings, database) as delivery:
+        sent: list[tuple[str, int]] = []
+        real_send = delivery.dispatcher.send
+        delivery.dispatcher.send = lambda dispatches, **kw: (
+            sent.extend((d.destination, d.seq) for d in dispatches), real_send(dispatches, **kw)
+        )  # fmt: skip
+        fields = callback_fields(sink.url)
+        job_id = submit(database, dispatcher, settings, **fields)
+        view = wait_for_callback(database, job_id, {Status.SUCCESS})
+    assert (view.event, view.attempts) == (Status.SUCCESS, 1)
+    assert received_events(sink) == [(f"{job_id}.SUCCESS", "notification.succeeded")]
+    assert sent == [(fields["callback_destination"], callbacks.ARMED_SEQ)]
+    assert statements == []  # armed already dispatched: no first dispatch written
+
+
+def test_a_callbacks_armed_message_in_redis_is_not_sent_again_by_the_reconciler(
+    make_settings, database, dispatcher
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_RECONCILE_GRACE="0")
+    job_id = submit(database, None, settings, **callback_fields("http://127.0.0.1:9/status"))
+    assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=utcnow(), worker="w")) is not None
+    assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=utcnow()))
+    # The worker that finished it sent the message naming its armed dispatch, which waits in the queue.
+    sender = ArmedSender(dispatcher)
+    sender.post([ClaimedJob(job_id, "someone", "log", "hello", None, None, 1, 3, "http://127.0.0.1:9/status")])
+    assert sender.flush(10)
+    later = lambda: utcnow() + timedelta(seconds=1)  # noqa: E731
+    report = make_reconciler(settings, database, dispatcher, clock=later).run_once()
+    assert (report.checked, report.redispatched) == (1, 0)
+
+
+def test_a_callback_armed_for_a_worker_that_died_before_sending_it_is_sent_by_the_reconciler(
+    make_settings, database, private_redis
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_RECONCILE_GRACE="0", REDIS_URL=private_redis.url)
+    dispatcher = Dispatcher(make_broker(private_redis.url), settings.queue)
+    with webhook_sink() as sink:
+        job_id = submit(database, None, settings, **callback_fields(sink.url))
+        # The worker's success commits (arming the callback for that worker to send), then the worker is gone.
+        assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=utcnow(), worker="w")) is not None
+        assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=utcnow()))
+        later = lambda: utcnow() + timedelta(seconds=1)  # noqa: E731
+        report = make_reconciler(settings, database, dispatcher, clock=later).run_once()
+        assert report.redispatched == 1
+        with running_worker(settings, database):
+            view = wait_for_callback(database, job_id, {Status.SUCCESS})
+    assert (view.event, view.attempts) == (Status.SUCCESS, 1)
     assert received_events(sink) == [(f"{job_id}.SUCCESS", "notification.succeeded")]
 
 

@@ -1,5 +1,6 @@
 """Status callbacks in the ledger, on PostgreSQL and SQLite: armed in the transaction that finishes the job, whatever
-finishes it; fenced on their dispatch and on the job's status; taken back and re-dispatched like jobs."""
+finishes it (already dispatched when its worker finished it, to send itself); fenced on their dispatch and on the
+job's status; taken back and re-dispatched like jobs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from ledger import callbacks, claims, transitions
+from ledger import callback_recovery, callbacks, claims, transitions
 from ledger.database import Database
 from ledger.schema import callbacks as callbacks_table
 from ledger.states import Outcome, Status
@@ -50,8 +51,9 @@ def test_the_callback_is_armed_by_the_workers_success_in_its_own_statement(datab
     claim(database, job_id)
     assert database.run(lambda conn: claims.succeed_many(conn, [(job_id, 1)], now=T0)) == [True]
     armed = row(database, job_id)
+    # Dispatched already: the worker that finished the job sends it, without a message.
     assert (armed.event, armed.status, armed.attempts, armed.dispatch_seq, armed.destination) == (
-        "SUCCESS", "PENDING", 0, 0, DESTINATION
+        "SUCCESS", "PENDING", 0, 1, DESTINATION
     )  # fmt: skip
 
 
@@ -75,8 +77,12 @@ def test_the_callback_is_armed_by_a_failure_a_cancellation_an_expiry_and_a_defer
         lambda conn: transitions.give_up_deferred(conn, now=T0 + 100 * SECOND, max_deferral=10, job_ids=[deferred])
     )
     assert given_up == [deferred]
-    events = {job_id: row(database, job_id).event for job_id in (failed, cancelled, expired, deferred)}
-    assert events == {failed: "FAILED", cancelled: "CANCELLED", expired: "FAILED", deferred: "FAILED"}
+    armed = {job_id: row(database, job_id) for job_id in (failed, cancelled, expired, deferred)}
+    assert {job_id: r.event for job_id, r in armed.items()} == {
+        failed: "FAILED", cancelled: "CANCELLED", expired: "FAILED", deferred: "FAILED"
+    }  # fmt: skip
+    # Only the worker's own failure arms it dispatched (that worker sends it); the others wait for a message.
+    assert {job_id: r.dispatch_seq for job_id, r in armed.items()} == {failed: 1, cancelled: 0, expired: 0, deferred: 0}
 
 
 def test_a_finish_that_rolls_back_arms_nothing(database: Database) -> None:
@@ -120,13 +126,14 @@ def test_a_manual_retry_holds_the_failed_callback_and_the_next_finish_rearms_it(
     job_id = with_callback(database, "retried")
     claim(database, job_id)
     fail_attempt(database, job_id)
-    [first] = database.run(lambda conn: callbacks.dispatch_armed(conn, [job_id], now=T0))
+    first = row(database, job_id)
+    assert first.dispatch_seq == 1
     dispatch = database.run(lambda conn: transitions.manual_retry(conn, job_id, now=T0, extra_attempts=3))
     assert dispatch is not None
     # The job is no longer FAILED: the failed callback does not claim, and no pass sends it meanwhile.
-    assert database.run(lambda conn: callbacks.claim(conn, job_id, first.seq, now=T0)) is None
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, first.dispatch_seq, now=T0)) is None
     candidates = database.run(
-        lambda conn: callbacks.waiting_candidates(
+        lambda conn: callback_recovery.waiting_candidates(
             conn, overdue_before=T0 + 60 * SECOND, schedule_until=T0 + 60 * SECOND, limit=10
         )
     )
@@ -134,11 +141,27 @@ def test_a_manual_retry_holds_the_failed_callback_and_the_next_finish_rearms_it(
     assert database.run(lambda conn: claims.claim(conn, job_id, dispatch.seq, now=T0, worker="w")) is not None
     assert database.run(lambda conn: claims.succeed(conn, job_id, 2, now=T0))
     rearmed = row(database, job_id)
-    assert (rearmed.event, rearmed.status, rearmed.attempts, rearmed.dispatch_seq) == ("SUCCESS", "PENDING", 0, -1)
-    assert database.run(lambda conn: callbacks.claim(conn, job_id, first.seq, now=T0)) is None
-    [second] = database.run(lambda conn: callbacks.dispatch_armed(conn, [job_id], now=T0))
-    assert second.seq == 2
+    # Re-armed dispatched by the worker's success, past the seq of any message of the first finish.
+    assert (rearmed.event, rearmed.status, rearmed.attempts, rearmed.dispatch_seq) == ("SUCCESS", "PENDING", 0, 2)
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, first.dispatch_seq, now=T0)) is None
     assert database.run(lambda conn: callbacks.claim(conn, job_id, 2, now=T0)).event is Status.SUCCESS
+
+
+def test_the_finishing_workers_claim_takes_the_armed_callback_once_whatever_its_seq(database: Database) -> None:
+    job_id = with_callback(database, "armed")
+    claim(database, job_id)
+    assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=T0))
+    # A reconciler pass that found its message missing sent a newer dispatch meanwhile.
+    [newer] = database.run(lambda conn: callback_recovery.redispatch(conn, [(job_id, 1)], now=T0))
+    held = database.run(lambda conn: callbacks.claim(conn, job_id, callbacks.ARMED_SEQ, now=T0), transaction=True)
+    assert held is not None and (held.event, held.attempt) == (Status.SUCCESS, 1)
+    # Once attempted, neither the armed claim nor the newer message takes it again.
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, callbacks.ARMED_SEQ, now=T0)) is None
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, newer.seq, now=T0)) is None
+    # A callback armed unsent (a cancellation) is no worker's to claim without a message.
+    cancelled = with_callback(database, "cancelled")
+    assert database.run(lambda conn: transitions.cancel(conn, cancelled, scope="", now=T0))
+    assert database.run(lambda conn: callbacks.claim(conn, cancelled, callbacks.ARMED_SEQ, now=T0)) is None
 
 
 def test_the_reconciler_reads_unsent_and_overdue_callbacks_and_takes_back_vanished_claims(database: Database) -> None:
@@ -148,18 +171,18 @@ def test_the_reconciler_reads_unsent_and_overdue_callbacks_and_takes_back_vanish
     database.run(lambda conn: callbacks.dispatch_armed(conn, [lost, held], now=T0))
     assert database.run(lambda conn: callbacks.claim(conn, held, 1, now=T0)) is not None
     candidates = database.run(
-        lambda conn: callbacks.waiting_candidates(
+        lambda conn: callback_recovery.waiting_candidates(
             conn, overdue_before=T0 + 10 * SECOND, schedule_until=T0 + 10 * SECOND, limit=10
         )
     )
     assert sorted(candidates) == sorted([(unsent, 0, T0), (lost, 1, T0)])
-    sent = database.run(lambda conn: callbacks.redispatch(conn, [(unsent, 0), (lost, 1)], now=T0))
+    sent = database.run(lambda conn: callback_recovery.redispatch(conn, [(unsent, 0), (lost, 1)], now=T0))
     assert sorted((d.job_id, d.seq) for d in sent) == sorted([(unsent, 1), (lost, 2)])
-    assert database.run(lambda conn: callbacks.redispatch(conn, [(unsent, 0), (lost, 1)], now=T0)) == []
+    assert database.run(lambda conn: callback_recovery.redispatch(conn, [(unsent, 0), (lost, 1)], now=T0)) == []
 
     def expire(max_attempts: int, cutoff=T0 + 30 * SECOND):
         return database.run(
-            lambda conn: callbacks.expire(
+            lambda conn: callback_recovery.expire(
                 conn, now=cutoff + 30 * SECOND, cutoff=cutoff, max_attempts=max_attempts, error="vt", limit=10
             ),
             transaction=True,
@@ -171,3 +194,19 @@ def test_the_reconciler_reads_unsent_and_overdue_callbacks_and_takes_back_vanish
     assert database.run(lambda conn: callbacks.claim(conn, held, 2, now=T0 + 60 * SECOND)).attempt == 2
     assert expire(max_attempts=2, cutoff=T0 + 90 * SECOND) == ([], 1)
     assert (row(database, held).status, row(database, held).last_error) == ("FAILED", "vt")
+
+
+def test_the_armed_dispatch_deferred_beyond_the_horizon_is_parked_for_the_reconciler(database: Database) -> None:
+    job_id = with_callback(database, "parked")
+    claim(database, job_id)
+    assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=T0))
+    later = T0 + 3600 * SECOND
+    assert database.run(lambda conn: callbacks.park(conn, job_id, callbacks.ARMED_SEQ, now=T0, due_at=later))
+    parked = row(database, job_id)
+    assert (parked.dispatch_seq, parked.next_attempt_at) == (-1, later)
+    # Its message is gone: only the reconciler's next dispatch claims it, once due.
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, callbacks.ARMED_SEQ, now=later)) is None
+    candidates = database.run(
+        lambda conn: callback_recovery.waiting_candidates(conn, overdue_before=later, schedule_until=later, limit=10)
+    )
+    assert candidates == [(job_id, -1, later)]
