@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from standardwebhooks.webhooks import Webhook
@@ -131,11 +132,16 @@ def test_a_black_holed_callback_fails_on_its_own_and_leaves_the_job_as_it_was(
     assert 1 <= len(receiver.received) <= 2
 
 
+def reconciled_on(private_redis: Any, make_settings: Any) -> tuple[Any, Dispatcher]:
+    """Settings for a reconciler with no grace and a dispatcher, both on a Redis of the test's own."""
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_RECONCILE_GRACE="0", REDIS_URL=private_redis.url)
+    return settings, Dispatcher(make_broker(private_redis.url), settings.queue)
+
+
 def test_a_callback_whose_message_redis_lost_is_sent_again_by_the_reconciler(
     make_settings, database, private_redis
 ) -> None:
-    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_RECONCILE_GRACE="0", REDIS_URL=private_redis.url)
-    dispatcher = Dispatcher(make_broker(private_redis.url), settings.queue)
+    settings, dispatcher = reconciled_on(private_redis, make_settings)
     with webhook_sink() as sink:
         job_id = submit(database, None, settings, **callback_fields(sink.url))
         assert database.run(lambda conn: transitions.cancel(conn, job_id, scope="", now=utcnow()))
@@ -196,8 +202,7 @@ def test_a_callbacks_armed_message_in_redis_is_not_sent_again_by_the_reconciler(
 def test_a_callback_armed_for_a_worker_that_died_before_sending_it_is_sent_by_the_reconciler(
     make_settings, database, private_redis
 ) -> None:
-    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_RECONCILE_GRACE="0", REDIS_URL=private_redis.url)
-    dispatcher = Dispatcher(make_broker(private_redis.url), settings.queue)
+    settings, dispatcher = reconciled_on(private_redis, make_settings)
     with webhook_sink() as sink:
         job_id = submit(database, None, settings, **callback_fields(sink.url))
         # The worker's success commits (arming the callback for that worker to send), then the worker is gone.
