@@ -12,8 +12,8 @@ import httpx
 
 from actors.channels import deadline, register
 from actors.channels.base import Channel, ChannelConfig, Notification, PermanentError, TransientError
-from actors.channels.transport import WatchedTransport
-from actors.channels.webhook import USER_AGENT, raise_for_status, read_limited
+from actors.channels.transport import WatchedTransport, read_limited
+from actors.channels.webhook import MAX_RESPONSE_BYTES, USER_AGENT, raise_for_status
 from actors.flow.keys import destination_key
 
 #: Longest one SMS request may take, in seconds, before `ChannelConfig.timeout_cap` and the time left before the
@@ -96,14 +96,14 @@ class SmsChannel(Channel):
                 if timeout <= 0:
                     raise httpx.TimeoutException("no time left before the attempt's deadline")
                 with self._client.stream("POST", self.endpoint, data=form, timeout=timeout) as response:
-                    content = read_limited(response, ends)
+                    content = read_limited(response, MAX_RESPONSE_BYTES, ends)
             except httpx.TransportError as exc:
                 if cutoff.expired:
                     raise TransientError(cutoff.reason("SMS gateway")) from exc
                 if isinstance(exc, httpx.TimeoutException):
                     raise TransientError(f"SMS gateway timed out after {self.timeout:g}s") from exc
                 raise TransientError(f"SMS gateway failed ({type(exc).__name__}): {exc}") from exc
-        raise_for_status(response, content, now=self._clock())
+        raise_for_status(response.status_code, response.headers, content, now=self._clock())
         return _receipt(response.status_code, content)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ attempt that reuses it) and cut every operation's timeout to the time left.
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Iterable, Iterator
 
 import httpcore
@@ -159,3 +160,22 @@ class WatchedTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._pool.close()
+
+
+def read_limited(response: httpx.Response, limit: int, deadline: float) -> bytes:
+    """Read at most `limit` bytes of a streamed body as it came over the wire, stopping early at
+    `deadline`. Raw: a receiver's gzip would be inflated a whole network read at a time (a 64 KiB read of a
+    gzip bomb is 64 MiB), whatever the bound. A body compressed although we asked for none is not quoted."""
+    if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_raw():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit or time.monotonic() >= deadline:
+                break
+    except httpx.HTTPError:
+        pass  # The status line already decided the outcome; the body only adds detail.
+    return b"".join(chunks)[:limit]

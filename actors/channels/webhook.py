@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import ssl
@@ -14,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -29,7 +31,7 @@ from actors.channels.base import (
 )
 from actors.channels.deadline import Cutoff
 from actors.channels.netguard import Resolver, host_refusal, refusal_reason, system_resolver
-from actors.channels.transport import WatchedTransport
+from actors.channels.pinned_http import ConnectFailed, Endpoint, PinnedConnection, read_limited, reusable
 from actors.flow.keys import destination_key
 
 #: Sent on every request, so receivers can tell our traffic apart in their logs.
@@ -53,10 +55,19 @@ KEEPALIVE_SECONDS = 1.5
 #: one is closed when a new one would pass this.
 ENDPOINTS_PER_THREAD = 32
 
+#: Recipient URLs each channel keeps parsed and checked.
+URLS_KEPT = 1024
+
 _SECRET_PREFIX = "whsec_"
 
 #: The port of a URL that names none.
 _DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+class Headers(Protocol):
+    """A response's headers, looked up by name whatever its case (httpx's and `http.client`'s both)."""
+
+    def get(self, name: str, /) -> str | None: ...
 
 
 def decode_secret(secret: str) -> bytes:
@@ -102,45 +113,26 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-def raise_for_status(response: httpx.Response, body: bytes, *, now: float) -> None:
-    """Raise the delivery error a non-2xx response means; return for 2xx.
+def raise_for_status(status: int, headers: Headers, body: bytes, *, now: float) -> None:
+    """Raise the delivery error a non-2xx response (its status, headers and the start of its body) means; return
+    for 2xx.
 
     408, 429 and 5xx are transient (with the provider's Retry-After), 429 and a 503 with Retry-After throttling
     ones; 3xx are permanent because redirects are not followed (one could lead to a private address); other 4xx
     are permanent.
     """
-    status = response.status_code
     if 200 <= status < 300:
         return
     quoted = excerpt(body)
     detail = f"HTTP {status}" + (f": {quoted}" if quoted else "")
     if status in (408, 429) or 500 <= status < 600:
-        retry_after = parse_retry_after(response.headers.get("retry-after"), now=now)
+        retry_after = parse_retry_after(headers.get("retry-after"), now=now)
         throttled = status == 429 or (status == 503 and retry_after is not None)
         raise TransientError(detail, retry_after=retry_after, throttled=throttled)
     if 300 <= status < 400:
-        location = response.headers.get("location", "")
+        location = headers.get("location") or ""
         raise PermanentError(f"HTTP {status}: redirects are not followed (Location: {location[:200]})")
     raise PermanentError(detail)
-
-
-def read_limited(response: httpx.Response, deadline: float) -> bytes:
-    """Read at most `MAX_RESPONSE_BYTES` of a streamed body as it came over the wire, stopping early at
-    `deadline`. Raw: a receiver's gzip would be inflated a whole network read at a time (a 64 KiB read of a
-    gzip bomb is 64 MiB), whatever the bound. A body compressed although we asked for none is not quoted."""
-    if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
-        return b""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        for chunk in response.iter_raw():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= MAX_RESPONSE_BYTES or time.monotonic() >= deadline:
-                break
-    except httpx.HTTPError:
-        pass  # The status line already decided the outcome; the body only adds detail.
-    return b"".join(chunks)[:MAX_RESPONSE_BYTES]
 
 
 def excerpt(body: bytes) -> str:
@@ -148,13 +140,11 @@ def excerpt(body: bytes) -> str:
     return " ".join(body.decode("utf-8", "replace").split())[:EXCERPT_CHARS]
 
 
-class _ThreadTransports(threading.local):
-    """Each worker thread's kept transports with the time each was last taken, least recently used first."""
+class _ThreadConnections(threading.local):
+    """Each worker thread's kept connections, least recently used first."""
 
     def __init__(self) -> None:
-        self.by_endpoint: OrderedDict[tuple[str, str, int | None, str], tuple[WatchedTransport, float]] = (
-            OrderedDict()
-        )
+        self.by_endpoint: OrderedDict[Endpoint, PinnedConnection] = OrderedDict()
 
 
 def webhook_destination(url: str) -> str:
@@ -185,7 +175,10 @@ class WebhookChannel(Channel):
         # One for every connection (None: the system's, `system_tls_context`, built when first needed): loading the
         # CA bundle is the slow part of a client, and a context is safe to share between threads.
         self._ssl_context = ssl_context
-        self._transports = _ThreadTransports()
+        self._connections = _ThreadConnections()
+        # A callback URL or a webhook recipient comes back job after job: parsed and checked once (a pure function
+        # of the string and the settings; a refusal raises, and is not kept).
+        self._recipient_url = functools.lru_cache(maxsize=URLS_KEPT)(self._parse_recipient)
 
     def check_recipient(self, recipient: str) -> str | None:
         try:
@@ -197,7 +190,7 @@ class WebhookChannel(Channel):
     def destination(self, recipient: str) -> str:
         return webhook_destination(recipient)
 
-    def _recipient_url(self, recipient: str) -> httpx.URL:
+    def _parse_recipient(self, recipient: str) -> httpx.URL:
         """The recipient as a URL we may post to; the PermanentError says why it is not one."""
         if any(char.isspace() or not char.isprintable() for char in recipient):
             raise PermanentError("The webhook URL must not contain spaces or control characters.")
@@ -280,83 +273,74 @@ class WebhookChannel(Channel):
         self, url: httpx.URL, addresses: list[str], body: bytes, headers: dict[str, str], cutoff: Cutoff
     ) -> str:
         ends = time.monotonic() + cutoff.left(self.timeout)
-        sni = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        port = url.port or _DEFAULT_PORTS[url.scheme]
+        target = url.raw_path.decode("ascii")
         for index, address in enumerate(addresses):
             remaining = ends - time.monotonic()
             if remaining <= 0:
                 break
-            # The URL names the checked address, so no second lookup happens and DNS cannot
-            # change the answer in between; Host and TLS (SNI and certificate check, via the
-            # sni_hostname extension) still use the original host name.
-            pinned = url.copy_with(host=address)
-            request = httpx.Request(
-                "POST",
-                pinned,
-                content=body,
-                headers=headers,
-                extensions={**sni, "timeout": httpx.Timeout(remaining).as_dict()},
-            )
+            # The connection goes to the checked address, so no second lookup happens and DNS cannot change the
+            # answer in between; Host and TLS (SNI and the certificate check) still use the original host name.
+            endpoint = Endpoint(url.scheme, url.host, port, address)
+            connection = self._connection(endpoint)
             try:
-                response = self._transport(url, address).handle_request(request)
-            except httpx.TransportError as exc:
+                response = connection.post(target, headers, body, remaining)
+                content = read_limited(response, MAX_RESPONSE_BYTES, ends)
+            except (OSError, http.client.HTTPException) as exc:
+                self._forget(endpoint)  # a connection that failed is never reused
                 if cutoff.expired:
-                    self._forget(url, address)
                     raise TransientError(cutoff.reason(url.host)) from exc
-                if isinstance(exc, httpx.ConnectError) and index + 1 < len(addresses):
+                if isinstance(exc, ConnectFailed) and index + 1 < len(addresses):
                     continue  # Nothing was sent; the host's next address may answer.
-                if isinstance(exc, httpx.ConnectError):
+                if isinstance(exc, ConnectFailed):
                     raise TransientError(f"could not connect to {url.host} ({address}): {exc}") from exc
-                if isinstance(exc, httpx.TimeoutException):
+                if isinstance(exc, TimeoutError):
                     raise TransientError(f"{url.host} timed out after {self.timeout:g}s") from exc
                 raise TransientError(f"{url.host} failed ({type(exc).__name__}): {exc}") from exc
-            try:
-                content = read_limited(response, ends)
-            finally:
-                response.close()
             if cutoff.fired:
-                self._forget(url, address)
-            raise_for_status(response, content, now=self._clock())
-            return f"HTTP {response.status_code}"
+                # Cut while the response came: `http.client` takes the end of the stream for the end of the head
+                # or body, so what was read is no answer.
+                self._forget(endpoint)
+                raise TransientError(cutoff.reason(url.host))
+            if not reusable(response):
+                response.close()
+                self._forget(endpoint)
+            raise_for_status(response.status, response.msg, content, now=self._clock())
+            return f"HTTP {response.status}"
         if cutoff.expired:
             raise TransientError(cutoff.reason(url.host))
         raise TransientError(f"{url.host} timed out after {self.timeout:g}s")
 
-    def _transport(self, url: httpx.URL, address: str) -> WatchedTransport:
-        """This thread's transport for one host name at one address, kept for the next delivery there.
+    def _connection(self, endpoint: Endpoint) -> PinnedConnection:
+        """This thread's connection to one host name at one address, kept for the next delivery there.
 
-        Its connections are made to that address only and checked against that host name, so reusing
-        them keeps the pinning and the certificate check a new connection gets; a host name that shares
-        the address has a transport of its own. A transport, not a client: no proxy from the environment
-        (it would resolve the name itself and undo the pinning), no redirects, no cookies carried from one
-        receiver's reply to the next delivery. One thread's deliveries run one at a time, so its transports
-        need no lock and hold one connection each.
+        A host name that shares the address has a connection of its own (its certificate was checked for another
+        name). One thread's deliveries run one at a time, so its connections need no lock.
         """
-        transports = self._transports.by_endpoint
+        connections = self._connections.by_endpoint
         now = time.monotonic()
-        # Those idle past the keep-alive hold only expired connections: close their sockets now rather
-        # than whenever the endpoint is next used, which may be never.
-        while transports:
-            stale_key, (stale, taken) = next(iter(transports.items()))
-            if now - taken <= KEEPALIVE_SECONDS:
+        # Those idle past the keep-alive are closed now rather than whenever the endpoint is next used, which may
+        # be never.
+        while connections:
+            stale_endpoint, stale = next(iter(connections.items()))
+            if now - stale.used_at <= KEEPALIVE_SECONDS:
                 break
-            del transports[stale_key]
+            del connections[stale_endpoint]
             stale.close()
-        key = (url.scheme, url.host, url.port, address)
-        kept = transports.pop(key, None)
-        transport = kept[0] if kept else self._new_transport()
-        transports[key] = (transport, now)
-        if len(transports) > ENDPOINTS_PER_THREAD:
-            transports.popitem(last=False)[1][0].close()
-        return transport
+        connection = connections.pop(endpoint, None) or PinnedConnection(endpoint, self._tls_context(endpoint))
+        connections[endpoint] = connection
+        if len(connections) > ENDPOINTS_PER_THREAD:
+            connections.popitem(last=False)[1].close()
+        return connection
 
-    def _forget(self, url: httpx.URL, address: str) -> None:
-        """Close this thread's connection to an endpoint that the attempt's deadline cut: it is never reused."""
-        kept = self._transports.by_endpoint.pop((url.scheme, url.host, url.port, address), None)
+    def _forget(self, endpoint: Endpoint) -> None:
+        """Close this thread's connection to an endpoint: it failed, was cut by the deadline, or holds a response
+        not read to its end."""
+        kept = self._connections.by_endpoint.pop(endpoint, None)
         if kept is not None:
-            kept[0].close()
+            kept.close()
 
-    def _new_transport(self) -> WatchedTransport:
-        return WatchedTransport(
-            ssl_context=self._ssl_context or system_tls_context(),
-            limits=httpx.Limits(max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS),
-        )
+    def _tls_context(self, endpoint: Endpoint) -> ssl.SSLContext | None:
+        if endpoint.scheme != "https":
+            return None
+        return self._ssl_context or system_tls_context()

@@ -1,0 +1,139 @@
+"""A lean HTTP/1.1 client for the webhook channel (webhooks and status callbacks): `http.client` over connections
+pinned to the address the SSRF guard checked, under the attempt's deadline (`actors.channels.deadline`).
+
+httpx, httpcore and h11 cost a POST several times the CPU of `http.client` (bench/README.md); what they gave the
+channel is kept here: the connection goes to the checked address while Host, SNI and the certificate check use the
+URL's host name; no proxy, no redirect, no cookie; a response read only up to a bound; every socket operation given
+the time left and the socket cut at the deadline; one kept connection per endpoint in each thread, never shared.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import ssl
+import time
+from typing import NamedTuple
+
+from actors.channels import deadline
+
+
+class Endpoint(NamedTuple):
+    """Where a connection goes: the URL's scheme, host name and port, and the checked address it is pinned to."""
+
+    scheme: str
+    host: str
+    port: int
+    address: str
+
+
+class ConnectFailed(OSError):
+    """The connection (or its TLS handshake) could not be made: nothing was sent, another address may answer."""
+
+
+class PinnedConnection:
+    """One HTTP/1.1 connection to one endpoint, made to its checked address only (so reusing it keeps the pinning
+    and the certificate check a new one gets). One thread uses it at a time."""
+
+    def __init__(self, endpoint: Endpoint, ssl_context: ssl.SSLContext | None) -> None:
+        self.endpoint = endpoint
+        self._ssl_context = ssl_context if endpoint.scheme == "https" else None
+        self._sock: socket.socket | None = None
+        self._watched_by: deadline.Cutoff | None = None
+        #: Monotonic instant it was last used, for the keep-alive expiry.
+        self.used_at = time.monotonic()
+
+    def post(self, target: str, headers: dict[str, str], body: bytes, timeout: float) -> http.client.HTTPResponse:
+        """POST `body` in one write (head and body: one packet for a small one); the response with its head read.
+        Every socket operation waits at most `timeout` (the channel's, cut to the attempt's deadline), and the
+        socket is watched by the calling thread's attempt. `http.client` parses the response (with its bounds on
+        line length and header count)."""
+        self.used_at = time.monotonic()
+        request = _request(target, headers, body)
+        if self._sock is not None and _closed_by_peer(self._sock):
+            self.close()  # the receiver closed it while idle
+        if self._sock is None:
+            self._sock = self._connect(timeout)
+        else:
+            self._sock.settimeout(timeout)
+            cutoff = deadline.current()
+            if cutoff is not self._watched_by:
+                self._watched_by = cutoff
+                deadline.watch(self._sock)
+        self._sock.sendall(request)
+        response = http.client.HTTPResponse(self._sock, method="POST")
+        response.begin()
+        return response
+
+    def close(self) -> None:
+        """Close the socket (a response still open keeps its own reference until it is closed)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _connect(self, timeout: float) -> socket.socket:
+        """Connect to the pinned address (never a lookup) and, for https, verify the certificate for the host
+        name, sent as SNI; watched by the attempt's cutoff before the handshake, which may be slow too."""
+        try:
+            sock = socket.create_connection((self.endpoint.address, self.endpoint.port), timeout)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise ConnectFailed(str(exc)) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._watched_by = deadline.current()
+        deadline.watch(sock)
+        if self._ssl_context is None:
+            return sock
+        try:
+            return self._ssl_context.wrap_socket(sock, server_hostname=self.endpoint.host)
+        except TimeoutError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            raise ConnectFailed(str(exc)) from exc
+
+
+def reusable(response: http.client.HTTPResponse) -> bool:
+    """Whether the response's connection may carry the next request: its body was read to the end and the
+    receiver did not ask to close (a body left unread would be taken for the next response)."""
+    return response.isclosed() and not response.will_close
+
+
+def read_limited(response: http.client.HTTPResponse, limit: int, ends: float) -> bytes:
+    """Read at most `limit` bytes of the body as it came over the wire, stopping early at `ends` (monotonic). Raw:
+    a body compressed although we asked for none is not read (a gzip bomb is never inflated)."""
+    if (response.getheader("content-encoding") or "identity").strip().lower() != "identity":
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < limit and time.monotonic() < ends:
+            chunk = response.read1(limit - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if response.length == 0:
+            response.close()  # read to its end (`read1` leaves that to the caller), so the connection is reusable
+    except (OSError, http.client.HTTPException):
+        pass  # The status line already decided the outcome; the body only adds detail.
+    return b"".join(chunks)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    # An idle HTTP/1.1 connection has nothing to read: readable means the receiver closed it (or sent junk).
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _request(target: str, headers: dict[str, str], body: bytes) -> bytes:
+    for part in (target, *headers, *headers.values()):
+        if "\r" in part or "\n" in part:
+            raise ValueError(f"a line break in {part!r}")  # never sent: it would split the request
+    lines = [f"POST {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers.items())]
+    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+    return "\r\n".join(lines).encode("ascii") + body
