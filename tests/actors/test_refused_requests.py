@@ -8,7 +8,8 @@ import uuid
 import pytest
 
 from actors.broker import Dispatcher, make_broker, parse_redis_message_id, redis_message_id
-from actors.delivery import Delivery, _Claim, _Delivered
+from actors.delivery import Delivery
+from actors.ledger_batch import Delivered, JobClaim
 from ledger import claims, queries
 from ledger.claims import ClaimedJob
 from ledger.database import Database
@@ -73,7 +74,7 @@ def test_a_claim_the_database_refuses_fails_alone_and_the_success_and_claim_shar
 
     # One batch as the ledger batcher hands it over: a success, a good claim, and a claim whose seq overflows the
     # ledger's INTEGER (as no message may carry since the id is checked, but any value the database refuses).
-    results = delivery._write_batch([_Delivered(held, utcnow(), 1.0), _Claim(claimable, 1), _Claim(refused, 2**31)])
+    results = delivery.batch.write([Delivered(held, utcnow(), 1.0), JobClaim(claimable, 1), JobClaim(refused, 2**31)])
 
     assert results[0] is True
     assert isinstance(results[1], ClaimedJob) and results[1].id == claimable
@@ -94,7 +95,7 @@ def test_two_copies_of_one_message_in_a_refused_batch_claim_its_attempt_once(mak
     duplicated, refused = (submit(database, None, settings) for _ in range(2))
 
     # A message sent twice under one id, both copies claiming in the batch a refused request sends one by one
-    results = delivery._write_batch([_Claim(duplicated, 1), _Claim(duplicated, 1), _Claim(refused, 2**31)])
+    results = delivery.batch.write([JobClaim(duplicated, 1), JobClaim(duplicated, 1), JobClaim(refused, 2**31)])
 
     assert [isinstance(result, ClaimedJob) for result in results[:2]].count(True) == 1
     assert results[:2].count(None) == 1

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from actors import delivery as delivery_module
+from actors import ledger_batch
 from actors.batching import Batcher
 from actors.broker import Dispatcher, make_broker, redis_message_id
 from actors.delivery import Delivery
@@ -91,7 +91,7 @@ def test_the_thread_returns_before_its_success_is_written(make_settings, databas
 def test_a_success_shares_the_statement_of_the_claim_of_the_message_in_hand(
     make_settings, database, dispatcher, statements, monkeypatch
 ):
-    monkeypatch.setattr(delivery_module, "SUCCESS_LINGER", 10.0)  # so that the next claim surely comes in time
+    monkeypatch.setattr(ledger_batch, "SUCCESS_LINGER", 10.0)  # so that the next claim surely comes in time
     settings = make_settings()
     # Both messages are in Redis before the worker starts: its one thread delivers the first while the second waits
     # in the worker's work queue, so the first's success waits for the second's claim.
@@ -114,7 +114,7 @@ def test_a_success_shares_the_statement_of_the_claim_of_the_message_in_hand(
 
 
 def test_a_success_with_no_claim_on_its_way_is_written_at_once(make_settings, database, statements, monkeypatch):
-    monkeypatch.setattr(delivery_module, "SUCCESS_LINGER", 600.0)  # a success lingering for nothing would stay
+    monkeypatch.setattr(ledger_batch, "SUCCESS_LINGER", 600.0)  # a success lingering for nothing would stay
     settings = make_settings()
     delivery = make_delivery(settings, database)
 

@@ -348,5 +348,5 @@ class ChaosRun:
 
 
 def worker_name(pid: int) -> str:
-    """How the delivery actor names a worker process on attempts (see `actors.delivery.worker_name`)."""
+    """How the delivery actor names a worker process on attempts (see `actors.ledger_batch.worker_name`)."""
     return f"{socket.gethostname()}:{pid}"

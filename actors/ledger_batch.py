@@ -1,0 +1,231 @@
+"""The worker's ledger batch: every thread's claims and successes, the jobs' and the status callbacks', with their
+destinations' gate admissions and releases, written together in a few shared statements and one gate round trip per
+batch; and the recording of an outcome that rides out a ledger outage inside the attempt's claim."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import NamedTuple, TypeVar
+
+from sqlalchemy import Connection
+
+from actors.batching import Batcher
+from actors.callbacks import ArmedSender, CallbackClaim, CallbackSucceeded, write_batch
+from actors.claims_coming import ClaimsComing
+from actors.flow import Admission
+from actors.flow.control import Deferred, FlowControl, Released
+from actors.settings import Settings
+from ledger import claims
+from ledger.callbacks import ClaimedCallback
+from ledger.claims import ClaimedJob
+from ledger.database import Database
+from ledger.errors import LedgerUnavailable
+
+log = logging.getLogger("wjp.worker")
+T = TypeVar("T")
+
+
+def worker_name() -> str:
+    """Who holds a claim, as recorded on each attempt: host and process."""
+    return _worker_name(os.getpid())
+
+
+@functools.cache
+def _worker_name(pid: int) -> str:
+    # Asked for every ledger batch; keyed by pid, since Dramatiq forks its worker processes from one parent.
+    return f"{socket.gethostname()}:{pid}"
+
+
+#: Longest a success waits for a claim on its way to share a statement with (at most this much later in the ledger).
+SUCCESS_LINGER = 0.005
+
+
+class JobClaim(NamedTuple):
+    """A message that is to claim its job's attempt; with a destination, admitted by the gate first."""
+
+    job_id: uuid.UUID
+    seq: int
+    destination: str = ""
+    rid: str = ""
+
+
+class Delivered(NamedTuple):
+    """A successful attempt whose outcome is yet to be written."""
+
+    job: ClaimedJob
+    claimed_at: datetime
+    elapsed_ms: float
+
+
+class LedgerBatch:
+    """The ledger writes of one worker process, batched (`batcher`): its threads submit claims (answered with the
+    job or callback claimed, None, or the gate's deferral) and post successes (written with the next batch)."""
+
+    def __init__(
+        self, *, database: Database, settings: Settings, armed: ArmedSender, clock: Callable[[], datetime]
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self.armed = armed
+        self.clock = clock
+        #: The destinations' flow control, which posts its releases to `batcher` (set once it is built over it).
+        self.flow: FlowControl | None = None
+        # Claims and successes are the two writes of every job: the process's threads share statements of them, and
+        # a success waits a moment for a claim on its way to share its statement (and commit) with. A thread waits
+        # for its claim, but not for its success to be written: it takes its next message meanwhile.
+        self.claims_coming = ClaimsComing()
+        self.batcher: Batcher[Request, Result] = Batcher(
+            self.write, "wjp-ledger", linger=SUCCESS_LINGER, coming=self.claims_coming
+        )
+
+    def write(self, requests: list[Request]) -> list[Result | BaseException]:
+        """One batch: each request's answer, in order."""
+        admissions: dict[int, Admission] = {}
+        if self.flow is not None:
+            asking = [(n, r.destination, r.rid) for n, r in enumerate(requests)
+                      if isinstance(r, JobClaim | CallbackClaim) and r.destination]  # fmt: skip
+            admissions = self.flow.admit(asking, requests)
+        granted = [r for n, r in enumerate(requests) if admissions.get(n, GRANTED).granted]
+        delivered = [r for r in requests if isinstance(r, Delivered)]
+        dispatches = [(r.job_id, r.seq) for r in granted if isinstance(r, JobClaim)]
+        attempts = [(item.job.id, item.job.attempt) for item in delivered]
+        now = self.clock()
+        # Status callbacks' claims and successes: a statement of their own in the same batch.
+        callbacks_done, callbacks_claimed = write_batch(
+            self.database, [r for r in granted if isinstance(r, CallbackClaim)],
+            [r for r in requests if isinstance(r, CallbackSucceeded)], now=now,
+        )  # fmt: skip
+        done, claimed = self._write_jobs(attempts, dispatches, delivered, now=now)
+        return self._answers(requests, admissions, {JobClaim: iter(claimed), CallbackClaim: iter(callbacks_claimed)},
+                             {Delivered: iter(done), CallbackSucceeded: iter(callbacks_done)})  # fmt: skip
+
+    def _write_jobs(
+        self, attempts: list[tuple[uuid.UUID, int]], dispatches: list[tuple[uuid.UUID, int]],
+        delivered: list[Delivered], *, now: datetime,
+    ) -> tuple[list[bool], Sequence[ClaimedJob | BaseException | None]]:  # fmt: skip
+        if not attempts and not dispatches:
+            return [], []
+        # Drawn once, outside the retried statement: a retry finds the claims it committed. The claims are stamped
+        # with the database's clock, by which the reconciler expires them, whatever this host's clock says.
+        token = uuid.uuid4()
+        claimed: Sequence[ClaimedJob | BaseException | None]
+        try:
+            done, claimed = self.database.run(
+                lambda conn: claims.succeed_and_claim(
+                    conn, attempts, dispatches, now=now, worker=worker_name(), token=token, database_clock=True
+                ),
+                kept=True,
+            )
+        except LedgerUnavailable as exc:
+            # The claims hear of it at once (their messages come back later), giving back below what their
+            # admissions took; the successes ride it out.
+            claimed = [exc] * len(dispatches)
+            done = self._write_successes(attempts, delivered, now=now) if delivered else []
+        except Exception:
+            # One request the database refuses fails the statement it shares: each goes on its own, so that only it
+            # fails, and no success is dropped (to be delivered again once its claim expires).
+            log.exception("a ledger batch failed; writing its %d jobs' requests one by one", len(attempts + dispatches))
+            done = self._write_successes(attempts, delivered, now=now) if delivered else []
+            claimed = [self._claim_alone(dispatch, now=now) for dispatch in dispatches]
+        for (job, _, elapsed_ms), succeeded in zip(delivered, done, strict=True):
+            if succeeded:
+                log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms,
+                         extra={"job_id": job.id, "attempt": job.attempt})  # fmt: skip
+            else:
+                log_taken_back(job)
+        self.armed.post([job for (job, *_), ok in zip(delivered, done, strict=True) if ok and job.callback_url])
+        return done, claimed
+
+    def _answers(
+        self, requests: list[Request], admissions: dict[int, Admission], claims: dict[type, Iterator[object]],
+        successes: dict[type, Iterator[bool]],
+    ) -> list[Result | BaseException]:  # fmt: skip
+        """Each request's answer, in order, from the answers of its kind (`claims`, `successes`, by type); an
+        admitted claim that did not claim gives its admission back."""
+        results: list[Result | BaseException] = []
+        for n, request in enumerate(requests):
+            kind = type(request)
+            if kind in successes:
+                results.append(next(successes[kind]))
+            elif kind not in claims:
+                results.append(None)
+            elif not admissions.get(n, GRANTED).granted:
+                results.append(admissions[n])
+            else:
+                result = next(claims[kind])
+                if n in admissions and not isinstance(result, ClaimedJob | ClaimedCallback):
+                    self.flow.unclaimed(request.destination, request.rid)  # type: ignore[union-attr]
+                results.append(result)  # type: ignore[arg-type]
+        return results
+
+    def _claim_alone(self, dispatch: tuple[uuid.UUID, int], *, now: datetime) -> ClaimedJob | BaseException | None:
+        # A token of its own: under the batch's, a second request for the same dispatch would take the first's
+        # claim for its own and deliver the attempt again.
+        token = uuid.uuid4()
+        try:
+            return self.database.run(
+                lambda conn: claims.claim_many(
+                    conn, [dispatch], now=now, worker=worker_name(), token=token, database_clock=True
+                )[0],
+                kept=True,
+            )
+        except Exception as exc:  # raised in the claiming thread alone
+            return exc
+
+    def _write_successes(
+        self, attempts: list[tuple[uuid.UUID, int]], delivered: list[Delivered], *, now: datetime
+    ) -> list[bool]:
+        try:
+            return self.record(
+                lambda conn: claims.succeed_many(conn, attempts, now=now),
+                claimed_at=max(item.claimed_at for item in delivered),
+                kept=True,
+            )
+        except LedgerUnavailable as exc:
+            for item in delivered:
+                log.error(
+                    "Job %s: could not record the success of attempt %d (%s); the reconciler will take the claim "
+                    "back and attempt it again",
+                    item.job.id,
+                    item.job.attempt,
+                    exc,
+                )
+            return [False] * len(delivered)
+
+    def record(self, statement: Callable[[Connection], T], *, claimed_at: datetime, kept: bool = False) -> T:
+        """Record an outcome (`statement`, run by `Database.run`), riding out a ledger outage for as long as the
+        attempt may last (inside its claim): the delivery has happened, and losing its result would mean delivering
+        it again once the reconciler takes the claim back, which it cannot do any sooner."""
+        limit = claimed_at + timedelta(seconds=self.settings.attempt_time_limit)
+        deadline = time.monotonic() + (limit - self.clock()).total_seconds()
+        pause = 0.2
+        while True:
+            try:
+                return self.database.run(statement, kept=kept)
+            except LedgerUnavailable:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                pause = min(pause, remaining)
+                log.warning("ledger unavailable while recording an outcome; trying again in %.1fs", pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+
+Request = JobClaim | Delivered | CallbackClaim | CallbackSucceeded | Released | Deferred
+#: A claim's answer: the job or callback claimed, None (not claimed) or the gate's deferral; a success's: whether it
+#: was written.
+Result = ClaimedJob | ClaimedCallback | Admission | bool | None
+GRANTED = Admission(granted=True)
+
+
+def log_taken_back(job: ClaimedJob) -> None:
+    log.warning("Job %s: attempt %d was taken back meanwhile; its result is dropped", job.id, job.attempt)
+
