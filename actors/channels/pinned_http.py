@@ -10,6 +10,7 @@ the time left and the socket cut at the deadline; one kept connection per endpoi
 from __future__ import annotations
 
 import http.client
+import io
 import select
 import socket
 import ssl
@@ -62,8 +63,13 @@ class PinnedConnection:
                 self._watched_by = cutoff
                 deadline.watch(self._sock)
         self._sock.sendall(request)
-        response = http.client.HTTPResponse(self._sock, method="POST")
+        source = _Source(self._sock)
+        response = http.client.HTTPResponse(source, method="POST")  # type: ignore[arg-type]
         response.begin()
+        if source.reader is not None and source.reader.ended:
+            # `http.client` takes the end of the stream for the end of the head: a head cut short is no answer.
+            response.close()
+            raise http.client.IncompleteRead(b"", None)
         return response
 
     def close(self) -> None:
@@ -94,6 +100,31 @@ class PinnedConnection:
         except OSError as exc:
             sock.close()
             raise ConnectFailed(str(exc)) from exc
+
+
+class _HeadReader(io.BufferedReader):
+    """The response's reader, which notes whether a line read ended at the end of the stream (no line break)."""
+
+    ended = False
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        line = super().readline(-1 if size is None else size)
+        if not line.endswith(b"\n"):
+            self.ended = True
+        return line
+
+
+class _Source:
+    """What `http.client.HTTPResponse` reads from: the socket, through a `_HeadReader`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.reader: _HeadReader | None = None
+
+    def makefile(self, mode: str) -> _HeadReader:
+        # As `socket.makefile` does: the socket stays open while the reader is (its count of readers).
+        self.reader = _HeadReader(self._sock.makefile("rb", buffering=0))  # type: ignore[arg-type]
+        return self.reader
 
 
 def reusable(response: http.client.HTTPResponse) -> bool:

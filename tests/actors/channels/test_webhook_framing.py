@@ -1,0 +1,150 @@
+"""The webhook channel's HTTP/1.1 client (`actors.channels.pinned_http`) against receivers on loopback that frame
+their responses in every way the protocol allows, and some it does not: what counts as an answer, and which
+connections are kept for the next delivery."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from actors.channels import ChannelConfig, Notification, TransientError
+from actors.channels.webhook import MAX_RESPONSE_BYTES, WebhookChannel
+from tests.actors.channels.conftest import HttpServer, Reply
+
+
+def channel() -> WebhookChannel:
+    return WebhookChannel(ChannelConfig(webhook_allow_private=True, webhook_timeout=2))
+
+
+def notification(url: str) -> Notification:
+    return Notification(uuid.uuid4(), url, "Your order has shipped.", deadline=time.monotonic() + 5)
+
+
+class ScriptedReceiver:
+    """Reads each request (head and Content-Length body) and answers it with `response`, raw; closes the connection
+    afterwards when `close`. Records the client port of every request."""
+
+    def __init__(self, response: bytes, *, close: bool = False) -> None:
+        self.response = response
+        self.close = close
+        self.ports: list[int] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, (_, port) = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn, port), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, port: int) -> None:
+        with conn, conn.makefile("rb") as reader:
+            while True:
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                if not line:
+                    return
+                reader.read(length)
+                self.ports.append(port)
+                conn.sendall(self.response)
+                if self.close:
+                    return
+
+    def stop(self) -> None:
+        self._listener.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedReceiver]]:
+    receivers: list[ScriptedReceiver] = []
+
+    def make(response: bytes, **options: bool) -> ScriptedReceiver:
+        receivers.append(ScriptedReceiver(response, **options))
+        return receivers[-1]
+
+    yield make
+    for receiver in receivers:
+        receiver.stop()
+
+
+def test_a_response_whose_head_the_receiver_cuts_short_is_no_answer(
+    scripted: Callable[..., ScriptedReceiver],
+) -> None:
+    receiver = scripted(b"HTTP/1.1 200 OK\r\nContent-Type: appli", close=True)
+
+    with pytest.raises(TransientError, match="IncompleteRead"):
+        channel().deliver(notification(f"http://127.0.0.1:{receiver.port}/"))
+
+
+def test_a_chunked_response_is_read_to_its_end_and_its_connection_kept(
+    scripted: Callable[..., ScriptedReceiver],
+) -> None:
+    receiver = scripted(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    webhooks = channel()
+
+    for _ in range(2):
+        assert webhooks.deliver(notification(f"http://127.0.0.1:{receiver.port}/")) == "HTTP 200"
+
+    first, second = receiver.ports
+    assert first == second
+
+
+def test_a_response_without_a_length_is_read_to_the_close_and_its_connection_not_kept(
+    scripted: Callable[..., ScriptedReceiver],
+) -> None:
+    receiver = scripted(b"HTTP/1.1 500 Oops\r\n\r\nbroken", close=True)
+    webhooks = channel()
+
+    for _ in range(2):
+        with pytest.raises(TransientError, match="HTTP 500: broken"):
+            webhooks.deliver(notification(f"http://127.0.0.1:{receiver.port}/"))
+
+    first, second = receiver.ports
+    assert first != second
+
+
+def test_a_response_longer_than_the_read_bound_is_quoted_in_part_and_its_connection_not_kept(
+    make_http_server: Callable[..., HttpServer],
+) -> None:
+    server = make_http_server(keep_alive=True)
+    server.reply = Reply(status=500, body=b"x" * (4 * MAX_RESPONSE_BYTES))
+    webhooks = channel()
+
+    for _ in range(2):
+        with pytest.raises(TransientError, match=r"HTTP 500: x{200}$"):
+            webhooks.deliver(notification(f"{server.url}/"))
+
+    first, second = (request.client_port for request in server.requests)
+    assert first != second
+
+
+def test_a_receiver_that_answers_connection_close_gets_a_new_connection_next_time(
+    make_http_server: Callable[..., HttpServer],
+) -> None:
+    server = make_http_server(keep_alive=True)
+    server.reply = Reply(headers={"Connection": "close"})
+    webhooks = channel()
+
+    for _ in range(2):
+        assert webhooks.deliver(notification(f"{server.url}/")) == "HTTP 200"
+
+    first, second = (request.client_port for request in server.requests)
+    assert first != second
+
+
+def test_a_line_break_in_a_header_is_never_sent(http_server: HttpServer) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        channel().post_event(f"{http_server.url}/", "id\r\nX-Injected: 1", {}, deadline=None)
+
+    assert http_server.requests == []
