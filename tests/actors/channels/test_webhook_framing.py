@@ -5,10 +5,12 @@ connections are kept for the next delivery."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +150,21 @@ def test_a_line_break_in_a_header_is_never_sent(http_server: HttpServer) -> None
         channel().post_event(f"{http_server.url}/", "id\r\nX-Injected: 1", {}, deadline=None)
 
     assert http_server.requests == []
+
+
+def test_deliveries_over_tls_reuse_one_connection(
+    make_http_server: Callable[..., HttpServer], make_certificate: Callable[[str], tuple[Path, Path]]
+) -> None:
+    # TLS 1.3 servers send session tickets after the handshake: read with the first response, they must not make
+    # the idle connection look closed by the receiver.
+    cert = make_certificate("IP:127.0.0.1")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*cert)
+    server = make_http_server("127.0.0.1", context, keep_alive=True)
+    config = ChannelConfig(webhook_allow_private=True, webhook_timeout=2)
+    webhooks = WebhookChannel(config, ssl_context=ssl.create_default_context(cafile=str(cert[0])))
+
+    for _ in range(3):
+        assert webhooks.deliver(notification(f"{server.url}/")) == "HTTP 200"
+
+    assert len({request.client_port for request in server.requests}) == 1
