@@ -147,8 +147,10 @@ class _ThreadConnections(threading.local):
         self.by_endpoint: OrderedDict[Endpoint, PinnedConnection] = OrderedDict()
 
 
+@functools.lru_cache(maxsize=URLS_KEPT)
 def webhook_destination(url: str) -> str:
-    """`webhook:<host>:<port>`: the port explicit, the host as httpx connects to it (IDNA ASCII)."""
+    """`webhook:<host>:<port>`: the port explicit, the host as httpx connects to it (IDNA ASCII). Kept per URL: the
+    workers ask it of every finished job's callback URL."""
     parsed = httpx.URL(url)
     return destination_key("webhook", parsed.raw_host.decode("ascii"), parsed.port or _DEFAULT_PORTS[parsed.scheme])
 
