@@ -48,6 +48,9 @@ DRAIN_LIMIT = 60.0
 TARGET_P99_MS = 50.0
 TODAY_RATE = float(os.environ.get("BENCH_SUSTAINABLE_TODAY", "464"))
 TARGET_VS_TODAY = 1.5
+#: Trials at these rates only, no search (e.g. "475,475,475"): old and new code compared at one rate, run after run,
+#: where the search would pick a different half rate each time on a shared machine.
+FIXED_RATES = [float(r) for r in os.environ.get("BENCH_SUSTAINABLE_RATES", "").split(",") if r.strip()]
 
 
 @dataclass(frozen=True)
@@ -247,8 +250,11 @@ def phase_sustainable(h: Harness) -> dict:
             count += 1
             return trial(api, port, work, rate, f"st{count}")
 
-        rate, trials = search(run_trial)
-        at_half = run_trial(round(rate / 2, 1)) if rate else None
+        if FIXED_RATES:
+            rate, trials, at_half = None, [run_trial(r) for r in FIXED_RATES], None
+        else:
+            rate, trials = search(run_trial)
+            at_half = run_trial(round(rate / 2, 1)) if rate else None
     out = {
         "sustainable_rate": rate,
         "at_half": at_half,
@@ -260,7 +266,7 @@ def phase_sustainable(h: Harness) -> dict:
     if at_half:
         log(f"  sustainable rate {rate:g}/s; at half of it, POST → SUCCESS p50 {at_half['p50_ms']} ms, p99 "
             f"{at_half['p99_ms']} ms ({'flat' if at_half['flat'] else 'NOT flat'})")  # fmt: skip
-    else:
+    elif not FIXED_RATES:
         log("  no trial was flat: no sustainable rate found")
     return out
 
