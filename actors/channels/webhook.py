@@ -255,7 +255,9 @@ class WebhookChannel(Channel):
         """
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
-            addresses = self._resolver(url.host, port)
+            # The host as DNS and TLS know it: IDNA 2008 A-labels (Python's own codec is IDNA 2003, which maps
+            # "faß" to "fass", another name).
+            addresses = self._resolver(_wire_host(url), port)
         except (OSError, UnicodeError) as exc:
             # Usually a DNS outage or a record not yet published; an operator can still cancel.
             raise TransientError(f"could not resolve {url.host}: {exc}") from exc
@@ -283,7 +285,7 @@ class WebhookChannel(Channel):
                 break
             # The connection goes to the checked address, so no second lookup happens and DNS cannot change the
             # answer in between; Host and TLS (SNI and the certificate check) still use the original host name.
-            endpoint = Endpoint(url.scheme, url.host, port, address)
+            endpoint = Endpoint(url.scheme, _wire_host(url), port, address)
             connection = self._connection(endpoint)
             try:
                 response = connection.post(target, headers, body, remaining)
@@ -346,3 +348,7 @@ class WebhookChannel(Channel):
         if endpoint.scheme != "https":
             return None
         return self._ssl_context or system_tls_context()
+
+
+def _wire_host(url: httpx.URL) -> str:
+    return url.raw_host.decode("ascii")

@@ -222,6 +222,23 @@ def test_https_checks_the_certificate_against_the_original_host_name_not_the_add
     assert server.requests[0].headers["host"] == f"{FAKE_HOST}:{server.port}"
 
 
+def test_an_internationalized_host_is_resolved_and_checked_by_its_idna_2008_name(
+    make_http_server: Callable[..., HttpServer], make_certificate: Callable[[str], tuple[Path, Path]]
+) -> None:
+    # IDNA 2003 (Python's "idna" codec, which getaddrinfo and the ssl module apply to a str host) maps "ß" to "ss":
+    # faß.example would be looked up, and its certificate checked, as fass.example, another domain.
+    a_label = "xn--fa-hia.example"
+    cert = make_certificate(f"DNS:{a_label}")
+    server = tls_server(make_http_server, cert)
+    trusting = ssl.create_default_context(cafile=str(cert[0]))
+    calls: list[str] = []
+    webhooks = channel(resolver=resolving({a_label: ["127.0.0.1"]}, calls), ssl_context=trusting)
+
+    assert webhooks.deliver(notification(f"https://faß.example:{server.port}/")) == "HTTP 200"
+    assert calls == [a_label]
+    assert server.requests[0].headers["host"] == f"{a_label}:{server.port}"
+
+
 def test_https_to_a_host_the_certificate_does_not_name_is_transient_and_sends_nothing(
     make_http_server: Callable[..., HttpServer], make_certificate: Callable[[str], tuple[Path, Path]]
 ) -> None:
