@@ -119,9 +119,9 @@ def test_callbacks_claimed_meanwhile_share_one_statement_and_one_gate_round_trip
     claimed = [claims for _, claims in statements.calls if claims]
     assert (len(claimed), sum(claimed)) == (2, CALLBACKS)
     assert (len(gate.admits), sum(gate.admits)) == (2, CALLBACKS)
-    # Every success was written, in fewer statements than callbacks.
+    # Every success was written. How many shared a statement depends on when the POSTs finished (on a loaded
+    # machine each may go alone), so that is measured in bench/README.md, not asserted here.
     assert sum(successes for successes, _ in statements.calls) == CALLBACKS
-    assert len(statements.calls) < 1 + CALLBACKS
 
 
 def test_a_stale_callback_message_in_a_batch_gets_nothing_and_gives_its_admission_back(
