@@ -19,6 +19,9 @@ from typing import NamedTuple
 
 from actors.channels import deadline
 
+#: Informational (1xx) responses read before the answer at most; a receiver sending more is not answering.
+MAX_INFORMATIONAL = 8
+
 
 class Endpoint(NamedTuple):
     """Where a connection goes: the URL's scheme, host name and port, and the checked address it is pinned to."""
@@ -66,6 +69,17 @@ class PinnedConnection:
         source = _Source(self._sock)
         response = http.client.HTTPResponse(source, method="POST")  # type: ignore[arg-type]
         response.begin()
+        # `http.client` skips a 100 Continue only; other informational responses (103 Early Hints) come before the
+        # answer on the same connection, as h11 reads them. A 101 is final: nothing asked to switch protocols.
+        for _ in range(MAX_INFORMATIONAL):
+            if not 100 <= response.status < 200 or response.status == 101:
+                break
+            response.fp = None  # its reader, and what it buffered, go on to the response that follows
+            response = http.client.HTTPResponse(source, method="POST")  # type: ignore[arg-type]
+            response.begin()
+        else:
+            response.close()
+            raise http.client.HTTPException(f"{MAX_INFORMATIONAL} informational responses and no answer")
         if source.reader is not None and source.reader.ended:
             # `http.client` takes the end of the stream for the end of the head: a head cut short is no answer.
             response.close()
@@ -122,8 +136,10 @@ class _Source:
         self.reader: _HeadReader | None = None
 
     def makefile(self, mode: str) -> _HeadReader:
-        # As `socket.makefile` does: the socket stays open while the reader is (its count of readers).
-        self.reader = _HeadReader(self._sock.makefile("rb", buffering=0))  # type: ignore[arg-type]
+        # As `socket.makefile` does: the socket stays open while the reader is (its count of readers). One reader
+        # for all the responses to a request, so that none loses what another's reads buffered.
+        if self.reader is None:
+            self.reader = _HeadReader(self._sock.makefile("rb", buffering=0))  # type: ignore[arg-type]
         return self.reader
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from actors.channels import ChannelConfig, Notification, TransientError
+from actors.channels.pinned_http import MAX_INFORMATIONAL
 from actors.channels.webhook import MAX_RESPONSE_BYTES, WebhookChannel
 from tests.actors.channels.conftest import HttpServer, Reply
 
@@ -86,6 +87,30 @@ def test_a_response_whose_head_the_receiver_cuts_short_is_no_answer(
     receiver = scripted(b"HTTP/1.1 200 OK\r\nContent-Type: appli", close=True)
 
     with pytest.raises(TransientError, match="IncompleteRead"):
+        channel().deliver(notification(f"http://127.0.0.1:{receiver.port}/"))
+
+
+def test_informational_responses_before_the_answer_are_skipped_and_the_connection_kept(
+    scripted: Callable[..., ScriptedReceiver],
+) -> None:
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    processing = b"HTTP/1.1 102 Processing\r\n\r\n"
+    receiver = scripted(early_hints + processing + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    webhooks = channel()
+
+    for _ in range(2):
+        assert webhooks.deliver(notification(f"http://127.0.0.1:{receiver.port}/")) == "HTTP 200"
+
+    first, second = receiver.ports
+    assert first == second
+
+
+def test_a_receiver_that_sends_only_informational_responses_gives_no_answer(
+    scripted: Callable[..., ScriptedReceiver],
+) -> None:
+    receiver = scripted(b"HTTP/1.1 103 Early Hints\r\n\r\n" * (MAX_INFORMATIONAL + 1))
+
+    with pytest.raises(TransientError, match="informational responses and no answer"):
         channel().deliver(notification(f"http://127.0.0.1:{receiver.port}/"))
 
 
