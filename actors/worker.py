@@ -7,7 +7,6 @@ connection or start a thread at import: that happens in `boot`, in each process.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from actors.channels.webhook import WebhookChannel
 from actors.delivery import Delivery
 from actors.observe import ObserveMessages
 from actors.settings import Settings, positive_int
+from actors.start_up import freeze_start_up_objects
 from actors.worker_logging import log_straight_to_stderr
 from ledger.database import Database
 
@@ -93,8 +93,5 @@ def boot() -> Delivery:
     declare_callback_actor(broker, callback_delivery, settings)
     logging.getLogger("wjp").setLevel(logging.INFO)
     log_straight_to_stderr()
-    # What the process holds now (imports, broker, ledger, channels) lives as long as it does: out of the collector's
-    # sight, a full collection walks only what came since, instead of stalling every thread for tens of ms while it
-    # walks it all (bench/README.md, "2026-12-04").
-    gc.freeze()
+    freeze_start_up_objects()
     return delivery

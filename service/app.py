@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 import falcon
@@ -18,6 +17,7 @@ from actors.flow import Gate
 from actors.flow.overview import Destinations
 from actors.ratelimit import RateLimiter
 from actors.sessions import DashboardSessions
+from actors.start_up import freeze_start_up_objects
 from ledger.database import Database
 from service import dashboard, errors, multiproc
 from service.access import AdminTokenMiddleware, ApiKeyMiddleware
@@ -129,10 +129,3 @@ def create_app_from_env() -> falcon.asgi.App:
     freeze_start_up_objects()
     return app
 
-
-def freeze_start_up_objects() -> None:
-    """Move everything alive now (modules, the app, its clients: alive until the process ends) out of the garbage
-    collector's sight: each full pass walked them all, a few µs per batch item (bench/README.md). Garbage is collected
-    first, so that none of it is kept; objects made by requests are collected as before."""
-    gc.collect()
-    gc.freeze()
