@@ -11,6 +11,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
 
 def peer_closed(conn: socket.socket) -> bool:
@@ -25,7 +26,21 @@ def peer_closed(conn: socket.socket) -> bool:
         return True
 
 
-class _Server:
+def read_request(reader: BinaryIO) -> bool:
+    """Read one HTTP/1.1 request, its head and its Content-Length body; False when the client ended the connection
+    instead."""
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    if not line:
+        return False
+    reader.read(length)
+    return True
+
+
+class LoopbackServer:
     """A loopback TCP server running one thread per connection until `stop`."""
 
     def __init__(self, tls: ssl.SSLContext | None) -> None:
@@ -79,7 +94,7 @@ class Answer:
     peer_closed: bool
 
 
-class SlowRelay(_Server):
+class SlowRelay(LoopbackServer):
     """An SMTP relay that waits `delay` seconds before each reply, the greeting included; with `trickle`, it
     sends its (long) greeting one byte every `trickle` seconds."""
 
@@ -145,7 +160,7 @@ class Cut:
     bytes_sent: int
 
 
-class TricklingReceiver(_Server):
+class TricklingReceiver(LoopbackServer):
     """An HTTP/1.1 server (keep-alive) that answers 200 to every request, writing the response one byte every
     `trickle` seconds (all at once when zero). It records the requests and the responses it finished (by client
     port), and those it could not finish because the client had closed the connection."""
@@ -164,14 +179,8 @@ class TricklingReceiver(_Server):
     def serve(self, conn: socket.socket, port: int) -> None:
         reader = conn.makefile("rb")
         while True:
-            length = 0
-            while (line := reader.readline()) not in (b"\r\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            if not line:
+            if not read_request(reader):
                 return
-            reader.read(length)
             self.requests.append(port)
             response = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{"sid":"SM1"}'
             if not self.trickle:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from actors.channels import ChannelConfig, Notification, TransientError
 from actors.channels.pinned_http import MAX_INFORMATIONAL
 from actors.channels.webhook import MAX_RESPONSE_BYTES, WebhookChannel
 from tests.actors.channels.conftest import HttpServer, Reply
+from tests.actors.channels.slow_peers import LoopbackServer, read_request
 
 
 def channel() -> WebhookChannel:
@@ -28,44 +28,23 @@ def notification(url: str) -> Notification:
     return Notification(uuid.uuid4(), url, "Your order has shipped.", deadline=time.monotonic() + 5)
 
 
-class ScriptedReceiver:
-    """Reads each request (head and Content-Length body) and answers it with `response`, raw; closes the connection
-    afterwards when `close`. Records the client port of every request."""
+class ScriptedReceiver(LoopbackServer):
+    """Reads each request and answers it with `response`, raw; closes the connection afterwards when `close`.
+    Records the client port of every request."""
 
     def __init__(self, response: bytes, *, close: bool = False) -> None:
         self.response = response
         self.close = close
         self.ports: list[int] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(None)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, (_, port) = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn, port), daemon=True).start()
-
-    def _serve(self, conn: socket.socket, port: int) -> None:
-        with conn, conn.makefile("rb") as reader:
-            while True:
-                length = 0
-                while (line := reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.decode("latin-1").partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value)
-                if not line:
-                    return
-                reader.read(length)
+    def serve(self, conn: socket.socket, port: int) -> None:
+        with conn.makefile("rb") as reader:
+            while read_request(reader):
                 self.ports.append(port)
                 conn.sendall(self.response)
                 if self.close:
                     return
-
-    def stop(self) -> None:
-        self._listener.close()
 
 
 @pytest.fixture
@@ -90,12 +69,22 @@ def test_a_response_whose_head_the_receiver_cuts_short_is_no_answer(
         channel().deliver(notification(f"http://127.0.0.1:{receiver.port}/"))
 
 
-def test_informational_responses_before_the_answer_are_skipped_and_the_connection_kept(
-    scripted: Callable[..., ScriptedReceiver],
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        # Informational responses come before the answer on the same connection.
+        EARLY_HINTS + b"HTTP/1.1 102 Processing\r\n\r\n" + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ],
+    ids=["informational-first", "chunked"],
+)
+def test_an_answer_is_read_to_its_end_and_its_connection_kept(
+    scripted: Callable[..., ScriptedReceiver], response: bytes
 ) -> None:
-    early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
-    processing = b"HTTP/1.1 102 Processing\r\n\r\n"
-    receiver = scripted(early_hints + processing + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    receiver = scripted(response)
     webhooks = channel()
 
     for _ in range(2):
@@ -108,23 +97,10 @@ def test_informational_responses_before_the_answer_are_skipped_and_the_connectio
 def test_a_receiver_that_sends_only_informational_responses_gives_no_answer(
     scripted: Callable[..., ScriptedReceiver],
 ) -> None:
-    receiver = scripted(b"HTTP/1.1 103 Early Hints\r\n\r\n" * (MAX_INFORMATIONAL + 1))
+    receiver = scripted(EARLY_HINTS * (MAX_INFORMATIONAL + 1))
 
     with pytest.raises(TransientError, match="informational responses and no answer"):
         channel().deliver(notification(f"http://127.0.0.1:{receiver.port}/"))
-
-
-def test_a_chunked_response_is_read_to_its_end_and_its_connection_kept(
-    scripted: Callable[..., ScriptedReceiver],
-) -> None:
-    receiver = scripted(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
-    webhooks = channel()
-
-    for _ in range(2):
-        assert webhooks.deliver(notification(f"http://127.0.0.1:{receiver.port}/")) == "HTTP 200"
-
-    first, second = receiver.ports
-    assert first == second
 
 
 def test_a_response_without_a_length_is_read_to_the_close_and_its_connection_not_kept(
