@@ -253,7 +253,7 @@ class WebhookChannel(Channel):
         Every address must pass, not just the one used: otherwise a host listing one public and
         one private address would be refused or accepted depending on which one answers.
         """
-        port = url.port or (443 if url.scheme == "https" else 80)
+        port = url.port or _DEFAULT_PORTS[url.scheme]
         try:
             # The host as DNS and TLS know it: IDNA 2008 A-labels (Python's own codec is IDNA 2003, which maps
             # "faß" to "fass", another name).
@@ -278,6 +278,7 @@ class WebhookChannel(Channel):
     ) -> str:
         ends = time.monotonic() + cutoff.left(self.timeout)
         port = url.port or _DEFAULT_PORTS[url.scheme]
+        host = _wire_host(url)
         target = url.raw_path.decode("ascii")
         for index, address in enumerate(addresses):
             remaining = ends - time.monotonic()
@@ -285,7 +286,7 @@ class WebhookChannel(Channel):
                 break
             # The connection goes to the checked address, so no second lookup happens and DNS cannot change the
             # answer in between; Host and TLS (SNI and the certificate check) still use the original host name.
-            endpoint = Endpoint(url.scheme, _wire_host(url), port, address)
+            endpoint = Endpoint(url.scheme, host, port, address)
             connection = self._connection(endpoint)
             try:
                 response = connection.post(target, headers, body, remaining)
