@@ -3,8 +3,10 @@ destination and error (its Failures page).
 
 The listing is keyset-paginated on (created_at, id) descending, like a producer's `GET /api/notifications`
 (ledger/listing.py), but over every scope: one ordered, limited branch per scope, merged, so that each branch
-can walk a (scope, [filter], created_at, id) index from the cursor down instead of sorting every match. Scopes
-are few (one per API key); past `MAX_SCOPE_BRANCHES` one plain statement serves instead. An operator's walk is
+can walk a (scope, [filter], created_at, id) index from the cursor down instead of sorting every match; with no
+status, channel or destination filter, one branch per scope and status, on the status index (there is no plain
+(scope, created_at, id) index). Scopes are few (one per API key); past `MAX_SCOPE_BRANCHES` one plain statement
+serves instead. An operator's walk is
 not pinned to a snapshot: a job committed late may show on a page already passed, which a person browsing can
 live with.
 """
@@ -61,7 +63,11 @@ def browse_jobs(conn: Connection, filters: JobFilters, *, limit: int, after: Pos
         statement: Any = base.limit(limit + 1)
     else:
         # Subqueries, since SQLite takes no ORDER BY or LIMIT on the members of a UNION ALL themselves.
-        branches = [select(base.where(jobs.c.scope == scope).limit(limit + 1).subquery()) for scope in scopes]
+        branches = [
+            select(base.where(jobs.c.scope == scope, *status).limit(limit + 1).subquery())
+            for scope in scopes
+            for status in _status_branches(filters)
+        ]
         merged = union_all(*branches).subquery("page")
         statement = select(merged).order_by(merged.c.created_at.desc(), merged.c.id.desc()).limit(limit + 1)
     found = [job_view(row) for row in conn.execute(statement)]
@@ -69,6 +75,14 @@ def browse_jobs(conn: Connection, filters: JobFilters, *, limit: int, after: Pos
         return JobsPage(found, None)
     last = found[limit - 1]
     return JobsPage(found[:limit], Position(last.created_at, last.id))
+
+
+def _status_branches(filters: JobFilters) -> list[tuple[Any, ...]]:
+    """The status condition of each branch of a scope: none when a filter has an index of its own, else one per
+    status (the status index then serves every branch in order)."""
+    if filters.status is not None or filters.channel is not None or filters.destination is not None:
+        return [()]
+    return [(jobs.c.status == status.value,) for status in sorted(Status)]
 
 
 def _conditions(filters: JobFilters, after: Position | None) -> list[Any]:
@@ -112,4 +126,3 @@ def failure_groups(conn: Connection, *, limit: int) -> list[FailureGroup]:
         .limit(limit)
     ).all()
     return [FailureGroup(row.destination, row.last_error, int(row.jobs), row.last) for row in rows]
-

@@ -139,6 +139,9 @@ def _page(
     dialect: str, filters: Filters, horizon: str, after: Position | None, limit: int
 ) -> tuple[Any, dict[str, Any]]:
     statuses = sorted(filters.statuses)
+    if not statuses and filters.channel is None and filters.destination is None:
+        # No index has the plain (scope, created_at, id) order: the walk is every status's, merged (`_statement`).
+        statuses = sorted(Status)
     optional = {
         "channel": filters.channel,
         "destination": filters.destination,
@@ -162,7 +165,8 @@ def _page(
 def _statement(shape: _Shape) -> Any:
     """One ordered, limited select when at most one status is asked for; else one per status, merged. A status
     each keeps every branch on the (scope, status, created_at, id) index in order, where `status IN (…)` would
-    make the database sort every matching row to find the newest few."""
+    make the database sort every matching row to find the newest few. A walk with no filter on an indexed column
+    is one with every status: each job is in one status, so each is read once, by its status's branch."""
     order = (jobs.c.created_at.desc(), jobs.c.id.desc())
     limit = bindparam("limit", type_=Integer())
     base = select(*JOB_COLUMNS).where(*_conditions(shape)).order_by(*order)
