@@ -107,11 +107,11 @@ def test_on_postgresql_a_batch_is_one_insert_and_one_read_of_the_keys_taken_befo
 def test_on_postgresql_a_batch_statement_parses_its_rows_once(postgres_db):
     """Its rows are read twice (inserted, and probed for a retried statement's own rows) but parsed once: parsing
     the JSON was a quarter of PostgreSQL's CPU per row when each read parsed it again."""
-    rows = [Accepting(notification(f"k{i}"), T0, True).columns() for i in range(3)]
+    batch = [Accepting(notification(f"k{i}"), T0, True) for i in range(3)]
 
     def plan(conn) -> list[dict]:
         driver = conn.connection.driver_connection
-        params = {**intake._DRIVER_INSERT_BATCH._constants, "rows": intake._ROWS.encode(rows).decode()}
+        params = {**intake._DRIVER_INSERT_BATCH._constants, **intake.batch_parameters(batch)}
         ((found,),) = driver.execute(f"EXPLAIN (FORMAT JSON) {intake._DRIVER_INSERT_BATCH.sql}", params).fetchall()
         return found
 
@@ -140,12 +140,64 @@ def test_on_postgresql_the_batch_statement_answers_only_with_the_rows_whose_key_
 
     def answered(batch: list[Accepting]) -> list:
         def run(conn) -> list:
-            rows = intake._ROWS.encode([item.columns() for item in batch]).decode()
             driver = conn.connection.driver_connection
-            return [job_id for (job_id,) in intake._DRIVER_INSERT_BATCH.execute(driver, {"rows": rows})]
+            params = intake.batch_parameters(batch)
+            return [job_id for (job_id,) in intake._DRIVER_INSERT_BATCH.execute(driver, params)]
 
         return postgres_db.run(run)
 
     assert answered(new) == []
     assert answered(new) == []  # its own rows, written by an earlier run of the statement
     assert sorted(answered(again)) == sorted(item.job_id for item in again)
+
+
+def test_on_postgresql_a_batch_writes_each_row_as_a_single_accept_would(postgres_db):
+    """A batch's rows carry only what differs from the batch's scope and instant and what is not NULL; the statement
+    fills in the rest. Every column of every row must still be the one the single statement writes."""
+    later = T0 + 60 * SECOND
+    requests = [
+        (notification("plain"), T0, True),
+        (notification("full", subject="Hi", metadata={"a": [1, "x"], "b": None}, callback_url="https://cb.example/h",
+                      callback_destination="webhook:cb.example:443"), T0, True),
+        (notification("routed", channel="webhook", destination="webhook:a.example:443"), T0, True),
+        (notification("named", destination="email"), T0, True),
+        (notification("future", send_at=T0 + 3600 * SECOND), T0, False),
+        (notification("past", send_at=T0 - 5 * SECOND), T0, True),
+        (notification("theirs", scope="other-key"), T0, True),
+        (notification("later", send_at=later - SECOND), later, True),
+        (notification("empty-metadata", metadata={}), T0, True),
+    ]  # fmt: skip
+    batch = [Accepting(request, now, dispatch_now) for request, now, dispatch_now in requests]
+    singles = [
+        Accepting(notification(f"single-{item.request.idempotency_key}", **_fields(item.request)), item.now,
+                  item.dispatch_now)
+        for item in batch
+    ]  # fmt: skip
+
+    results = postgres_db.run(lambda conn: intake.accept_many(conn, batch))
+    alone = [
+        postgres_db.run(lambda conn, item=item: intake.accept(conn, item.request, now=item.now,
+                                                             dispatch_now=item.dispatch_now, job_id=item.job_id))
+        for item in singles
+    ]  # fmt: skip
+
+    def row(job_id) -> dict:
+        found = postgres_db.run(lambda conn: conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one())
+        skipped = {"id", "idempotency_key", "payload_hash", "created_xid"}
+        return {name: value for name, value in found.items() if name not in skipped}
+
+    for item, result, single in zip(batch, results, alone, strict=True):
+        assert result is not None and result.outcome is Intake.CREATED
+        assert (result.created_at, result.dispatch_seq, result.next_attempt_at, result.destination) == (
+            single.created_at,
+            single.dispatch_seq,
+            single.next_attempt_at,
+            single.destination,
+        ), item.request.idempotency_key
+        assert row(result.job_id) == row(single.job_id), item.request.idempotency_key
+    digests = postgres_db.run(lambda conn: dict(conn.execute(select(jobs.c.id, jobs.c.payload_hash)).all()))
+    assert [digests[r.job_id] for r in results] == [item.request.payload_hash() for item in batch]
+
+
+def _fields(request) -> dict:
+    return {name: getattr(request, name) for name in request.__struct_fields__ if name != "idempotency_key"}
