@@ -154,8 +154,13 @@ jobs = Table(
         sqlite_where=text("status = 'FAILED'"),
     ),
     # The listing (ledger/listing.py): a producer's jobs newest first, with or without one filter of each kind;
-    # the keyset (created_at, id) last, so that each walks a page in order from the cursor down.
-    *(Index(name, "scope", *columns, "created_at", "id") for name, columns in LISTING_INDEXES.items()),
+    # the keyset (created_at, id) last, so that each walks a page in order from the cursor down. With the id in
+    # them no two entries are equal, so PostgreSQL's deduplication, tried on every full page before it splits, can
+    # never merge any: off, it no longer costs each new row ~6 % of its CPU (migration 0011).
+    *(
+        Index(name, "scope", *columns, "created_at", "id", postgresql_with={"deduplicate_items": "off"})
+        for name, columns in LISTING_INDEXES.items()
+    ),
 )
 
 # Written by a trigger on `jobs` (see migrations) when a job leaves PROCESSING: one row per finished
