@@ -6,9 +6,8 @@ The listing is keyset-paginated on (created_at, id) descending, like a producer'
 can walk a (scope, [filter], created_at, id) index from the cursor down instead of sorting every match; with no
 status, channel or destination filter, one branch per scope and status, on the status index (there is no plain
 (scope, created_at, id) index). Scopes are few (one per API key); past `MAX_SCOPE_BRANCHES` one plain statement
-serves instead. An operator's walk is
-not pinned to a snapshot: a job committed late may show on a page already passed, which a person browsing can
-live with.
+serves instead. An operator's walk is not pinned to a snapshot: a job committed late may show on a page already
+passed, which a person browsing can live with.
 """
 
 from __future__ import annotations

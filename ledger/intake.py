@@ -145,49 +145,27 @@ class Accepting(msgspec.Struct, frozen=True, gc=False):
     #: was lost with the connection meets a row of this id, and knows it for its own.
     job_id: uuid.UUID = msgspec.field(default_factory=uuid7)
 
-    def columns(self) -> NewJob:
-        """The columns of its job that its request sets."""
-        request, now = self.request, self.now
-        return NewJob(
-            self.job_id, request.scope, request.idempotency_key, request.payload_hash(), request.recipient,
-            request.channel, request.message, request.subject, request.metadata, request.send_at,
-            request.max_attempts, max(now, request.send_at) if request.send_at else now, 1 if self.dispatch_now else 0,
-            now, request.destination or request.channel, request.callback_url, request.callback_destination,
-        )  # fmt: skip
-
     def row(self) -> dict[str, Any]:
-        """Its job's row as it is inserted."""
-        columns = self.columns()
-        return {**msgspec.structs.asdict(columns), "status": Status.PENDING, "attempts": 0, "updated_at": self.now}
+        """Its job's row as a single INSERT writes it (a batch sends less: `_SentRow`)."""
+        request, created = self.request, _created(self)
+        return {
+            "id": self.job_id, "scope": request.scope, "idempotency_key": request.idempotency_key,
+            "payload_hash": request.payload_hash(), "recipient": request.recipient, "channel": request.channel,
+            "message": request.message, "subject": request.subject, "metadata": request.metadata,
+            "send_at": request.send_at, "status": Status.PENDING, "attempts": 0, "max_attempts": request.max_attempts,
+            "next_attempt_at": created.next_attempt_at, "dispatch_seq": created.dispatch_seq, "created_at": self.now,
+            "updated_at": self.now, "destination": created.destination, "callback_url": request.callback_url,
+            "callback_destination": request.callback_destination,
+        }  # fmt: skip
 
 
-class NewJob(msgspec.Struct, frozen=True, gc=False):
-    """The columns a request sets of its new job, in the order a batch's rows carry them (`_build_insert_batch`);
-    the rest are the same for every new job (PENDING, no attempt yet, updated when created)."""
-
-    id: uuid.UUID
-    scope: str
-    idempotency_key: str
-    payload_hash: str
-    recipient: str
-    channel: str
-    message: str
-    subject: str | None
-    metadata: dict[str, Any] | None
-    send_at: datetime | None
-    max_attempts: int
-    next_attempt_at: datetime
-    dispatch_seq: int
-    created_at: datetime
-    destination: str
-    callback_url: str | None
-    callback_destination: str | None
-
-
-def _created(job: NewJob) -> IntakeResult:
+def _created(item: Accepting) -> IntakeResult:
+    """The result of the job `item` created, worked out from the request as its row's columns are."""
+    request, now = item.request, item.now
     return IntakeResult(
-        Intake.CREATED, job.id, Status.PENDING, job.created_at, job.dispatch_seq, job.next_attempt_at, job.destination
-    )
+        Intake.CREATED, item.job_id, Status.PENDING, now, 1 if item.dispatch_now else 0,
+        max(now, request.send_at) if request.send_at else now, request.destination or request.channel,
+    )  # fmt: skip
 
 
 def accept(
@@ -200,13 +178,13 @@ def accept(
     request arrived (`Accepting`); a retry of this call that finds its key taken by that very id created it.
     """
     accepting = Accepting(request, now, dispatch_now, uuid7() if job_id is None else job_id)
-    job, values = accepting.columns(), accepting.row()
-    digest = job.payload_hash
+    values = accepting.row()
+    digest = values["payload_hash"]
     # Twice at most: the row that made our INSERT conflict may be pruned before we read it (its key is
     # forgotten, so this request is new after all); the second INSERT then succeeds or meets a newer row.
     for _ in range(2):
         if _insert(conn, values):
-            return _created(job)
+            return _created(accepting)
         existing = conn.execute(
             select(jobs.c.id, jobs.c.payload_hash, jobs.c.status, jobs.c.created_at).where(
                 jobs.c.scope == request.scope, jobs.c.idempotency_key == request.idempotency_key
@@ -216,8 +194,8 @@ def accept(
             break
     else:
         raise LedgerError(f"idempotency key {request.idempotency_key!r} is being written and pruned at once")
-    if existing.id == job.id:
-        return _created(job)
+    if existing.id == accepting.job_id:
+        return _created(accepting)
     outcome = Intake.REPLAYED if existing.payload_hash == digest else Intake.MISMATCH
     return IntakeResult(outcome, existing.id, Status(existing.status), existing.created_at)
 
@@ -336,15 +314,6 @@ def batch_parameters(batch: list[Accepting]) -> dict[str, Any]:
     return {"rows": rows, "scope": scope, "now": now}
 
 
-def _created_by(item: Accepting) -> IntakeResult:
-    """What `_created` says of the job of `item`, without its other columns."""
-    request, now = item.request, item.now
-    return IntakeResult(
-        Intake.CREATED, item.job_id, Status.PENDING, now, 1 if item.dispatch_now else 0,
-        max(now, request.send_at) if request.send_at else now, request.destination or request.channel,
-    )  # fmt: skip
-
-
 def accept_many(conn: Connection, batch: list[Accepting]) -> list[IntakeResult | None]:
     """Record every request of `batch` whose idempotency key is new, in one statement: its result, in order,
     or None for a request whose key was taken (by an earlier row or by one before it in `batch`), which
@@ -361,8 +330,8 @@ def accept_many(conn: Connection, batch: list[Accepting]) -> list[IntakeResult |
         return []
     taken = {job_id for (job_id,) in _DRIVER_INSERT_BATCH.execute(driver, batch_parameters(batch))}
     if not taken:
-        return [_created_by(item) for item in batch]
-    return [None if item.job_id in taken else _created_by(item) for item in batch]
+        return [_created(item) for item in batch]
+    return [None if item.job_id in taken else _created(item) for item in batch]
 
 
 def accept_batch(conn: Connection, batch: list[Accepting]) -> list[IntakeResult]:

@@ -128,7 +128,7 @@ def test_a_batchs_per_item_objects_are_left_out_of_the_garbage_collectors_passes
     items = [Accepting(notification(f"k{i}", metadata={"tags": ["a"]}), T0, True) for i in range(3)]
     results = database.run(lambda conn: intake.accept_batch(conn, items))
 
-    objects = [*items, *(item.request for item in items), *(item.columns() for item in items), *results]
+    objects = [*items, *(item.request for item in items), *(intake._sent_row(item, "", T0) for item in items), *results]
     assert not any(gc.is_tracked(o) for o in objects)
 
 
