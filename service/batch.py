@@ -64,7 +64,7 @@ def _accepted(result: IntakeResult, key: str, times: dict[datetime, str | None])
         created_at = times[result.created_at] = rfc3339(result.created_at)
     return BatchResult(
         status=200 if result.outcome is Intake.REPLAYED else 202,
-        job_id=str(result.job_id),
+        job_id=result.job_id,
         job_status=result.status,
         idempotency_key=key,
         created_at=created_at,
