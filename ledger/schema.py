@@ -155,8 +155,8 @@ jobs = Table(
     ),
     # The listing (ledger/listing.py): a producer's jobs newest first, with or without one filter of each kind;
     # the keyset (created_at, id) last, so that each walks a page in order from the cursor down. With the id in
-    # them no two entries are equal, so PostgreSQL's deduplication, tried on every full page before it splits, can
-    # never merge any: off, it no longer costs each new row ~6 % of its CPU (migration 0011).
+    # them no two entries are equal: PostgreSQL's deduplication, tried on every full page, could never merge any
+    # and is off (migration 0011, bench/README.md 2026-12-04 07:08).
     *(
         Index(name, "scope", *columns, "created_at", "id", postgresql_with={"deduplicate_items": "off"})
         for name, columns in LISTING_INDEXES.items()

@@ -239,8 +239,8 @@ def test_jobs_older_than_the_creating_transaction_column_are_in_every_walk(datab
 
 
 def test_on_postgresql_the_listing_indexes_do_not_try_to_deduplicate_their_never_equal_entries(postgres_db):
-    """Each entry ends with the job's id: a deduplication pass, tried on every full page before it splits, merges
-    nothing and cost a new row ~6 % of PostgreSQL's CPU (bench/README.md, 2026-12-04)."""
+    """Each entry ends with the job's id: a deduplication pass, tried on every full page before it splits, could
+    merge nothing (bench/README.md, 2026-12-04 07:08)."""
     options = postgres_db.run(
         lambda conn: dict(
             conn.execute(

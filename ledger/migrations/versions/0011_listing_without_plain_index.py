@@ -1,7 +1,7 @@
 """The plain listing index goes: a walk with no status, channel or destination filter merges one branch per status
 of `ix_jobs_listing_status` instead, and every new row and status change writes one index entry fewer. The other
 listing indexes stop trying to deduplicate their entries, which, ending with the job's id, are never equal
-(bench/README.md, 2026-12-04, "batch intake: ... (issue 20)").
+(bench/README.md, 2026-12-04 07:08, issue 20).
 
 Revision ID: 0011
 Revises: 0009
