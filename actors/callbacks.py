@@ -1,14 +1,17 @@
-"""Status callbacks: the actor that POSTs a finished job's status to its `callback_url` as a signed Standard Webhooks
-event, and the sending of their messages. The ledger arms a callback as its job finishes (`ledger.callbacks`); a
-reconciler pass sends what was never sent or lost (`actors.callback_reconciler`)."""
+"""Status callbacks: a finished job's status POSTed to its `callback_url` as a signed Standard Webhooks event, by the
+worker that finished the job (`ArmedSender`) and, for retries and for what no worker sent, by the actor of their
+messages. The ledger arms a callback as its job finishes (`ledger.callbacks`); a reconciler pass sends what was never
+sent or lost (`actors.callback_reconciler`)."""
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -25,8 +28,8 @@ from actors.flow import Admission
 from actors.flow.control import FlowControl
 from actors.settings import Settings
 from ledger import callbacks
-from ledger.callbacks import ARMED_SEQ, ClaimedCallback
-from ledger.claims import ClaimedJob
+from ledger.callbacks import ARMED_ATTEMPT, ARMED_SEQ, ClaimedCallback
+from ledger.claims import ClaimedJob, Finished
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from ledger.queries import job_document
@@ -44,8 +47,8 @@ EVENT_TYPES = {
     Status.FAILED: "notification.failed",
     Status.CANCELLED: "notification.cancelled",
 }
-#: Longest the first callback of a batch waits for others to share its statement and Redis round trip.
-ARMED_LINGER = 0.005
+#: Threads of a worker process that POST the callbacks of the jobs it finished (`ArmedSender`).
+SENDERS = 4
 #: Longest error text kept on a callback.
 MAX_ERROR_LENGTH = 2000
 _INFIX = ".callback."
@@ -87,33 +90,57 @@ def send_armed(database: Database, dispatcher: Dispatcher, job_ids: list[uuid.UU
 
 
 class ArmedSender:
-    """Sends the first messages of the callbacks the ledger armed already dispatched as this worker finished their
-    jobs (migration 0009), from a thread of its own: the worker's ledger batcher posts its finished jobs here and goes
-    on with its claims. No statement: each message names the armed dispatch (`ARMED_SEQ`), whatever its seq, and its
-    destination comes from the URL as intake's did. Batched like the ledger's: one Redis round trip per batch."""
+    """Delivers the callbacks the ledger armed claimed for this worker as it finished their jobs (migration 0010),
+    from a small pool of threads of its own (never the ledger batcher's): no message and no claim statement; each
+    admitted by its destination's flow control, POSTed and recorded as a message's attempt is (`CallbackDelivery`).
+    A job whose success statement did not return its `Finished` (a failure, a success written after a ledger
+    outage) has its claim given back to a message. Not `attach`ed (a process with no callback actor), the claims
+    are left for the reconciler to take back."""
 
-    def __init__(self, dispatcher: Dispatcher, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, dispatcher: Dispatcher, clock: Callable[[], datetime] = utcnow, threads: int = SENDERS) -> None:
         self.dispatcher = dispatcher
         self.clock = clock
-        self._batcher: Batcher[ClaimedJob, None] = Batcher(self._send, "wjp-callbacks", linger=ARMED_LINGER)
+        self.delivery: CallbackDelivery | None = None
+        self._threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending = 0
+        self._idle = threading.Condition()
 
-    def post(self, jobs: list[ClaimedJob]) -> None:
-        """`jobs`, whose outcome is written, each with a `callback_url`."""
+    def attach(self, delivery: CallbackDelivery) -> None:
+        self.delivery = delivery
+
+    def post(self, jobs: list[ClaimedJob], finished: dict[uuid.UUID, Finished] | None = None) -> None:
+        """`jobs`, whose outcome is written, each with a `callback_url`; `finished`: what their success returned."""
+        if not jobs:
+            return
+        if self._pool is None:  # made on first use, in the process that uses it (Dramatiq forks)
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="wjp-callback")
+        with self._idle:
+            self._pending += len(jobs)
         for job in jobs:
-            self._batcher.post(job)
+            self._pool.submit(self._deliver, job, (finished or {}).get(job.id))
 
     def flush(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for what was posted to be sent; whether it all was."""
-        return self._batcher.flush(timeout)
+        """Wait up to `timeout` seconds for what was posted to be POSTed and its outcome written; whether it was."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._pending == 0, timeout):
+                return False
+        return self.delivery is None or self.delivery.ledger.flush(max(0.0, deadline - time.monotonic()))
 
-    def _send(self, jobs: list[ClaimedJob]) -> list[BaseException | None]:
-        now = self.clock()
-        dispatches = [Dispatch(job.id, ARMED_SEQ, now, webhook_destination(job.callback_url or "")) for job in jobs]
+    def _deliver(self, job: ClaimedJob, finished: Finished | None) -> None:
         try:
-            self.dispatcher.send(dispatches, now=now, kind=CALLBACK_MESSAGES)
-        except BrokerUnavailable as exc:
-            log.warning("could not send %d status callbacks (%s); the reconciler will", len(jobs), exc)
-        return [None] * len(jobs)
+            if self.delivery is None:
+                log.warning("Job %s: no status callbacks in this process; the reconciler will send it", job.id)
+            else:
+                self.delivery.deliver_claimed(job, finished)
+        except Exception:  # its claim stays; the reconciler takes it back once it expires
+            log.exception("the status callback of job %s raised unexpectedly", job.id)
+        finally:
+            with self._idle:
+                self._pending -= 1
+                if self._pending == 0:
+                    self._idle.notify_all()
 
 
 class CallbackClaim(NamedTuple):
@@ -124,6 +151,14 @@ class CallbackClaim(NamedTuple):
     seq: int
     destination: str = ""
     rid: str = ""
+
+
+class CallbackAdmission(NamedTuple):
+    """A callback armed claimed for this worker, to be admitted by the gate before its POST, in the worker's ledger
+    batch's round trip (no statement)."""
+
+    destination: str
+    rid: str
 
 
 class CallbackSucceeded(NamedTuple):
@@ -179,6 +214,7 @@ class CallbackDelivery:
         settings: Settings,
         flow: FlowControl | None,
         ledger: Batcher[Any, Any],
+        armed: ArmedSender | None = None,
         clock: Callable[[], datetime] = utcnow,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -192,6 +228,8 @@ class CallbackDelivery:
         self.ledger = ledger
         self.clock = clock
         self.rand = rand
+        if armed is not None:  # the process's sender of the callbacks armed claimed for it delivers through this
+            armed.attach(self)
 
     def __call__(self, rid: str, destination: str) -> None:
         try:
@@ -214,6 +252,43 @@ class CallbackDelivery:
         if flow is not None:
             flow.finished(destination, rid, error)
         self._record(claimed, error)
+
+    def deliver_claimed(self, job: ClaimedJob, finished: Finished | None) -> None:
+        """The callback the ledger armed claimed for this worker as it finished `job` (migration 0010), in a thread
+        of `ArmedSender`: admitted, POSTed and recorded as a message's attempt, with no message and no claim. The
+        attempt's deadline falls inside the claim, which the reconciler takes back only a visibility timeout after
+        the job finished."""
+        url = job.callback_url or ""
+        destination = webhook_destination(url)
+        if finished is None:
+            self._give_back(job.id, destination, None)
+            return
+        claimed = callbacks.claimed_by_its_worker(job, finished)
+        flow = self.flow if destination else None
+        deadline = time.monotonic() + self.settings.attempt_time_limit
+        # A lease id no message has: the gate cannot park it (there is no message to park), so it defers instead.
+        rid = f"{job.id}{_INFIX}claimed"
+        if flow is not None:
+            admission = self.ledger.submit(CallbackAdmission(destination, rid))
+            if not admission.granted:
+                self._give_back(job.id, destination, admission)
+                return
+        error = self._attempt(claimed, deadline)
+        if flow is not None:
+            flow.finished(destination, rid, error)
+        self._record(claimed, error)
+
+    def _give_back(self, job_id: uuid.UUID, destination: str, admission: Admission | None) -> None:
+        """A callback armed claimed for this worker and not POSTed: back to waiting (the attempt not counted), with a
+        message due when the gate's deferral says (beyond the schedule horizon: parked in the ledger), or now."""
+        now = self.clock()
+        due_at = now if admission is None else max(admission.until or now, now) + timedelta(seconds=self.rand())
+        parked = (due_at - now).total_seconds() > self.settings.schedule_horizon
+        done = self.database.run(
+            lambda conn: callbacks.give_back(conn, job_id, ARMED_ATTEMPT, now=now, due_at=due_at, parked=parked)
+        )
+        if isinstance(done, Dispatch):
+            self._send(Dispatch(job_id, done.seq, due_at, destination))
 
     def _attempt(self, claimed: ClaimedCallback, deadline: float) -> DeliveryError | None:
         msg_id = f"{claimed.job.id}.{claimed.event.value}"

@@ -17,14 +17,14 @@ from typing import NamedTuple, TypeVar
 from sqlalchemy import Connection
 
 from actors.batching import Batcher
-from actors.callbacks import ArmedSender, CallbackClaim, CallbackSucceeded, write_batch
+from actors.callbacks import ArmedSender, CallbackAdmission, CallbackClaim, CallbackSucceeded, write_batch
 from actors.claims_coming import ClaimsComing
 from actors.flow import Admission
 from actors.flow.control import Deferred, FlowControl, Released
 from actors.settings import Settings
 from ledger import claims
 from ledger.callbacks import ClaimedCallback
-from ledger.claims import ClaimedJob
+from ledger.claims import ClaimedJob, Finished
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 
@@ -90,7 +90,7 @@ class LedgerBatch:
         admissions: dict[int, Admission] = {}
         if self.flow is not None:
             asking = [(n, r.destination, r.rid) for n, r in enumerate(requests)
-                      if isinstance(r, JobClaim | CallbackClaim) and r.destination]  # fmt: skip
+                      if isinstance(r, JobClaim | CallbackClaim | CallbackAdmission) and r.destination]  # fmt: skip
             admissions = self.flow.admit(asking, requests)
         granted = [r for n, r in enumerate(requests) if admissions.get(n, GRANTED).granted]
         delivered = [r for r in requests if isinstance(r, Delivered)]
@@ -116,10 +116,14 @@ class LedgerBatch:
         # with the database's clock, by which the reconciler expires them, whatever this host's clock says.
         token = uuid.uuid4()
         claimed: Sequence[ClaimedJob | BaseException | None]
+        # What the successes of jobs with a status callback returned: the statement armed each callback claimed for
+        # this worker (migration 0010), whose `armed` sender POSTs it with what its body needs.
+        finished: dict[uuid.UUID, Finished] = {}
         try:
             done, claimed = self.database.run(
                 lambda conn: claims.succeed_and_claim(
-                    conn, attempts, dispatches, now=now, worker=worker_name(), token=token, database_clock=True
+                    conn, attempts, dispatches, now=now, worker=worker_name(), token=token, database_clock=True,
+                    finished=finished,
                 ),
                 kept=True,
             )
@@ -140,7 +144,8 @@ class LedgerBatch:
                          extra={"job_id": job.id, "attempt": job.attempt})  # fmt: skip
             else:
                 log_taken_back(job)
-        self.armed.post([job for (job, *_), ok in zip(delivered, done, strict=True) if ok and job.callback_url])
+        self.armed.post([job for (job, *_), ok in zip(delivered, done, strict=True) if ok and job.callback_url],
+                        finished)  # fmt: skip
         return done, claimed
 
     def _answers(
@@ -154,6 +159,8 @@ class LedgerBatch:
             kind = type(request)
             if kind in successes:
                 results.append(next(successes[kind]))
+            elif kind is CallbackAdmission:
+                results.append(admissions.get(n, GRANTED))
             elif kind not in claims:
                 results.append(None)
             elif not admissions.get(n, GRANTED).granted:
@@ -219,9 +226,9 @@ class LedgerBatch:
                 pause = min(pause * 2, 5.0)
 
 
-Request = JobClaim | Delivered | CallbackClaim | CallbackSucceeded | Released | Deferred
-#: A claim's answer: the job or callback claimed, None (not claimed) or the gate's deferral; a success's: whether it
-#: was written.
+Request = JobClaim | Delivered | CallbackClaim | CallbackAdmission | CallbackSucceeded | Released | Deferred
+#: A claim's answer: the job or callback claimed, None (not claimed) or the gate's deferral; an admission's: the
+#: gate's; a success's: whether it was written.
 Result = ClaimedJob | ClaimedCallback | Admission | bool | None
 GRANTED = Admission(granted=True)
 
