@@ -5,11 +5,13 @@ sent or lost (`actors.callback_reconciler`)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -90,57 +92,79 @@ def send_armed(database: Database, dispatcher: Dispatcher, job_ids: list[uuid.UU
 
 
 class ArmedSender:
-    """Delivers the callbacks the ledger armed claimed for this worker as it finished their jobs (migration 0010),
-    from a small pool of threads of its own (never the ledger batcher's): no message and no claim statement; each
-    admitted by its destination's flow control, POSTed and recorded as a message's attempt is (`CallbackDelivery`).
-    A job whose success statement did not return its `Finished` (a failure, a success written after a ledger
-    outage) has its claim given back to a message. Not `attach`ed (a process with no callback actor), the claims
-    are left for the reconciler to take back."""
+    """Delivers the callbacks the ledger armed claimed for this worker as it finished their jobs (migration 0010):
+    no message and no claim statement. A thread of its own admits them by their destination's flow control, as many
+    at once as it has free senders, in one request of the worker's ledger batch (one gate round trip, shared); a
+    small pool of senders (never the ledger batcher's thread) POSTs them and records each as a message's attempt is
+    (`CallbackDelivery`). A job whose success statement did not return its `Finished` (a failure, a success written
+    after a ledger outage) has its claim given back to a message. Not `attach`ed (a process with no callback
+    actor), the claims are left for the reconciler to take back."""
 
     def __init__(self, dispatcher: Dispatcher, clock: Callable[[], datetime] = utcnow, threads: int = SENDERS) -> None:
         self.dispatcher = dispatcher
         self.clock = clock
         self.delivery: CallbackDelivery | None = None
-        self._threads = threads
-        self._pool: ThreadPoolExecutor | None = None
+        self.threads = threads
+        self._queue: deque[tuple[ClaimedJob, Finished | None]] = deque()
+        self._free = threads
         self._pending = 0
-        self._idle = threading.Condition()
+        self._changed = threading.Condition()
+        self._pool: ThreadPoolExecutor | None = None
+        self._admitter: threading.Thread | None = None
 
-    def attach(self, delivery: CallbackDelivery) -> None:
+    def attach(self, delivery: CallbackDelivery, threads: int) -> None:
+        """Deliver through `delivery`, with `threads` senders (before the first `post`)."""
         self.delivery = delivery
+        self.threads = self._free = threads
 
     def post(self, jobs: list[ClaimedJob], finished: dict[uuid.UUID, Finished] | None = None) -> None:
         """`jobs`, whose outcome is written, each with a `callback_url`; `finished`: what their success returned."""
         if not jobs:
             return
-        if self._pool is None:  # made on first use, in the process that uses it (Dramatiq forks)
-            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="wjp-callback")
-        with self._idle:
+        with self._changed:
+            self._queue.extend((job, (finished or {}).get(job.id)) for job in jobs)
             self._pending += len(jobs)
-        for job in jobs:
-            self._pool.submit(self._deliver, job, (finished or {}).get(job.id))
+            self._changed.notify_all()
+            if self._admitter is None or not self._admitter.is_alive():  # started in the process that posts (forks)
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="wjp-callback")
+                self._admitter = threading.Thread(target=self._admit_forever, name="wjp-callbacks", daemon=True)
+                self._admitter.start()
 
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for what was posted to be POSTed and its outcome written; whether it was."""
         deadline = time.monotonic() + timeout
-        with self._idle:
-            if not self._idle.wait_for(lambda: self._pending == 0, timeout):
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._pending == 0, timeout):
                 return False
         return self.delivery is None or self.delivery.ledger.flush(max(0.0, deadline - time.monotonic()))
 
-    def _deliver(self, job: ClaimedJob, finished: Finished | None) -> None:
+    def _admit_forever(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._queue) and self._free > 0)
+                group = [self._queue.popleft() for _ in range(min(self._free, len(self._queue)))]
+                self._free -= len(group)
+            tasks: list[Callable[[], None]]
+            try:
+                if self.delivery is None:
+                    raise RuntimeError("no status callbacks in this process")
+                tasks = self.delivery.admit_claimed(group)
+            except Exception as exc:  # their claims stay; the reconciler takes them back once they expire
+                log.error("could not send %d status callbacks (%s); the reconciler will", len(group), exc)
+                tasks = [lambda: None] * len(group)
+            for task in tasks:
+                self._pool.submit(self._run, task)  # type: ignore[union-attr]
+
+    def _run(self, task: Callable[[], None]) -> None:
         try:
-            if self.delivery is None:
-                log.warning("Job %s: no status callbacks in this process; the reconciler will send it", job.id)
-            else:
-                self.delivery.deliver_claimed(job, finished)
+            task()
         except Exception:  # its claim stays; the reconciler takes it back once it expires
-            log.exception("the status callback of job %s raised unexpectedly", job.id)
+            log.exception("a status callback raised unexpectedly")
         finally:
-            with self._idle:
+            with self._changed:
+                self._free += 1
                 self._pending -= 1
-                if self._pending == 0:
-                    self._idle.notify_all()
+                self._changed.notify_all()
 
 
 class CallbackClaim(NamedTuple):
@@ -153,12 +177,11 @@ class CallbackClaim(NamedTuple):
     rid: str = ""
 
 
-class CallbackAdmission(NamedTuple):
-    """A callback armed claimed for this worker, to be admitted by the gate before its POST, in the worker's ledger
-    batch's round trip (no statement)."""
+class CallbackAdmissions(NamedTuple):
+    """Callbacks armed claimed for this worker, `(destination, lease id)` each, to be admitted by the gate before
+    their POST, in the worker's ledger batch's round trip (no statement); answered with an `Admission` each."""
 
-    destination: str
-    rid: str
+    asking: list[tuple[str, str]]
 
 
 class CallbackSucceeded(NamedTuple):
@@ -229,7 +252,8 @@ class CallbackDelivery:
         self.clock = clock
         self.rand = rand
         if armed is not None:  # the process's sender of the callbacks armed claimed for it delivers through this
-            armed.attach(self)
+            # As many senders as one destination may hold threads of this process: a group admitted together fits.
+            armed.attach(self, flow.shares.share if flow is not None else SENDERS)
 
     def __call__(self, rid: str, destination: str) -> None:
         try:
@@ -253,27 +277,40 @@ class CallbackDelivery:
             flow.finished(destination, rid, error)
         self._record(claimed, error)
 
-    def deliver_claimed(self, job: ClaimedJob, finished: Finished | None) -> None:
-        """The callback the ledger armed claimed for this worker as it finished `job` (migration 0010), in a thread
-        of `ArmedSender`: admitted, POSTed and recorded as a message's attempt, with no message and no claim. The
-        attempt's deadline falls inside the claim, which the reconciler takes back only a visibility timeout after
-        the job finished."""
-        url = job.callback_url or ""
-        destination = webhook_destination(url)
-        if finished is None:
-            self._give_back(job.id, destination, None)
-            return
-        claimed = callbacks.claimed_by_its_worker(job, finished)
-        flow = self.flow if destination else None
-        deadline = time.monotonic() + self.settings.attempt_time_limit
-        # A lease id no message has: the gate cannot park it (there is no message to park), so it defers instead.
-        rid = f"{job.id}{_INFIX}claimed"
-        if flow is not None:
-            admission = self.ledger.submit(CallbackAdmission(destination, rid))
-            if not admission.granted:
-                self._give_back(job.id, destination, admission)
-                return
-        error = self._attempt(claimed, deadline)
+    def admit_claimed(self, group: list[tuple[ClaimedJob, Finished | None]]) -> list[Callable[[], None]]:
+        """The callbacks the ledger armed claimed for this worker as it finished these jobs (migration 0010), with
+        what their success returned: admitted together (one request of the ledger batch), and for each what a
+        sender is to do: POST it and record the outcome, or give its claim back to a message (deferred by its
+        destination, or no `Finished`)."""
+        tasks: list[Callable[[], None]] = []
+        asking: list[tuple[str, str]] = []
+        admitting: list[tuple[ClaimedCallback, str, str]] = []
+        for job, finished in group:
+            destination = webhook_destination(job.callback_url or "")
+            if finished is None:
+                tasks.append(functools.partial(self._give_back, job.id, destination, None))
+                continue
+            claimed = callbacks.claimed_by_its_worker(job, finished)
+            # A lease id no message has: the gate cannot park it (there is no message to park), so it defers instead.
+            rid = f"{job.id}{_INFIX}claimed"
+            if self.flow is not None and destination:
+                asking.append((destination, rid))
+                admitting.append((claimed, destination, rid))
+            else:
+                tasks.append(functools.partial(self._post_claimed, claimed, destination, rid, None))
+        if asking:
+            admissions: list[Admission] = self.ledger.submit(CallbackAdmissions(asking))
+            for (claimed, destination, rid), admission in zip(admitting, admissions, strict=True):
+                if admission.granted:
+                    tasks.append(functools.partial(self._post_claimed, claimed, destination, rid, self.flow))
+                else:
+                    tasks.append(functools.partial(self._give_back, claimed.job.id, destination, admission))
+        return tasks
+
+    def _post_claimed(self, claimed: ClaimedCallback, destination: str, rid: str, flow: FlowControl | None) -> None:
+        # The attempt's deadline falls inside the claim, which the reconciler takes back only a visibility timeout
+        # after the job finished.
+        error = self._attempt(claimed, time.monotonic() + self.settings.attempt_time_limit)
         if flow is not None:
             flow.finished(destination, rid, error)
         self._record(claimed, error)
