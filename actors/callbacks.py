@@ -8,12 +8,9 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -24,10 +21,11 @@ from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 from actors.backoff import Verdict, decide
 from actors.batching import Batcher
 from actors.broker import DEST_OPTION, RID_OPTION, BrokerUnavailable, Dispatcher, MessageKind, parse_redis_message_id
+from actors.callback_sender import SENDERS, ArmedSender
 from actors.channels.base import DeliveryError, PermanentError, TransientError
 from actors.channels.webhook import WebhookChannel, webhook_destination
 from actors.flow import Admission
-from actors.flow.control import FlowControl
+from actors.flow.control import FlowControl, Released, gate_outcome
 from actors.settings import Settings
 from ledger import callbacks
 from ledger.callbacks import ARMED_ATTEMPT, ARMED_SEQ, ClaimedCallback
@@ -49,8 +47,6 @@ EVENT_TYPES = {
     Status.FAILED: "notification.failed",
     Status.CANCELLED: "notification.cancelled",
 }
-#: Threads of a worker process that POST the callbacks of the jobs it finished (`ArmedSender`).
-SENDERS = 4
 #: Longest error text kept on a callback.
 MAX_ERROR_LENGTH = 2000
 _INFIX = ".callback."
@@ -91,82 +87,6 @@ def send_armed(database: Database, dispatcher: Dispatcher, job_ids: list[uuid.UU
         log.warning("could not send %d status callbacks (%s); the reconciler will", len(job_ids), exc)
 
 
-class ArmedSender:
-    """Delivers the callbacks the ledger armed claimed for this worker as it finished their jobs (migration 0010):
-    no message and no claim statement. A thread of its own admits them by their destination's flow control, as many
-    at once as it has free senders, in one request of the worker's ledger batch (one gate round trip, shared); a
-    small pool of senders (never the ledger batcher's thread) POSTs them and records each as a message's attempt is
-    (`CallbackDelivery`). A job whose success statement did not return its `Finished` (a failure, a success written
-    after a ledger outage) has its claim given back to a message. Not `attach`ed (a process with no callback
-    actor), the claims are left for the reconciler to take back."""
-
-    def __init__(self, dispatcher: Dispatcher, clock: Callable[[], datetime] = utcnow, threads: int = SENDERS) -> None:
-        self.dispatcher = dispatcher
-        self.clock = clock
-        self.delivery: CallbackDelivery | None = None
-        self.threads = threads
-        self._queue: deque[tuple[ClaimedJob, Finished | None]] = deque()
-        self._free = threads
-        self._pending = 0
-        self._changed = threading.Condition()
-        self._pool: ThreadPoolExecutor | None = None
-        self._admitter: threading.Thread | None = None
-
-    def attach(self, delivery: CallbackDelivery, threads: int) -> None:
-        """Deliver through `delivery`, with `threads` senders (before the first `post`)."""
-        self.delivery = delivery
-        self.threads = self._free = threads
-
-    def post(self, jobs: list[ClaimedJob], finished: dict[uuid.UUID, Finished] | None = None) -> None:
-        """`jobs`, whose outcome is written, each with a `callback_url`; `finished`: what their success returned."""
-        if not jobs:
-            return
-        with self._changed:
-            self._queue.extend((job, (finished or {}).get(job.id)) for job in jobs)
-            self._pending += len(jobs)
-            self._changed.notify_all()
-            if self._admitter is None or not self._admitter.is_alive():  # started in the process that posts (forks)
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="wjp-callback")
-                self._admitter = threading.Thread(target=self._admit_forever, name="wjp-callbacks", daemon=True)
-                self._admitter.start()
-
-    def flush(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for what was posted to be POSTed and its outcome written; whether it was."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            if not self._changed.wait_for(lambda: self._pending == 0, timeout):
-                return False
-        return self.delivery is None or self.delivery.ledger.flush(max(0.0, deadline - time.monotonic()))
-
-    def _admit_forever(self) -> None:
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: bool(self._queue) and self._free > 0)
-                group = [self._queue.popleft() for _ in range(min(self._free, len(self._queue)))]
-                self._free -= len(group)
-            tasks: list[Callable[[], None]]
-            try:
-                if self.delivery is None:
-                    raise RuntimeError("no status callbacks in this process")
-                tasks = self.delivery.admit_claimed(group)
-            except Exception as exc:  # their claims stay; the reconciler takes them back once they expire
-                log.error("could not send %d status callbacks (%s); the reconciler will", len(group), exc)
-                tasks = [lambda: None] * len(group)
-            for task in tasks:
-                self._pool.submit(self._run, task)  # type: ignore[union-attr]
-
-    def _run(self, task: Callable[[], None]) -> None:
-        try:
-            task()
-        except Exception:  # its claim stays; the reconciler takes it back once it expires
-            log.exception("a status callback raised unexpectedly")
-        finally:
-            with self._changed:
-                self._free += 1
-                self._pending -= 1
-                self._changed.notify_all()
-
-
 class CallbackClaim(NamedTuple):
     """A callback message that is to claim its attempt, in the worker's ledger batch (`Delivery.ledger`); with a
     destination, admitted by the gate first, in the batch's one round trip."""
@@ -179,9 +99,11 @@ class CallbackClaim(NamedTuple):
 
 class CallbackAdmissions(NamedTuple):
     """Callbacks armed claimed for this worker, `(destination, lease id)` each, to be admitted by the gate before
-    their POST, in the worker's ledger batch's round trip (no statement); answered with an `Admission` each."""
+    their POST, in the worker's ledger batch's round trip; answered with an `Admission` each. `outcomes`: earlier
+    callbacks' `Released` and `CallbackSucceeded`, written in the same batch."""
 
     asking: list[tuple[str, str]]
+    outcomes: list[Any]
 
 
 class CallbackSucceeded(NamedTuple):
@@ -277,11 +199,13 @@ class CallbackDelivery:
             flow.finished(destination, rid, error)
         self._record(claimed, error)
 
-    def admit_claimed(self, group: list[tuple[ClaimedJob, Finished | None]]) -> list[Callable[[], None]]:
+    def admit_claimed(
+        self, group: list[tuple[ClaimedJob, Finished | None]], outcomes: list[Any], post: Callable[[Any], None]
+    ) -> list[Callable[[], None]]:
         """The callbacks the ledger armed claimed for this worker as it finished these jobs (migration 0010), with
-        what their success returned: admitted together (one request of the ledger batch), and for each what a
-        sender is to do: POST it and record the outcome, or give its claim back to a message (deferred by its
-        destination, or no `Finished`)."""
+        what their success returned: admitted together in one request of the ledger batch that also carries
+        `outcomes`, and for each what a sender is to do: POST it and hand its outcome to `post`, or give its claim
+        back to a message (deferred by its destination, or no `Finished`)."""
         tasks: list[Callable[[], None]] = []
         asking: list[tuple[str, str]] = []
         admitting: list[tuple[ClaimedCallback, str, str]] = []
@@ -297,23 +221,28 @@ class CallbackDelivery:
                 asking.append((destination, rid))
                 admitting.append((claimed, destination, rid))
             else:
-                tasks.append(functools.partial(self._post_claimed, claimed, destination, rid, None))
-        if asking:
-            admissions: list[Admission] = self.ledger.submit(CallbackAdmissions(asking))
+                tasks.append(functools.partial(self._post_claimed, claimed, destination, rid, None, post))
+        if asking or outcomes:
+            admissions: list[Admission] = self.ledger.submit(CallbackAdmissions(asking, outcomes))
             for (claimed, destination, rid), admission in zip(admitting, admissions, strict=True):
                 if admission.granted:
-                    tasks.append(functools.partial(self._post_claimed, claimed, destination, rid, self.flow))
+                    tasks.append(functools.partial(self._post_claimed, claimed, destination, rid, self.flow, post))
                 else:
                     tasks.append(functools.partial(self._give_back, claimed.job.id, destination, admission))
         return tasks
 
-    def _post_claimed(self, claimed: ClaimedCallback, destination: str, rid: str, flow: FlowControl | None) -> None:
+    def _post_claimed(
+        self, claimed: ClaimedCallback, destination: str, rid: str, flow: FlowControl | None,
+        post: Callable[[Any], None],
+    ) -> None:  # fmt: skip
         # The attempt's deadline falls inside the claim, which the reconciler takes back only a visibility timeout
         # after the job finished.
         error = self._attempt(claimed, time.monotonic() + self.settings.attempt_time_limit)
         if flow is not None:
-            flow.finished(destination, rid, error)
-        self._record(claimed, error)
+            # `FlowControl.finished`, its release handed to `post` rather than to a ledger batch of its own.
+            flow.shares.give(destination, rid, attempted=True)
+            post(Released(destination, rid, gate_outcome(error), getattr(error, "retry_after", None)))
+        self._record(claimed, error, post)
 
     def _give_back(self, job_id: uuid.UUID, destination: str, admission: Admission | None) -> None:
         """A callback armed claimed for this worker and not POSTed: back to waiting (the attempt not counted), with a
@@ -340,7 +269,9 @@ class CallbackDelivery:
             return TransientError(f"{type(exc).__name__}: {exc}")
         return None
 
-    def _record(self, claimed: ClaimedCallback, error: DeliveryError | None) -> None:
+    def _record(
+        self, claimed: ClaimedCallback, error: DeliveryError | None, post: Callable[[Any], None] | None = None
+    ) -> None:
         job_id, attempt, now = claimed.job.id, claimed.attempt, self.clock()
         decision = decide(
             attempt=attempt, max_attempts=self.settings.max_attempts, failed=error is not None,
@@ -350,7 +281,7 @@ class CallbackDelivery:
         text = (str(error) or type(error).__name__)[:MAX_ERROR_LENGTH] if error is not None else ""
         if decision.verdict is Verdict.SUCCEED:
             # Written with the worker's next ledger batch (`write_batch`), which logs it; this thread goes on.
-            self.ledger.post(CallbackSucceeded(claimed))
+            (post or self.ledger.post)(CallbackSucceeded(claimed))
             return
         done: object
         if decision.verdict is Verdict.RETRY:
