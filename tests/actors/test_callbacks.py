@@ -262,10 +262,23 @@ def test_a_callback_obeys_the_limits_of_its_destination(make_settings, database,
             )
         )
         jobs = [submit(database, dispatcher, settings, **fields) for _ in range(4)]
-        for job_id in jobs:
-            wait_for_callback(database, job_id, {Status.SUCCESS})
+        views = [wait_for_callback(database, job_id, {Status.SUCCESS}) for job_id in jobs]
     assert len(receiver.received) == 4
     assert max(held.in_flight for held in receiver.received) == 1
+    # Those their finishing worker's admission deferred went back to a message, that attempt not counted.
+    assert [view.attempts for view in views] == [1] * 4
+
+
+def test_a_callback_the_guard_refuses_as_its_worker_sends_it_fails_on_its_own(
+    make_settings, database, dispatcher
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="false")  # the sink is on 127.0.0.1
+    with webhook_sink() as sink, running_worker(settings, database):
+        job_id = submit(database, dispatcher, settings, **callback_fields(sink.url))
+        view = wait_for_callback(database, job_id, {Status.FAILED})
+        job = wait_for_status(database, job_id)
+    assert (sink.count(), job.status, view.attempts) == (0, Status.SUCCESS, 1)
+    assert view.last_error
 
 
 def test_a_job_whose_failure_the_reconciler_decides_gets_its_callback_in_the_same_pass(

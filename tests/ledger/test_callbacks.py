@@ -90,9 +90,7 @@ def test_a_callback_its_worker_gives_back_waits_for_a_message_or_is_parked(datab
         claim(database, job_id)
         assert database.run(lambda conn, job_id=job_id: claims.succeed(conn, job_id, 1, now=T0))
     later = T0 + 3600 * SECOND
-    dispatch = database.run(
-        lambda conn: callbacks.give_back(conn, sent, 1, now=T0, due_at=T0 + SECOND, parked=False)
-    )
+    dispatch = database.run(lambda conn: callbacks.give_back(conn, sent, 1, now=T0, due_at=T0 + SECOND, parked=False))
     assert isinstance(dispatch, transitions.Dispatch) and (dispatch.seq, dispatch.due_at) == (2, T0 + SECOND)
     assert database.run(lambda conn: callbacks.give_back(conn, parked, 1, now=T0, due_at=later, parked=True)) is True
     assert not database.run(lambda conn: callbacks.give_back(conn, parked, 1, now=T0, due_at=later, parked=True))
