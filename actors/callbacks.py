@@ -1,9 +1,11 @@
-"""Status callbacks: the actor that POSTs a finished job's status to its `callback_url` as a signed Standard Webhooks
-event, and the sending of their messages. The ledger arms a callback as its job finishes (`ledger.callbacks`); a
-reconciler pass sends what was never sent or lost (`actors.callback_reconciler`)."""
+"""Status callbacks: a finished job's status POSTed to its `callback_url` as a signed Standard Webhooks event, by the
+worker that finished the job (`ArmedSender`) and, for retries and for what no worker sent, by the actor of their
+messages. The ledger arms a callback as its job finishes (`ledger.callbacks`); a reconciler pass sends what was never
+sent or lost (`actors.callback_reconciler`)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -19,14 +21,15 @@ from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 from actors.backoff import Verdict, decide
 from actors.batching import Batcher
 from actors.broker import DEST_OPTION, RID_OPTION, BrokerUnavailable, Dispatcher, MessageKind, parse_redis_message_id
+from actors.callback_sender import SENDERS, ArmedSender
 from actors.channels.base import DeliveryError, PermanentError, TransientError
 from actors.channels.webhook import WebhookChannel, webhook_destination
 from actors.flow import Admission
-from actors.flow.control import FlowControl
+from actors.flow.control import FlowControl, Released, gate_outcome
 from actors.settings import Settings
 from ledger import callbacks
-from ledger.callbacks import ARMED_SEQ, ClaimedCallback
-from ledger.claims import ClaimedJob
+from ledger.callbacks import ARMED_ATTEMPT, ARMED_SEQ, ClaimedCallback
+from ledger.claims import ClaimedJob, Finished
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 from ledger.queries import job_document
@@ -44,8 +47,6 @@ EVENT_TYPES = {
     Status.FAILED: "notification.failed",
     Status.CANCELLED: "notification.cancelled",
 }
-#: Longest the first callback of a batch waits for others to share its statement and Redis round trip.
-ARMED_LINGER = 0.005
 #: Longest error text kept on a callback.
 MAX_ERROR_LENGTH = 2000
 _INFIX = ".callback."
@@ -86,36 +87,6 @@ def send_armed(database: Database, dispatcher: Dispatcher, job_ids: list[uuid.UU
         log.warning("could not send %d status callbacks (%s); the reconciler will", len(job_ids), exc)
 
 
-class ArmedSender:
-    """Sends the first messages of the callbacks the ledger armed already dispatched as this worker finished their
-    jobs (migration 0009), from a thread of its own: the worker's ledger batcher posts its finished jobs here and goes
-    on with its claims. No statement: each message names the armed dispatch (`ARMED_SEQ`), whatever its seq, and its
-    destination comes from the URL as intake's did. Batched like the ledger's: one Redis round trip per batch."""
-
-    def __init__(self, dispatcher: Dispatcher, clock: Callable[[], datetime] = utcnow) -> None:
-        self.dispatcher = dispatcher
-        self.clock = clock
-        self._batcher: Batcher[ClaimedJob, None] = Batcher(self._send, "wjp-callbacks", linger=ARMED_LINGER)
-
-    def post(self, jobs: list[ClaimedJob]) -> None:
-        """`jobs`, whose outcome is written, each with a `callback_url`."""
-        for job in jobs:
-            self._batcher.post(job)
-
-    def flush(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for what was posted to be sent; whether it all was."""
-        return self._batcher.flush(timeout)
-
-    def _send(self, jobs: list[ClaimedJob]) -> list[BaseException | None]:
-        now = self.clock()
-        dispatches = [Dispatch(job.id, ARMED_SEQ, now, webhook_destination(job.callback_url or "")) for job in jobs]
-        try:
-            self.dispatcher.send(dispatches, now=now, kind=CALLBACK_MESSAGES)
-        except BrokerUnavailable as exc:
-            log.warning("could not send %d status callbacks (%s); the reconciler will", len(jobs), exc)
-        return [None] * len(jobs)
-
-
 class CallbackClaim(NamedTuple):
     """A callback message that is to claim its attempt, in the worker's ledger batch (`Delivery.ledger`); with a
     destination, admitted by the gate first, in the batch's one round trip."""
@@ -124,6 +95,15 @@ class CallbackClaim(NamedTuple):
     seq: int
     destination: str = ""
     rid: str = ""
+
+
+class CallbackAdmissions(NamedTuple):
+    """Callbacks armed claimed for this worker, `(destination, lease id)` each, to be admitted by the gate before
+    their POST, in the worker's ledger batch's round trip; answered with an `Admission` each. `outcomes`: earlier
+    callbacks' `Released` and `CallbackSucceeded`, written in the same batch."""
+
+    asking: list[tuple[str, str]]
+    outcomes: list[Any]
 
 
 class CallbackSucceeded(NamedTuple):
@@ -179,6 +159,7 @@ class CallbackDelivery:
         settings: Settings,
         flow: FlowControl | None,
         ledger: Batcher[Any, Any],
+        armed: ArmedSender | None = None,
         clock: Callable[[], datetime] = utcnow,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -192,6 +173,9 @@ class CallbackDelivery:
         self.ledger = ledger
         self.clock = clock
         self.rand = rand
+        if armed is not None:  # the process's sender of the callbacks armed claimed for it delivers through this
+            # As many senders as one destination may hold threads of this process: a group admitted together fits.
+            armed.attach(self, flow.shares.share if flow is not None else SENDERS)
 
     def __call__(self, rid: str, destination: str) -> None:
         try:
@@ -215,6 +199,63 @@ class CallbackDelivery:
             flow.finished(destination, rid, error)
         self._record(claimed, error)
 
+    def admit_claimed(
+        self, group: list[tuple[ClaimedJob, Finished | None]], outcomes: list[Any], post: Callable[[Any], None]
+    ) -> list[Callable[[], None]]:
+        """The callbacks the ledger armed claimed for this worker as it finished these jobs (migration 0010), with
+        what their success returned: admitted together in one request of the ledger batch that also carries
+        `outcomes`, and for each what a sender is to do: POST it and hand its outcome to `post`, or give its claim
+        back to a message (deferred by its destination, or no `Finished`)."""
+        tasks: list[Callable[[], None]] = []
+        asking: list[tuple[str, str]] = []
+        admitting: list[tuple[ClaimedCallback, str, str]] = []
+        for job, finished in group:
+            destination = webhook_destination(job.callback_url or "")
+            if finished is None:
+                tasks.append(functools.partial(self._give_back, job.id, destination, None))
+                continue
+            claimed = callbacks.claimed_by_its_worker(job, finished)
+            # A lease id no message has: the gate cannot park it (there is no message to park), so it defers instead.
+            rid = f"{job.id}{_INFIX}claimed"
+            if self.flow is not None and destination:
+                asking.append((destination, rid))
+                admitting.append((claimed, destination, rid))
+            else:
+                tasks.append(functools.partial(self._post_claimed, claimed, destination, rid, None, post))
+        if asking or outcomes:
+            admissions: list[Admission] = self.ledger.submit(CallbackAdmissions(asking, outcomes))
+            for (claimed, destination, rid), admission in zip(admitting, admissions, strict=True):
+                if admission.granted:
+                    tasks.append(functools.partial(self._post_claimed, claimed, destination, rid, self.flow, post))
+                else:
+                    tasks.append(functools.partial(self._give_back, claimed.job.id, destination, admission))
+        return tasks
+
+    def _post_claimed(
+        self, claimed: ClaimedCallback, destination: str, rid: str, flow: FlowControl | None,
+        post: Callable[[Any], None],
+    ) -> None:  # fmt: skip
+        # The attempt's deadline falls inside the claim, which the reconciler takes back only a visibility timeout
+        # after the job finished.
+        error = self._attempt(claimed, time.monotonic() + self.settings.attempt_time_limit)
+        if flow is not None:
+            # `FlowControl.finished`, its release handed to `post` rather than to a ledger batch of its own.
+            flow.shares.give(destination, rid, attempted=True)
+            post(Released(destination, rid, gate_outcome(error), getattr(error, "retry_after", None)))
+        self._record(claimed, error, post)
+
+    def _give_back(self, job_id: uuid.UUID, destination: str, admission: Admission | None) -> None:
+        """A callback armed claimed for this worker and not POSTed: back to waiting (the attempt not counted), with a
+        message due when the gate's deferral says (beyond the schedule horizon: parked in the ledger), or now."""
+        now = self.clock()
+        due_at = now if admission is None else max(admission.until or now, now) + timedelta(seconds=self.rand())
+        parked = (due_at - now).total_seconds() > self.settings.schedule_horizon
+        done = self.database.run(
+            lambda conn: callbacks.give_back(conn, job_id, ARMED_ATTEMPT, now=now, due_at=due_at, parked=parked)
+        )
+        if isinstance(done, Dispatch):
+            self._send(Dispatch(job_id, done.seq, due_at, destination))
+
     def _attempt(self, claimed: ClaimedCallback, deadline: float) -> DeliveryError | None:
         msg_id = f"{claimed.job.id}.{claimed.event.value}"
         try:
@@ -228,7 +269,9 @@ class CallbackDelivery:
             return TransientError(f"{type(exc).__name__}: {exc}")
         return None
 
-    def _record(self, claimed: ClaimedCallback, error: DeliveryError | None) -> None:
+    def _record(
+        self, claimed: ClaimedCallback, error: DeliveryError | None, post: Callable[[Any], None] | None = None
+    ) -> None:
         job_id, attempt, now = claimed.job.id, claimed.attempt, self.clock()
         decision = decide(
             attempt=attempt, max_attempts=self.settings.max_attempts, failed=error is not None,
@@ -238,7 +281,7 @@ class CallbackDelivery:
         text = (str(error) or type(error).__name__)[:MAX_ERROR_LENGTH] if error is not None else ""
         if decision.verdict is Verdict.SUCCEED:
             # Written with the worker's next ledger batch (`write_batch`), which logs it; this thread goes on.
-            self.ledger.post(CallbackSucceeded(claimed))
+            (post or self.ledger.post)(CallbackSucceeded(claimed))
             return
         done: object
         if decision.verdict is Verdict.RETRY:

@@ -17,14 +17,15 @@ from typing import NamedTuple, TypeVar
 from sqlalchemy import Connection
 
 from actors.batching import Batcher
-from actors.callbacks import ArmedSender, CallbackClaim, CallbackSucceeded, write_batch
+from actors.callback_sender import ArmedSender
+from actors.callbacks import CallbackAdmissions, CallbackClaim, CallbackSucceeded, write_batch
 from actors.claims_coming import ClaimsComing
 from actors.flow import Admission
 from actors.flow.control import Deferred, FlowControl, Released
 from actors.settings import Settings
 from ledger import claims
 from ledger.callbacks import ClaimedCallback
-from ledger.claims import ClaimedJob
+from ledger.claims import ClaimedJob, Finished
 from ledger.database import Database
 from ledger.errors import LedgerUnavailable
 
@@ -87,11 +88,14 @@ class LedgerBatch:
 
     def write(self, requests: list[Request]) -> list[Result | BaseException]:
         """One batch: each request's answer, in order."""
+        carried = [o for r in requests if isinstance(r, CallbackAdmissions) for o in r.outcomes]
+        if carried:  # status callbacks' outcomes that rode their senders' admissions: written in this batch
+            stripped = [r._replace(outcomes=[]) if isinstance(r, CallbackAdmissions) else r for r in requests]
+            return self.write([*stripped, *carried])[: len(requests)]
         admissions: dict[int, Admission] = {}
+        groups: dict[int, list[Admission]] = {}
         if self.flow is not None:
-            asking = [(n, r.destination, r.rid) for n, r in enumerate(requests)
-                      if isinstance(r, JobClaim | CallbackClaim) and r.destination]  # fmt: skip
-            admissions = self.flow.admit(asking, requests)
+            admissions, groups = self._admit(requests)
         granted = [r for n, r in enumerate(requests) if admissions.get(n, GRANTED).granted]
         delivered = [r for r in requests if isinstance(r, Delivered)]
         dispatches = [(r.job_id, r.seq) for r in granted if isinstance(r, JobClaim)]
@@ -103,8 +107,31 @@ class LedgerBatch:
             [r for r in requests if isinstance(r, CallbackSucceeded)], now=now,
         )  # fmt: skip
         done, claimed = self._write_jobs(attempts, dispatches, delivered, now=now)
-        return self._answers(requests, admissions, {JobClaim: iter(claimed), CallbackClaim: iter(callbacks_claimed)},
+        return self._answers(requests, admissions, groups,
+                             {JobClaim: iter(claimed), CallbackClaim: iter(callbacks_claimed)},
                              {Delivered: iter(done), CallbackSucceeded: iter(callbacks_done)})  # fmt: skip
+
+    def _admit(self, requests: list[Request]) -> tuple[dict[int, Admission], dict[int, list[Admission]]]:
+        """The gate's answers, in one round trip: to each claim with a destination, by its index in `requests`, and
+        to each `CallbackAdmissions`, a list by its index."""
+        asking: list[tuple[int, str, str]] = []
+        owners: list[tuple[int, bool]] = []  # per asking: the request's index, and whether it is a group's
+        for n, r in enumerate(requests):
+            if isinstance(r, JobClaim | CallbackClaim) and r.destination:
+                asking.append((len(asking), r.destination, r.rid))
+                owners.append((n, False))
+            elif isinstance(r, CallbackAdmissions):
+                asking += [(len(asking) + i, destination, rid) for i, (destination, rid) in enumerate(r.asking)]
+                owners += [(n, True)] * len(r.asking)
+        answers = self.flow.admit(asking, requests)  # type: ignore[union-attr]
+        admissions: dict[int, Admission] = {}
+        groups: dict[int, list[Admission]] = {}
+        for k, (n, grouped) in enumerate(owners):
+            if grouped:
+                groups.setdefault(n, []).append(answers[k])
+            else:
+                admissions[n] = answers[k]
+        return admissions, groups
 
     def _write_jobs(
         self, attempts: list[tuple[uuid.UUID, int]], dispatches: list[tuple[uuid.UUID, int]],
@@ -116,10 +143,14 @@ class LedgerBatch:
         # with the database's clock, by which the reconciler expires them, whatever this host's clock says.
         token = uuid.uuid4()
         claimed: Sequence[ClaimedJob | BaseException | None]
+        # What the successes of jobs with a status callback returned: the statement armed each callback claimed for
+        # this worker (migration 0010), whose `armed` sender POSTs it with what its body needs.
+        finished: dict[uuid.UUID, Finished] = {}
         try:
             done, claimed = self.database.run(
                 lambda conn: claims.succeed_and_claim(
-                    conn, attempts, dispatches, now=now, worker=worker_name(), token=token, database_clock=True
+                    conn, attempts, dispatches, now=now, worker=worker_name(), token=token, database_clock=True,
+                    finished=finished,
                 ),
                 kept=True,
             )
@@ -140,12 +171,13 @@ class LedgerBatch:
                          extra={"job_id": job.id, "attempt": job.attempt})  # fmt: skip
             else:
                 log_taken_back(job)
-        self.armed.post([job for (job, *_), ok in zip(delivered, done, strict=True) if ok and job.callback_url])
+        self.armed.post([job for (job, *_), ok in zip(delivered, done, strict=True) if ok and job.callback_url],
+                        finished)  # fmt: skip
         return done, claimed
 
     def _answers(
-        self, requests: list[Request], admissions: dict[int, Admission], claims: dict[type, Iterator[object]],
-        successes: dict[type, Iterator[bool]],
+        self, requests: list[Request], admissions: dict[int, Admission], groups: dict[int, list[Admission]],
+        claims: dict[type, Iterator[object]], successes: dict[type, Iterator[bool]],
     ) -> list[Result | BaseException]:  # fmt: skip
         """Each request's answer, in order, from the answers of its kind (`claims`, `successes`, by type); an
         admitted claim that did not claim gives its admission back."""
@@ -154,6 +186,8 @@ class LedgerBatch:
             kind = type(request)
             if kind in successes:
                 results.append(next(successes[kind]))
+            elif kind is CallbackAdmissions:
+                results.append(groups.get(n) or [GRANTED] * len(request.asking))  # type: ignore[union-attr]
             elif kind not in claims:
                 results.append(None)
             elif not admissions.get(n, GRANTED).granted:
@@ -219,10 +253,10 @@ class LedgerBatch:
                 pause = min(pause * 2, 5.0)
 
 
-Request = JobClaim | Delivered | CallbackClaim | CallbackSucceeded | Released | Deferred
-#: A claim's answer: the job or callback claimed, None (not claimed) or the gate's deferral; a success's: whether it
-#: was written.
-Result = ClaimedJob | ClaimedCallback | Admission | bool | None
+Request = JobClaim | Delivered | CallbackClaim | CallbackAdmissions | CallbackSucceeded | Released | Deferred
+#: A claim's answer: the job or callback claimed, None (not claimed) or the gate's deferral; an admission's: the
+#: gate's; a success's: whether it was written.
+Result = ClaimedJob | ClaimedCallback | Admission | list[Admission] | bool | None
 GRANTED = Admission(granted=True)
 
 

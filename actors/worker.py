@@ -88,7 +88,7 @@ def boot() -> Delivery:
         webhook = WebhookChannel(settings.channels)
     callback_delivery = CallbackDelivery(
         database=database, dispatcher=dispatcher, webhook=webhook, settings=settings, flow=delivery.flow,
-        ledger=delivery.ledger,
+        ledger=delivery.ledger, armed=delivery.armed,
     )
     declare_callback_actor(broker, callback_delivery, settings)
     logging.getLogger("wjp").setLevel(logging.INFO)

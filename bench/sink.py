@@ -1,11 +1,13 @@
 """A local webhook receiver for the bench, in one of three behaviours, counting the requests it gets:
 
-- `ok` (default): answers every request `200` with an empty body at once;
+- `ok` (default): answers every request `204 No Content` at once;
 - `throttle`: answers every request `429` with `Retry-After: 1`;
 - `blackhole`: accepts the connection and reads the requests, never answers (a receiver that hangs).
 
-asyncio protocol (no HTTP framework), several processes on one port through SO_REUSEPORT, so that it
-is never the bottleneck of the webhook drain (its CPU is reported next to the workers' in the results).
+asyncio protocol (no HTTP framework) on uvloop's event loop (libuv: a request costs the receiver about half the CPU
+it did on asyncio's own loop, bench/README.md 2026-12-04 07:10), several processes on one port through
+SO_REUSEPORT, so that it is never the bottleneck of the webhook drain (its CPU is reported next to the workers' in
+the results).
 A held connection costs the black hole nothing but its socket: no timer, no task, no CPU until data comes.
 
 usage: python -m bench.sink PORT [PROCESSES [ok|throttle|blackhole]]
@@ -20,9 +22,11 @@ import signal
 import socket
 import sys
 
+import uvloop
+
 _LENGTH = re.compile(rb"(?im)^content-length:\s*(\d+)\s*$")
 _ANSWERS = {
-    "ok": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Type: text/plain\r\n",
+    "ok": b"HTTP/1.1 204 No Content\r\n",
     "throttle": b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n",
     "blackhole": b"",
 }
@@ -80,7 +84,7 @@ def serve(port: int, mode: str) -> None:
         await stop.wait()
         server.close()
 
-    asyncio.run(main())
+    uvloop.run(main())
     print(f"sink pid={os.getpid()} mode={mode} received={received} served={served}", flush=True)
 
 

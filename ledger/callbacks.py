@@ -1,11 +1,12 @@
 """Status callbacks in the ledger: their lifecycle, one guarded statement per transition, and the API's reads (the
 reconciler's statements are in `ledger.callback_recovery`).
 
-A callback is armed by a trigger on `jobs` in the transaction that finishes its job (migrations 0006 and 0009:
-already dispatched when its worker finished it, that worker then sending its message); from then on it lives like a
-job of its own: dispatched under a seq that fences older messages, claimed for one attempt at a time, retried, and
-taken back by the reconciler when its worker vanished. A callback only claims while its job is still in the status
-it reports, so one armed before a manual retry waits for the job's next finish, which re-arms it.
+A callback is armed by a trigger on `jobs` in the transaction that finishes its job (migrations 0006 and 0010:
+already claimed for its first attempt when its worker finished it, that worker then POSTing it with no message);
+from then on it lives like a job of its own: dispatched under a seq that fences older messages, claimed for one
+attempt at a time, retried, and taken back by the reconciler when its worker vanished. A callback only claims while
+its job is still in the status it reports, so one armed before a manual retry waits for the job's next finish, which
+re-arms it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from ledger.claims import ClaimedJob, Finished
 from ledger.database import DriverStatement, array_literal, postgres
 from ledger.queries import JOB_COLUMNS, JobView, job_view
 from ledger.schema import callbacks, jobs
@@ -46,6 +48,7 @@ from ledger.transitions import Dispatch
 #: name → (statuses the callback must be in, status it moves to); as `states.TRANSITIONS` for jobs.
 TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
     "claim": (WAITING, Status.PROCESSING),
+    "give_back": (frozenset({Status.PROCESSING}), Status.PENDING),
     "succeed": (frozenset({Status.PROCESSING}), Status.SUCCESS),
     "schedule_retry": (frozenset({Status.PROCESSING}), Status.RETRY),
     "fail": (frozenset({Status.PROCESSING}), Status.FAILED),
@@ -55,9 +58,12 @@ TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
 
 #: A message may arrive this much before its due time (clocks of different hosts) and still claim.
 EARLY_CLAIM_TOLERANCE = timedelta(milliseconds=500)
-#: The seq of the message that the worker that finished a job sends for the callback the ledger armed already
-#: dispatched (migration 0009): it claims that dispatch whatever the row's seq, while never attempted.
+#: The seq of the message that the worker that finished a job sent for the callback the ledger armed already
+#: dispatched (migration 0009): it claims that dispatch whatever the row's seq, while never attempted. Workers since
+#: 0010 send none; the messages of rows armed before it may still be queued.
 ARMED_SEQ = 0
+#: The attempt of a callback armed claimed for the worker that finished its job (migration 0010).
+ARMED_ATTEMPT = 1
 
 
 def _is_dispatch(seq: int) -> Any:
@@ -264,6 +270,19 @@ def succeed_and_claim(
 _JobRow = namedtuple("_JobRow", [c.name for c in JOB_COLUMNS] + ["callback_url"])  # type: ignore[misc]
 
 
+def claimed_by_its_worker(job: ClaimedJob, finished: Finished) -> ClaimedCallback:
+    """The callback that the statement recording `job`'s success armed claimed for this worker (migration 0010),
+    with the job as that statement left it: what the worker's claim read of it, and what the success returned."""
+    view = JobView(
+        id=job.id, status=Status.SUCCESS, recipient=job.recipient, channel=job.channel,
+        destination=finished.destination, idempotency_key=finished.idempotency_key, subject=job.subject,
+        metadata=job.metadata, send_at=finished.send_at, attempts=job.attempt, max_attempts=job.max_attempts,
+        next_attempt_at=None, last_error=None, created_at=finished.created_at, updated_at=finished.updated_at,
+        completed_at=finished.updated_at,
+    )  # fmt: skip
+    return ClaimedCallback(view, job.callback_url or "", Status.SUCCESS, ARMED_ATTEMPT)
+
+
 def claim(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime) -> ClaimedCallback | None:
     """Claim one dispatch; see `succeed_and_claim`."""
     return succeed_and_claim(conn, [], [(job_id, seq)], now=now)[1][0]
@@ -301,6 +320,22 @@ def schedule_retry(
         )
         .returning(*DISPATCH_COLUMNS)
     ).first()
+    if row is None:
+        return False
+    return True if parked else dispatches_of([row])[0]
+
+
+def give_back(
+    conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime, due_at: datetime, parked: bool
+) -> Dispatch | bool:
+    """PROCESSING at `attempt`, never POSTed (its destination deferred it) → PENDING due at `due_at`, the attempt
+    not counted: the dispatch to send after commit, or (`parked`, beyond the schedule horizon) True, for a reconciler
+    pass to send as it comes due; False when the guard failed."""
+    held, target = _held(job_id, attempt, "give_back")
+    seq = -callbacks.c.dispatch_seq if parked else callbacks.c.dispatch_seq + 1
+    values = {"status": target, "attempts": callbacks.c.attempts - 1, "next_attempt_at": due_at,
+              "dispatch_seq": seq, "claimed_at": None, "updated_at": now}  # fmt: skip
+    row = conn.execute(update(callbacks).where(*held).values(**values).returning(*DISPATCH_COLUMNS)).first()
     if row is None:
         return False
     return True if parked else dispatches_of([row])[0]

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Uuid,
     any_,
     bindparam,
+    cast,
     column,
     func,
     literal,
@@ -36,6 +37,9 @@ from ledger.transitions import transition_guard
 
 #: A message may arrive this much before its due time (clocks of different hosts) and still claim.
 EARLY_CLAIM_TOLERANCE = timedelta(milliseconds=500)
+#: What a success returns of a job with a status callback, beside its id: the rest of the job's GET body that its
+#: claim did not return, for the callback the same statement armed claimed for this worker (migration 0010).
+_FINISHED_COLUMNS = (jobs.c.destination, jobs.c.idempotency_key, jobs.c.send_at, jobs.c.created_at, jobs.c.updated_at)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,18 @@ class ClaimedJob:
     max_attempts: int
     #: Where its status callback goes once it finishes; None without one.
     callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A job with a status callback, as its success statement left it: with its `ClaimedJob`, the job's GET body."""
+
+    destination: str
+    idempotency_key: str
+    send_at: datetime | None
+    created_at: datetime
+    #: Also its `completed_at`: a success stamps both.
+    updated_at: datetime
 
 
 def _pairs(second: str, ids: str) -> Any:
@@ -203,21 +219,29 @@ def _build_succeed(postgresql: bool, ids: str = "ids") -> Any:
             completed_at=now,
             claimed_at=None,
         )
-        .returning(jobs.c.id)
+        .returning(jobs.c.id, jobs.c.callback_url, *_FINISHED_COLUMNS)
     )
 
 
 def _build_succeed_and_claim() -> Any:
     """Both batches in one PostgreSQL statement (one commit): the claimed rows (made now, or held under the token),
-    then the ids that succeeded with the job's columns NULL. No row can be in both, since one guard wants
+    then the ids that succeeded with the job's columns NULL, but for a job with a status callback its URL and
+    `_FINISHED_COLUMNS` (the last columns, NULL in the claims' rows). No row can be in both, since one guard wants
     PROCESSING and the other does not."""
     flag = Boolean()
     succeeded = _build_succeed(postgresql=True, ids="success_ids").cte("succeeded")
     claiming, held = _build_claim(True, "claim_ids", literal(True, flag))
     claimed = claiming.cte("claimed")
-    return select(literal(True, flag).label("claimed"), *claimed.c).union_all(
-        held, select(literal(False, flag), succeeded.c.id, *(null() for _ in range(len(claimed.c) - 1)))
-    )
+    # Typed: a NULL of no type in a union of three is resolved as text, which a timestamp then does not match.
+    unfinished = [cast(null(), c.type) for c in _FINISHED_COLUMNS]
+    blank = [null() for _ in range(len(claimed.c) - 2)]
+    callback_url = succeeded.c.callback_url
+    return select(literal(True, flag).label("claimed"), *claimed.c, *unfinished).union_all(
+        held.add_columns(*unfinished),
+        select(literal(False, flag), succeeded.c.id, *blank, null(), *unfinished).where(callback_url.is_(None)),
+        select(literal(False, flag), succeeded.c.id, *blank, callback_url,
+               *(succeeded.c[c.name] for c in _FINISHED_COLUMNS)).where(callback_url.is_not(None)),
+    )  # fmt: skip
 
 
 _SUCCEED = _build_succeed(postgresql=False)
@@ -230,6 +254,14 @@ def succeed_many(
 ) -> list[bool]:
     """Each `(job_id, attempt)` still PROCESSING at that attempt → SUCCESS, in one statement; which took.
     `database_clock`: stamped with the database's clock rather than `now`."""
+    done = _succeed_many(conn, attempts, now=now, database_clock=database_clock)
+    return [job_id in done for job_id, _ in attempts]
+
+
+def _succeed_many(
+    conn: Connection, attempts: list[tuple[uuid.UUID, int]], *, now: datetime, database_clock: bool
+) -> dict[uuid.UUID, Finished | None]:
+    """The jobs that succeeded, each with its `Finished` when it has a status callback."""
     driver = postgres(conn)
     now = _stamp(now, database_clock, driver is not None)
     if driver is None:
@@ -241,8 +273,7 @@ def succeed_many(
             "attempts": array_literal(n for _, n in attempts),
         }
         rows = _DRIVER_SUCCEED.execute(driver, params).fetchall()
-    done = {row[0] for row in rows}
-    return [job_id in done for job_id, _ in attempts]
+    return {row[0]: None if row[1] is None else Finished(*row[2:]) for row in rows}
 
 
 def succeed_and_claim(
@@ -254,14 +285,20 @@ def succeed_and_claim(
     worker: str,
     token: uuid.UUID | None = None,
     database_clock: bool = False,
+    finished: dict[uuid.UUID, Finished] | None = None,
 ) -> tuple[list[bool], list[ClaimedJob | None]]:
     """`succeed_many(attempts)` and `claim_many(dispatches)` with the same options; on PostgreSQL in one
-    statement, so a worker's claims and outcomes share a commit."""
+    statement, so a worker's claims and outcomes share a commit. `finished` receives the `Finished` of each job
+    that succeeded with a status callback, by id (cleared first: the statement may be run again)."""
+    finished = {} if finished is None else finished
+    finished.clear()
     driver = postgres(conn)
     if driver is None or not attempts or not dispatches:
         options: dict[str, Any] = {"now": now, "database_clock": database_clock}
-        done = succeed_many(conn, attempts, **options) if attempts else []
-        return done, claim_many(conn, dispatches, worker=worker, token=token, **options) if dispatches else []
+        succeeded = _succeed_many(conn, attempts, **options) if attempts else {}
+        claimed = claim_many(conn, dispatches, worker=worker, token=token, **options) if dispatches else []
+        finished.update((job_id, row) for job_id, row in succeeded.items() if row is not None)
+        return [job_id in succeeded for job_id, _ in attempts], claimed
     params = {
         "now": _stamp(now, database_clock, postgresql=True),
         "due_by": now + EARLY_CLAIM_TOLERANCE,
@@ -274,11 +311,14 @@ def succeed_and_claim(
     }
     claimed: dict[uuid.UUID, ClaimedJob] = {}
     succeeded: set[uuid.UUID] = set()
+    width = len(_CLAIMED_COLUMNS) + 1
     for row in _DRIVER_SUCCEED_AND_CLAIM.execute(driver, params).fetchall():
         if row[0]:
-            claimed[row[1]] = ClaimedJob(*row[1:])
+            claimed[row[1]] = ClaimedJob(*row[1:width])
         else:
             succeeded.add(row[1])
+            if row[width - 1] is not None:
+                finished[row[1]] = Finished(*row[width:])
     return [job_id in succeeded for job_id, _ in attempts], [claimed.pop(job_id, None) for job_id, _ in dispatches]
 
 

@@ -84,7 +84,7 @@ def running_worker(
     webhook = delivery.channels.get("webhook")
     callbacks = CallbackDelivery(
         database=database, dispatcher=delivery.dispatcher, settings=settings, flow=delivery.flow, clock=clock,
-        ledger=delivery.ledger,
+        ledger=delivery.ledger, armed=delivery.armed,
         webhook=webhook if isinstance(webhook, WebhookChannel) else WebhookChannel(settings.channels),
     )  # fmt: skip
     declare_callback_actor(broker, callbacks, settings)

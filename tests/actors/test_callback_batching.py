@@ -69,7 +69,7 @@ def worker(settings, database, threads: int = CALLBACKS) -> tuple[Delivery, Call
                         settings=settings, threads=threads)  # fmt: skip
     callback_delivery = CallbackDelivery(
         database=database, dispatcher=dispatcher, webhook=WebhookChannel(settings.channels), settings=settings,
-        flow=delivery.flow, ledger=delivery.ledger,
+        flow=delivery.flow, ledger=delivery.ledger, armed=delivery.armed,
     )  # fmt: skip
     return delivery, callback_delivery
 

@@ -12,13 +12,14 @@ from urllib.parse import urlsplit
 from standardwebhooks.webhooks import Webhook
 
 from actors.broker import Dispatcher, make_broker
-from actors.callbacks import ArmedSender, send_armed
+from actors.callbacks import CALLBACK_MESSAGES, send_armed
 from ledger import callbacks, claims, destinations, transitions
 from ledger.callbacks import CallbackView
-from ledger.claims import ClaimedJob
 from ledger.database import Database
+from ledger.schema import callbacks as callbacks_table
 from ledger.states import Status
 from ledger.timestamps import utcnow
+from ledger.transitions import Dispatch
 from tests.actors.conftest import make_reconciler, running_worker, submit, wait_for_status
 from tests.holding_receiver import holding_receiver
 from tests.webhook_sink import Reply, WebhookSink, webhook_sink
@@ -156,47 +157,61 @@ def test_a_callback_whose_message_redis_lost_is_sent_again_by_the_reconciler(
     assert received_events(sink) == [(f"{job_id}.CANCELLED", "notification.cancelled")]
 
 
-def test_a_finished_jobs_callback_goes_by_one_message_naming_its_armed_dispatch_and_no_statement(
+def test_a_finished_jobs_callback_is_posted_by_its_worker_with_no_message_and_no_claim_statement(
     make_settings, database, dispatcher, monkeypatch
 ) -> None:
     settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true")
-    statements: list[object] = []
-    real_dispatch_armed = callbacks.dispatch_armed
+    claimed: list[object] = []
+    real_succeed_and_claim = callbacks.succeed_and_claim
 
-    def dispatch_armed(*args, **kwargs):
-        statements.append(args)
-        return real_dispatch_armed(*args, **kwargs)
+    def succeed_and_claim(conn, attempts, dispatches, **kwargs):
+        claimed.extend(dispatches)
+        return real_succeed_and_claim(conn, attempts, dispatches, **kwargs)
 
-    monkeypatch.setattr(callbacks, "dispatch_armed", dispatch_armed)
+    monkeypatch.setattr(callbacks, "succeed_and_claim", succeed_and_claim)
     with webhook_sink() as sink, running_worker(settings, database) as delivery:
         sent: list[tuple[str, int]] = []
         real_send = delivery.dispatcher.send
         delivery.dispatcher.send = lambda dispatches, **kw: (
             sent.extend((d.destination, d.seq) for d in dispatches), real_send(dispatches, **kw)
         )  # fmt: skip
-        fields = callback_fields(sink.url)
-        job_id = submit(database, dispatcher, settings, **fields)
+        job_id = submit(database, dispatcher, settings, **callback_fields(sink.url))
         view = wait_for_callback(database, job_id, {Status.SUCCESS})
     assert (view.event, view.attempts) == (Status.SUCCESS, 1)
     assert received_events(sink) == [(f"{job_id}.SUCCESS", "notification.succeeded")]
-    assert sent == [(fields["callback_destination"], callbacks.ARMED_SEQ)]
-    assert statements == []  # armed already dispatched: no first dispatch written
+    # Claimed by the job's success statement: no message sent, no claim written; its success was written.
+    assert (sent, claimed) == ([], [])
 
 
-def test_a_callbacks_armed_message_in_redis_is_not_sent_again_by_the_reconciler(
+def armed_as_before_0010(database: Database, job_id: uuid.UUID) -> None:
+    """The callback as migration 0009 armed it for its finishing worker, which then sent a message naming it."""
+    database.run(
+        lambda conn: conn.execute(
+            callbacks_table.update().where(callbacks_table.c.job_id == job_id)
+            .values(status="PENDING", attempts=0, dispatch_seq=1, claimed_at=None)
+        )
+    )  # fmt: skip
+
+
+def test_a_callbacks_armed_message_from_before_0010_in_redis_is_not_sent_again_but_claims(
     make_settings, database, dispatcher
 ) -> None:
     settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_RECONCILE_GRACE="0")
-    job_id = submit(database, None, settings, **callback_fields("http://127.0.0.1:9/status"))
-    assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=utcnow(), worker="w")) is not None
-    assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=utcnow()))
-    # The worker that finished it sent the message naming its armed dispatch, which waits in the queue.
-    sender = ArmedSender(dispatcher)
-    sender.post([ClaimedJob(job_id, "someone", "log", "hello", None, None, 1, 3, "http://127.0.0.1:9/status")])
-    assert sender.flush(10)
-    later = lambda: utcnow() + timedelta(seconds=1)  # noqa: E731
-    report = make_reconciler(settings, database, dispatcher, clock=later).run_once()
-    assert (report.checked, report.redispatched) == (1, 0)
+    with webhook_sink() as sink:
+        fields = callback_fields(sink.url)
+        job_id = submit(database, None, settings, **fields)
+        assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=utcnow(), worker="w")) is not None
+        assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=utcnow()))
+        armed_as_before_0010(database, job_id)
+        # The worker that finished it sent the message naming its armed dispatch, which waits in the queue.
+        armed = Dispatch(job_id, callbacks.ARMED_SEQ, utcnow(), fields["callback_destination"])
+        dispatcher.send([armed], now=utcnow(), kind=CALLBACK_MESSAGES)
+        later = lambda: utcnow() + timedelta(seconds=1)  # noqa: E731
+        report = make_reconciler(settings, database, dispatcher, clock=later).run_once()
+        assert (report.checked, report.redispatched) == (1, 0)
+        with running_worker(settings, database):
+            view = wait_for_callback(database, job_id, {Status.SUCCESS})
+    assert (view.attempts, received_events(sink)) == (1, [(f"{job_id}.SUCCESS", "notification.succeeded")])
 
 
 def test_a_callback_armed_for_a_worker_that_died_before_sending_it_is_sent_by_the_reconciler(
@@ -205,15 +220,18 @@ def test_a_callback_armed_for_a_worker_that_died_before_sending_it_is_sent_by_th
     settings, dispatcher = reconciled_on(private_redis, make_settings)
     with webhook_sink() as sink:
         job_id = submit(database, None, settings, **callback_fields(sink.url))
-        # The worker's success commits (arming the callback for that worker to send), then the worker is gone.
+        # The worker's success commits (arming the callback claimed for that worker), then the worker is gone.
+        finished_at = utcnow() - timedelta(seconds=settings.visibility_timeout - 2)
         assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=utcnow(), worker="w")) is not None
-        assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=utcnow()))
-        later = lambda: utcnow() + timedelta(seconds=1)  # noqa: E731
-        report = make_reconciler(settings, database, dispatcher, clock=later).run_once()
-        assert report.redispatched == 1
+        assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=finished_at))
+        report = make_reconciler(settings, database, dispatcher).run_once()
+        assert (report.expired, report.redispatched) == (0, 0)  # its claim is the worker's for a visibility timeout
+        time.sleep(3)
+        report = make_reconciler(settings, database, dispatcher).run_once()
+        assert report.expired == 1
         with running_worker(settings, database):
             view = wait_for_callback(database, job_id, {Status.SUCCESS})
-    assert (view.event, view.attempts) == (Status.SUCCESS, 1)
+    assert (view.event, view.attempts) == (Status.SUCCESS, 2)
     assert received_events(sink) == [(f"{job_id}.SUCCESS", "notification.succeeded")]
 
 
@@ -244,10 +262,23 @@ def test_a_callback_obeys_the_limits_of_its_destination(make_settings, database,
             )
         )
         jobs = [submit(database, dispatcher, settings, **fields) for _ in range(4)]
-        for job_id in jobs:
-            wait_for_callback(database, job_id, {Status.SUCCESS})
+        views = [wait_for_callback(database, job_id, {Status.SUCCESS}) for job_id in jobs]
     assert len(receiver.received) == 4
     assert max(held.in_flight for held in receiver.received) == 1
+    # Those their finishing worker's admission deferred went back to a message, that attempt not counted.
+    assert [view.attempts for view in views] == [1] * 4
+
+
+def test_a_callback_the_guard_refuses_as_its_worker_sends_it_fails_on_its_own(
+    make_settings, database, dispatcher
+) -> None:
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="false")  # the sink is on 127.0.0.1
+    with webhook_sink() as sink, running_worker(settings, database):
+        job_id = submit(database, dispatcher, settings, **callback_fields(sink.url))
+        view = wait_for_callback(database, job_id, {Status.FAILED})
+        job = wait_for_status(database, job_id)
+    assert (sink.count(), job.status, view.attempts) == (0, Status.SUCCESS, 1)
+    assert view.last_error
 
 
 def test_a_job_whose_failure_the_reconciler_decides_gets_its_callback_in_the_same_pass(

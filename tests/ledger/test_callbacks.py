@@ -1,6 +1,6 @@
 """Status callbacks in the ledger, on PostgreSQL and SQLite: armed in the transaction that finishes the job, whatever
-finishes it (already dispatched when its worker finished it, to send itself); fenced on their dispatch and on the
-job's status; taken back and re-dispatched like jobs."""
+finishes it (already claimed for its worker when that worker finished it, to POST itself); fenced on their dispatch
+and on the job's status; taken back and re-dispatched like jobs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from ledger import callback_recovery, callbacks, claims, transitions
 from ledger.database import Database
+from ledger.queries import get_job, job_document
 from ledger.schema import callbacks as callbacks_table
 from ledger.states import Outcome, Status
 from tests.ledger.conftest import SECOND, T0, claim, submit
@@ -51,10 +52,56 @@ def test_the_callback_is_armed_by_the_workers_success_in_its_own_statement(datab
     claim(database, job_id)
     assert database.run(lambda conn: claims.succeed_many(conn, [(job_id, 1)], now=T0)) == [True]
     armed = row(database, job_id)
-    # Dispatched already: the worker that finished the job sends it, without a message.
+    # Claimed already for its first attempt: the worker that finished the job POSTs it, without a message or a claim.
     assert (armed.event, armed.status, armed.attempts, armed.dispatch_seq, armed.destination) == (
-        "SUCCESS", "PENDING", 0, 1, DESTINATION
+        "SUCCESS", "PROCESSING", 1, 1, DESTINATION
     )  # fmt: skip
+    assert armed.claimed_at == armed.updated_at == T0
+    assert database.run(lambda conn: callbacks.succeed(conn, job_id, 1, now=T0))
+
+
+@pytest.mark.parametrize("with_claims", [False, True], ids=["successes-alone", "with-claims"])
+def test_the_success_statement_returns_the_callbacks_body_as_the_jobs_get_shows_it(
+    database: Database, with_claims: bool
+) -> None:
+    job_id = with_callback(database, "body", subject="hi", metadata={"k": [1]})
+    plain, other = submit(database, "plain"), submit(database, "other")
+    held = [claim(database, j) for j in (job_id, plain)]
+    dispatches = [(other, 1)] if with_claims else []
+    finished: dict[uuid.UUID, claims.Finished] = {}
+    done, claimed = database.run(
+        lambda conn: claims.succeed_and_claim(
+            conn, [(job_id, 1), (plain, 1)], dispatches, now=T0 + SECOND, worker="w", database_clock=True,
+            finished=finished,
+        ),
+        kept=True,
+    )  # fmt: skip
+    assert (done, [c is not None for c in claimed], list(finished)) == ([True, True], [True] * len(dispatches),
+                                                                        [job_id])  # fmt: skip
+    sent = callbacks.claimed_by_its_worker(held[0], finished[job_id])
+    shown = database.run(lambda conn: get_job(conn, job_id, scope=None))
+    assert job_document(sent.job) == job_document(shown)
+    assert (sent.url, sent.event, sent.attempt) == (URL, Status.SUCCESS, callbacks.ARMED_ATTEMPT)
+
+
+def test_a_callback_its_worker_gives_back_waits_for_a_message_or_is_parked(database: Database) -> None:
+    sent, parked = with_callback(database, "sent"), with_callback(database, "parked")
+    for job_id in (sent, parked):
+        claim(database, job_id)
+        assert database.run(lambda conn, job_id=job_id: claims.succeed(conn, job_id, 1, now=T0))
+    later = T0 + 3600 * SECOND
+    dispatch = database.run(lambda conn: callbacks.give_back(conn, sent, 1, now=T0, due_at=T0 + SECOND, parked=False))
+    assert isinstance(dispatch, transitions.Dispatch) and (dispatch.seq, dispatch.due_at) == (2, T0 + SECOND)
+    assert database.run(lambda conn: callbacks.give_back(conn, parked, 1, now=T0, due_at=later, parked=True)) is True
+    assert not database.run(lambda conn: callbacks.give_back(conn, parked, 1, now=T0, due_at=later, parked=True))
+    assert (row(database, sent).status, row(database, sent).attempts) == ("PENDING", 0)
+    assert (row(database, parked).dispatch_seq, row(database, parked).next_attempt_at) == (-1, later)
+    # The attempt given back was not counted: the message's claim is attempt 1.
+    assert database.run(lambda conn: callbacks.claim(conn, sent, 2, now=T0 + SECOND)).attempt == 1
+    candidates = database.run(
+        lambda conn: callback_recovery.waiting_candidates(conn, overdue_before=later, schedule_until=later, limit=10)
+    )
+    assert candidates == [(parked, -1, later)]
 
 
 def test_the_callback_is_armed_by_a_failure_a_cancellation_an_expiry_and_a_deferral_given_up(
@@ -81,8 +128,10 @@ def test_the_callback_is_armed_by_a_failure_a_cancellation_an_expiry_and_a_defer
     assert {job_id: r.event for job_id, r in armed.items()} == {
         failed: "FAILED", cancelled: "CANCELLED", expired: "FAILED", deferred: "FAILED"
     }  # fmt: skip
-    # Only the worker's own failure arms it dispatched (that worker sends it); the others wait for a message.
-    assert {job_id: r.dispatch_seq for job_id, r in armed.items()} == {failed: 1, cancelled: 0, expired: 0, deferred: 0}
+    # Only the worker's own failure arms it claimed (that worker sends it); the others wait for a message.
+    assert {job_id: (r.status, r.dispatch_seq) for job_id, r in armed.items()} == {
+        failed: ("PROCESSING", 1), cancelled: ("PENDING", 0), expired: ("PENDING", 0), deferred: ("PENDING", 0)
+    }  # fmt: skip
 
 
 def test_a_finish_that_rolls_back_arms_nothing(database: Database) -> None:
@@ -128,10 +177,12 @@ def test_a_manual_retry_holds_the_failed_callback_and_the_next_finish_rearms_it(
     fail_attempt(database, job_id)
     first = row(database, job_id)
     assert first.dispatch_seq == 1
+    # Its worker gave it back (its destination deferred it): a message would claim it.
+    assert database.run(lambda conn: callbacks.give_back(conn, job_id, 1, now=T0, due_at=T0, parked=False))
     dispatch = database.run(lambda conn: transitions.manual_retry(conn, job_id, now=T0, extra_attempts=3))
     assert dispatch is not None
     # The job is no longer FAILED: the failed callback does not claim, and no pass sends it meanwhile.
-    assert database.run(lambda conn: callbacks.claim(conn, job_id, first.dispatch_seq, now=T0)) is None
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, 2, now=T0)) is None
     candidates = database.run(
         lambda conn: callback_recovery.waiting_candidates(
             conn, overdue_before=T0 + 60 * SECOND, schedule_until=T0 + 60 * SECOND, limit=10
@@ -141,16 +192,40 @@ def test_a_manual_retry_holds_the_failed_callback_and_the_next_finish_rearms_it(
     assert database.run(lambda conn: claims.claim(conn, job_id, dispatch.seq, now=T0, worker="w")) is not None
     assert database.run(lambda conn: claims.succeed(conn, job_id, 2, now=T0))
     rearmed = row(database, job_id)
-    # Re-armed dispatched by the worker's success, past the seq of any message of the first finish.
-    assert (rearmed.event, rearmed.status, rearmed.attempts, rearmed.dispatch_seq) == ("SUCCESS", "PENDING", 0, 2)
-    assert database.run(lambda conn: callbacks.claim(conn, job_id, first.dispatch_seq, now=T0)) is None
-    assert database.run(lambda conn: callbacks.claim(conn, job_id, 2, now=T0)).event is Status.SUCCESS
+    # Re-armed claimed by the worker's success, past the seq of any message of the first finish.
+    assert (rearmed.event, rearmed.status, rearmed.attempts, rearmed.dispatch_seq) == ("SUCCESS", "PROCESSING", 1, 3)
+    assert database.run(lambda conn: callbacks.claim(conn, job_id, 2, now=T0)) is None
+
+
+def test_a_callback_rearmed_while_its_last_attempt_is_held_is_no_longer_that_attempts(database: Database) -> None:
+    job_id = with_callback(database, "held")
+    claim(database, job_id)
+    fail_attempt(database, job_id)
+    # Its worker still POSTs the FAILED callback when an operator retries the job, which succeeds at once.
+    dispatch = database.run(lambda conn: transitions.manual_retry(conn, job_id, now=T0, extra_attempts=3))
+    assert database.run(lambda conn: claims.claim(conn, job_id, dispatch.seq, now=T0, worker="w")) is not None
+    assert database.run(lambda conn: claims.succeed(conn, job_id, 2, now=T0))
+    rearmed = row(database, job_id)
+    assert (rearmed.event, rearmed.status, rearmed.attempts) == ("SUCCESS", "PROCESSING", 2)
+    # The FAILED callback's success does not pass for the SUCCESS one's, which nobody POSTed: the reconciler will.
+    assert not database.run(lambda conn: callbacks.succeed(conn, job_id, 1, now=T0))
+
+
+def armed_as_before_0010(database: Database, job_id: uuid.UUID) -> None:
+    """The callback as migration 0009 armed it for its finishing worker, which then sent a message naming it."""
+    database.run(
+        lambda conn: conn.execute(
+            callbacks_table.update().where(callbacks_table.c.job_id == job_id)
+            .values(status="PENDING", attempts=0, dispatch_seq=1, claimed_at=None)
+        )
+    )  # fmt: skip
 
 
 def test_the_finishing_workers_claim_takes_the_armed_callback_once_whatever_its_seq(database: Database) -> None:
     job_id = with_callback(database, "armed")
     claim(database, job_id)
     assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=T0))
+    armed_as_before_0010(database, job_id)
     # A reconciler pass that found its message missing sent a newer dispatch meanwhile.
     [newer] = database.run(lambda conn: callback_recovery.redispatch(conn, [(job_id, 1)], now=T0))
     held = database.run(lambda conn: callbacks.claim(conn, job_id, callbacks.ARMED_SEQ, now=T0), transaction=True)
@@ -200,6 +275,7 @@ def test_the_armed_dispatch_deferred_beyond_the_horizon_is_parked_for_the_reconc
     job_id = with_callback(database, "parked")
     claim(database, job_id)
     assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=T0))
+    armed_as_before_0010(database, job_id)
     later = T0 + 3600 * SECOND
     assert database.run(lambda conn: callbacks.park(conn, job_id, callbacks.ARMED_SEQ, now=T0, due_at=later))
     parked = row(database, job_id)
