@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -38,6 +39,8 @@ class _Waiter(Generic[Request, Result]):
 
 #: The request of a flush marker.
 _FLUSH: Any = object()
+#: The request of a wake-up: a rider was posted while the batch thread slept with no deadline.
+_NUDGE: Any = object()
 
 
 class Batcher(Generic[Request, Result]):
@@ -50,6 +53,9 @@ class Batcher(Generic[Request, Result]):
     Under load, requests that arrive while a batch is in the database form the next batch, so the statements
     (and commits) per job shrink as the load grows. The thread starts on first use, so it belongs to the process
     that uses it (Dramatiq forks).
+
+    A request posted with `wait` is a rider: it wakes nobody, and goes with the next batch that someone waits for,
+    or once it has waited `wait` seconds, with whatever batch runs then (alone if none).
     """
 
     def __init__(
@@ -65,6 +71,10 @@ class Batcher(Generic[Request, Result]):
         self._linger = linger
         self._coming = coming
         self._waiting: queue.SimpleQueue[_Waiter[Request, Result]] = queue.SimpleQueue()
+        #: Riders, with when each must go at the latest (`post` with `wait`), oldest first.
+        self._riders: collections.deque[tuple[float, _Waiter[Request, Result]]] = collections.deque()
+        #: The batch thread sleeps until the next request, with no deadline: a new rider must wake it.
+        self._sleeping = False
         self._starting = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -76,10 +86,18 @@ class Batcher(Generic[Request, Result]):
             raise waiter.error
         return waiter.result  # type: ignore[return-value]
 
-    def post(self, request: Request) -> None:
+    def post(self, request: Request, *, wait: float = 0.0) -> None:
         """Queue `request` for the next batch without waiting for it: `run_batch` owns what becomes of it
-        (a batch that raises anyway is logged)."""
-        self._enqueue(request, waited=False)
+        (a batch that raises anyway is logged). With `wait`, it rides with the next batch someone waits for, within
+        `wait` seconds."""
+        if not wait:
+            self._enqueue(request, waited=False)
+            return
+        if self._thread is None or not self._thread.is_alive():
+            self._start()
+        self._riders.append((time.monotonic() + wait, _Waiter(request, waited=False)))
+        if self._sleeping:  # read after the append: the thread reads the riders after raising the flag
+            self._waiting.put(_Waiter(_NUDGE, waited=False))
 
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds until everything submitted or posted so far has run; say whether it has."""
@@ -103,17 +121,41 @@ class Batcher(Generic[Request, Result]):
 
     def _serve(self) -> None:
         while True:
-            batch = [self._waiting.get()]
+            batch = self._take()
             self._gather(batch)
             if self._linger:
                 self._wait_for_company(batch)
             markers = [waiter for waiter in batch if waiter.request is _FLUSH]
-            if markers:
-                batch = [waiter for waiter in batch if waiter.request is not _FLUSH]
+            self._board(batch, everyone=bool(markers))
+            batch = [waiter for waiter in batch if waiter.request is not _FLUSH and waiter.request is not _NUDGE]
             if batch:
                 self._run(batch)
             for marker in markers:
                 marker.done.release()  # type: ignore[union-attr]
+
+    def _take(self) -> list[_Waiter[Request, Result]]:
+        """The next request, or none once the oldest rider is due."""
+        if not self._riders:
+            self._sleeping = True
+            if not self._riders:  # none was posted before the flag went up
+                try:
+                    return [self._waiting.get()]
+                finally:
+                    self._sleeping = False
+            self._sleeping = False
+        try:
+            return [self._waiting.get(timeout=max(0.0, self._riders[0][0] - time.monotonic()))]
+        except queue.Empty:
+            return []
+
+    def _board(self, batch: list[_Waiter[Request, Result]], *, everyone: bool) -> None:
+        """Riders join `batch` if someone waits for it (or a flush, `everyone`), or once the oldest is due."""
+        if not self._riders:
+            return
+        if not everyone and all(waiter.done is None for waiter in batch) and self._riders[0][0] > time.monotonic():
+            return
+        while self._riders and len(batch) < MAX_BATCH:
+            batch.append(self._riders.popleft()[1])
 
     def _wait_for_company(self, batch: list[_Waiter[Request, Result]]) -> None:
         """While nobody waits for `batch`, let the next request join it, or with `coming`, every request until one

@@ -20,7 +20,7 @@ from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
-from actors import tracing
+from actors import resp, tracing
 from actors.consumer import BELL_TOKENS, CONNECTION_LOST, NAMESPACE, BelledConsumer, NoteWorkerThreads, bell_key
 from actors.redis_address import connection_pool
 from actors.settings import TIME_LIMIT_CHECK_MS, SettingsError
@@ -236,31 +236,22 @@ class OutageProofRedisBroker(RedisBroker):
                 raise reply
 
     def _exchange(self, commands: list[tuple[object, ...]]) -> list[object]:
-        """Send `commands` in one write on a pooled connection and read their replies.
+        """Send `commands` in one write on a pooled connection and read their replies (`actors.resp`).
 
         redis-py's pipelines do the same with much more bookkeeping per command: its transaction pipeline was the
-        largest part of an API process's CPU for a POST (bench/README.md). The pool checks a connection as it
-        hands it out (one Redis dropped is replaced); one that fails under the commands is closed, never returned
-        to the pool with replies unread."""
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(conn.pack_commands(commands))
-            return [conn.read_response() for _ in commands]
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
+        largest part of an API process's CPU for a POST (bench/README.md)."""
+        return resp.exchange(self.client, [resp.pack(command) for command in commands])  # type: ignore[arg-type]
 
     def unsent_acks(self, queue_name: str) -> collections.deque[str]:
         """The Redis ids of the messages of `queue_name` this process's threads have acked, not yet sent."""
         return self._unsent_acks.setdefault(queue_name, collections.deque())
 
-    def ack_and_fetch(self, queue_name: str, count: int) -> list[bytes]:
+    def ack_and_fetch(self, queue_name: str, count: int, *, wait: float = 0.0) -> list[bytes]:
         """Dramatiq's ack of each of the unsent acks of `queue_name`, then (with `count`) its fetch of up to `count`
         messages, in one round trip: their commands of Dramatiq's dispatch script, with the arguments its
-        `_dispatch` gives them. Acks that may not have reached Redis wait for the next call.
+        `_dispatch` gives them. Acks that may not have reached Redis wait for the next call. With `wait`, the fetch
+        waits up to that many seconds for a token on the queue's bell first (Redis runs a blocked client's next
+        command once it is woken): an idle consumer's wait and its fetch are one round trip.
 
         The acks of a moment ride with the consumer's next fetch: an ack round trip per message was a seventh of a
         worker's CPU, and sending them in a round trip of their own cost 0.2-0.4 more round trips per job at
@@ -270,6 +261,8 @@ class OutageProofRedisBroker(RedisBroker):
         if not acks and not count:
             return []
         commands = [self._script_command("ack", queue_name, rid, sha=True) for rid in acks]
+        if wait:
+            commands.append(("BLPOP", bell_key(queue_name), wait))
         if count:
             commands.append(self._script_command("fetch", queue_name, count, sha=True))
         try:

@@ -24,7 +24,7 @@ from actors.delivery import Delivery
 from actors.observe import ObserveMessages
 from actors.settings import Settings, positive_int
 from actors.start_up import freeze_start_up_objects
-from actors.worker_logging import log_straight_to_stderr
+from actors.worker_logging import log_straight_to_stderr, log_without_callers
 from ledger.database import Database
 
 #: Most ms an idle consumer waits between polls of Redis (Dramatiq's default is 1000). Messages our senders enqueue
@@ -93,5 +93,6 @@ def boot() -> Delivery:
     declare_callback_actor(broker, callback_delivery, settings)
     logging.getLogger("wjp").setLevel(logging.INFO)
     log_straight_to_stderr()
+    log_without_callers()
     freeze_start_up_objects()
     return delivery

@@ -18,8 +18,11 @@ from typing import Any, Literal, cast
 
 import redis
 
+from actors import resp
 from actors.consumer import BELL_TOKENS, NAMESPACE, bell_key
 
+#: Most packed argument runs a gate keeps (`Gate._destination`): far more than the destinations a worker meets at once.
+MAX_PACKED = 1024
 #: Every key of the gate starts with this, so that operators can find (and tests can delete) them all.
 DEFAULT_PREFIX = "wjp:flow:"
 
@@ -183,6 +186,10 @@ class Gate:
         source = resources.files(__package__).joinpath("gate.lua").read_text(encoding="utf-8")
         # redis-py's Script sends EVALSHA and reloads the script once on NoScriptError (a restarted server).
         self._script = client.register_script(source)
+        self._client = client
+        self._evalsha = resp.Packed(["EVALSHA", self._script.sha])
+        #: The packed arguments of `batch` that repeat from call to call: per queue and policy, per destination.
+        self._packed: dict[object, tuple[resp.Packed, resp.Packed]] = {}
         self.prefix = prefix
         # State and leases under separate infixes: no destination key, whatever it ends with, can name the
         # other's Redis key.
@@ -307,44 +314,74 @@ class Gate:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
         index: dict[str, int] = {}
-        keys = [self._known, self._waiting_set(queue), queue.queue, queue.bodies, queue.bell, queue.acks]
-        per_destination: list[object] = []
+        destination_keys: list[resp.Packed] = []
+        destination_args: list[resp.Packed] = []
         for request in (*releases, *admits):
             if request.key not in index:
                 index[request.key] = len(index) + 1
-                keys.extend([*self._keys(request.key)[1:], self.waiting_list(queue, request.key)])
-                limits = request.limits
-                per_destination += [
-                    request.key,
-                    "" if limits.concurrency is None else limits.concurrency,
-                    "" if limits.rate is None else repr(float(limits.rate)),
-                ]
-        args: list[object] = [
-            "batch",
-            _ms(now),
-            breaker.threshold,
-            _seconds_to_ms(breaker.cooldown),
-            _seconds_to_ms(breaker.max_cooldown),
-            _seconds_to_ms(breaker.forget_after),
-            _seconds_to_ms(lease_seconds),
-            BELL_TOKENS,
-            len(index),
-            *per_destination,
-            len(releases),
-        ]
+                packed_keys, packed_args = self._destination(queue, request.key, request.limits)
+                destination_keys.append(packed_keys)
+                destination_args.append(packed_args)
+        args: list[resp.Arg] = [len(releases)]
         for release in releases:
             args += [index[release.key], release.lease_id, Outcome(release.outcome).value,
                      _seconds_to_ms(release.retry_after or 0.0)]  # fmt: skip
         args.append(len(admits))
         for admit in admits:
             args += [index[admit.key], admit.lease_id, admit.park, "1" if admit.share_full else ""]
-        rows = self._script(keys=keys, args=args)
+        keys, settings = self._batch_constants(queue, lease_seconds, breaker)
+        call = resp.command(
+            self._evalsha, 6 + 3 * len(index), keys, *destination_keys, "batch", _ms(now), settings, len(index),
+            *destination_args, *args,
+        )  # fmt: skip
+        rows = self._call(call)
         return [
             Admission(granted=True, probe=bool(probe))
             if granted
             else Admission(granted=False, reason=Reason(_text(reason)), until=_moment(until), parked=bool(parked))
             for granted, reason, until, probe, parked in rows
         ]
+
+    def _batch_constants(
+        self, queue: QueueKeys, lease_seconds: float, breaker: BreakerPolicy
+    ) -> tuple[resp.Packed, resp.Packed]:
+        """The keys of `queue`, and the breaker's and lease's settings, as `batch` sends them."""
+        found = self._packed.get((queue, lease_seconds, breaker))
+        if found is None:
+            keys = [self._known, self._waiting_set(queue), queue.queue, queue.bodies, queue.bell, queue.acks]
+            settings = [
+                breaker.threshold, _seconds_to_ms(breaker.cooldown), _seconds_to_ms(breaker.max_cooldown),
+                _seconds_to_ms(breaker.forget_after), _seconds_to_ms(lease_seconds), BELL_TOKENS,
+            ]  # fmt: skip
+            found = self._remember((queue, lease_seconds, breaker), resp.Packed(keys), resp.Packed(settings))
+        return found
+
+    def _destination(self, queue: QueueKeys, key: str, limits: Limits) -> tuple[resp.Packed, resp.Packed]:
+        """The keys and the arguments of destination `key` in a `batch` of `queue`."""
+        found = self._packed.get((queue, key, limits))
+        if found is None:
+            keys = [*self._keys(key)[1:], self.waiting_list(queue, key)]
+            args = [
+                key, "" if limits.concurrency is None else limits.concurrency,
+                "" if limits.rate is None else repr(float(limits.rate)),
+            ]  # fmt: skip
+            found = self._remember((queue, key, limits), resp.Packed(keys), resp.Packed(args))
+        return found
+
+    def _remember(self, what: object, keys: resp.Packed, args: resp.Packed) -> tuple[resp.Packed, resp.Packed]:
+        if len(self._packed) >= MAX_PACKED:  # destinations come and go: start again rather than grow
+            self._packed.clear()
+        self._packed[what] = (keys, args)
+        return keys, args
+
+    def _call(self, call: bytes) -> Any:
+        """Run a packed EVALSHA of the script; a Redis that lost its scripts (a restart) is sent it again, as
+        redis-py's `Script` does."""
+        try:
+            return resp.exchange(self._client, [call])[0]
+        except redis.exceptions.NoScriptError:
+            self._client.script_load(self._script.script)
+            return resp.exchange(self._client, [call])[0]
 
     def waiting(self, queue: QueueKeys) -> list[str]:
         """Destinations that have messages of `queue` on their waiting lists."""

@@ -150,3 +150,45 @@ def test_an_exception_as_one_request_s_answer_is_raised_in_that_request_s_thread
     with pytest.raises(ValueError):
         batcher.submit(-1)
     assert batcher.submit(1) == 1
+
+
+def recording_batcher() -> tuple[Batcher[str, str], list[list[str]]]:
+    batches: list[list[str]] = []
+
+    def run(items: list[str]) -> list[str]:
+        batches.append(list(items))
+        return [f"{item} done" for item in items]
+
+    return Batcher(run, "test"), batches
+
+
+def test_a_rider_runs_with_the_next_batch_someone_waits_for_and_wakes_nobody_before():
+    batcher, batches = recording_batcher()
+    batcher.submit("first")  # the batch thread is up and sleeps until the next request
+
+    batcher.post("rider", wait=600)
+    batcher.post("posted")  # nobody waits for it: it runs at once, without the rider
+    assert batcher.submit("claim") == "claim done"
+
+    assert batches[0] == ["first"]
+    assert ["rider"] not in batches
+    assert any("claim" in batch and "rider" in batch for batch in batches)
+    assert sum(batch.count("rider") for batch in batches) == 1
+
+
+def test_a_rider_with_no_batch_to_ride_with_runs_alone_once_it_has_waited():
+    ran = threading.Event()
+    batcher = Batcher(lambda items: [ran.set() if item == "rider" else None for item in items], "test")
+    batcher.submit("first")  # the batch thread sleeps with no deadline: the rider must wake it
+
+    batcher.post("rider", wait=0.05)
+
+    assert ran.wait(30)
+
+
+def test_a_flush_takes_the_riders_along():
+    batcher, batches = recording_batcher()
+    batcher.post("rider", wait=600)
+
+    assert batcher.flush(30)
+    assert batches == [["rider"]]

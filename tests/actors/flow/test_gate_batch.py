@@ -187,3 +187,10 @@ def test_a_new_pause_sends_a_new_message_back_for_its_own_end(client, gate, queu
 
     assert (first.parked, parked.parked) == (False, True)
     assert (second.until, second.parked) == (at(12), False), "the pause outlives the first waker: a second one"
+
+
+def test_a_batch_on_a_redis_that_lost_its_scripts_sends_the_script_again(client, gate, queue):
+    batch(gate, queue, admits=[AdmitRequest(SLOW, "s1", ONE)])
+    client.script_flush()
+
+    assert batch(gate, queue, admits=[AdmitRequest(SLOW, "s2", ONE)]) == [deferred("limit", LEASE)]
