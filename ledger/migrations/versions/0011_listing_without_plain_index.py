@@ -4,7 +4,7 @@ listing indexes stop trying to deduplicate their entries, which, ending with the
 (bench/README.md, 2026-12-04 07:08, issue 20).
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-04
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
