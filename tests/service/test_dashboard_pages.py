@@ -303,5 +303,5 @@ def test_a_jobs_page_shows_its_callback_and_where_its_delivery_stands(client, da
 
     assert '<section id="callback">' in before and html.escape(callback_url) in before and "<b>" not in before
     assert "<dd>waiting</dd>" in before
-    assert "<dd>FAILED</dd>" in after and "<dd>pending</dd>" in after, "armed by the failure, not yet sent"
+    assert "<dd>FAILED</dd>" in after and "<dd>delivering</dd>" in after, "armed by the failure, claimed for its worker"
     assert 'id="callback"' not in plain
