@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.fresh_port import forget_earlier_flow_state
+
 
 @dataclass(frozen=True)
 class Held:
@@ -62,6 +64,7 @@ class HoldingReceiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        forget_earlier_flow_state("127.0.0.1", self.port)
 
     @property
     def port(self) -> int:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.fresh_port import forget_earlier_flow_state
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -39,7 +41,7 @@ class Received:
 class WebhookSink:
     """Answers the n-th request with `script[n]` (the last entry repeats; 200 when empty)."""
 
-    def __init__(self, script: list[Reply] | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, script: list[Reply] | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.script = list(script or [])
         self.received: list[Received] = []
         self._lock = threading.Lock()
@@ -67,7 +69,7 @@ class WebhookSink:
                 pass
 
         server_class = _IPv6HTTPServer if ":" in host else ThreadingHTTPServer
-        self.server = server_class((host, 0), Handler)
+        self.server = server_class((host, port), Handler)
         self.server.daemon_threads = True
         self.host = host
 
@@ -92,9 +94,10 @@ class _IPv6HTTPServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def webhook_sink(script: list[Reply] | None = None, host: str = "127.0.0.1") -> Iterator[WebhookSink]:
-    """A sink on `host` (127.0.0.1, or ::1 for IPv6 loopback) at a free port."""
-    sink = WebhookSink(script, host)
+def webhook_sink(script: list[Reply] | None = None, host: str = "127.0.0.1", port: int = 0) -> Iterator[WebhookSink]:
+    """A sink on `host` (127.0.0.1, or ::1 for IPv6 loopback) at `port` (0: a free one)."""
+    sink = WebhookSink(script, host, port)
+    forget_earlier_flow_state(host, int(sink.server.server_address[1]))
     thread = threading.Thread(target=sink.server.serve_forever, daemon=True)
     thread.start()
     try:
