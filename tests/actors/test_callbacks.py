@@ -16,12 +16,12 @@ from actors.callbacks import CALLBACK_MESSAGES, send_armed
 from ledger import callbacks, claims, destinations, transitions
 from ledger.callbacks import CallbackView
 from ledger.database import Database
-from ledger.schema import callbacks as callbacks_table
 from ledger.states import Status
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
 from tests.actors.conftest import make_reconciler, running_worker, submit, wait_for_status
 from tests.holding_receiver import holding_receiver
+from tests.ledger.conftest import armed_as_before_0010
 from tests.webhook_sink import Reply, WebhookSink, webhook_sink
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -181,16 +181,6 @@ def test_a_finished_jobs_callback_is_posted_by_its_worker_with_no_message_and_no
     assert received_events(sink) == [(f"{job_id}.SUCCESS", "notification.succeeded")]
     # Claimed by the job's success statement: no message sent, no claim written; its success was written.
     assert (sent, claimed) == ([], [])
-
-
-def armed_as_before_0010(database: Database, job_id: uuid.UUID) -> None:
-    """The callback as migration 0009 armed it for its finishing worker, which then sent a message naming it."""
-    database.run(
-        lambda conn: conn.execute(
-            callbacks_table.update().where(callbacks_table.c.job_id == job_id)
-            .values(status="PENDING", attempts=0, dispatch_seq=1, claimed_at=None)
-        )
-    )  # fmt: skip
 
 
 def test_a_callbacks_armed_message_from_before_0010_in_redis_is_not_sent_again_but_claims(

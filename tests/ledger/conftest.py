@@ -12,6 +12,7 @@ from ledger import claims, intake, queries, transitions
 from ledger.database import Database
 from ledger.intake import NewNotification
 from ledger.schema import attempts, jobs
+from ledger.schema import callbacks as callbacks_table
 from ledger.states import Outcome, Status
 from tests.pg_cluster import private_cluster, private_ledger  # noqa: F401 (fixtures offered here)
 
@@ -87,3 +88,13 @@ def job_in(database: Database, status: Status, key: str, *, now: datetime = T0, 
             lambda conn: transitions.schedule_retry(conn, job_id, 1, now=now, due_at=now, error="try again")
         )
     return job_id
+
+
+def armed_as_before_0010(database: Database, job_id: uuid.UUID) -> None:
+    """The callback as migration 0009 armed it for its finishing worker, which then sent a message naming it."""
+    database.run(
+        lambda conn: conn.execute(
+            callbacks_table.update().where(callbacks_table.c.job_id == job_id)
+            .values(status="PENDING", attempts=0, dispatch_seq=1, claimed_at=None)
+        )
+    )  # fmt: skip

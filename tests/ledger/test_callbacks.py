@@ -14,7 +14,7 @@ from ledger.database import Database
 from ledger.queries import get_job, job_document
 from ledger.schema import callbacks as callbacks_table
 from ledger.states import Outcome, Status
-from tests.ledger.conftest import SECOND, T0, claim, submit
+from tests.ledger.conftest import SECOND, T0, armed_as_before_0010, claim, submit
 
 URL = "https://hooks.example.com/status"
 DESTINATION = "webhook:hooks.example.com:443"
@@ -209,16 +209,6 @@ def test_a_callback_rearmed_while_its_last_attempt_is_held_is_no_longer_that_att
     assert (rearmed.event, rearmed.status, rearmed.attempts) == ("SUCCESS", "PROCESSING", 2)
     # The FAILED callback's success does not pass for the SUCCESS one's, which nobody POSTed: the reconciler will.
     assert not database.run(lambda conn: callbacks.succeed(conn, job_id, 1, now=T0))
-
-
-def armed_as_before_0010(database: Database, job_id: uuid.UUID) -> None:
-    """The callback as migration 0009 armed it for its finishing worker, which then sent a message naming it."""
-    database.run(
-        lambda conn: conn.execute(
-            callbacks_table.update().where(callbacks_table.c.job_id == job_id)
-            .values(status="PENDING", attempts=0, dispatch_seq=1, claimed_at=None)
-        )
-    )  # fmt: skip
 
 
 def test_the_finishing_workers_claim_takes_the_armed_callback_once_whatever_its_seq(database: Database) -> None:
