@@ -84,8 +84,8 @@ class ArmedSender:
             with self._changed:
                 self._changed.wait_for(lambda: (bool(self._queue) and self._free > 0) or bool(self._outcomes))
                 # A moment for the senders still POSTing to come free: one group, one gate round trip and one
-                # statement for as many callbacks as may go at once (one admission per callback made the gate ~15 %
-                # of a worker's CPU, bench/README.md 2026-12-04 07:10).
+                # statement for as many callbacks as may go at once (an admission per callback made the gate a large
+                # share of a worker's CPU: bench/README.md, 2026-12-04 07:10).
                 deadline = time.monotonic() + GROUP_LINGER
                 while self._free < self.threads and len(self._queue) > self._free:
                     remaining = deadline - time.monotonic()

@@ -1,7 +1,7 @@
 """Commands written in Redis's wire protocol (RESP) by hand, and sent together over one pooled connection.
 
 redis-py's packer encodes each argument through several calls; on the worker's and the API's every-job calls (the
-gate's script, the fetch, the enqueue) it was a tenth of a worker's CPU at moderate rates (bench/README.md,
+gate's script, the fetch, the enqueue) it was a large share of a worker's CPU at moderate rates (bench/README.md,
 2026-12-04 07:10). Here an argument is a bytes `%` format, and the parts that never change are packed once.
 """
 

@@ -203,8 +203,8 @@ def accept(
 # A batch of rows travels as one JSON array: one statement text (prepared once) for every batch size, and one
 # parameter to encode (C-accelerated), where an array per column cost more client CPU than the round trip. Each row
 # holds only what is its own: what the batch shares (its scope, its instant) is a parameter of the statement, a NULL
-# is left out, and what follows from other columns is worked out in SQL; PostgreSQL then reads a row in half the
-# CPU (bench/README.md, 2026-12-04 07:08).
+# is left out, and what follows from other columns is worked out in SQL, so PostgreSQL reads less per row
+# (bench/README.md, 2026-12-04 07:08).
 class _SentRow(msgspec.Struct, omit_defaults=True, gc=False):
     """A new job's row as a batch sends it; a field at its default is not sent, and the statement reads it back as
     NULL (`_build_insert_batch`)."""
