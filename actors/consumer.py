@@ -76,10 +76,17 @@ class BelledConsumer(_RedisConsumer):
         try:
             if not self.message_cache:
                 # When full, only the acks go: what frees room is an ack of this process.
-                self.message_cache = self.broker.ack_and_fetch(self.queue_name, self._room())
-            message = self._from_cache()
-            if message is not None:
-                return message
+                self.message_cache = self.broker.ack_and_fetch(
+                    self.queue_name, max(self.prefetch - self.outstanding_message_count, 0)
+                )
+            while self.message_cache:
+                data = self.message_cache.pop(0)
+                if data is None:  # what Dramatiq's consumer skips too (its issue #266)
+                    continue
+                self.misses = 0
+                message = dramatiq.Message.decode(data)
+                self.queued_message_ids.add(message.message_id)
+                return MessageProxy(message)
             lately_busy = self.misses < MISSES_BEFORE_BELL
             self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
             threads_idle = self.outstanding_message_count < self.broker.worker_threads
@@ -89,23 +96,8 @@ class BelledConsumer(_RedisConsumer):
                 # together. One with a thread idle waits on the bell at once: a sleep only delayed the next message
                 # (bench/README.md, 2026-12-03 20:10). When full, what frees room is an ack of this process.
                 time.sleep(backoff_ms / 1000)
-                return None
-            # The wait on the bell and the fetch it is for, in one round trip (bench/README.md, 2026-12-04 07:10).
-            self.message_cache = self.broker.ack_and_fetch(self.queue_name, self._room(), wait=backoff_ms / 1000)
-            return self._from_cache()
+            else:
+                self.broker.client.blpop([bell_key(self.queue_name)], timeout=backoff_ms / 1000)
+            return None
         except CONNECTION_LOST as exc:
             raise ConnectionClosed(exc) from None
-
-    def _room(self) -> int:
-        return max(self.prefetch - self.outstanding_message_count, 0)
-
-    def _from_cache(self) -> MessageProxy | None:
-        while self.message_cache:
-            data = self.message_cache.pop(0)
-            if data is None:  # what Dramatiq's consumer skips too (its issue #266)
-                continue
-            self.misses = 0
-            message = dramatiq.Message.decode(data)
-            self.queued_message_ids.add(message.message_id)
-            return MessageProxy(message)
-        return None
