@@ -246,12 +246,10 @@ class OutageProofRedisBroker(RedisBroker):
         """The Redis ids of the messages of `queue_name` this process's threads have acked, not yet sent."""
         return self._unsent_acks.setdefault(queue_name, collections.deque())
 
-    def ack_and_fetch(self, queue_name: str, count: int, *, wait: float = 0.0) -> list[bytes]:
+    def ack_and_fetch(self, queue_name: str, count: int) -> list[bytes]:
         """Dramatiq's ack of each of the unsent acks of `queue_name`, then (with `count`) its fetch of up to `count`
         messages, in one round trip: their commands of Dramatiq's dispatch script, with the arguments its
-        `_dispatch` gives them. Acks that may not have reached Redis wait for the next call. With `wait`, the fetch
-        waits up to that many seconds for a token on the queue's bell first (Redis runs a blocked client's next
-        command once it is woken): an idle consumer's wait and its fetch are one round trip.
+        `_dispatch` gives them. Acks that may not have reached Redis wait for the next call.
 
         The acks of a moment ride with the consumer's next fetch: an ack round trip per message was a seventh of a
         worker's CPU, and sending them in a round trip of their own cost 0.2-0.4 more round trips per job at
@@ -261,8 +259,6 @@ class OutageProofRedisBroker(RedisBroker):
         if not acks and not count:
             return []
         commands = [self._script_command("ack", queue_name, rid, sha=True) for rid in acks]
-        if wait:
-            commands.append(("BLPOP", bell_key(queue_name), wait))
         if count:
             commands.append(self._script_command("fetch", queue_name, count, sha=True))
         try:
