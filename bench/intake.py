@@ -1,9 +1,9 @@
 """`make bench`, intake: `wjp serve` under wrk next to the two baselines (bench/README.md, Method 1).
 
 The baselines of the targets run on the **asyncio server model** (bench/baseline_asgi.py under gunicorn's worker
-class ASYNC_WORKER_CLASS, `asgi` unless BENCH_ASYNC_WORKER names another, e.g. uvicorn's, whichever the product
-serves with); the threaded ones (bench/baseline_app.py under gthread) are kept as reference rows. Every server gets
-the product's service/gunicorn_conf.py and the same number of workers; one runs at a time.
+class ASYNC_WORKER_CLASS: the product's own, from service/gunicorn_conf.py, unless BENCH_ASYNC_WORKER names another);
+the threaded ones (bench/baseline_app.py under gthread) are kept as reference rows. Every server gets the product's
+service/gunicorn_conf.py and the same number of workers; one runs at a time.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ API_WORKERS = int(os.environ.get("BENCH_API_WORKERS", "4"))
 INTAKE_REPS = int(os.environ.get("BENCH_INTAKE_REPS", "1" if QUICK else "5"))
 INTAKE_SECONDS = int(os.environ.get("BENCH_INTAKE_SECONDS", "5" if QUICK else "10"))
 WRK_THREADS, WRK_CONNECTIONS = 2, 32
-#: The gunicorn worker class of the asyncio baselines: the one setting that follows the product's server model.
-ASYNC_WORKER_CLASS = os.environ.get("BENCH_ASYNC_WORKER", "asgi")
 GUNICORN_CONF = ROOT / "service" / "gunicorn_conf.py"
+#: The gunicorn worker class of the asyncio baselines: the product's own unless BENCH_ASYNC_WORKER names another.
+ASYNC_WORKER_CLASS = os.environ.get("BENCH_ASYNC_WORKER") or runpy.run_path(str(GUNICORN_CONF))["worker_class"]
 #: Seconds a server may take to answer after its start: ~2 s on a quiet machine, over 20 s at a load average of 14.
 SERVER_START_TIMEOUT = 60.0
 #: Targets (issue 22): ours over the asyncio baselines (a) and (b), median of the per-repetition ratios.

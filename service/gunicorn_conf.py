@@ -9,18 +9,12 @@ Anything here can still be overridden without editing the file through gunicorn'
 
 import os
 
-# gunicorn's asyncio worker serving the ASGI app (service/app.py): one event loop per process reads every
-# request, and the POSTs read while a group is in the database share the next INSERT and Redis round trip
-# (service/intake.py); blocking calls run on a few threads (service/offload.py). Measured against gthread × 8
-# and uvicorn's worker with `make bench` (bench/README.md, "The API on an event loop").
-worker_class = "asgi"
-# The loop is asyncio's own: uvloop is not a dependency of the API (see bench/README.md), and "auto" would pick
-# it up wherever it happens to be installed, making the server model depend on the environment.
-asgi_loop = "asyncio"
-# gunicorn's own HTTP parser, whatever is installed: "auto" would take the C parser of gunicorn_h1c wherever it is,
-# and gunicorn 27 declares it needs gunicorn_h1c >= 0.6.14, which our package index does not have (bench/README.md,
-# "2026-12-03 20:10–21:00").
-http_parser = "python"
+# One event loop per process serves the ASGI app (service/app.py): the POSTs read while a group is in the database
+# share the next INSERT and Redis round trip (service/intake.py); blocking calls run on a few threads
+# (service/offload.py). The server is uvicorn's with the httptools parser on asyncio's loop (service/http_worker.py):
+# a POST costs the API about a third less CPU than on gunicorn's own asgi worker with its Python parser
+# (bench/README.md, "2026-12-04 13:50").
+worker_class = "service.http_worker.HttptoolsWorker"
 
 # A request is one INSERT and one Redis send; 30 s is far beyond a healthy one. On SIGTERM the
 # workers get the same 30 s to finish what they hold (deployments give the process a bit more).

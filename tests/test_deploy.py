@@ -287,12 +287,22 @@ def test_the_gunicorn_config_leaves_bind_and_workers_to_wjp_serve_and_never_prel
 def test_the_gunicorn_config_uses_asyncio_workers_with_bounded_timeouts_memory_and_logs() -> None:
     settings = _gunicorn_settings()
     # An event loop, so that concurrent POSTs of one process can share their INSERT and Redis round trip.
-    assert settings["worker_class"] == "asgi" and "threads" not in settings
+    assert settings["worker_class"] == "service.http_worker.HttptoolsWorker" and "threads" not in settings
     assert 0 < settings["timeout"] <= 60
     assert 0 < settings["graceful_timeout"] <= 60
     assert settings["max_requests"] > 0 and 0 < settings["max_requests_jitter"] < settings["max_requests"]
     assert settings["accesslog"] is None
     assert settings["forwarded_allow_ips"]
+
+
+def test_the_api_worker_is_uvicorns_on_asyncios_loop_with_httptools_whatever_else_is_installed() -> None:
+    from gunicorn.util import load_class
+    from uvicorn_worker import UvicornWorker
+
+    worker = load_class(_gunicorn_settings()["worker_class"])
+    assert issubclass(worker, UvicornWorker)
+    # uvicorn's "auto" would take uvloop where it is installed (the bench extra installs it).
+    assert worker.CONFIG_KWARGS["loop"] == "asyncio" and worker.CONFIG_KWARGS["http"] == "httptools"
 
 
 # --- the image ------------------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def assert_intake_merged_across_workers(api: Process, port: int, tmp_path) -> No
 
     # One after another, each on a new connection, until workers have been replaced: an event-loop worker would
     # accept a burst of concurrent ones alone, and takes a few more after its max_requests before it stops.
-    wait_until(lambda: api.output().count("ASGI server listening") >= 3, api)
+    wait_until(lambda: api.output().count("Application startup complete") >= 3, api)
     requests = 0
     while requests < 30 or api.output().count("Booting worker") <= 4:
         assert create(requests) == 202
