@@ -4,6 +4,8 @@ after the other, in a few statements whatever the batch's size."""
 from __future__ import annotations
 
 import gc
+import threading
+import time
 
 import pytest
 from sqlalchemy import event, func, select
@@ -262,3 +264,40 @@ def test_a_batch_with_a_taken_key_in_the_callers_transaction_leaves_it_usable(da
     assert [r.outcome for r in results] == [Intake.REPLAYED, Intake.CREATED]
     assert results[0].job_id == taken.job_id
     assert rows == 2 == row_count(database)
+
+
+def test_on_postgresql_a_batch_takes_its_keys_in_key_order_whatever_their_order_in_the_request(postgres_db):
+    """Statements that take the same keys in one order cannot deadlock. A batch (b, a) whose key "a" another
+    transaction holds, uncommitted, waits there before it takes "b": that transaction can still take "b"."""
+    with postgres_db.engine.connect() as holder:
+        holder.begin()
+        held_a = intake.accept(holder, notification("a"), now=T0, dispatch_now=True)
+        holder_pid = holder.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        answers: list = []
+        batch = threading.Thread(target=lambda: answers.append(accept_batch(postgres_db, notification("b"),
+                                                                             notification("a"))))  # fmt: skip
+        batch.start()
+        _wait_until_blocked_by(postgres_db, holder_pid)
+
+        # Had the batch taken "b" first, this would wait for it while it waits for us (lock_timeout: an error, not
+        # a wait, before the deadlock detector's second).
+        holder.exec_driver_sql("SET LOCAL lock_timeout = '500ms'")
+        held_b = intake.accept(holder, notification("b"), now=T0, dispatch_now=True)
+        holder.commit()
+        batch.join()
+
+    assert (held_a.outcome, held_b.outcome) == (Intake.CREATED, Intake.CREATED)
+    (results,) = answers
+    assert [(r.outcome, r.job_id) for r in results] == [
+        (Intake.REPLAYED, held_b.job_id),
+        (Intake.REPLAYED, held_a.job_id),
+    ]
+
+
+def _wait_until_blocked_by(database, pid: int) -> None:
+    blocked = "SELECT count(*) FROM pg_stat_activity WHERE %(pid)s = ANY(pg_blocking_pids(pid))"
+    for _ in range(500):
+        if database.run(lambda conn: conn.exec_driver_sql(blocked, {"pid": pid}).scalar_one()):
+            return
+        time.sleep(0.01)
+    raise AssertionError("the batch never waited for the key held by the other transaction")
