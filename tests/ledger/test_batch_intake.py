@@ -10,7 +10,7 @@ import time
 import pytest
 from sqlalchemy import event, func, select
 
-from ledger import intake
+from ledger import batch_insert, intake
 from ledger.intake import Accepting, Intake
 from ledger.schema import jobs
 from ledger.states import Status
@@ -114,8 +114,8 @@ def test_on_postgresql_a_batch_statement_parses_its_rows_once(postgres_db):
 
     def plan(conn) -> list[dict]:
         driver = conn.connection.driver_connection
-        params = {**intake._DRIVER_INSERT_BATCH._constants, **intake.batch_parameters(batch)}
-        ((found,),) = driver.execute(f"EXPLAIN (FORMAT JSON) {intake._DRIVER_INSERT_BATCH.sql}", params).fetchall()
+        params = {**batch_insert.INSERT_FREE_KEYS._constants, **batch_insert.parameters(batch)}
+        ((found,),) = driver.execute(f"EXPLAIN (FORMAT JSON) {batch_insert.INSERT_FREE_KEYS.sql}", params).fetchall()
         return found
 
     def nodes(node: dict) -> list[dict]:
@@ -131,7 +131,8 @@ def test_a_batchs_per_item_objects_are_left_out_of_the_garbage_collectors_passes
     items = [Accepting(notification(f"k{i}", metadata={"tags": ["a"]}), T0, True) for i in range(3)]
     results = database.run(lambda conn: intake.accept_batch(conn, items))
 
-    objects = [*items, *(item.request for item in items), *(intake._sent_row(item, "", T0) for item in items), *results]
+    rows = [batch_insert._sent_row(item, "", T0) for item in items]
+    objects = [*items, *(item.request for item in items), *rows, *results]
     assert not any(gc.is_tracked(o) for o in objects)
 
 
@@ -144,8 +145,8 @@ def test_on_postgresql_the_batch_statement_answers_only_with_the_rows_whose_key_
     def answered(batch: list[Accepting]) -> list:
         def run(conn) -> list:
             driver = conn.connection.driver_connection
-            params = intake.batch_parameters(batch)
-            return [job_id for (job_id,) in intake._DRIVER_INSERT_BATCH.execute(driver, params)]
+            params = batch_insert.parameters(batch)
+            return [job_id for (job_id,) in batch_insert.INSERT_FREE_KEYS.execute(driver, params)]
 
         return postgres_db.run(run)
 
