@@ -10,10 +10,12 @@ from enum import StrEnum
 from typing import Any
 
 import msgspec
+from psycopg.errors import UniqueViolation
 from psycopg.types.json import Json
-from sqlalchemy import JSON, Connection, String, Text, bindparam, column, func, literal, literal_column, select, true
+from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ledger import batch_insert
 from ledger.database import DriverStatement, postgres
 from ledger.errors import LedgerError
 from ledger.ids import uuid7
@@ -146,7 +148,7 @@ class Accepting(msgspec.Struct, frozen=True, gc=False):
     job_id: uuid.UUID = msgspec.field(default_factory=uuid7)
 
     def row(self) -> dict[str, Any]:
-        """Its job's row as a single INSERT writes it (a batch sends less: `_SentRow`)."""
+        """Its job's row as a single INSERT writes it (a batch sends less: `ledger.batch_insert`)."""
         request, created = self.request, _created(self)
         return {
             "id": self.job_id, "scope": request.scope, "idempotency_key": request.idempotency_key,
@@ -200,120 +202,6 @@ def accept(
     return IntakeResult(outcome, existing.id, Status(existing.status), existing.created_at)
 
 
-# A batch of rows travels as one JSON array: one statement text (prepared once) for every batch size, and one
-# parameter to encode (C-accelerated), where an array per column cost more client CPU than the round trip. Each row
-# holds only what is its own: what the batch shares (its scope, its instant) is a parameter of the statement, a NULL
-# is left out, and what follows from other columns is worked out in SQL, so PostgreSQL reads less per row
-# (bench/README.md, 2026-12-04 07:08).
-class _SentRow(msgspec.Struct, omit_defaults=True, gc=False):
-    """A new job's row as a batch sends it; a field at its default is not sent, and the statement reads it back as
-    NULL (`_build_insert_batch`)."""
-
-    id: uuid.UUID
-    idempotency_key: str
-    payload_hash: str
-    recipient: str
-    channel: str
-    message: str
-    max_attempts: int
-    subject: str | None = None
-    metadata: dict[str, Any] | None = None
-    send_at: datetime | None = None
-    #: None: 1, dispatched at once.
-    dispatch_seq: int | None = None
-    #: None: the channel's name.
-    destination: str | None = None
-    callback_url: str | None = None
-    callback_destination: str | None = None
-    #: None: the batch's (`scope` and `now` of the statement).
-    scope: str | None = None
-    created_at: datetime | None = None
-
-
-def _build_insert_batch() -> Any:
-    # Text, not VARCHAR(n): a cast to VARCHAR(n) would cut a long value short where the INSERT must refuse it.
-    fields = _SentRow.__struct_fields__
-    types = {name: Text() if isinstance(jobs.c[name].type, String) else jobs.c[name].type for name in fields}
-    sent = (
-        func.json_to_recordset(bindparam("rows", type_=JSON()))
-        .table_valued(*(column(name, types[name]) for name in fields))
-        .render_derived(name="sent", with_types=True)
-    )
-    now = bindparam("now", type_=jobs.c.created_at.type)
-    created_at = func.coalesce(sent.c.created_at, now)
-    # Parsed once for both uses below: parsing the JSON was a quarter of PostgreSQL's CPU per row when each use
-    # parsed it again (bench/README.md, 2026-12-03 20:07).
-    batch = (
-        select(
-            sent.c.id,
-            func.coalesce(sent.c.scope, bindparam("scope", type_=Text())).label("scope"),
-            *(
-                sent.c[name]
-                for name in ("idempotency_key", "payload_hash", "recipient", "channel", "message", "subject")
-            ),
-            sent.c.metadata,
-            sent.c.send_at,
-            sent.c.max_attempts,
-            # GREATEST passes NULLs over: due when created, or at its send_at if that is later.
-            func.greatest(sent.c.send_at, created_at).label("next_attempt_at"),
-            func.coalesce(sent.c.dispatch_seq, 1).label("dispatch_seq"),
-            created_at.label("created_at"),
-            func.coalesce(sent.c.destination, sent.c.channel).label("destination"),
-            sent.c.callback_url,
-            sent.c.callback_destination,
-        )
-        .cte("batch")
-        .prefix_with("MATERIALIZED")
-    )
-    columns = [c.name for c in batch.c]
-    # In key order: two statements inserting the same keys then take their locks in the same order, and neither
-    # can wait for the other's next key while holding one it needs (a deadlock).
-    values = select(*batch.c, literal(Status.PENDING.value), literal(0), batch.c.created_at).order_by(
-        batch.c.scope, batch.c.idempotency_key
-    )
-    inserted = (
-        postgresql.insert(jobs)
-        .from_select([*columns, "status", "attempts", "updated_at"], values)
-        .on_conflict_do_nothing(index_elements=["scope", "idempotency_key"])
-        .returning(jobs.c.id)
-        .cte("inserted")
-    )
-    # The statement answers with the rows whose key someone else holds: those the INSERT skipped (a hashed NOT IN on
-    # what it inserted) that do not exist under their own ids, i.e. were not written by this statement's earlier
-    # run, committed but unanswered (it is retried when its connection dies). Read in the snapshot that predates the
-    # INSERT. Nothing comes back for a batch of new keys: reading back an id per row cost more client CPU than it.
-    # One primary-key probe per skipped row, whatever the statistics: as a plain join, the generic plan made on a new
-    # or just-truncated `jobs` hashed the whole table for every group (bench/README.md, 2026-12-03 17:20). A LIMIT
-    # keeps the lateral subquery from being flattened into a join, so its only plan is the probe.
-    found = select(jobs.c.id).where(jobs.c.id == batch.c.id).limit(literal_column("1")).lateral("found")
-    skipped = batch.c.id.not_in(select(inserted.c.id).scalar_subquery())
-    return select(batch.c.id).select_from(batch.outerjoin(found, true())).where(skipped, found.c.id.is_(None))
-
-
-_DRIVER_INSERT_BATCH = DriverStatement(_build_insert_batch())
-#: msgspec writes the rows' ids, times and metadata as JSON in a twentieth of json.dumps's time (bench/README.md).
-_ROWS = msgspec.json.Encoder()
-
-
-def _sent_row(item: Accepting, scope: str, now: datetime) -> _SentRow:
-    request = item.request
-    destination = request.destination
-    return _SentRow(
-        item.job_id, request.idempotency_key, request.payload_hash(), request.recipient, request.channel,
-        request.message, request.max_attempts, request.subject, request.metadata, request.send_at,
-        None if item.dispatch_now else 0, destination if destination and destination != request.channel else None,
-        request.callback_url, request.callback_destination, None if request.scope == scope else request.scope,
-        None if item.now == now else item.now,
-    )  # fmt: skip
-
-
-def batch_parameters(batch: list[Accepting]) -> dict[str, Any]:
-    """The parameters of the batch statement for `batch` (not empty): its rows, and what most of them share."""
-    scope, now = batch[0].request.scope, batch[0].now
-    rows = _ROWS.encode([_sent_row(item, scope, now) for item in batch]).decode()
-    return {"rows": rows, "scope": scope, "now": now}
-
-
 def accept_many(conn: Connection, batch: list[Accepting]) -> list[IntakeResult | None]:
     """Record every request of `batch` whose idempotency key is new, in one statement: its result, in order,
     or None for a request whose key was taken (by an earlier row or by one before it in `batch`), which
@@ -328,21 +216,41 @@ def accept_many(conn: Connection, batch: list[Accepting]) -> list[IntakeResult |
         ]
     if not batch:
         return []
-    taken = {job_id for (job_id,) in _DRIVER_INSERT_BATCH.execute(driver, batch_parameters(batch))}
+    taken = {job_id for (job_id,) in batch_insert.INSERT_FREE_KEYS.execute(driver, batch_insert.parameters(batch))}
     if not taken:
         return [_created(item) for item in batch]
     return [None if item.job_id in taken else _created(item) for item in batch]
 
 
+def _inserted_all(conn: Connection, batch: list[Accepting]) -> bool:
+    """PostgreSQL, outside a transaction: whether one plain INSERT wrote every row of `batch` (when a key or an id
+    is taken, it fails and writes none). It costs PostgreSQL a seventh less per row than `accept_many`'s
+    INSERT … ON CONFLICT, whose speculative insertion probes the unique index once more and locks each row
+    (bench/README.md, 2026-12-04 13:40); a batch of keys all new is the common case, the rest pays one failed
+    statement more."""
+    driver = postgres(conn)
+    # In a caller's transaction, the failed INSERT would abort it.
+    if driver is None or not driver.autocommit or not batch:
+        return False
+    try:
+        batch_insert.INSERT_EVERY_ROW.execute(driver, batch_insert.parameters(batch))
+    except UniqueViolation:
+        return False
+    return True
+
+
 def accept_batch(conn: Connection, batch: list[Accepting]) -> list[IntakeResult]:
     """Accept one producer's requests (one scope) as if they had come one after the other, in a few statements
-    whatever their number: every new key in one (`accept_many`), the keys recorded before in one more, and a key
-    the batch repeats answered against what its first occurrence recorded or met."""
+    whatever their number: every new key in one (`_inserted_all`, or `accept_many` when a key is taken), the keys
+    recorded before in one more, and a key the batch repeats answered against what its first occurrence recorded
+    or met."""
     firsts: dict[str, int] = {}
     for index, item in enumerate(batch):
         firsts.setdefault(item.request.idempotency_key, index)
     results: list[IntakeResult | None] = [None] * len(batch)
-    for index, result in zip(firsts.values(), accept_many(conn, [batch[i] for i in firsts.values()]), strict=True):
+    new = [batch[i] for i in firsts.values()]
+    answered = [_created(item) for item in new] if _inserted_all(conn, new) else accept_many(conn, new)
+    for index, result in zip(firsts.values(), answered, strict=True):
         # On SQLite `accept_many` answers taken keys too, but only the recorded row tells what later ones compare to.
         results[index] = result if result is not None and result.outcome is Intake.CREATED else None
     taken = [key for key, index in firsts.items() if results[index] is None]

@@ -104,6 +104,18 @@ def test_a_batch_intake_whose_answer_was_lost_is_created_by_its_retry(postgres_d
     assert [(r.outcome, r.job_id) for r in results if r is not None] == [(Intake.CREATED, i.job_id) for i in batch]
 
 
+def test_a_producers_batch_whose_answer_was_lost_is_created_by_its_retry(postgres_db, proxy, lossy):
+    """Its plain INSERT committed; the retry's fails on the rows' own ids, and the statement that skips taken keys
+    finds them there under those ids."""
+    batch = [Accepting(notification(f"batch-{n}"), T0, True) for n in range(3)]
+
+    proxy.arm()
+    results = lossy.run(lambda conn: intake.accept_batch(conn, batch))
+
+    assert proxy.lost.is_set()
+    assert [(r.outcome, r.job_id) for r in results] == [(Intake.CREATED, i.job_id) for i in batch]
+
+
 def test_a_request_whose_key_another_request_took_is_still_a_replay(postgres_db):
     first = postgres_db.run(lambda conn: intake.accept(conn, notification("k"), now=T0, dispatch_now=True))
 
