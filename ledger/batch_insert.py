@@ -90,13 +90,6 @@ def _batch_rows() -> Any:
     )
 
 
-def _build_every_row() -> Any:
-    """Every row of the batch, or none: a key or id already taken fails the statement (unique violation). In the
-    order they are sent, which is the key order (`parameters`)."""
-    rows = _batch_rows().subquery("batch")
-    return postgresql.insert(jobs).from_select([c.name for c in rows.c], select(rows))
-
-
 def _build_free_keys() -> Any:
     """Every row of the batch whose key is free; it answers with the ids of the others (see below)."""
     # Parsed once for both uses below: parsing the JSON was a quarter of PostgreSQL's CPU per row when each use
@@ -122,8 +115,6 @@ def _build_free_keys() -> Any:
     return select(batch.c.id).select_from(batch.outerjoin(found, true())).where(skipped, found.c.id.is_(None))
 
 
-#: Every row, or none (`UniqueViolation`) when a key or an id is taken.
-INSERT_EVERY_ROW = DriverStatement(_build_every_row())
 #: The rows whose key is free; answers with the ids of those whose key another job holds.
 INSERT_FREE_KEYS = DriverStatement(_build_free_keys())
 #: msgspec writes the rows' ids, times and metadata as JSON in a twentieth of json.dumps's time (bench/README.md).

@@ -10,7 +10,6 @@ from enum import StrEnum
 from typing import Any
 
 import msgspec
-from psycopg.errors import UniqueViolation
 from psycopg.types.json import Json
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -222,34 +221,16 @@ def accept_many(conn: Connection, batch: list[Accepting]) -> list[IntakeResult |
     return [None if item.job_id in taken else _created(item) for item in batch]
 
 
-def _inserted_all(conn: Connection, batch: list[Accepting]) -> bool:
-    """PostgreSQL, outside a transaction: whether one plain INSERT wrote every row of `batch` (when a key or an id
-    is taken, it fails and writes none). It costs PostgreSQL a seventh less per row than `accept_many`'s
-    INSERT … ON CONFLICT, whose speculative insertion probes the unique index once more and locks each row
-    (bench/README.md, 2026-12-04 13:40); a batch of keys all new is the common case, the rest pays one failed
-    statement more."""
-    driver = postgres(conn)
-    # In a caller's transaction, the failed INSERT would abort it.
-    if driver is None or not driver.autocommit or not batch:
-        return False
-    try:
-        batch_insert.INSERT_EVERY_ROW.execute(driver, batch_insert.parameters(batch))
-    except UniqueViolation:
-        return False
-    return True
-
-
 def accept_batch(conn: Connection, batch: list[Accepting]) -> list[IntakeResult]:
     """Accept one producer's requests (one scope) as if they had come one after the other, in a few statements
-    whatever their number: every new key in one (`_inserted_all`, or `accept_many` when a key is taken), the keys
-    recorded before in one more, and a key the batch repeats answered against what its first occurrence recorded
-    or met."""
+    whatever their number: every new key in one (`accept_many`), the keys recorded before in one more, and a key
+    the batch repeats answered against what its first occurrence recorded or met."""
     firsts: dict[str, int] = {}
     for index, item in enumerate(batch):
         firsts.setdefault(item.request.idempotency_key, index)
     results: list[IntakeResult | None] = [None] * len(batch)
     new = [batch[i] for i in firsts.values()]
-    answered = [_created(item) for item in new] if _inserted_all(conn, new) else accept_many(conn, new)
+    answered = accept_many(conn, new)
     for index, result in zip(firsts.values(), answered, strict=True):
         # On SQLite `accept_many` answers taken keys too, but only the recorded row tells what later ones compare to.
         results[index] = result if result is not None and result.outcome is Intake.CREATED else None

@@ -7,7 +7,6 @@ import gc
 import threading
 import time
 
-import pytest
 from sqlalchemy import event, func, select
 
 from ledger import batch_insert, intake
@@ -155,16 +154,9 @@ def test_on_postgresql_the_batch_statement_answers_only_with_the_rows_whose_key_
     assert sorted(answered(again)) == sorted(item.job_id for item in again)
 
 
-def _inserted_all(database, batch: list[Accepting]) -> list:
-    assert database.run(lambda conn: intake._inserted_all(conn, batch))
-    return [intake._created(item) for item in batch]
-
-
-@pytest.mark.parametrize("statement", ["plain INSERT", "INSERT … ON CONFLICT"])
-def test_on_postgresql_a_batch_writes_each_row_as_a_single_accept_would(postgres_db, statement):
-    """A batch's rows carry only what differs from the batch's scope and instant and what is not NULL; the statements
-    fill in the rest. Every column of every row must still be the one the single statement writes, whichever of the
-    two batch statements wrote it."""
+def test_on_postgresql_a_batch_writes_each_row_as_a_single_accept_would(postgres_db):
+    """A batch's rows carry only what differs from the batch's scope and instant and what is not NULL; the statement
+    fills in the rest. Every column of every row must still be the one the single statement writes."""
     later = T0 + 60 * SECOND
     requests = [
         (notification("plain"), T0, True),
@@ -185,10 +177,7 @@ def test_on_postgresql_a_batch_writes_each_row_as_a_single_accept_would(postgres
         for item in batch
     ]  # fmt: skip
 
-    if statement == "plain INSERT":
-        results = _inserted_all(postgres_db, batch)
-    else:
-        results = postgres_db.run(lambda conn: intake.accept_many(conn, batch))
+    results = postgres_db.run(lambda conn: intake.accept_many(conn, batch))
     alone = [
         postgres_db.run(lambda conn, item=item: intake.accept(conn, item.request, now=item.now,
                                                              dispatch_now=item.dispatch_now, job_id=item.job_id))
@@ -217,27 +206,6 @@ def _fields(request) -> dict:
     return {name: getattr(request, name) for name in request.__struct_fields__ if name != "idempotency_key"}
 
 
-def test_on_postgresql_a_batch_of_new_keys_is_one_plain_insert_and_one_with_a_taken_key_writes_nothing(postgres_db):
-    """The plain INSERT (no ON CONFLICT: a seventh less of PostgreSQL's CPU per row) writes every row or none; a
-    batch it cannot write whole goes to the statement that skips taken keys. The connection it failed on serves on."""
-    (taken,) = accept_batch(postgres_db, notification("taken"))
-    batch = [Accepting(notification("new-0"), T0, True), Accepting(notification("taken"), T0, True)]
-
-    def twice(conn) -> tuple[bool, bool]:
-        # Its very first execution on this connection fails, as it is prepared: the next ones still run.
-        failed = intake._inserted_all(conn, batch)
-        return failed, intake._inserted_all(conn, [Accepting(notification("new-1"), T0, True)])
-
-    assert postgres_db.run(twice, kept=True) == (False, True)
-    assert row_count(postgres_db) == 2
-
-    results = postgres_db.run(lambda conn: intake.accept_batch(conn, batch))
-
-    assert [r.outcome for r in results] == [Intake.CREATED, Intake.REPLAYED]
-    assert results[1].job_id == taken.job_id
-    assert row_count(postgres_db) == 3
-
-
 def test_a_batch_retried_after_its_first_run_committed_is_answered_as_created(database):
     """The statement whose answer was lost with its connection is run again: its rows, there under their own ids,
     are its own jobs, not replays."""
@@ -252,7 +220,7 @@ def test_a_batch_retried_after_its_first_run_committed_is_answered_as_created(da
 
 
 def test_a_batch_with_a_taken_key_in_the_callers_transaction_leaves_it_usable(database):
-    """In a transaction the plain INSERT is not tried: its failure would abort the caller's transaction."""
+    """A taken key is a normal result, not an error that would abort the caller's transaction."""
     (taken,) = accept_batch(database, notification("taken"))
     batch = [Accepting(notification("taken"), T0, True), Accepting(notification("new"), T0, True)]
 

@@ -105,8 +105,7 @@ def test_a_batch_intake_whose_answer_was_lost_is_created_by_its_retry(postgres_d
 
 
 def test_a_producers_batch_whose_answer_was_lost_is_created_by_its_retry(postgres_db, proxy, lossy):
-    """Its plain INSERT committed; the retry's fails on the rows' own ids, and the statement that skips taken keys
-    finds them there under those ids."""
+    """Its statement committed; the retry's skips the keys and finds the rows there under their own ids."""
     batch = [Accepting(notification(f"batch-{n}"), T0, True) for n in range(3)]
 
     proxy.arm()
