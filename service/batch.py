@@ -16,16 +16,37 @@ from ledger.intake import Accepting, Intake, IntakeResult, NewNotification
 from ledger.timestamps import rfc3339, utcnow
 from service import metrics
 from service.access import request_scope
-from service.bodies import receive_json_object
+from service.bodies import json_object, receive_body
 from service.errors import ApiError, error_body
 from service.field_rules import json_type
 from service.intake import dispatch_of
 from service.resources import Context
 from service.shapes import MAX_BATCH_ITEMS, BatchResult, BatchResults
-from service.validation import parse_notification
+from service.shapes import NewNotification as Item
+from service.validation import checked_key, checked_notification, parse_notification
 
 #: Largest batch body accepted, in bytes.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
+class _TypedBatch(msgspec.Struct, forbid_unknown_fields=True):
+    notifications: list[Item]
+
+
+_TYPED = msgspec.json.Decoder(_TypedBatch)
+
+
+def typed_items(raw: bytes) -> list[Item] | None:
+    """The batch's notifications if every one of them has its type (then only the rules no type can say are left to
+    check), None otherwise: such a body is read again as plain JSON, to tell each item what is wrong with it.
+
+    Read straight into the type, a batch's items cost a third of reading them into dicts and checking each against
+    the type after (bench/README.md)."""
+    try:
+        items = _TYPED.decode(raw).notifications
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return items if 0 < len(items) <= MAX_BATCH_ITEMS else None
 
 
 def _invalid_batch(message: str, detail: str) -> ApiError:
@@ -94,7 +115,9 @@ class NotificationBatch:
         self.ctx = ctx
 
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        items = batch_items(await receive_json_object(req, limit=MAX_BATCH_BYTES))
+        raw = await receive_body(req, limit=MAX_BATCH_BYTES)
+        typed = typed_items(raw)
+        items: list[Any] = typed if typed is not None else batch_items(json_object(raw, limit=MAX_BATCH_BYTES))
         hold_to_rate = getattr(req.context, "hold_to_rate", None)
         if hold_to_rate is not None:
             await hold_to_rate(len(items))
@@ -106,9 +129,10 @@ class NotificationBatch:
         now = utcnow()
         results: list[BatchResult | None] = [None] * len(items)
         valid: list[tuple[int, NewNotification]] = []
+        parse = self._parsed if typed is None else self._checked
         for index, item in enumerate(items):
             try:
-                valid.append((index, self._parsed(item, scope, now)))
+                valid.append((index, parse(item, scope, now)))
             except ApiError as exc:
                 results[index] = _refused(exc)
         metrics.count_intake("invalid", len(items) - len(valid))
@@ -140,6 +164,19 @@ class NotificationBatch:
         outcomes = self.ctx.database.run(lambda conn: intake.accept_batch(conn, batch))
         self.ctx.dispatch([dispatch_of(o) for o in outcomes if o.outcome is Intake.CREATED and o.dispatch_seq])
         return outcomes
+
+    def _checked(self, item: Item, scope: str, now: datetime) -> NewNotification:
+        settings = self.ctx.settings
+        return checked_notification(
+            checked_key(item.idempotency_key),
+            item,
+            [],
+            self.ctx.channels,
+            settings.core.max_attempts,
+            scope,
+            settings.max_schedule,
+            now,
+        )
 
     def _parsed(self, item: Any, scope: str, now: datetime) -> NewNotification:
         if not isinstance(item, dict):
