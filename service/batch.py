@@ -78,20 +78,6 @@ def batch_items(body: dict[str, Any]) -> list[Any]:
     return items
 
 
-def _accepted(result: IntakeResult, key: str, times: dict[datetime, str | None]) -> BatchResult:
-    # The jobs a batch creates share one instant: it is rendered once per batch (`times`), not once per item.
-    created_at = times.get(result.created_at)
-    if created_at is None:
-        created_at = times[result.created_at] = rfc3339(result.created_at)
-    return BatchResult(
-        status=200 if result.outcome is Intake.REPLAYED else 202,
-        job_id=result.job_id,
-        job_status=result.status,
-        idempotency_key=key,
-        created_at=created_at,
-    )
-
-
 def _mismatch(result: IntakeResult) -> BatchResult:
     return BatchResult(
         status=422,
@@ -135,7 +121,8 @@ class NotificationBatch:
                 valid.append((index, parse(item, scope, now)))
             except ApiError as exc:
                 results[index] = _refused(exc)
-        metrics.count_intake("invalid", len(items) - len(valid))
+        if len(valid) < len(items):
+            metrics.count_intake("invalid", len(items) - len(valid))
         if valid:
             if outage is not None:
                 raise outage
@@ -146,16 +133,18 @@ class NotificationBatch:
                 for (_, r), job_id in zip(valid, uuid7s(len(valid)), strict=True)
             ]
             outcomes = await self.ctx.offload(self._accept, batch)
-            times: dict[datetime, str | None] = {}
-            kinds: Counter[Intake] = Counter()
+            # The jobs a batch creates share one instant: it is rendered once per batch, not once per item.
+            times: dict[datetime, str] = {}
             for (index, request), outcome in zip(valid, outcomes, strict=True):
-                kinds[outcome.outcome] += 1
                 if outcome.outcome is Intake.MISMATCH:
                     results[index] = _mismatch(outcome)
-                else:
-                    results[index] = _accepted(outcome, request.idempotency_key, times)
-            for kind, count in kinds.items():
-                metrics.count_intake(kind.value, count)
+                    continue
+                created_at = times.get(outcome.created_at)
+                if created_at is None:
+                    created_at = times[outcome.created_at] = rfc3339(outcome.created_at)
+                status = 200 if outcome.outcome is Intake.REPLAYED else 202
+                key = request.idempotency_key
+                results[index] = BatchResult(status, outcome.job_id, outcome.status, key, created_at)
         resp.content_type = falcon.MEDIA_JSON
         resp.data = msgspec.json.encode(BatchResults(results=results))
 
@@ -163,6 +152,9 @@ class NotificationBatch:
         """The batch in one statement, then its new jobs' messages in one send (off the loop: both block)."""
         outcomes = self.ctx.database.run(lambda conn: intake.accept_batch(conn, batch))
         self.ctx.dispatch([dispatch_of(o) for o in outcomes if o.outcome is Intake.CREATED and o.dispatch_seq])
+        # Counted here, off the loop, once per outcome: a count in the API's multiprocess registry costs ~6 µs.
+        for kind, count in Counter(outcome.outcome for outcome in outcomes).items():
+            metrics.count_intake(kind.value, count)
         return outcomes
 
     def _checked(self, item: Item, scope: str, now: datetime) -> NewNotification:
