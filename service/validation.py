@@ -142,18 +142,12 @@ def checked_notification(
     named in `problems`) with the key `checked_key` gave, after the rules no type can say; or the 400 naming every
     bad field. A batch's items come here straight from its body's decoding (service/batch.py)."""
 
-    def text(name: str, value: str | None) -> str | None:
-        """The field's text unless it is absent, broke its type or is not storable by the ledger."""
-        if value is None:
-            return None
-        problem = _text_problem(value)
-        if problem:
-            problems.append((name, problem))
-            return None
-        return value
-
-    recipient, channel_name = text("recipient", item.recipient), text("channel", item.channel)
-    message, subject = text("message", item.message), text("subject", item.subject)
+    recipient, channel_name, message, subject = item.recipient, item.channel, item.message, item.subject
+    joined = f"{recipient}{channel_name}{message}{subject}"
+    if "\x00" in joined or not joined.isascii():
+        # Only then can a field hold text the ledger cannot store (known at once for plain ASCII without NUL).
+        recipient, channel_name = _text("recipient", recipient, problems), _text("channel", channel_name, problems)
+        message, subject = _text("message", message, problems), _text("subject", subject, problems)
     channel = None
     if channel_name is not None:
         channel = channels.get(channel_name)
@@ -184,12 +178,12 @@ def checked_notification(
             if size > MAX_METADATA_BYTES:
                 problems.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"))
 
-    send_at = _parse_send_at(item.send_at, problems)
+    send_at = None if item.send_at is None else _parse_send_at(item.send_at, problems)
     if send_at is not None and (send_at - (now or datetime.now(UTC))).total_seconds() > max_schedule:
         # A job parked for centuries is a typo or a way to fill the ledger with rows nothing will ever send.
         problems.append(("send_at", f"must be at most {max_schedule:g} seconds ahead (WJP_MAX_SCHEDULE)"))
 
-    callback = callback_fields(item.callback_url, channels, problems)
+    callback = {} if item.callback_url is None else callback_fields(item.callback_url, channels, problems)
     if problems:
         # In the order the type declares its fields, unknown ones first.
         raise _invalid(sorted(problems, key=lambda problem: _ORDER.get(problem[0], -1)))
@@ -207,6 +201,17 @@ def checked_notification(
         destination=channel.destination(recipient),
         **callback,
     )
+
+
+def _text(name: str, value: str | None, problems: list[tuple[str, str]]) -> str | None:
+    """The field's text unless it is absent, broke its type, or is not storable by the ledger (a problem then)."""
+    if value is None:
+        return None
+    problem = _text_problem(value)
+    if problem:
+        problems.append((name, problem))
+        return None
+    return value
 
 
 def _parse_send_at(value: Any, problems: list[tuple[str, str]]) -> datetime | None:
