@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import falcon
@@ -115,10 +117,10 @@ class NotificationBatch:
         now = utcnow()
         results: list[BatchResult | None] = [None] * len(items)
         valid: list[tuple[int, NewNotification]] = []
-        parse = self._parsed if typed is None else self._checked
+        parse = partial(self._parsed, scope=scope, now=now) if typed is None else self._checker(scope, now)
         for index, item in enumerate(items):
             try:
-                valid.append((index, parse(item, scope, now)))
+                valid.append((index, parse(item)))
             except ApiError as exc:
                 results[index] = _refused(exc)
         if len(valid) < len(items):
@@ -157,18 +159,18 @@ class NotificationBatch:
             metrics.count_intake(kind.value, count)
         return outcomes
 
-    def _checked(self, item: Item, scope: str, now: datetime) -> NewNotification:
-        settings = self.ctx.settings
-        return checked_notification(
-            checked_key(item.idempotency_key),
-            item,
-            [],
-            self.ctx.channels,
-            settings.core.max_attempts,
-            scope,
-            settings.max_schedule,
-            now,
-        )
+    def _checker(self, scope: str, now: datetime) -> Callable[[Item], NewNotification]:
+        """Checks an item read into its type, with what every item of the batch shares read once."""
+        channels, settings = self.ctx.channels, self.ctx.settings
+        rules = (channels, settings.core.max_attempts, scope, settings.max_schedule, now)
+
+        def checked(item: Item) -> NewNotification:
+            key = item.idempotency_key
+            if key is None or "\x00" in key or not key.isascii():
+                key = checked_key(key)  # the key's 400 comes first and alone, as for a single POST
+            return checked_notification(key, item, [], *rules)
+
+        return checked
 
     def _parsed(self, item: Any, scope: str, now: datetime) -> NewNotification:
         if not isinstance(item, dict):
