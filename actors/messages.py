@@ -59,6 +59,8 @@ _IDS = msgspec.json.Encoder(uuid_format="canonical")
 _PLACEHOLDER = uuid.UUID(int=0)
 _PLACEHOLDER_TEXT = str(_PLACEHOLDER).encode()
 _UNKNOWN: Any = object()
+#: Fewer messages than this in a send are written whole: a template costs about two messages written whole.
+_TEMPLATES_FROM = 4
 
 
 def id_texts(job_ids: Sequence[uuid.UUID]) -> list[bytes]:
@@ -90,6 +92,8 @@ class MessageWriter:
 
     def write(self, dispatches: Sequence[Dispatch], *, now: datetime, traced: Enqueued | None) -> list[Outgoing]:
         """Each dispatch's message, due at its `due_at` (a later one goes to the delay queue, with its eta)."""
+        if len(dispatches) < _TEMPLATES_FROM:
+            return [self._written(dispatch, str(dispatch.job_id), now, traced) for dispatch in dispatches]
         out: list[Outgoing] = []
         queue, templates = self.queue, self._templates
         for dispatch, job_id in zip(dispatches, id_texts([d.job_id for d in dispatches]), strict=True):
