@@ -55,7 +55,7 @@ class _MessageBody(msgspec.Struct, gc=False):
 
 _MESSAGE_ENCODER = msgspec.json.Encoder()
 _IDS = msgspec.json.Encoder(uuid_format="canonical")
-#: The id a template is written around; `_Template` checks that it appears only where the job's id goes.
+#: The id a template is written around; `MessageWriter._template` checks it appears only where the job's id goes.
 _PLACEHOLDER = uuid.UUID(int=0)
 _PLACEHOLDER_TEXT = str(_PLACEHOLDER).encode()
 _UNKNOWN: Any = object()
@@ -70,7 +70,7 @@ def id_texts(job_ids: Sequence[uuid.UUID]) -> list[bytes]:
 
 
 def rid_text(rid: bytes) -> str:
-    """The Redis id an `Outgoing.rid` holds."""
+    """The Redis id in a message's Redis id bulk string (an `Outgoing`'s second item)."""
     return rid[rid.index(b"\n") + 1 : -2].decode()
 
 
