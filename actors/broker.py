@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import dramatiq
-import msgspec
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
@@ -22,6 +20,8 @@ from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
 from actors import resp, tracing
 from actors.consumer import BELL_TOKENS, CONNECTION_LOST, NAMESPACE, BelledConsumer, NoteWorkerThreads, bell_key
+from actors.messages import DEST_OPTION as DEST_OPTION
+from actors.messages import RID_OPTION, MessageKind, MessageWriter, Outgoing, rid_text
 from actors.redis_address import connection_pool
 from actors.settings import TIME_LIMIT_CHECK_MS, SettingsError
 from ledger.transitions import Dispatch
@@ -35,11 +35,6 @@ REDIS_TIMEOUT = 5.0
 #: SHA-1 of the dispatch.lua of the Dramatiq this transport was tested with (constraints.txt pins it): the broker
 #: builds that script's calls itself and relies on its keys (tests/actors/test_broker_contract.py).
 TESTED_DISPATCH_SHA = "fdacc359c79a5adc3b8eeb53ff5772d7c42144e3"
-#: Option carrying the message's Redis id: "<job id>.<dispatch seq>".
-RID_OPTION = "wjp_rid"
-#: Option carrying the job's destination, so that a worker admits the message before claiming its job; a message
-#: without it (sent by an older version) goes straight to its claim.
-DEST_OPTION = "wjp_dest"
 
 
 class UntestedDramatiq(SettingsError):
@@ -52,13 +47,6 @@ class BrokerUnavailable(Exception):
 
 def redis_message_id(dispatch: Dispatch) -> str:
     return f"{dispatch.job_id}.{dispatch.seq}"
-
-
-class MessageKind(NamedTuple):
-    """What a dispatch's message is for: the actor it goes to and how its Redis id is written."""
-
-    actor: str
-    message_id: Callable[[Dispatch], str]
 
 
 #: A job's delivery attempt: the default of `Dispatcher.send` and `Dispatcher.missing`.
@@ -155,7 +143,8 @@ class OutageProofRedisBroker(RedisBroker):
         if ack is None:
             enqueue(queue_name, rid, data)
             return
-        self._transact([("MULTI",), ack, self._script_command("enqueue", queue_name, rid, data), ("EXEC",)])
+        commands = [("MULTI",), ack, self._script_command("enqueue", queue_name, rid, data), ("EXEC",)]
+        self._transact([resp.pack(command) for command in commands])  # type: ignore[arg-type]
         self.processing.acked = True
 
     def _ack_before_reenqueue(self, rids: Collection[str]) -> tuple[object, ...] | None:
@@ -200,35 +189,39 @@ class OutageProofRedisBroker(RedisBroker):
             log.warning("returning %d messages this worker leased to %s", len(leased), queue_name)
             self.do_requeue(queue_name, *(rid.decode() for rid in leased))
 
-    def enqueue_many(self, messages: Sequence[tuple[str, str, bytes]]) -> None:
-        """Enqueue each `(queue, Redis message id, encoded message)` as Dramatiq's enqueue script would, all in one
-        round trip: per queue, the bodies into its hash and then the ids onto its list, in one MULTI; for a queue
-        that is not a delay queue, a token on its bell too, which wakes an idle consumer (`BelledConsumer`).
+    def enqueue_many(self, messages: Sequence[Outgoing]) -> None:
+        """Enqueue each message as Dramatiq's enqueue script would, all in one round trip: per queue, the bodies
+        into its hash and then the ids onto its list, in one MULTI; for a queue that is not a delay queue, a token on
+        its bell too, which wakes an idle consumer (`BelledConsumer`).
 
         Atomic, as the script is: a body without its id on the list would look queued to `Dispatcher.missing`
         and never be delivered; an id without its body would be dropped by the consumer. What the script does
         besides (a heartbeat under the sender's id, and maintenance by chance) concerns consumers, not senders.
         """
-        by_queue: dict[str, dict[str, bytes]] = {}
-        for queue_name, rid, data in messages:
-            by_queue.setdefault(queue_name, {})[rid] = data
-        ack = self._ack_before_reenqueue({rid for _, rid, _ in messages})
-        commands: list[tuple[object, ...]] = [("MULTI",), *([ack] if ack else [])]
-        for queue_name, bodies in by_queue.items():
+        by_queue: dict[str, dict[bytes, bytes]] = {}
+        for queue_name, rid, entry in messages:
+            by_queue.setdefault(queue_name, {})[rid] = entry
+        # Only a worker thread processes a message: the API never has one, nor the ids' text to spend on it.
+        ack = None
+        if self.processing.message is not None:
+            ack = self._ack_before_reenqueue({rid_text(rid) for _, rid, _ in messages})
+        commands = [resp.pack(("MULTI",)), *([resp.pack(ack)] if ack else [])]  # type: ignore[arg-type]
+        for queue_name, entries in by_queue.items():
             key = f"{self.namespace}:{queue_name}"
-            commands.append(("HSET", f"{key}.msgs", *itertools.chain.from_iterable(bodies.items())))
-            commands.append(("RPUSH", key, *bodies))
+            hashed = resp.Packed.bulks(2 * len(entries), b"".join(entries.values()))
+            commands.append(resp.command("HSET", f"{key}.msgs", hashed))
+            commands.append(resp.command("RPUSH", key, resp.Packed.bulks(len(entries), b"".join(entries))))
             if dq_name(queue_name) != queue_name:
-                commands.append(("RPUSH", bell_key(queue_name), 1))
-                commands.append(("LTRIM", bell_key(queue_name), -BELL_TOKENS, -1))
-        commands.append(("EXEC",))
+                commands.append(resp.pack(("RPUSH", bell_key(queue_name), 1)))
+                commands.append(resp.pack(("LTRIM", bell_key(queue_name), -BELL_TOKENS, -1)))
+        commands.append(resp.pack(("EXEC",)))
         self._transact(commands)
         if ack:
             self.processing.acked = True
 
-    def _transact(self, commands: list[tuple[object, ...]]) -> None:
-        """Send a MULTI … EXEC and raise the first error it met."""
-        executed = self._exchange(commands)[-1]
+    def _transact(self, commands: list[bytes]) -> None:
+        """Send a MULTI … EXEC, its commands packed (`actors.resp`), and raise the first error it met."""
+        executed = resp.exchange(self.client, commands)[-1]
         if executed is None:
             raise redis.ResponseError("the transaction was aborted")
         for reply in executed:
@@ -298,22 +291,6 @@ def make_broker(redis_url: str, *, timeout: float = REDIS_TIMEOUT, **options: ob
     )
 
 
-class _MessageBody(msgspec.Struct, gc=False):
-    """A `dramatiq.Message`'s fields, which Dramatiq's decoder reads back as that message (test_broker_contract.py),
-    written by msgspec in a quarter of `json.dumps`'s time (bench/README.md, 2026-12-03 20:07)."""
-
-    queue_name: str
-    actor_name: str
-    args: tuple[str, ...]
-    kwargs: dict[str, object]
-    options: dict[str, object]
-    message_id: str
-    message_timestamp: int
-
-
-_MESSAGE_ENCODER = msgspec.json.Encoder()
-
-
 class Dispatcher:
     """Sends dispatches recorded in the ledger to Redis, and checks whether their messages are still there."""
 
@@ -332,23 +309,9 @@ class Dispatcher:
         its enqueue hooks and a Lua call per message, none of which we need: most of the CPU of a send
         (bench/README.md).
         """
-        messages = []
-        sent_at = current_millis()
+        dispatches = dispatches if isinstance(dispatches, list) else list(dispatches)
         traced = tracing.enqueued()
-        for dispatch in dispatches:
-            rid = kind.message_id(dispatch)
-            delay_ms = int((dispatch.due_at - now).total_seconds() * 1000)
-            options: dict[str, object] = {RID_OPTION: rid, "redis_message_id": rid}
-            if dispatch.destination:
-                options[DEST_OPTION] = dispatch.destination
-            queue = self.queue
-            if delay_ms > 0:
-                queue = dq_name(self.queue)
-                options["eta"] = sent_at + delay_ms
-            if traced is not None:
-                traced.add(dispatch.job_id, dispatch.seq, queue, options)
-            body = _MessageBody(queue, kind.actor, (str(dispatch.job_id),), {}, options, rid, sent_at)
-            messages.append((queue, rid, _MESSAGE_ENCODER.encode(body)))
+        messages = MessageWriter(self.queue, kind, current_millis()).write(dispatches, now=now, traced=traced)
         if not messages:
             return 0
         try:

@@ -40,6 +40,13 @@ class Packed:
         self.count = len(args)
         self.data = b"".join([bulk(arg) for arg in args])
 
+    @classmethod
+    def bulks(cls, count: int, data: bytes) -> Packed:
+        """`count` arguments already written as bulk strings, one after the other, in `data`."""
+        packed = cls.__new__(cls)
+        packed.count, packed.data = count, data
+        return packed
+
 
 def command(*parts: Packed | Arg) -> bytes:
     """A command of `parts`: arguments, or `Packed` runs of them."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import falcon
@@ -16,16 +18,37 @@ from ledger.intake import Accepting, Intake, IntakeResult, NewNotification
 from ledger.timestamps import rfc3339, utcnow
 from service import metrics
 from service.access import request_scope
-from service.bodies import receive_json_object
+from service.bodies import json_object, receive_body
 from service.errors import ApiError, error_body
 from service.field_rules import json_type
 from service.intake import dispatch_of
 from service.resources import Context
 from service.shapes import MAX_BATCH_ITEMS, BatchResult, BatchResults
-from service.validation import parse_notification
+from service.shapes import NewNotification as Item
+from service.validation import checked_key, checked_notification, parse_notification
 
 #: Largest batch body accepted, in bytes.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
+class _TypedBatch(msgspec.Struct, forbid_unknown_fields=True):
+    notifications: list[Item]
+
+
+_TYPED = msgspec.json.Decoder(_TypedBatch)
+
+
+def typed_items(raw: bytes) -> list[Item] | None:
+    """The batch's notifications if every one of them has its type (then only the rules no type can say are left to
+    check), None otherwise: such a body is read again as plain JSON, to tell each item what is wrong with it.
+
+    Read straight into the type, a batch's items cost a third of reading them into dicts and checking each against
+    the type after (bench/README.md)."""
+    try:
+        items = _TYPED.decode(raw).notifications
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return items if 0 < len(items) <= MAX_BATCH_ITEMS else None
 
 
 def _invalid_batch(message: str, detail: str) -> ApiError:
@@ -57,20 +80,6 @@ def batch_items(body: dict[str, Any]) -> list[Any]:
     return items
 
 
-def _accepted(result: IntakeResult, key: str, times: dict[datetime, str | None]) -> BatchResult:
-    # The jobs a batch creates share one instant: it is rendered once per batch (`times`), not once per item.
-    created_at = times.get(result.created_at)
-    if created_at is None:
-        created_at = times[result.created_at] = rfc3339(result.created_at)
-    return BatchResult(
-        status=200 if result.outcome is Intake.REPLAYED else 202,
-        job_id=result.job_id,
-        job_status=result.status,
-        idempotency_key=key,
-        created_at=created_at,
-    )
-
-
 def _mismatch(result: IntakeResult) -> BatchResult:
     return BatchResult(
         status=422,
@@ -94,7 +103,9 @@ class NotificationBatch:
         self.ctx = ctx
 
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        items = batch_items(await receive_json_object(req, limit=MAX_BATCH_BYTES))
+        raw = await receive_body(req, limit=MAX_BATCH_BYTES)
+        typed = typed_items(raw)
+        items: list[Any] = typed if typed is not None else batch_items(json_object(raw, limit=MAX_BATCH_BYTES))
         hold_to_rate = getattr(req.context, "hold_to_rate", None)
         if hold_to_rate is not None:
             await hold_to_rate(len(items))
@@ -106,12 +117,14 @@ class NotificationBatch:
         now = utcnow()
         results: list[BatchResult | None] = [None] * len(items)
         valid: list[tuple[int, NewNotification]] = []
+        parse = partial(self._parsed, scope=scope, now=now) if typed is None else self._checker(scope, now)
         for index, item in enumerate(items):
             try:
-                valid.append((index, self._parsed(item, scope, now)))
+                valid.append((index, parse(item)))
             except ApiError as exc:
                 results[index] = _refused(exc)
-        metrics.count_intake("invalid", len(items) - len(valid))
+        if len(valid) < len(items):
+            metrics.count_intake("invalid", len(items) - len(valid))
         if valid:
             if outage is not None:
                 raise outage
@@ -122,16 +135,18 @@ class NotificationBatch:
                 for (_, r), job_id in zip(valid, uuid7s(len(valid)), strict=True)
             ]
             outcomes = await self.ctx.offload(self._accept, batch)
-            times: dict[datetime, str | None] = {}
-            kinds: Counter[Intake] = Counter()
+            # The jobs a batch creates share one instant: it is rendered once per batch, not once per item.
+            times: dict[datetime, str] = {}
             for (index, request), outcome in zip(valid, outcomes, strict=True):
-                kinds[outcome.outcome] += 1
                 if outcome.outcome is Intake.MISMATCH:
                     results[index] = _mismatch(outcome)
-                else:
-                    results[index] = _accepted(outcome, request.idempotency_key, times)
-            for kind, count in kinds.items():
-                metrics.count_intake(kind.value, count)
+                    continue
+                created_at = times.get(outcome.created_at)
+                if created_at is None:
+                    created_at = times[outcome.created_at] = rfc3339(outcome.created_at)
+                status = 200 if outcome.outcome is Intake.REPLAYED else 202
+                key = request.idempotency_key
+                results[index] = BatchResult(status, outcome.job_id, outcome.status, key, created_at)
         resp.content_type = falcon.MEDIA_JSON
         resp.data = msgspec.json.encode(BatchResults(results=results))
 
@@ -139,7 +154,23 @@ class NotificationBatch:
         """The batch in one statement, then its new jobs' messages in one send (off the loop: both block)."""
         outcomes = self.ctx.database.run(lambda conn: intake.accept_batch(conn, batch))
         self.ctx.dispatch([dispatch_of(o) for o in outcomes if o.outcome is Intake.CREATED and o.dispatch_seq])
+        # Counted here, off the loop, once per outcome: a count in the API's multiprocess registry costs ~6 µs.
+        for kind, count in Counter(outcome.outcome for outcome in outcomes).items():
+            metrics.count_intake(kind.value, count)
         return outcomes
+
+    def _checker(self, scope: str, now: datetime) -> Callable[[Item], NewNotification]:
+        """Checks an item read into its type, with what every item of the batch shares read once."""
+        channels, settings = self.ctx.channels, self.ctx.settings
+        rules = (channels, settings.core.max_attempts, scope, settings.max_schedule, now)
+
+        def checked(item: Item) -> NewNotification:
+            key = item.idempotency_key
+            if key is None or "\x00" in key or not key.isascii():
+                key = checked_key(key)  # the key's 400 comes first and alone, as for a single POST
+            return checked_notification(key, item, [], *rules)
+
+        return checked
 
     def _parsed(self, item: Any, scope: str, now: datetime) -> NewNotification:
         if not isinstance(item, dict):

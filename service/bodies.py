@@ -35,19 +35,27 @@ def _finite_float(text: str) -> float:
 async def receive_json_object(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """Read the body (at most `limit` + 1 bytes) into `req.context.body`, then parse it as `read_json_object` does.
     What its headers already refuse is refused before any of it is read (or waited for)."""
+    return json_object(await receive_body(req, limit), limit)
+
+
+async def receive_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, read as `receive_json_object` reads it (the 415 and 413 alike), not yet parsed."""
     _check_headers(req, limit)
-    req.context.body = await req.stream.read(limit + 1)
-    return _json_object(req.context.body, limit)
+    raw = req.context.body = await req.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise _too_large(limit)
+    return raw
 
 
 def read_json_object(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """The body read so far (`req.context.body`: at most `limit` + 1 bytes are ever read) as a JSON object, or a
     415/413/400 `ApiError` saying what is wrong with it."""
     _check_headers(req, limit)
-    return _json_object(req.context.body, limit)
+    return json_object(req.context.body, limit)
 
 
-def _json_object(raw: bytes, limit: int) -> dict[str, Any]:
+def json_object(raw: bytes, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """`raw` as a JSON object, or the 413/400 `ApiError` saying what is wrong with it."""
     if len(raw) > limit:
         raise _too_large(limit)
     try:

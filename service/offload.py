@@ -4,11 +4,13 @@ while the loop keeps answering (`/healthz` among them) and reading the next requ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-import functools
+import threading
+import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from inspect import iscoroutinefunction
+from queue import SimpleQueue
 from typing import Any, TypeVar
 
 import falcon
@@ -23,14 +25,69 @@ PREFETCH_BYTES = MAX_BODY_BYTES + 1
 
 
 class Offload:
-    """Runs blocking calls on `threads` threads of its own; each call carries the caller's context (a trace)."""
+    """Runs blocking calls on up to `threads` threads of its own; each call carries the caller's context (a trace).
+
+    A call reaches a thread through one queue and its outcome comes back to its loop in one `call_soon_threadsafe`:
+    `run_in_executor` wraps each call in two futures chained by callbacks, with a lock and a condition, which cost a
+    batch request more than its own work on the loop (bench/README.md)."""
 
     def __init__(self, threads: int, name: str = "wjp-offload") -> None:
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self._size, self._name = threads, name
+        self._calls: SimpleQueue[_Call | None] = SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._starting = threading.Lock()
+        # Its threads end with it (a test suite makes many), as an executor's do: one None each.
+        weakref.finalize(self, _stop, self._calls, self._threads)
 
     async def __call__(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((loop, future, contextvars.copy_context(), fn, args, kwargs))
+        # A call no thread has taken yet: one more thread, up to `threads` (started as they are first needed).
+        if len(self._threads) < self._size and self._calls.qsize():
+            self._start()
+        return await future
+
+    def _start(self) -> None:
+        with self._starting:
+            if len(self._threads) < self._size:
+                # A daemon: a graceful stop has answered every request, so at exit each waits for work, holding
+                # nothing.
+                name = f"{self._name}_{len(self._threads)}"
+                thread = threading.Thread(target=_serve, args=(self._calls,), name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+
+def _serve(calls: SimpleQueue[_Call | None]) -> None:
+    """An offload thread: each call in turn, until its `Offload` is gone."""
+    while (call := calls.get()) is not None:
+        loop, future, context, fn, args, kwargs = call
+        try:
+            outcome: tuple[Any, BaseException | None] = (context.run(fn, *args, **kwargs), None)
+        except BaseException as exc:  # the caller's to handle, as an executor hands it over
+            outcome = (None, exc)
+        with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits for this outcome
+            loop.call_soon_threadsafe(_settle, future, *outcome)
+        del call, loop, future, context, fn, args, kwargs, outcome
+
+
+def _stop(calls: SimpleQueue[_Call | None], threads: list[threading.Thread]) -> None:
+    for _ in threads:
+        calls.put(None)
+
+
+#: A call on its way to a thread: the caller's loop and future, its context, the function and its arguments.
+_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", contextvars.Context, Callable[..., Any], tuple, dict]
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():  # the request went away meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class Threaded:

@@ -27,6 +27,7 @@ MAX_METADATA_DEPTH = 32
 DEFAULT_MAX_SCHEDULE = 31_536_000.0
 #: Where each field of a notification comes in the details: in the order its type declares them.
 _ORDER = {field.encode_name: position for position, field in enumerate(inspect.type_info(NewNotification).fields)}
+_FIELDS = NewNotification.__struct_fields__
 
 
 def _text_problem(value: str) -> str | None:
@@ -78,7 +79,11 @@ def idempotency_key(body: Mapping[str, Any], header: str | None) -> str:
             "idempotency_key_conflict",
             "The Idempotency-Key header and the body's idempotency_key differ; send one, or the same in both.",
         )
-    key = in_body if in_body is not None else header
+    return checked_key(in_body if in_body is not None else header)
+
+
+def checked_key(key: str | None) -> str:
+    """The key given (in the body or the header), or the 400 that says why it cannot be one."""
     if key is None or key == "":
         raise ApiError(
             falcon.HTTP_400,
@@ -111,28 +116,38 @@ def parse_notification(
     """Check `body` and return the request to record, or raise a 400 naming every bad field. `send_at` may lie
     at most `max_schedule` seconds after `now` (default: the current time)."""
     key = idempotency_key(body, header_key)
-    problems: list[tuple[str, str]] = []
-    bad: set[str] = set()
     try:
-        msgspec.convert(body, NewNotification)
+        item = msgspec.convert(body, NewNotification)
     except msgspec.ValidationError:
-        # The type names only the first problem it meets; its rules, read field by field, name them all.
+        # The type names only the first problem it meets; its rules, read field by field, name them all. The fields
+        # that break them are left out of what the rules below check.
         problems = type_problems(body)
         bad = {name for name, _ in problems}
+        item = NewNotification(**{name: None if name in bad else body.get(name) for name in _FIELDS})
+        return checked_notification(key, item, problems, channels, max_attempts, scope, max_schedule, now)
+    return checked_notification(key, item, [], channels, max_attempts, scope, max_schedule, now)
 
-    def text(name: str) -> str | None:
-        """The field's text unless it is absent, of the wrong type or not storable by the ledger."""
-        value = body.get(name)
-        if name in bad or not isinstance(value, str):
-            return None
-        problem = _text_problem(value)
-        if problem:
-            problems.append((name, problem))
-            bad.add(name)
-            return None
-        return value
 
-    recipient, channel_name, message, subject = text("recipient"), text("channel"), text("message"), text("subject")
+def checked_notification(
+    key: str,
+    item: NewNotification,
+    problems: list[tuple[str, str]],
+    channels: Mapping[str, Channel],
+    max_attempts: int,
+    scope: str,
+    max_schedule: float = DEFAULT_MAX_SCHEDULE,
+    now: datetime | None = None,
+) -> intake.NewNotification:
+    """The request to record from `item`, a notification of its type (but for fields that broke it, None here and
+    named in `problems`) with the key `checked_key` gave, after the rules no type can say; or the 400 naming every
+    bad field. A batch's items come here straight from its body's decoding (service/batch.py)."""
+
+    recipient, channel_name, message, subject = item.recipient, item.channel, item.message, item.subject
+    joined = f"{recipient}{channel_name}{message}{subject}"
+    if "\x00" in joined or not joined.isascii():
+        # Only then can a field hold text the ledger cannot store (known at once for plain ASCII without NUL).
+        recipient, channel_name = _text("recipient", recipient, problems), _text("channel", channel_name, problems)
+        message, subject = _text("message", message, problems), _text("subject", subject, problems)
     channel = None
     if channel_name is not None:
         channel = channels.get(channel_name)
@@ -140,19 +155,20 @@ def parse_notification(
             enabled = ", ".join(sorted(channels))
             problems.append(("channel", f"unknown channel {channel_name!r}; enabled channels: {enabled}"))
     if recipient is not None:
-        if not recipient.strip():
+        # `isspace` is what `strip` strips, without a copy of the text.
+        if not recipient or recipient.isspace():
             problems.append(("recipient", "must not be empty"))
         elif channel is not None:
             problem = channel.check_recipient(recipient)
             if problem:
                 problems.append(("recipient", problem))
-    if message is not None and not message.strip():
+    if message is not None and (not message or message.isspace()):
         problems.append(("message", "must not be empty"))
     if subject is not None and ("\r" in subject or "\n" in subject):
         # A line break in a subject could smuggle a header into the email.
         problems.append(("subject", "must be a single line"))
 
-    metadata = None if "metadata" in bad else body.get("metadata")
+    metadata = item.metadata
     if metadata is not None:
         problem = _nested_problem(metadata)
         if problem:
@@ -162,12 +178,12 @@ def parse_notification(
             if size > MAX_METADATA_BYTES:
                 problems.append(("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"))
 
-    send_at = None if "send_at" in bad else _parse_send_at(body.get("send_at"), problems)
+    send_at = None if item.send_at is None else _parse_send_at(item.send_at, problems)
     if send_at is not None and (send_at - (now or datetime.now(UTC))).total_seconds() > max_schedule:
         # A job parked for centuries is a typo or a way to fill the ledger with rows nothing will ever send.
         problems.append(("send_at", f"must be at most {max_schedule:g} seconds ahead (WJP_MAX_SCHEDULE)"))
 
-    callback = {} if "callback_url" in bad else callback_fields(body.get("callback_url"), channels, problems)
+    callback = {} if item.callback_url is None else callback_fields(item.callback_url, channels, problems)
     if problems:
         # In the order the type declares its fields, unknown ones first.
         raise _invalid(sorted(problems, key=lambda problem: _ORDER.get(problem[0], -1)))
@@ -185,6 +201,17 @@ def parse_notification(
         destination=channel.destination(recipient),
         **callback,
     )
+
+
+def _text(name: str, value: str | None, problems: list[tuple[str, str]]) -> str | None:
+    """The field's text unless it is absent, broke its type, or is not storable by the ledger (a problem then)."""
+    if value is None:
+        return None
+    problem = _text_problem(value)
+    if problem:
+        problems.append((name, problem))
+        return None
+    return value
 
 
 def _parse_send_at(value: Any, problems: list[tuple[str, str]]) -> datetime | None:

@@ -48,3 +48,11 @@ def test_ids_drawn_together_are_distinct_version_7_uuids_of_their_millisecond():
     ids = uuid7s(1000, now_ms=1_700_000_000_123)
     assert len(set(ids)) == 1000
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 and u.int >> 80 == 1_700_000_000_123 for u in ids)
+
+
+def test_ids_drawn_together_have_every_random_bit_drawn_and_are_plain_uuids():
+    ids = uuid7s(1000, now_ms=1_700_000_000_123)
+    random_bits = (1 << 80) - 1 & ~(0xF << 76 | 0x3 << 62)
+    # Each of the 74 random bits is set in some ids and clear in others (a wrong mask would pin some of them).
+    assert all(0 < sum(u.int >> bit & 1 for u in ids) < 1000 for bit in range(80) if random_bits >> bit & 1)
+    assert all(type(u) is uuid.UUID and u == uuid.UUID(str(u)) for u in ids)

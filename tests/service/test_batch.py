@@ -212,3 +212,43 @@ def test_a_batch_and_its_results_fit_the_documented_schemas(client):
         validate(document, schemas["BatchResult"], result)
     validate(document, schemas["Error"], {name: refused[name] for name in ("error", "message", "details")})
     assert "batch_too_large" in schemas["Error"]["properties"]["error"]["examples"]
+
+
+def _rule_breakers() -> list[dict[str, Any]]:
+    """Items of the notification type that break the rules no type can say, and two that break none."""
+    far = rfc3339(utcnow() + timedelta(days=400))
+    return [
+        notification(message="a\u0000b"),
+        notification(recipient="   "),
+        notification(channel="pigeon", message=" \t"),
+        notification(channel="email", subject="a\nb", recipient="not an address"),
+        notification(idempotency_key=ABSENT),
+        notification(idempotency_key="k\u0000"),
+        notification(send_at=far),
+        notification(send_at="2026-01-31"),
+        notification(callback_url="ftp://example.com/hook"),
+        notification(metadata={"a\u0000": 1}),
+        notification(channel="log", recipient="ünïcode", message="héllo ✓"),
+        notification(channel="log", recipient="x\u2028y"),
+    ]
+
+
+@pytest.mark.parametrize("extra", [[], [notification(message="lone \ud800")]], ids=["typed", "plain-json"])
+def test_each_item_read_into_its_type_gets_what_its_single_post_gets(client, extra):
+    from service.batch import typed_items
+
+    items = _rule_breakers() + extra
+    body = json.dumps({"notifications": items}).encode()  # non-ASCII text as escapes, the lone surrogate among them
+    # Without the lone surrogate every item has its type (read straight into it); with it, plain JSON.
+    assert (typed_items(body) is None) == bool(extra)
+
+    results = results_of(post_batch(client, body))
+
+    assert [r["status"] for r in results][:11] == [400] * 10 + [202]
+    for item, result in zip(items, results, strict=True):
+        if item.get("idempotency_key") not in (None, "k\u0000"):
+            item = {**item, "idempotency_key": f"single-{item['idempotency_key']}"}  # not a replay of the batch's
+        single = post(client, json.dumps(item).encode())
+        assert result["status"] == single.status_code, (item, result, single.text)
+        if single.status_code >= 400:
+            assert {k: v for k, v in result.items() if k != "status"} == single.json, item
