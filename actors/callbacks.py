@@ -24,7 +24,7 @@ from actors.broker import DEST_OPTION, RID_OPTION, BrokerUnavailable, Dispatcher
 from actors.callback_sender import SENDERS, ArmedSender
 from actors.channels.base import DeliveryError, PermanentError, TransientError
 from actors.channels.webhook import WebhookChannel, webhook_destination
-from actors.flow import Admission
+from actors.flow import Admission, Reason
 from actors.flow.control import FlowControl, Released, gate_outcome
 from actors.settings import Settings
 from ledger import callbacks
@@ -260,9 +260,14 @@ class CallbackDelivery:
 
     def _give_back(self, job_id: uuid.UUID, destination: str, admission: Admission | None) -> None:
         """A callback armed claimed for this worker and not POSTed: back to waiting (the attempt not counted), with a
-        message due when the gate's deferral says (beyond the schedule horizon: parked in the ledger), or now."""
+        message due when the gate's deferral says (beyond the schedule horizon: parked in the ledger), or now. Deferred
+        for its destination's concurrency limit, now: the gate parks that message on the destination's waiting list
+        and a release wakes it, where `until`, the last lease's expiry, held it a visibility timeout (parked in the
+        ledger until a reconciler pass: bench/README.md, 2026-12-04 13:40)."""
         now = self.clock()
-        due_at = now if admission is None else max(admission.until or now, now) + timedelta(seconds=self.rand())
+        due_at = now
+        if admission is not None and admission.reason is not Reason.LIMIT:
+            due_at = max(admission.until or now, now) + timedelta(seconds=self.rand())
         parked = (due_at - now).total_seconds() > self.settings.schedule_horizon
         done = self.database.run(
             lambda conn: callbacks.give_back(conn, job_id, ARMED_ATTEMPT, now=now, due_at=due_at, parked=parked)
