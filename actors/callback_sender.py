@@ -85,9 +85,10 @@ class ArmedSender:
                 self._changed.wait_for(lambda: (bool(self._queue) and self._free > 0) or bool(self._outcomes))
                 # A moment for the senders still POSTing to come free: one group, one gate round trip and one
                 # statement for as many callbacks as may go at once (an admission per callback made the gate a large
-                # share of a worker's CPU: bench/README.md, 2026-12-04 07:10).
+                # share of a worker's CPU: bench/README.md, 2026-12-04 07:10). With nothing left to admit, for their
+                # outcomes to go together rather than a ledger batch each.
                 deadline = time.monotonic() + GROUP_LINGER
-                while self._free < self.threads and len(self._queue) > self._free:
+                while self._free < self.threads and (len(self._queue) > self._free or not self._queue):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break

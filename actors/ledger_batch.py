@@ -18,7 +18,14 @@ from sqlalchemy import Connection
 
 from actors.batching import Batcher
 from actors.callback_sender import ArmedSender
-from actors.callbacks import CallbackAdmissions, CallbackClaim, CallbackSucceeded, write_batch
+from actors.callbacks import (
+    CallbackAdmissions,
+    CallbackClaim,
+    CallbackSucceeded,
+    log_recorded,
+    not_recorded,
+    write_batch,
+)
 from actors.claims_coming import ClaimsComing
 from actors.flow import Admission
 from actors.flow.control import Deferred, FlowControl, Released
@@ -101,12 +108,17 @@ class LedgerBatch:
         dispatches = [(r.job_id, r.seq) for r in granted if isinstance(r, JobClaim)]
         attempts = [(item.job.id, item.job.attempt) for item in delivered]
         now = self.clock()
-        # Status callbacks' claims and successes: a statement of their own in the same batch.
+        callback_claims = [r for r in granted if isinstance(r, CallbackClaim)]
+        callback_successes = [r for r in requests if isinstance(r, CallbackSucceeded)]
+        # Status callbacks' successes ride the jobs' statement (one statement and one commit for both), unless claims
+        # of callbacks' messages need the callbacks' own statement anyway.
+        riding = [] if callback_claims else callback_successes
         callbacks_done, callbacks_claimed = write_batch(
-            self.database, [r for r in granted if isinstance(r, CallbackClaim)],
-            [r for r in requests if isinstance(r, CallbackSucceeded)], now=now,
-        )  # fmt: skip
-        done, claimed = self._write_jobs(attempts, dispatches, delivered, now=now)
+            self.database, callback_claims, [] if riding else callback_successes, now=now
+        )
+        done, claimed, riding_done = self._write_jobs(attempts, dispatches, delivered, riding, now=now)
+        if riding:
+            callbacks_done = riding_done
         return self._answers(requests, admissions, groups,
                              {JobClaim: iter(claimed), CallbackClaim: iter(callbacks_claimed)},
                              {Delivered: iter(done), CallbackSucceeded: iter(callbacks_done)})  # fmt: skip
@@ -135,10 +147,12 @@ class LedgerBatch:
 
     def _write_jobs(
         self, attempts: list[tuple[uuid.UUID, int]], dispatches: list[tuple[uuid.UUID, int]],
-        delivered: list[Delivered], *, now: datetime,
-    ) -> tuple[list[bool], Sequence[ClaimedJob | BaseException | None]]:  # fmt: skip
-        if not attempts and not dispatches:
-            return [], []
+        delivered: list[Delivered], riding: list[CallbackSucceeded], *, now: datetime,
+    ) -> tuple[list[bool], Sequence[ClaimedJob | BaseException | None], list[bool]]:  # fmt: skip
+        """The jobs' successes and claims, with the status callbacks' successes `riding` along: which successes took,
+        each claim's answer, and which callbacks' successes took."""
+        if not attempts and not dispatches and not riding:
+            return [], [], []
         # Drawn once, outside the retried statement: a retry finds the claims it committed. The claims are stamped
         # with the database's clock, by which the reconciler expires them, whatever this host's clock says.
         token = uuid.uuid4()
@@ -146,25 +160,31 @@ class LedgerBatch:
         # What the successes of jobs with a status callback returned: the statement armed each callback claimed for
         # this worker (migration 0010), whose `armed` sender POSTs it with what its body needs.
         finished: dict[uuid.UUID, Finished] = {}
+        recorded: set[uuid.UUID] = set()
+        deliveries = [(r.claimed.job.id, r.claimed.attempt) for r in riding]
         try:
             done, claimed = self.database.run(
                 lambda conn: claims.succeed_and_claim(
                     conn, attempts, dispatches, now=now, worker=worker_name(), token=token, database_clock=True,
-                    finished=finished,
+                    finished=finished, delivered=deliveries, recorded=recorded,
                 ),
                 kept=True,
             )
+            riding_done = [job_id in recorded for job_id, _ in deliveries]
+            log_recorded(riding, riding_done)
         except LedgerUnavailable as exc:
             # The claims hear of it at once (their messages come back later), giving back below what their
-            # admissions took; the successes ride it out.
+            # admissions took; the successes ride it out (the callbacks' are sent again once their claims expire).
             claimed = [exc] * len(dispatches)
             done = self._write_successes(attempts, delivered, now=now) if delivered else []
+            riding_done = not_recorded(riding, exc)
         except Exception:
             # One request the database refuses fails the statement it shares: each goes on its own, so that only it
             # fails, and no success is dropped (to be delivered again once its claim expires).
             log.exception("a ledger batch failed; writing its %d jobs' requests one by one", len(attempts + dispatches))
             done = self._write_successes(attempts, delivered, now=now) if delivered else []
             claimed = [self._claim_alone(dispatch, now=now) for dispatch in dispatches]
+            riding_done = write_batch(self.database, [], riding, now=now)[0]
         for (job, _, elapsed_ms), succeeded in zip(delivered, done, strict=True):
             if succeeded:
                 log.info("✅ Job %s success (%s, attempt %d, %.0f ms)", job.id, job.channel, job.attempt, elapsed_ms,
@@ -173,7 +193,7 @@ class LedgerBatch:
                 log_taken_back(job)
         self.armed.post([job for (job, *_), ok in zip(delivered, done, strict=True) if ok and job.callback_url],
                         finished)  # fmt: skip
-        return done, claimed
+        return done, claimed, riding_done
 
     def _answers(
         self, requests: list[Request], admissions: dict[int, Admission], groups: dict[int, list[Admission]],

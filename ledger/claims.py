@@ -7,6 +7,7 @@ the order asked; a claim retried after its commit went unanswered recognises its
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from sqlalchemy import (
     column,
     func,
     literal,
+    literal_column,
     null,
     select,
     tuple_,
@@ -30,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from ledger.database import DriverStatement, array_literal, postgres
-from ledger.schema import jobs, status_in, status_in_rows_found_by_key
+from ledger.schema import callbacks, jobs, status_in, status_in_rows_found_by_key
 from ledger.states import Outcome, Status
 from ledger.timestamps import UTCDateTime, utcnow
 from ledger.transitions import transition_guard
@@ -223,11 +225,11 @@ def _build_succeed(postgresql: bool, ids: str = "ids") -> Any:
     )
 
 
-def _build_succeed_and_claim() -> Any:
+def _build_succeed_and_claim(with_deliveries: bool = False) -> Any:
     """Both batches in one PostgreSQL statement (one commit): the claimed rows (made now, or held under the token),
     then the ids that succeeded with the job's columns NULL, but for a job with a status callback its URL and
     `_FINISHED_COLUMNS` (the last columns, NULL in the claims' rows). No row can be in both, since one guard wants
-    PROCESSING and the other does not."""
+    PROCESSING and the other does not. `with_deliveries`: status callbacks' deliveries too (`_build_deliver`)."""
     flag = Boolean()
     succeeded = _build_succeed(postgresql=True, ids="success_ids").cte("succeeded")
     claiming, held = _build_claim(True, "claim_ids", literal(True, flag))
@@ -236,17 +238,42 @@ def _build_succeed_and_claim() -> Any:
     unfinished = [cast(null(), c.type) for c in _FINISHED_COLUMNS]
     blank = [null() for _ in range(len(claimed.c) - 2)]
     callback_url = succeeded.c.callback_url
-    return select(literal(True, flag).label("claimed"), *claimed.c, *unfinished).union_all(
+    parts = [
         held.add_columns(*unfinished),
         select(literal(False, flag), succeeded.c.id, *blank, null(), *unfinished).where(callback_url.is_(None)),
         select(literal(False, flag), succeeded.c.id, *blank, callback_url,
                *(succeeded.c[c.name] for c in _FINISHED_COLUMNS)).where(callback_url.is_not(None)),
-    )  # fmt: skip
+    ]  # fmt: skip
+    if with_deliveries:  # the status callbacks' deliveries, flagged NULL
+        delivered = _build_deliver(postgresql=True).cte("delivered")
+        parts.append(select(cast(null(), flag), delivered.c.job_id, *blank, null(), *unfinished))
+    return select(literal(True, flag).label("claimed"), *claimed.c, *unfinished).union_all(*parts)
+
+
+def _build_deliver(postgresql: bool) -> Any:
+    """Status callbacks delivered: each PROCESSING at the attempt given → SUCCESS (`ledger.callbacks`' "succeed"
+    transition), in the jobs' statement of the same batch: one statement and one commit for both."""
+    now = _clock(postgresql)
+    delivering = update(callbacks).values(status=Status.SUCCESS.value, last_error=None, claimed_at=None, updated_at=now)
+    if not postgresql:
+        matching = tuple_(callbacks.c.job_id, callbacks.c.attempts).in_(bindparam("delivered", expanding=True))
+        processing = callbacks.c.status == literal_column("'PROCESSING'")
+        return delivering.where(matching, processing).returning(callbacks.c.job_id)
+    pairs = _pairs("callback_attempt", "callback_ids")
+    return delivering.where(
+        callbacks.c.job_id == any_(bindparam("callback_ids", type_=ARRAY(Uuid()))),
+        callbacks.c.job_id == pairs.c.id,
+        callbacks.c.attempts == pairs.c.callback_attempt,
+        # Not the partial indexes' predicate: rows found by key (as `status_in_rows_found_by_key`).
+        callbacks.c.status.concat(literal_column("''")) == literal_column("'PROCESSING'"),
+    ).returning(callbacks.c.job_id)
 
 
 _SUCCEED = _build_succeed(postgresql=False)
 _DRIVER_SUCCEED = DriverStatement(_build_succeed(postgresql=True))
 _DRIVER_SUCCEED_AND_CLAIM = DriverStatement(_build_succeed_and_claim())
+_DRIVER_SUCCEED_CLAIM_AND_DELIVER = DriverStatement(_build_succeed_and_claim(with_deliveries=True))
+_DELIVER, _DRIVER_DELIVER = _build_deliver(postgresql=False), DriverStatement(_build_deliver(postgresql=True))
 
 
 def succeed_many(
@@ -286,18 +313,27 @@ def succeed_and_claim(
     token: uuid.UUID | None = None,
     database_clock: bool = False,
     finished: dict[uuid.UUID, Finished] | None = None,
+    delivered: Sequence[tuple[uuid.UUID, int]] = (),
+    recorded: set[uuid.UUID] | None = None,
 ) -> tuple[list[bool], list[ClaimedJob | None]]:
     """`succeed_many(attempts)` and `claim_many(dispatches)` with the same options; on PostgreSQL in one
     statement, so a worker's claims and outcomes share a commit. `finished` receives the `Finished` of each job
-    that succeeded with a status callback, by id (cleared first: the statement may be run again)."""
+    that succeeded with a status callback, by id (cleared first: the statement may be run again). `delivered`:
+    status callbacks `(job_id, attempt)` POSTed with success, recorded in the same statement (PROCESSING at that
+    attempt → SUCCESS); `recorded` receives the ids of those that took (cleared first)."""
     finished = {} if finished is None else finished
+    recorded = set() if recorded is None else recorded
     finished.clear()
+    recorded.clear()
     driver = postgres(conn)
-    if driver is None or not attempts or not dispatches:
+    # One statement for any two of the three (a part with nothing to do costs it little); one alone goes alone.
+    if driver is None or sum(map(bool, (attempts, dispatches, delivered))) < 2:
         options: dict[str, Any] = {"now": now, "database_clock": database_clock}
         succeeded = _succeed_many(conn, attempts, **options) if attempts else {}
         claimed = claim_many(conn, dispatches, worker=worker, token=token, **options) if dispatches else []
         finished.update((job_id, row) for job_id, row in succeeded.items() if row is not None)
+        if delivered:
+            recorded.update(_deliver(conn, delivered, **options))
         return [job_id in succeeded for job_id, _ in attempts], claimed
     params = {
         "now": _stamp(now, database_clock, postgresql=True),
@@ -309,17 +345,39 @@ def succeed_and_claim(
         "claim_ids": array_literal(job_id for job_id, _ in dispatches),
         "seqs": array_literal(seq for _, seq in dispatches),
     }
+    statement = _DRIVER_SUCCEED_AND_CLAIM
+    if delivered:
+        statement = _DRIVER_SUCCEED_CLAIM_AND_DELIVER
+        params.update(_delivered_params(delivered))
     claimed: dict[uuid.UUID, ClaimedJob] = {}
     succeeded: set[uuid.UUID] = set()
     width = len(_CLAIMED_COLUMNS) + 1
-    for row in _DRIVER_SUCCEED_AND_CLAIM.execute(driver, params).fetchall():
+    for row in statement.execute(driver, params).fetchall():
         if row[0]:
             claimed[row[1]] = ClaimedJob(*row[1:width])
+        elif row[0] is None:
+            recorded.add(row[1])
         else:
             succeeded.add(row[1])
             if row[width - 1] is not None:
                 finished[row[1]] = Finished(*row[width:])
     return [job_id in succeeded for job_id, _ in attempts], [claimed.pop(job_id, None) for job_id, _ in dispatches]
+
+
+def _delivered_params(delivered: Sequence[tuple[uuid.UUID, int]]) -> dict[str, str]:
+    return {"callback_ids": array_literal(job_id for job_id, _ in delivered),
+            "callback_attempts": array_literal(n for _, n in delivered)}  # fmt: skip
+
+
+def _deliver(
+    conn: Connection, delivered: Sequence[tuple[uuid.UUID, int]], *, now: datetime, database_clock: bool
+) -> set[uuid.UUID]:
+    """`_build_deliver` alone (no job in the batch, or SQLite): the ids of the callbacks whose delivery took."""
+    driver = postgres(conn)
+    stamp = _stamp(now, database_clock, driver is not None)
+    if driver is None:
+        return {row[0] for row in conn.execute(_DELIVER, {"delivered": delivered, "now": stamp})}
+    return {row[0] for row in _DRIVER_DELIVER.execute(driver, {"now": stamp, **_delivered_params(delivered)})}
 
 
 def succeed(conn: Connection, job_id: uuid.UUID, attempt: int, *, now: datetime) -> bool:

@@ -21,6 +21,9 @@ from actors.channels import deadline
 
 #: Informational (1xx) responses read before the answer at most; a receiver sending more is not answering.
 MAX_INFORMATIONAL = 8
+#: `http.client`'s bounds on a head: the longest line, and the most header lines.
+MAX_LINE = 65536
+MAX_HEADERS = 100
 
 
 class Endpoint(NamedTuple):
@@ -67,7 +70,7 @@ class PinnedConnection:
                 deadline.watch(self._sock)
         self._sock.sendall(request)
         source = _Source(self._sock)
-        response = http.client.HTTPResponse(source, method="POST")  # type: ignore[arg-type]
+        response = _Response(source, method="POST")  # type: ignore[arg-type]
         response.begin()
         # `http.client` skips a 100 Continue only; other informational responses (103 Early Hints) come before the
         # answer on the same connection, as h11 reads them. A 101 is final: nothing asked to switch protocols.
@@ -75,7 +78,7 @@ class PinnedConnection:
             if not 100 <= response.status < 200 or response.status == 101:
                 break
             response.fp = None  # its reader, and what it buffered, go on to the response that follows
-            response = http.client.HTTPResponse(source, method="POST")  # type: ignore[arg-type]
+            response = _Response(source, method="POST")  # type: ignore[arg-type]
             response.begin()
         else:
             response.close()
@@ -114,6 +117,95 @@ class PinnedConnection:
         except OSError as exc:
             sock.close()
             raise ConnectFailed(str(exc)) from exc
+
+
+class _Response(http.client.HTTPResponse):
+    """`http.client`'s response, its head read without the email parser that `http.client.parse_headers` runs, which
+    cost a callback's POST more CPU than everything else the client does (bench/README.md, 2026-12-04 13:40). The
+    body is read by `http.client` as before, framed by what this reads exactly as `HTTPResponse.begin` frames it."""
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return
+        version, status, reason = self._status_line()
+        while status == http.client.CONTINUE:  # skipped with its head, as `http.client` does
+            _header_lines(self.fp)
+            version, status, reason = self._status_line()
+        self.code = self.status = status
+        self.reason = reason
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers = self.msg = http.client.HTTPMessage()
+        for name, value in _header_lines(self.fp):
+            self.headers[name] = value
+        self.chunked = (self.headers.get("transfer-encoding") or "").lower() == "chunked"
+        self.chunk_left = None
+        self.will_close = self._closes()
+        self.length = None if self.chunked else _length(self.headers.get("content-length"))
+        if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) or 100 <= status < 200:
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
+
+    def _status_line(self) -> tuple[str, int, str]:
+        line = self.fp.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise http.client.LineTooLong("status line")
+        if not line:
+            raise http.client.RemoteDisconnected("Remote end closed connection without response")
+        text = line.decode("iso-8859-1")
+        parts = text.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+            raise http.client.BadStatusLine(text)
+        try:
+            status = int(parts[1])
+        except ValueError:
+            raise http.client.BadStatusLine(text) from None
+        if not 100 <= status <= 999:
+            raise http.client.BadStatusLine(text)
+        return parts[0], status, parts[2].strip() if len(parts) > 2 else ""
+
+    def _closes(self) -> bool:
+        """As `HTTPResponse._check_close`: HTTP/1.1 stays open unless told to close; HTTP/1.0 closes unless kept."""
+        connection = (self.headers.get("connection") or "").lower()
+        if self.version == 11:
+            return "close" in connection
+        kept = self.headers.get("keep-alive") or "keep-alive" in connection
+        return not (kept or "keep-alive" in (self.headers.get("proxy-connection") or "").lower())
+
+
+def _length(value: str | None) -> int | None:
+    """A Content-Length as `http.client` reads it: None when absent, unreadable or negative."""
+    try:
+        length = int(value or "")
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def _header_lines(fp: io.BufferedReader) -> list[tuple[str, str]]:
+    """The header lines of a head up to its blank line, `(name, value)`, a folded line joined to the one before; a
+    line that is no header is skipped. Bounded as `http.client` bounds them."""
+    headers: list[tuple[str, str]] = []
+    for _ in range(MAX_HEADERS + 1):
+        line = fp.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise http.client.LineTooLong("header line")
+        if line in (b"\r\n", b"\n", b""):
+            return headers
+        text = line.decode("iso-8859-1")
+        if text[0] in " \t":
+            if headers:
+                headers[-1] = (headers[-1][0], f"{headers[-1][1]} {text.strip()}".strip())
+            continue
+        name, colon, value = text.partition(":")
+        if colon:  # the value as `http.client` gives it: spaces after the colon dropped, those at its end kept
+            headers.append((name, value.lstrip(" \t").rstrip("\r\n")))
+    raise http.client.HTTPException(f"got more than {MAX_HEADERS} headers")
 
 
 class _HeadReader(io.BufferedReader):

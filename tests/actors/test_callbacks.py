@@ -9,13 +9,18 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
+from actors.batching import Batcher
 from actors.broker import Dispatcher, make_broker
-from actors.callbacks import CALLBACK_MESSAGES, send_armed
+from actors.callbacks import CALLBACK_MESSAGES, CallbackDelivery, send_armed
+from actors.channels.webhook import WebhookChannel
+from actors.flow import Admission, Reason
 from ledger import callbacks, claims, destinations, transitions
 from ledger.callbacks import CallbackView
 from ledger.database import Database
+from ledger.schema import callbacks as callbacks_table
 from ledger.states import Status
 from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
@@ -287,3 +292,30 @@ def test_a_job_whose_failure_the_reconciler_decides_gets_its_callback_in_the_sam
     assert request.json["type"] == "notification.failed"
     assert "visibility timeout" in request.json["data"]["last_error"]
     assert database.run(lambda conn: callbacks.callback_view(conn, job_id)).event is Status.FAILED
+
+
+def test_a_claimed_callback_its_destinations_limit_defers_waits_for_a_release_not_for_the_lease_to_expire(
+    make_settings, database, dispatcher
+) -> None:
+    """Its finishing worker's admission deferred for the destination's concurrency limit: a message at once, which
+    the gate parks on the destination's waiting list (woken by a release); not parked in the ledger until the last
+    lease's expiry, a visibility timeout away, for a reconciler pass to send."""
+    settings = make_settings(WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_VISIBILITY_TIMEOUT="600")
+    delivery = CallbackDelivery(
+        database=database, dispatcher=dispatcher, webhook=WebhookChannel(settings.channels), settings=settings,
+        flow=None, ledger=Batcher(lambda requests: [None] * len(requests), "test"),
+    )  # fmt: skip
+    fields = callback_fields("http://127.0.0.1:9/status")
+    job_id = submit(database, None, settings, **fields)
+    now = utcnow()
+    assert database.run(lambda conn: claims.claim(conn, job_id, 1, now=now, worker="w")) is not None
+    assert database.run(lambda conn: claims.succeed(conn, job_id, 1, now=now))
+    limit = Admission(granted=False, reason=Reason.LIMIT, until=now + timedelta(seconds=600))
+    delivery._give_back(job_id, fields["callback_destination"], limit)
+    row = database.run(
+        lambda conn: conn.execute(select(callbacks_table).where(callbacks_table.c.job_id == job_id)).one()
+    )
+    assert (row.status, row.attempts) == ("PENDING", 0)
+    assert row.dispatch_seq > 0 and row.next_attempt_at <= utcnow()  # a message, due now
+    missing = dispatcher.missing([Dispatch(job_id, row.dispatch_seq, row.next_attempt_at)], CALLBACK_MESSAGES)
+    assert missing == []

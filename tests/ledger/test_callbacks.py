@@ -84,6 +84,43 @@ def test_the_success_statement_returns_the_callbacks_body_as_the_jobs_get_shows_
     assert (sent.url, sent.event, sent.attempt) == (URL, Status.SUCCESS, callbacks.ARMED_ATTEMPT)
 
 
+@pytest.mark.parametrize("jobs", ["successes-and-claims", "successes-alone", "no-job"])
+def test_callbacks_delivered_are_recorded_in_the_jobs_statement_once_and_only_while_held(
+    database: Database, jobs: str
+) -> None:
+    delivered, stale = with_callback(database, "delivered"), with_callback(database, "stale")
+    for job_id in (delivered, stale):
+        claim(database, job_id)
+    assert database.run(lambda conn: claims.succeed_many(conn, [(delivered, 1), (stale, 1)], now=T0)) == [True] * 2
+    plain, other = submit(database, "plain"), submit(database, "other")
+    claim(database, plain)
+    attempts = [] if jobs == "no-job" else [(plain, 1)]
+    dispatches = [(other, 1)] if jobs == "successes-and-claims" else []
+    recorded: set[uuid.UUID] = {uuid.uuid4()}  # cleared by the call
+    done, claimed = database.run(
+        lambda conn: claims.succeed_and_claim(
+            conn, attempts, dispatches, now=T0 + SECOND, worker="w", database_clock=True,
+            delivered=[(delivered, 1), (stale, 2)], recorded=recorded,
+        ),
+        kept=True,
+    )  # fmt: skip
+    assert (done, [c is not None for c in claimed]) == ([True] * len(attempts), [True] * len(dispatches))
+    # Recorded only at the attempt held: a stale attempt's delivery changes nothing.
+    assert recorded == {delivered}
+    assert (row(database, delivered).status, row(database, delivered).claimed_at) == ("SUCCESS", None)
+    assert (row(database, stale).status, row(database, stale).attempts) == ("PROCESSING", 1)
+    assert database.run(lambda conn: callbacks.callback_view(conn, delivered)) == callbacks.CallbackView(
+        URL, Status.SUCCESS, Status.SUCCESS, 1, None
+    )
+    # Once: a second delivery of the same attempt (a statement run again) takes nothing.
+    again = database.run(
+        lambda conn: claims.succeed_and_claim(conn, [], [], now=T0, worker="w", delivered=[(delivered, 1)],
+                                              recorded=recorded),
+        kept=True,
+    )  # fmt: skip
+    assert (again, recorded) == (([], []), set())
+
+
 def test_a_callback_its_worker_gives_back_waits_for_a_message_or_is_parked(database: Database) -> None:
     sent, parked = with_callback(database, "sent"), with_callback(database, "parked")
     for job_id in (sent, parked):
