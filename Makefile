@@ -33,7 +33,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup
 
 # Intake, delivery, end-to-end latency, maintenance at 1 M / 5 M rows and memory, next to baselines and peers:
-# writes bench/results/latest.json (see bench/README.md). BENCH_QUICK=1 for the reduced version (about 6 minutes).
+# writes bench/results/latest.json (see bench/README.md). BENCH_QUICK=1 for the reduced version (about 8 minutes).
 # Needs PostgreSQL and Redis as for `make test`, and the load generator wrk, which it installs with apt-get when
 # run as root on Debian or Ubuntu (otherwise it says what to install).
 bench: $(VENV)/.installed-bench
