@@ -98,3 +98,17 @@ def test_the_search_reports_no_rate_when_no_trial_is_flat() -> None:
     found, trials = sustainable.search(lambda rate: {"rate": rate, "flat": False})
     assert found is None
     assert len(trials) == sustainable.MAX_STEPS
+
+
+def test_the_rate_is_judged_against_the_reference_measured_in_the_same_run_when_there_is_one() -> None:
+    half = {"rate": 700.0, "p50_ms": 10.0, "p99_ms": 30.0}
+    measured = {"sustainable": {"sustainable_rate": 1400.0, "at_half": half, "today": {"rate": 1000.0}}}
+    fixed = {"sustainable": {"sustainable_rate": 1400.0, "at_half": half, "today": None}}
+
+    with_reference, without = sustainable.summary(measured), sustainable.summary(fixed)
+
+    assert with_reference["targets"]["sustainable_vs_today"]["measured"] == 1.4
+    assert with_reference["targets"]["sustainable_vs_today"]["pass"] is False
+    assert with_reference["sustainable"]["today_measured"] is True
+    assert without["targets"]["sustainable_vs_today"]["today"] == sustainable.TODAY_RATE
+    assert without["sustainable"]["today_measured"] is False
