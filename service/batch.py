@@ -165,10 +165,8 @@ class NotificationBatch:
         rules = (channels, settings.core.max_attempts, scope, settings.max_schedule, now)
 
         def checked(item: Item) -> NewNotification:
-            key = item.idempotency_key
-            if key is None or "\x00" in key or not key.isascii():
-                key = checked_key(key)  # the key's 400 comes first and alone, as for a single POST
-            return checked_notification(key, item, [], *rules)
+            # The key's 400 comes first and alone, as for a single POST.
+            return checked_notification(checked_key(item.idempotency_key), item, [], *rules)
 
         return checked
 

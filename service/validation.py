@@ -116,6 +116,7 @@ def parse_notification(
     """Check `body` and return the request to record, or raise a 400 naming every bad field. `send_at` may lie
     at most `max_schedule` seconds after `now` (default: the current time)."""
     key = idempotency_key(body, header_key)
+    problems: list[tuple[str, str]] = []
     try:
         item = msgspec.convert(body, NewNotification)
     except msgspec.ValidationError:
@@ -124,8 +125,7 @@ def parse_notification(
         problems = type_problems(body)
         bad = {name for name, _ in problems}
         item = NewNotification(**{name: None if name in bad else body.get(name) for name in _FIELDS})
-        return checked_notification(key, item, problems, channels, max_attempts, scope, max_schedule, now)
-    return checked_notification(key, item, [], channels, max_attempts, scope, max_schedule, now)
+    return checked_notification(key, item, problems, channels, max_attempts, scope, max_schedule, now)
 
 
 def checked_notification(
