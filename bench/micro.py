@@ -319,9 +319,9 @@ def worker_pieces() -> list[dict]:
 def main() -> None:
     os.environ["DATABASE_URL"] = DATABASE_URL
     os.environ["REDIS_URL"] = REDIS_URL
-    from bench import run
+    from bench import harness
 
-    run.setup_database()
+    harness.setup_database()
     try:
         log(f"micro-benchmarks, {N} calls each; loadavg {common.loadavg()}")
         results = {"intake": intake_pieces(), "worker": worker_pieces(), "loadavg": common.loadavg()}
