@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from actors.channels.email import parse_smtp_url
+from actors.channels.email_address import parse_smtp_url
 from actors.embedded_redis import EmbeddedRedis
 from actors.settings import Settings
 from ledger.database import Database, without_credentials

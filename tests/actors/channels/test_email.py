@@ -18,7 +18,8 @@ from aiosmtpd.smtp import AuthResult
 
 from actors.channels import ChannelConfig, Notification, PermanentError, TransientError
 from actors.channels import email as email_channel
-from actors.channels.email import EmailChannel, parse_smtp_url
+from actors.channels.email import EmailChannel
+from actors.channels.email_address import parse_smtp_url
 from tests.actors.channels.conftest import SmtpServer, free_port
 from tests.e2e.conftest import Process, process_env
 
