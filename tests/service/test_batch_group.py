@@ -1,10 +1,11 @@
 """Batch intake in groups (`service.batch_group.BatchGroups`): the batches that arrive while a group is in the ledger
-share the next call, up to its size, one producer per call; each batch gets its own results, and a group that fails
-otherwise than by an outage fails only the batch that made it fail."""
+share the next call, up to its size, one producer per call; each batch gets its own results, a group that fails
+otherwise than by an outage fails only the batch that made it fail, and the group thread ends with its groups."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from datetime import UTC, datetime
 
@@ -128,3 +129,18 @@ def test_a_batch_whose_request_went_away_leaves_the_group_thread_serving():
         return await groups(batch("next", 1))
 
     assert len(asyncio.run(main())) == 1
+
+
+def test_the_group_thread_ends_with_its_groups():
+    ledger = Ledger()
+    ledger.release.set()
+    groups = BatchGroups(ledger.accept, max_items=10)
+    assert len(asyncio.run(groups(batch("a", 2)))) == 2
+    thread = groups._thread
+    assert thread is not None and thread.is_alive()
+
+    del groups
+    gc.collect()
+    thread.join(5)
+
+    assert not thread.is_alive()
