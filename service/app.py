@@ -56,14 +56,15 @@ def create_app(
     offload = Offload(OFFLOAD_THREADS)
     ctx = Context(
         settings=settings,
-        # A connection per offload thread, one for the rare transactions (cancel, retry: they take turns) and the
-        # intake group's kept one; README.md, "Running in production", sums them up per process.
+        # A connection per offload thread, one for the rare transactions (cancel, retry: they take turns), and the
+        # kept ones of the intake group's and the batch group's threads; README.md, "Running in production", sums
+        # them up per process.
         database=database
         or Database(
             core.database_url,
             pool_size=OFFLOAD_THREADS,
             transactions=1,
-            kept=1,
+            kept=2,
             prepared_statements=core.prepared_statements,
         ),
         dispatcher=dispatcher or Dispatcher(make_broker(core.redis_url), core.queue),

@@ -18,6 +18,7 @@ from ledger.intake import Accepting, Intake, IntakeResult, NewNotification
 from ledger.timestamps import rfc3339, utcnow
 from service import metrics
 from service.access import request_scope
+from service.batch_group import BatchGroups
 from service.bodies import json_object, receive_body
 from service.errors import ApiError, error_body
 from service.field_rules import json_type
@@ -101,6 +102,7 @@ class NotificationBatch:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._groups = BatchGroups(self._accept, MAX_BATCH_ITEMS)
 
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         raw = await receive_body(req, limit=MAX_BATCH_BYTES)
@@ -134,7 +136,7 @@ class NotificationBatch:
                 Accepting(r, now, r.send_at is None or (r.send_at - now).total_seconds() <= horizon, job_id)
                 for (_, r), job_id in zip(valid, uuid7s(len(valid)), strict=True)
             ]
-            outcomes = await self.ctx.offload(self._accept, batch)
+            outcomes = await self._groups(batch)
             # The jobs a batch creates share one instant: it is rendered once per batch, not once per item.
             times: dict[datetime, str] = {}
             for (index, request), outcome in zip(valid, outcomes, strict=True):
@@ -151,8 +153,9 @@ class NotificationBatch:
         resp.data = msgspec.json.encode(BatchResults(results=results))
 
     def _accept(self, batch: list[Accepting]) -> list[IntakeResult]:
-        """The batch in one statement, then its new jobs' messages in one send (off the loop: both block)."""
-        outcomes = self.ctx.database.run(lambda conn: intake.accept_batch(conn, batch))
+        """The batch in one statement, then its new jobs' messages in one send, on the group thread's kept
+        connection (`BatchGroups`)."""
+        outcomes = self.ctx.database.run(lambda conn: intake.accept_batch(conn, batch), kept=True)
         self.ctx.dispatch([dispatch_of(o) for o in outcomes if o.outcome is Intake.CREATED and o.dispatch_seq])
         # Counted here, off the loop, once per outcome: a count in the API's multiprocess registry costs ~6 µs.
         for kind, count in Counter(outcome.outcome for outcome in outcomes).items():
