@@ -14,6 +14,7 @@ from queue import Empty, SimpleQueue
 from actors import tracing
 from ledger.errors import LedgerUnavailable
 from ledger.intake import Accepting, IntakeResult
+from service.offload import answer_from_thread
 
 log = logging.getLogger("wjp.api")
 
@@ -147,15 +148,4 @@ def _by_scope(group: list[_Waiting]) -> list[list[_Waiting]]:
 
 
 def _answer(group: list[_Waiting], outcomes: list[_Outcome]) -> None:
-    for (_, _, loop, answer), outcome in zip(group, outcomes, strict=True):
-        with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits for this answer any more
-            loop.call_soon_threadsafe(_settle, answer, outcome)
-
-
-def _settle(answer: asyncio.Future[list[IntakeResult]], outcome: _Outcome) -> None:
-    if answer.done():  # its request was cancelled (the client went away)
-        return
-    if isinstance(outcome, BaseException):
-        answer.set_exception(outcome)
-    else:
-        answer.set_result(outcome)
+    answer_from_thread((loop, answer, outcome) for (_, _, loop, answer), outcome in zip(group, outcomes, strict=True))

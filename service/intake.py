@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable
 from queue import Empty, SimpleQueue
-from typing import Any
 
 from actors import tracing
 from actors.batching import MAX_BATCH
@@ -20,7 +18,7 @@ from ledger.errors import LedgerUnavailable
 from ledger.intake import Accepting, Intake, IntakeResult
 from ledger.transitions import Dispatch
 from service import metrics
-from service.offload import Offload
+from service.offload import Offload, answer_from_thread
 
 log = logging.getLogger("wjp.api")
 
@@ -126,22 +124,8 @@ class GroupIntake:
 
 def _answer(group: list[_Waiting], outcome: list[IntakeResult | None] | BaseException) -> None:
     """Wake each loop of the group once, with its requests' results (or the group's error)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[IntakeResult | None], Any]]] = {}
-    for i, (_, loop, answer) in enumerate(group):
-        by_loop.setdefault(loop, []).append((answer, outcome if isinstance(outcome, BaseException) else outcome[i]))
-    for loop, answers in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # a loop that has closed: nobody waits for these answers any more
-            loop.call_soon_threadsafe(_settle, answers)
-
-
-def _settle(answers: list[tuple[asyncio.Future[IntakeResult | None], Any]]) -> None:
-    for answer, result in answers:
-        if answer.done():  # its request was cancelled (the client went away)
-            continue
-        if isinstance(result, BaseException):
-            answer.set_exception(result)
-        else:
-            answer.set_result(result)
+    failed = isinstance(outcome, BaseException)
+    answer_from_thread((loop, answer, outcome if failed else outcome[i]) for i, (_, loop, answer) in enumerate(group))
 
 
 class _Pass:

@@ -8,7 +8,7 @@ import contextlib
 import contextvars
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from inspect import iscoroutinefunction
 from queue import SimpleQueue
 from typing import Any, TypeVar
@@ -88,6 +88,27 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def answer_from_thread(answers: Iterable[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Any]]) -> None:
+    """From a thread: give each `(loop, future, outcome)` its outcome (a result, or an exception to raise) on its loop,
+    waking each loop once."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for loop, future, outcome in answers:
+        by_loop.setdefault(loop, []).append((future, outcome))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a loop that has closed: nobody waits for these answers any more
+            loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def _settle_all(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, outcome in answers:
+        if future.done():  # its request was cancelled (the client went away)
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 class Threaded:
