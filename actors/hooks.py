@@ -17,7 +17,7 @@ class SignalsToHooks:
     """A broker's `emit_before` and `emit_after` as Dramatiq's, each middleware's hook called in the same order and
     its failure handled alike, but only of the middleware that hook the signal, as they were when added: Dramatiq
     calls every middleware's, mostly its no-op, about ten for each of a job's four signals (bench/README.md,
-    2026-12-04 16:45)."""
+    2026-12-04 15:51)."""
 
     middleware: list[Middleware]
     logger: Any

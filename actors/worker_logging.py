@@ -2,9 +2,9 @@
 
 Dramatiq sends every line a worker process logs through a pipe to its main process, which wakes up to copy
 it to stderr. Every job logs two lines (its outcome, and the `log` channel its notification), so the main
-process was copying lines all day: 36–76 µs of CPU per job, measured. A write of its own per line still cost
-a worker process about a sixth of its CPU under load, the threads meeting at the handler's lock and the file;
-so the lines of a moment go out together (bench/README.md, 2026-12-04 16:20).
+process was copying lines all day: 36–76 µs of CPU per job, measured. A write of its own per line still had the
+threads meet at the handler's lock under load, so the lines of a moment go out together (bench/README.md,
+2026-12-04 15:51).
 """
 
 from __future__ import annotations
