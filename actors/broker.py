@@ -20,6 +20,7 @@ from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
 from actors import resp, tracing
 from actors.consumer import BELL_TOKENS, CONNECTION_LOST, NAMESPACE, BelledConsumer, NoteWorkerThreads, bell_key
+from actors.hooks import SignalsToHooks
 from actors.messages import DEST_OPTION as DEST_OPTION
 from actors.messages import RID_OPTION, MessageKind, MessageWriter, Outgoing, rid_text
 from actors.redis_address import connection_pool
@@ -98,7 +99,7 @@ class NoteProcessedMessage(Middleware):
         broker.processing.message, broker.processing.acked = message, False
 
 
-class OutageProofRedisBroker(RedisBroker):
+class OutageProofRedisBroker(SignalsToHooks, RedisBroker):
     """Dramatiq's Redis broker, made to ride out a Redis outage in a worker without losing delayed messages.
 
     Dramatiq's consumer threads recover only from its own `ConnectionClosed`: a raw redis-py error while a worker
