@@ -99,3 +99,39 @@ def test_a_middleware_error_before_a_signal_stops_it(broker):
     with pytest.raises(MiddlewareError):
         broker.emit_before("ack", "m1")
     assert heard == []
+
+
+#: Every signal Dramatiq's `Middleware` has a hook for.
+SIGNALS = sorted({name.split("_", 1)[1] for name in vars(Middleware) if name.startswith(("before_", "after_"))})
+
+
+def telling(tag: str, heard: list[str]) -> Middleware:
+    """A middleware of a class of its own that hooks every signal, noting each call with its arguments."""
+
+    def hook(name: str):  # type: ignore[no-untyped-def]
+        return lambda self, broker, *args, **kwargs: heard.append(f"{tag} {name} {args} {kwargs}")
+
+    names = [f"{when}_{signal}" for signal in SIGNALS for when in ("before", "after")]
+    return type(f"Telling{tag}", (Middleware,), {name: hook(name) for name in names})()
+
+
+def test_every_signal_reaches_the_same_hooks_in_the_same_order_as_through_dramatiqs_own_broker():
+    """The contract with the pinned Dramatiq (constraints.txt): `SignalsToHooks` replaces its `emit_before` and
+    `emit_after`; a Dramatiq whose own broker calls hooks otherwise (order, arguments) fails here."""
+    from dramatiq.brokers.stub import StubBroker
+
+    from actors.hooks import SignalsToHooks
+
+    class Ours(SignalsToHooks, StubBroker):
+        pass
+
+    heard: dict[str, list[str]] = {"ours": [], "dramatiq": []}
+    for name, broker_class in (("ours", Ours), ("dramatiq", StubBroker)):
+        broker = broker_class(middleware=[])
+        for tag in ("a", "b", "c"):
+            broker.add_middleware(telling(tag, heard[name]))
+        for signal in SIGNALS:
+            broker.emit_before(signal, "message", key="value")
+            broker.emit_after(signal, "message", key="value")
+    assert heard["ours"] == heard["dramatiq"]
+    assert len(heard["ours"]) == 3 * 2 * len(SIGNALS)
