@@ -27,7 +27,7 @@ from actors.channels.webhook import WebhookChannel, webhook_destination
 from actors.flow import Admission, Reason
 from actors.flow.control import FlowControl, Released, gate_outcome
 from actors.settings import Settings
-from ledger import callbacks
+from ledger import callbacks, claims
 from ledger.callbacks import ARMED_ATTEMPT, ARMED_SEQ, ClaimedCallback
 from ledger.claims import ClaimedJob, Finished
 from ledger.database import Database
@@ -228,7 +228,7 @@ class CallbackDelivery:
             if finished is None:
                 tasks.append(functools.partial(self._give_back, job.id, destination, None))
                 continue
-            claimed = callbacks.claimed_by_its_worker(job, finished)
+            claimed = claims.claimed_by_its_worker(job, finished)
             # A lease id no message has: the gate cannot park it (there is no message to park), so it defers instead.
             rid = f"{job.id}{_INFIX}claimed"
             if self.flow is not None and destination:
