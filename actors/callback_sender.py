@@ -135,7 +135,7 @@ class ArmedSender:
         with self._changed:
             # A moment for the senders still POSTing to come free: one group, one gate round trip and one ledger batch
             # for as many callbacks as may go at once (an admission each made more batches, and more statements
-            # recording deliveries alone: bench/README.md, 2026-12-04 16:00).
+            # recording deliveries alone: bench/README.md, 2026-12-04 15:51).
             deadline = time.monotonic() + GROUP_LINGER
             while len(self._idle) + 1 < self.threads and len(self._queue) > len(self._idle) + 1:
                 remaining = deadline - time.monotonic()

@@ -160,7 +160,7 @@ class _Watchdog:
                         _shut(own)
                 # With nothing armed it still wakes now and then, so that an attempt armed meanwhile, whose deadline
                 # is later (the usual case), need not wake it: that was a wake-up per attempt (bench/README.md,
-                # 2026-12-04 16:00).
+                # 2026-12-04 15:51).
                 deadlines = (c.deadline for c in self._armed if c.deadline is not None)
                 self._wake_at = min(deadlines, default=now + IDLE_WAKE)
                 self._lock.wait(self._wake_at - now)
