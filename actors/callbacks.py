@@ -25,9 +25,9 @@ from actors.callback_sender import SENDERS, ArmedSender
 from actors.channels.base import DeliveryError, PermanentError, TransientError
 from actors.channels.webhook import WebhookChannel, webhook_destination
 from actors.flow import Admission, Reason
-from actors.flow.control import FlowControl, Released, gate_outcome
+from actors.flow.control import RELEASE_RIDES, FlowControl
 from actors.settings import Settings
-from ledger import callbacks
+from ledger import callbacks, claims
 from ledger.callbacks import ARMED_ATTEMPT, ARMED_SEQ, ClaimedCallback
 from ledger.claims import ClaimedJob, Finished
 from ledger.database import Database
@@ -49,6 +49,9 @@ EVENT_TYPES = {
 }
 #: Longest error text kept on a callback.
 MAX_ERROR_LENGTH = 2000
+#: Most seconds a delivered callback's success, armed claimed for its worker, waits to ride a ledger batch someone
+#: waits for: as long as a release does (`flow.control.RELEASE_RIDES`).
+OUTCOME_RIDES = RELEASE_RIDES
 _INFIX = ".callback."
 
 
@@ -99,11 +102,9 @@ class CallbackClaim(NamedTuple):
 
 class CallbackAdmissions(NamedTuple):
     """Callbacks armed claimed for this worker, `(destination, lease id)` each, to be admitted by the gate before
-    their POST, in the worker's ledger batch's round trip; answered with an `Admission` each. `outcomes`: earlier
-    callbacks' `Released` and `CallbackSucceeded`, written in the same batch."""
+    their POST, in the worker's ledger batch's round trip; answered with an `Admission` each."""
 
     asking: list[tuple[str, str]]
-    outcomes: list[Any]
 
 
 class CallbackSucceeded(NamedTuple):
@@ -213,13 +214,10 @@ class CallbackDelivery:
             flow.finished(destination, rid, error)
         self._record(claimed, error)
 
-    def admit_claimed(
-        self, group: list[tuple[ClaimedJob, Finished | None]], outcomes: list[Any], post: Callable[[Any], None]
-    ) -> list[Callable[[], None]]:
+    def admit_claimed(self, group: list[tuple[ClaimedJob, Finished | None]]) -> list[Callable[[], None]]:
         """The callbacks the ledger armed claimed for this worker as it finished these jobs (migration 0010), with
-        what their success returned: admitted together in one request of the ledger batch that also carries
-        `outcomes`, and for each what a sender is to do: POST it and hand its outcome to `post`, or give its claim
-        back to a message (deferred by its destination, or no `Finished`)."""
+        what their success returned: admitted together in one request of the ledger batch, and for each what a sender
+        is to do: POST it, or give its claim back to a message (deferred by its destination, or no `Finished`)."""
         tasks: list[Callable[[], None]] = []
         asking: list[tuple[str, str]] = []
         admitting: list[tuple[ClaimedCallback, str, str]] = []
@@ -228,35 +226,32 @@ class CallbackDelivery:
             if finished is None:
                 tasks.append(functools.partial(self._give_back, job.id, destination, None))
                 continue
-            claimed = callbacks.claimed_by_its_worker(job, finished)
+            claimed = claims.claimed_by_its_worker(job, finished)
             # A lease id no message has: the gate cannot park it (there is no message to park), so it defers instead.
             rid = f"{job.id}{_INFIX}claimed"
             if self.flow is not None and destination:
                 asking.append((destination, rid))
                 admitting.append((claimed, destination, rid))
             else:
-                tasks.append(functools.partial(self._post_claimed, claimed, destination, rid, None, post))
-        if asking or outcomes:
-            admissions: list[Admission] = self.ledger.submit(CallbackAdmissions(asking, outcomes))
+                tasks.append(functools.partial(self._post_claimed, claimed, destination, rid, None))
+        if asking:
+            admissions: list[Admission] = self.ledger.submit(CallbackAdmissions(asking))
             for (claimed, destination, rid), admission in zip(admitting, admissions, strict=True):
                 if admission.granted:
-                    tasks.append(functools.partial(self._post_claimed, claimed, destination, rid, self.flow, post))
+                    tasks.append(functools.partial(self._post_claimed, claimed, destination, rid, self.flow))
                 else:
                     tasks.append(functools.partial(self._give_back, claimed.job.id, destination, admission))
         return tasks
 
-    def _post_claimed(
-        self, claimed: ClaimedCallback, destination: str, rid: str, flow: FlowControl | None,
-        post: Callable[[Any], None],
-    ) -> None:  # fmt: skip
+    def _post_claimed(self, claimed: ClaimedCallback, destination: str, rid: str, flow: FlowControl | None) -> None:
         # The attempt's deadline falls inside the claim, which the reconciler takes back only a visibility timeout
         # after the job finished.
         error = self._attempt(claimed, time.monotonic() + self.settings.attempt_time_limit)
         if flow is not None:
-            # `FlowControl.finished`, its release handed to `post` rather than to a ledger batch of its own.
-            flow.shares.give(destination, rid, attempted=True)
-            post(Released(destination, rid, gate_outcome(error), getattr(error, "retry_after", None)))
-        self._record(claimed, error, post)
+            flow.finished(destination, rid, error)
+        # Its success rides the next ledger batch someone waits for (a claim, the next group's admission), most
+        # likely the jobs' statement, rather than wake the batcher for a statement of its own.
+        self._record(claimed, error, functools.partial(self.ledger.post, wait=OUTCOME_RIDES))
 
     def _give_back(self, job_id: uuid.UUID, destination: str, admission: Admission | None) -> None:
         """A callback armed claimed for this worker and not POSTed: back to waiting (the attempt not counted), with a

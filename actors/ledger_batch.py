@@ -95,10 +95,6 @@ class LedgerBatch:
 
     def write(self, requests: list[Request]) -> list[Result | BaseException]:
         """One batch: each request's answer, in order."""
-        carried = [o for r in requests if isinstance(r, CallbackAdmissions) for o in r.outcomes]
-        if carried:  # status callbacks' outcomes that rode their senders' admissions: written in this batch
-            stripped = [r._replace(outcomes=[]) if isinstance(r, CallbackAdmissions) else r for r in requests]
-            return self.write([*stripped, *carried])[: len(requests)]
         admissions: dict[int, Admission] = {}
         groups: dict[int, list[Admission]] = {}
         if self.flow is not None:

@@ -37,7 +37,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from ledger.claims import ClaimedJob, Finished
 from ledger.database import DriverStatement, array_literal, postgres
 from ledger.queries import JOB_COLUMNS, JobView, job_view
 from ledger.schema import callbacks, jobs
@@ -126,21 +125,25 @@ def _build_dispatch_armed(postgresql: bool) -> Any:
     )
 
 
-def _pairs(second: str) -> Any:
-    """PostgreSQL's `unnest(:<second>_ids, :<second>s) AS <second>_pairs(id, <second>)`: a batch as two arrays, one
-    statement text (prepared once) for every batch size, each pair found through the primary key."""
-    arrays = (bindparam(f"{second}_ids", type_=ARRAY(Uuid())), bindparam(f"{second}s", type_=ARRAY(Integer())))
+def _pairs(second: str, prefix: str = "") -> Any:
+    """PostgreSQL's `unnest(:<prefix><second>_ids, :<prefix><second>s) AS <prefix><second>_pairs(id, <second>)`: a
+    batch as two arrays, one statement text (prepared once) for every batch size, each pair found through the
+    primary key."""
+    name = f"{prefix}{second}"
+    arrays = (bindparam(f"{name}_ids", type_=ARRAY(Uuid())), bindparam(f"{name}s", type_=ARRAY(Integer())))
     return (
         func.unnest(*arrays)
         .table_valued(column("id", Uuid()), column(second, Integer()))
-        .render_derived(name=f"{second}_pairs", with_types=False)
+        .render_derived(name=f"{name}_pairs", with_types=False)
     )
 
 
 def _status_found_by_key(statuses: frozenset[Status]) -> Any:
     """`callbacks.status IN (...)` that no partial index's predicate matches, for statements that find their rows
     by key (as `schema.status_in_rows_found_by_key` for jobs)."""
-    return callbacks.c.status.concat(literal_column("''")).in_([literal_column(f"'{s.value}'") for s in statuses])
+    return callbacks.c.status.concat(literal_column("''")).in_(
+        [literal_column(f"'{s.value}'") for s in sorted(statuses)]
+    )
 
 
 #: What a claim returns on PostgreSQL; labelled, since `attempts` names a column of both tables.
@@ -177,16 +180,25 @@ def _build_claim(postgresql: bool) -> Any:
     ).returning(*_CLAIMED_COLUMNS)
 
 
-def _build_succeed(postgresql: bool) -> Any:
+def build_succeed(postgresql: bool, now: Any = None, prefix: str = "") -> Any:
+    """The "succeed" transition of a batch: each `(job_id, attempt)` PROCESSING at that attempt → SUCCESS, returning
+    the ids that took. `now`: what it stamps (`:now` by default); `prefix`: of its parameters' names
+    (`<prefix>held`, or on PostgreSQL `<prefix>attempt_ids` and `<prefix>attempts`), for a statement that holds it
+    beside others (the jobs' of a worker's batch, `ledger.claims`)."""
     sources, target = TRANSITIONS["succeed"]
-    now = bindparam("now", type_=UTCDateTime())
+    now = bindparam("now", type_=UTCDateTime()) if now is None else now
     succeeding = update(callbacks).values(status=target, last_error=None, claimed_at=None, updated_at=now)
     if not postgresql:
-        matching = tuple_(callbacks.c.job_id, callbacks.c.attempts).in_(bindparam("held", expanding=True))
+        matching = tuple_(callbacks.c.job_id, callbacks.c.attempts).in_(bindparam(f"{prefix}held", expanding=True))
         return succeeding.where(matching, transition_guard("succeed")[0]).returning(callbacks.c.job_id)
-    pairs = _pairs("attempt")
+    pairs = _pairs("attempt", prefix)
     return succeeding.where(
-        callbacks.c.job_id == pairs.c.id, callbacks.c.attempts == pairs.c.attempt, _status_found_by_key(sources)
+        # `= ANY` beside the join: every plan reads the asked rows by primary key, the generic plan of a kept
+        # connection too (as `ledger.claims._among`).
+        callbacks.c.job_id == any_(bindparam(f"{prefix}attempt_ids", type_=ARRAY(Uuid()))),
+        callbacks.c.job_id == pairs.c.id,
+        callbacks.c.attempts == pairs.c.attempt,
+        _status_found_by_key(sources),
     ).returning(callbacks.c.job_id)
 
 
@@ -194,7 +206,7 @@ def _build_succeed_and_claim() -> Any:
     """Both in one PostgreSQL statement (one commit): the successes' ids flagged False, then the claimed rows flagged
     True. No row is in both: one guard wants PROCESSING, the other a waiting status."""
     flag = Boolean()
-    succeeded = _build_succeed(postgresql=True).cte("succeeded")
+    succeeded = build_succeed(postgresql=True).cte("succeeded")
     claimed = _build_claim(postgresql=True).cte("claimed")
     return select(literal(True, flag), *claimed.c).union_all(
         select(literal(False, flag), succeeded.c.job_id, *(null() for _ in range(len(claimed.c) - 1)))
@@ -202,7 +214,7 @@ def _build_succeed_and_claim() -> Any:
 
 
 # Built once: the worker runs them for every callback, and building a statement costs more CPU than running it.
-_CLAIM, _SUCCEED = _build_claim(postgresql=False), _build_succeed(postgresql=False)
+_CLAIM, _SUCCEED = _build_claim(postgresql=False), build_succeed(postgresql=False)
 _DISPATCH_ARMED, _DRIVER_DISPATCH_ARMED = _build_dispatch_armed(False), DriverStatement(_build_dispatch_armed(True))
 _DRIVER_SUCCEED_AND_CLAIM = DriverStatement(_build_succeed_and_claim())
 _CLAIMED_JOB = select(*JOB_COLUMNS, jobs.c.callback_url).where(jobs.c.id.in_(bindparam("ids", expanding=True)))
@@ -268,19 +280,6 @@ def succeed_and_claim(
 
 #: A row of `JOB_COLUMNS` and `callback_url`, read by name as `job_view` does, from the driver's plain tuples.
 _JobRow = namedtuple("_JobRow", [c.name for c in JOB_COLUMNS] + ["callback_url"])  # type: ignore[misc]
-
-
-def claimed_by_its_worker(job: ClaimedJob, finished: Finished) -> ClaimedCallback:
-    """The callback that the statement recording `job`'s success armed claimed for this worker (migration 0010),
-    with the job as that statement left it: what the worker's claim read of it, and what the success returned."""
-    view = JobView(
-        id=job.id, status=Status.SUCCESS, recipient=job.recipient, channel=job.channel,
-        destination=finished.destination, idempotency_key=finished.idempotency_key, subject=job.subject,
-        metadata=job.metadata, send_at=finished.send_at, attempts=job.attempt, max_attempts=job.max_attempts,
-        next_attempt_at=None, last_error=None, created_at=finished.created_at, updated_at=finished.updated_at,
-        completed_at=finished.updated_at,
-    )  # fmt: skip
-    return ClaimedCallback(view, job.callback_url or "", Status.SUCCESS, ARMED_ATTEMPT)
 
 
 def claim(conn: Connection, job_id: uuid.UUID, seq: int, *, now: datetime) -> ClaimedCallback | None:

@@ -23,7 +23,6 @@ from sqlalchemy import (
     column,
     func,
     literal,
-    literal_column,
     null,
     select,
     tuple_,
@@ -31,8 +30,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from ledger import callbacks
+from ledger.callbacks import ARMED_ATTEMPT, ClaimedCallback
 from ledger.database import DriverStatement, array_literal, postgres
-from ledger.schema import callbacks, jobs, status_in, status_in_rows_found_by_key
+from ledger.queries import JobView
+from ledger.schema import jobs, status_in, status_in_rows_found_by_key
 from ledger.states import Outcome, Status
 from ledger.timestamps import UTCDateTime, utcnow
 from ledger.transitions import transition_guard
@@ -42,6 +44,8 @@ EARLY_CLAIM_TOLERANCE = timedelta(milliseconds=500)
 #: What a success returns of a job with a status callback, beside its id: the rest of the job's GET body that its
 #: claim did not return, for the callback the same statement armed claimed for this worker (migration 0010).
 _FINISHED_COLUMNS = (jobs.c.destination, jobs.c.idempotency_key, jobs.c.send_at, jobs.c.created_at, jobs.c.updated_at)
+#: The prefix of the status callbacks' deliveries' parameters (`callbacks.build_succeed`), apart from the jobs'.
+_DELIVERED = "callback_"
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,19 @@ class Finished:
     created_at: datetime
     #: Also its `completed_at`: a success stamps both.
     updated_at: datetime
+
+
+def claimed_by_its_worker(job: ClaimedJob, finished: Finished) -> ClaimedCallback:
+    """The callback that the statement recording `job`'s success armed claimed for this worker (migration 0010),
+    with the job as that statement left it: what the worker's claim read of it, and what the success returned."""
+    view = JobView(
+        id=job.id, status=Status.SUCCESS, recipient=job.recipient, channel=job.channel,
+        destination=finished.destination, idempotency_key=finished.idempotency_key, subject=job.subject,
+        metadata=job.metadata, send_at=finished.send_at, attempts=job.attempt, max_attempts=job.max_attempts,
+        next_attempt_at=None, last_error=None, created_at=finished.created_at, updated_at=finished.updated_at,
+        completed_at=finished.updated_at,
+    )  # fmt: skip
+    return ClaimedCallback(view, job.callback_url or "", Status.SUCCESS, ARMED_ATTEMPT)
 
 
 def _pairs(second: str, ids: str) -> Any:
@@ -251,22 +268,10 @@ def _build_succeed_and_claim(with_deliveries: bool = False) -> Any:
 
 
 def _build_deliver(postgresql: bool) -> Any:
-    """Status callbacks delivered: each PROCESSING at the attempt given → SUCCESS (`ledger.callbacks`' "succeed"
-    transition), in the jobs' statement of the same batch: one statement and one commit for both."""
-    now = _clock(postgresql)
-    delivering = update(callbacks).values(status=Status.SUCCESS.value, last_error=None, claimed_at=None, updated_at=now)
-    if not postgresql:
-        matching = tuple_(callbacks.c.job_id, callbacks.c.attempts).in_(bindparam("delivered", expanding=True))
-        processing = callbacks.c.status == literal_column("'PROCESSING'")
-        return delivering.where(matching, processing).returning(callbacks.c.job_id)
-    pairs = _pairs("callback_attempt", "callback_ids")
-    return delivering.where(
-        callbacks.c.job_id == any_(bindparam("callback_ids", type_=ARRAY(Uuid()))),
-        callbacks.c.job_id == pairs.c.id,
-        callbacks.c.attempts == pairs.c.callback_attempt,
-        # Not the partial indexes' predicate: rows found by key (as `status_in_rows_found_by_key`).
-        callbacks.c.status.concat(literal_column("''")) == literal_column("'PROCESSING'"),
-    ).returning(callbacks.c.job_id)
+    """Status callbacks delivered: `ledger.callbacks`' "succeed" transition, stamped by the jobs' clock and its
+    parameters named apart from theirs, so that it rides the jobs' statement of the same batch: one statement and one
+    commit for both."""
+    return callbacks.build_succeed(postgresql, now=_clock(postgresql), prefix=_DELIVERED)
 
 
 _SUCCEED = _build_succeed(postgresql=False)
@@ -365,8 +370,8 @@ def succeed_and_claim(
 
 
 def _delivered_params(delivered: Sequence[tuple[uuid.UUID, int]]) -> dict[str, str]:
-    return {"callback_ids": array_literal(job_id for job_id, _ in delivered),
-            "callback_attempts": array_literal(n for _, n in delivered)}  # fmt: skip
+    return {f"{_DELIVERED}attempt_ids": array_literal(job_id for job_id, _ in delivered),
+            f"{_DELIVERED}attempts": array_literal(n for _, n in delivered)}  # fmt: skip
 
 
 def _deliver(
@@ -376,7 +381,7 @@ def _deliver(
     driver = postgres(conn)
     stamp = _stamp(now, database_clock, driver is not None)
     if driver is None:
-        return {row[0] for row in conn.execute(_DELIVER, {"delivered": delivered, "now": stamp})}
+        return {row[0] for row in conn.execute(_DELIVER, {f"{_DELIVERED}held": delivered, "now": stamp})}
     return {row[0] for row in _DRIVER_DELIVER.execute(driver, {"now": stamp, **_delivered_params(delivered)})}
 
 

@@ -32,8 +32,9 @@ class Cutoff:
         #: Whether the watchdog cut the sockets.
         self.fired = False
         # Duplicates of the watched descriptors, ours alone: the library may close its own socket at any time
-        # (and the number be reused by another connection), but the kernel socket stays ours to shut down.
-        self._watched: list[socket.socket] | None = []
+        # (and the number be reused by another connection), but the kernel socket stays ours to shut down. Each
+        # with whether it is kept (a kept connection's, `own`): closed by its connection, not at the attempt's end.
+        self._watched: list[tuple[socket.socket, bool]] | None = []
         self._previous: Cutoff | None = None
 
     def __enter__(self) -> Cutoff:
@@ -65,8 +66,12 @@ class Cutoff:
         """Shut `sock` down at the deadline (at once if it has passed); a closed socket is ignored."""
         if self.deadline is None or sock.fileno() < 0:
             return
-        own = socket.fromfd(sock.fileno(), sock.family, sock.type)
-        _watchdog.add(self, own)
+        _watchdog.add(self, socket.fromfd(sock.fileno(), sock.family, sock.type), kept=False)
+
+    def watch_own(self, own: socket.socket) -> None:
+        """Shut down `own` (from `own`, a kept connection's) at the deadline; it stays open after the attempt."""
+        if self.deadline is not None:
+            _watchdog.add(self, own, kept=True)
 
     def reason(self, receiver: str) -> str:
         """The error text of an attempt cut at its deadline."""
@@ -86,11 +91,29 @@ def watch(sock: socket.socket) -> None:
         cutoff.watch(sock)
 
 
+def own(sock: socket.socket) -> socket.socket:
+    """A duplicate of `sock`'s descriptor for a kept connection to have watched by each of its attempts
+    (`Cutoff.watch_own`) rather than duplicate it per attempt; closed with `release`."""
+    return socket.fromfd(sock.fileno(), sock.family, sock.type)
+
+
+def release(own: socket.socket) -> None:
+    """Close what `own` made, once its connection closes: under the watchdog's lock, so that it never shuts down
+    a descriptor reused meanwhile."""
+    with _watchdog._lock:
+        own.close()
+
+
+#: Seconds the watchdog sleeps with no attempt armed: one armed meanwhile wakes it only if its deadline is sooner.
+IDLE_WAKE = 1.0
+
+
 class _Watchdog:
     """One thread per process that cuts the sockets of every attempt whose deadline passed.
 
-    It holds only the attempts in flight (at most one per worker thread) and sleeps until the earliest deadline;
-    an attempt that ends first is merely dropped from the set.
+    It holds only the attempts in flight (at most one per worker thread) and sleeps until the earliest deadline (or
+    `IDLE_WAKE` with none); an attempt that ends first is merely dropped from the set, and one armed wakes it only
+    when its deadline comes before the watchdog would wake.
     """
 
     def __init__(self) -> None:
@@ -108,12 +131,13 @@ class _Watchdog:
             if cutoff.deadline is not None and cutoff.deadline < self._wake_at:
                 self._lock.notify()
 
-    def add(self, cutoff: Cutoff, own: socket.socket) -> None:
+    def add(self, cutoff: Cutoff, own: socket.socket, *, kept: bool) -> None:
         with self._lock:
             if cutoff._watched is None:  # the attempt is over
-                own.close()
+                if not kept:
+                    own.close()
                 return
-            cutoff._watched.append(own)
+            cutoff._watched.append((own, kept))
             if cutoff.fired:
                 _shut(own)
 
@@ -121,8 +145,9 @@ class _Watchdog:
         with self._lock:
             self._armed.discard(cutoff)
             watched, cutoff._watched = cutoff._watched or [], None
-        for own in watched:
-            own.close()
+        for own, kept in watched:
+            if not kept:
+                own.close()
 
     def _run(self) -> None:
         with self._lock:
@@ -131,10 +156,14 @@ class _Watchdog:
                 for cutoff in [c for c in self._armed if c.deadline is not None and c.deadline <= now]:
                     self._armed.discard(cutoff)
                     cutoff.fired = True
-                    for own in cutoff._watched or []:
+                    for own, _ in cutoff._watched or []:
                         _shut(own)
-                self._wake_at = min((c.deadline for c in self._armed if c.deadline is not None), default=math.inf)
-                self._lock.wait(None if self._wake_at == math.inf else self._wake_at - now)
+                # With nothing armed it still wakes now and then, so that an attempt armed meanwhile, whose deadline
+                # is later (the usual case), need not wake it: that was a wake-up per attempt (bench/README.md,
+                # 2026-12-04 15:51).
+                deadlines = (c.deadline for c in self._armed if c.deadline is not None)
+                self._wake_at = min(deadlines, default=now + IDLE_WAKE)
+                self._lock.wait(self._wake_at - now)
 
 
 def _shut(own: socket.socket) -> None:

@@ -116,6 +116,13 @@ def host_refusal(host: str) -> str | None:
 
 
 def system_resolver(host: str, port: int) -> list[str]:
-    """Resolve `host` with the system resolver, in its order of preference, without duplicates."""
+    """Resolve `host` with the system resolver, in its order of preference, without duplicates. An IP literal is
+    its own address, written as `getaddrinfo` writes it (`inet_ntop`): no lookup. An IPv6 one with a zone still
+    goes through it."""
+    address = None if "[" in host else literal_address(host)  # getaddrinfo takes no brackets
+    if isinstance(address, ipaddress.IPv4Address):
+        return [str(address)]
+    if address is not None and not address.scope_id:
+        return [socket.inet_ntop(socket.AF_INET6, address.packed)]
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))

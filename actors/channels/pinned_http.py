@@ -48,6 +48,9 @@ class PinnedConnection:
         self._ssl_context = ssl_context if endpoint.scheme == "https" else None
         self._sock: socket.socket | None = None
         self._watched_by: deadline.Cutoff | None = None
+        self._own: socket.socket | None = None
+        #: Watches the kept socket between requests, registered once per connection.
+        self._idle = select.poll()
         #: Monotonic instant it was last used, for the keep-alive expiry.
         self.used_at = time.monotonic()
 
@@ -58,16 +61,19 @@ class PinnedConnection:
         line length and header count)."""
         self.used_at = time.monotonic()
         request = _request(target, headers, body)
-        if self._sock is not None and _closed_by_peer(self._sock):
-            self.close()  # the receiver closed it while idle
+        if self._sock is not None and self._idle.poll(0):
+            # An idle HTTP/1.1 connection has nothing to read: readable means the receiver closed it (or sent junk).
+            self.close()
         if self._sock is None:
             self._sock = self._connect(timeout)
+            self._idle.register(self._sock, select.POLLIN)
         else:
             self._sock.settimeout(timeout)
             cutoff = deadline.current()
             if cutoff is not self._watched_by:
                 self._watched_by = cutoff
-                deadline.watch(self._sock)
+                if cutoff is not None:
+                    cutoff.watch_own(self._own)  # type: ignore[arg-type]
         self._sock.sendall(request)
         source = _Source(self._sock)
         response = _Response(source, method="POST")  # type: ignore[arg-type]
@@ -92,8 +98,12 @@ class PinnedConnection:
     def close(self) -> None:
         """Close the socket (a response still open keeps its own reference until it is closed)."""
         if self._sock is not None:
+            self._idle = select.poll()
             self._sock.close()
             self._sock = None
+        if self._own is not None:
+            deadline.release(self._own)
+            self._own = None
 
     def _connect(self, timeout: float) -> socket.socket:
         """Connect to the pinned address (never a lookup) and, for https, verify the certificate for the host
@@ -105,17 +115,22 @@ class PinnedConnection:
         except OSError as exc:
             raise ConnectFailed(str(exc)) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Its descriptor duplicated once, for each of its attempts' cutoffs to shut down at their deadline.
+        self._own = deadline.own(sock)
         self._watched_by = deadline.current()
-        deadline.watch(sock)
+        if self._watched_by is not None:
+            self._watched_by.watch_own(self._own)
         if self._ssl_context is None:
             return sock
         try:
             return self._ssl_context.wrap_socket(sock, server_hostname=self.endpoint.host)
         except TimeoutError:
             sock.close()
+            self.close()
             raise
         except OSError as exc:
             sock.close()
+            self.close()
             raise ConnectFailed(str(exc)) from exc
 
 
@@ -260,13 +275,6 @@ def read_limited(response: http.client.HTTPResponse, limit: int, ends: float) ->
     except (OSError, http.client.HTTPException):
         pass  # The status line already decided the outcome; the body only adds detail.
     return b"".join(chunks)
-
-
-def _closed_by_peer(sock: socket.socket) -> bool:
-    # An idle HTTP/1.1 connection has nothing to read: readable means the receiver closed it (or sent junk).
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def _request(target: str, headers: dict[str, str], body: bytes) -> bytes:

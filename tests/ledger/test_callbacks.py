@@ -78,7 +78,7 @@ def test_the_success_statement_returns_the_callbacks_body_as_the_jobs_get_shows_
     )  # fmt: skip
     assert (done, [c is not None for c in claimed], list(finished)) == ([True, True], [True] * len(dispatches),
                                                                         [job_id])  # fmt: skip
-    sent = callbacks.claimed_by_its_worker(held[0], finished[job_id])
+    sent = claims.claimed_by_its_worker(held[0], finished[job_id])
     shown = database.run(lambda conn: get_job(conn, job_id, scope=None))
     assert job_document(sent.job) == job_document(shown)
     assert (sent.url, sent.event, sent.attempt) == (URL, Status.SUCCESS, callbacks.ARMED_ATTEMPT)

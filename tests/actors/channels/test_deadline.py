@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.channels import ChannelConfig, Notification, TransientError
+from actors.channels import ChannelConfig, Notification, TransientError, deadline
 from actors.channels.deadline import Cutoff
 from actors.channels.email import EmailChannel
 from actors.channels.sms import SmsChannel
@@ -255,3 +255,19 @@ def test_without_a_deadline_nothing_is_cut_and_timeouts_stay_as_they_are() -> No
     with Cutoff(None) as cutoff:
         assert cutoff.left(7.5) == 7.5
         assert not cutoff.expired
+
+
+def test_an_attempt_armed_while_none_is_wakes_the_watchdog_only_if_its_deadline_comes_before_the_watchdogs_next_look(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    watchdog = deadline._Watchdog()
+    first = Cutoff(time.monotonic() + 0.05)
+    watchdog.arm(first)
+    wait_for(lambda: first.fired)  # the watchdog ran it out, and sleeps with nothing armed
+    woken: list[bool] = []
+    monkeypatch.setattr(watchdog._lock, "notify", lambda *args: woken.append(True))
+
+    watchdog.arm(Cutoff(time.monotonic() + 3600))
+    assert woken == []
+    watchdog.arm(Cutoff(time.monotonic() - 1))
+    assert woken == [True]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import socket
 import ssl
 import threading
 import time
@@ -276,6 +277,23 @@ def test_deliveries_to_one_endpoint_reuse_one_connection(make_http_server: Calla
     assert server.closed_ports == []
 
 
+def test_a_kept_connections_socket_is_duplicated_for_the_deadline_once_not_per_attempt(
+    make_http_server: Callable[..., HttpServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_http_server(keep_alive=True)
+    webhooks = channel()
+    duplicated: list[int] = []
+    fromfd = socket.fromfd
+    monkeypatch.setattr(socket, "fromfd", lambda fd, *args: duplicated.append(fd) or fromfd(fd, *args))
+
+    for _ in range(3):
+        deadline = time.monotonic() + 5
+        assert webhooks.deliver(notification(f"{server.url}/hooks", deadline=deadline)) == "HTTP 200"
+
+    assert len({request.client_port for request in server.requests}) == 1
+    assert len(duplicated) == 1
+
+
 def test_another_host_name_on_the_same_address_gets_a_connection_of_its_own(
     make_http_server: Callable[..., HttpServer],
 ) -> None:
@@ -435,6 +453,21 @@ def test_the_system_resolver_finds_localhost_and_the_delivery_reaches_it(http_se
 
     assert channel().deliver(notification(f"http://localhost:{http_server.port}/")) == "HTTP 200"
     assert http_server.requests[0].headers["host"] == f"localhost:{http_server.port}"
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.1", "0x7f000001", "::1", "::ffff:1.2.3.4", "::ffff:102:304", "64:ff9b::1.2.3.4"]
+)
+def test_the_system_resolver_answers_an_ip_literal_as_getaddrinfo_does_without_asking_it(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked_up = [str(info[4][0]) for info in socket.getaddrinfo(host, 80, type=socket.SOCK_STREAM)]
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{host} was looked up")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    assert system_resolver(host, 80) == looked_up
 
 
 def test_one_private_address_among_public_ones_refuses_the_whole_host(http_server: HttpServer) -> None:
