@@ -38,9 +38,12 @@ class HeldStatements:
         self.real = callbacks.succeed_and_claim
         self.delivery = delivery
         self.calls: list[tuple[int, int]] = []
+        #: Set when the first statement has begun: the claims that come after it cannot be in it.
+        self.first_begun = threading.Event()
 
     def __call__(self, conn: Any, attempts: list, dispatches: list, **kwargs: Any) -> Any:
         if not self.calls:
+            self.first_begun.set()
             deadline = time.monotonic() + 20
             while self.delivery.ledger._waiting.qsize() < CALLBACKS - len(dispatches):
                 assert time.monotonic() < deadline, "the other callbacks' claims never queued up"
@@ -119,7 +122,11 @@ def test_callbacks_claimed_meanwhile_share_one_statement_and_one_gate_round_trip
         threads = [
             threading.Thread(target=callback_delivery, args=(callback_message_id(d), destination)) for d in dispatches
         ]
-        for thread in threads:
+        # One claim first, the others once its statement has begun: they can only queue behind it (started together,
+        # all of them could reach the batcher before it takes the first).
+        threads[0].start()
+        assert statements.first_begun.wait(20)
+        for thread in threads[1:]:
             thread.start()
         for thread in threads:
             thread.join(30)
