@@ -19,7 +19,7 @@ import falcon
 import sqlalchemy as sa
 from dramatiq.brokers.redis import RedisBroker
 
-from service import gunicorn_conf
+from bench.common import REFERENCE_GTHREADS
 
 DATABASE_URL = os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1)
 REDIS_URL = os.environ["REDIS_URL"]
@@ -38,9 +38,9 @@ baseline_jobs = sa.Table(
 )
 
 # gunicorn loads this module in each worker after the fork (preload_app is off), so each worker has its own.
-# Sized as the product's pool for single statements (service/app.py): a connection per gunicorn thread, no overflow.
+# A connection per gunicorn thread (the reference rows run it on gthread), no overflow.
 # SQLAlchemy's default of 5 would open and close a PostgreSQL connection for every request beyond the fifth at once.
-engine = sa.create_engine(DATABASE_URL, pool_size=gunicorn_conf.threads, max_overflow=0)
+engine = sa.create_engine(DATABASE_URL, pool_size=REFERENCE_GTHREADS, max_overflow=0)
 INSERT = baseline_jobs.insert()
 
 dramatiq.set_broker(RedisBroker(url=REDIS_URL))

@@ -35,6 +35,10 @@ DATABASE_URL = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{DB_NAME}"
 REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "13"))
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
+#: gthread's threads per worker in the threaded reference rows of the intake phase: the product's count when it ran on
+#: gthread (service/gunicorn_conf.py until 7ec7a54), whatever it runs now.
+REFERENCE_GTHREADS = 8
+
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 

@@ -19,7 +19,20 @@ from dataclasses import dataclass
 import redis
 
 from bench import common
-from bench.common import BENCH, PYTHON, QUICK, ROOT, CpuMeter, Service, bench_connect, log, median, running, start
+from bench.common import (
+    BENCH,
+    PYTHON,
+    QUICK,
+    REFERENCE_GTHREADS,
+    ROOT,
+    CpuMeter,
+    Service,
+    bench_connect,
+    log,
+    median,
+    running,
+    start,
+)
 
 API_WORKERS = int(os.environ.get("BENCH_API_WORKERS", "4"))
 INTAKE_REPS = int(os.environ.get("BENCH_INTAKE_REPS", "1" if QUICK else "5"))
@@ -109,8 +122,7 @@ def server_model_args(model: str) -> list[str]:
         return ["--worker-class", ASYNC_WORKER_CLASS]
     # The threaded reference stays on gthread with the thread count the product used there, whatever the product
     # runs now.
-    threads = runpy.run_path(str(GUNICORN_CONF)).get("threads", 8)
-    return ["--worker-class", "gthread", "--threads", str(threads)]
+    return ["--worker-class", "gthread", "--threads", str(REFERENCE_GTHREADS)]
 
 
 def baseline_server(
