@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import common, run
+from bench import common, drain, e2e, harness, intake
 from bench.common import bench_connect, log
 
 _STATEMENT_TRIGGERS = """
@@ -54,8 +54,8 @@ FOR EACH STATEMENT EXECUTE FUNCTION wjp_after_update_stmt();
 
 def threads() -> None:
     for n in (8, 16, 32, 8, 32):
-        run.WORKER_THREADS = n
-        out = run.drain(f"exp-threads-{n}", 10000, "log", "bench-user")
+        harness.WORKER_THREADS = n
+        out = drain.drain(f"exp-threads-{n}", 10000, "log", "bench-user")
         print(f"threads={n} jobs/s={out['jobs_per_s']} worker_cores={out['cores']['worker']} "
               f"pg_cores={out['cores']['postgres_bench_backends']} others={out['cores']['unaccounted_other_users']} "
               f"commits/job={out['per_job']['pg_commits']} worker_cpu_us/job={out['worker_cpu_us_per_job']}",
@@ -69,8 +69,8 @@ def plan() -> None:
     from ledger.database import Database
     from ledger.timestamps import utcnow
 
-    run.reset_ledger()
-    run.enqueue(20000, "log", "bench-user", "plan")
+    harness.reset_ledger()
+    drain.enqueue(20000, "log", "bench-user", "plan")
     db = Database(common.DATABASE_URL)
     with db.engine.connect() as c:
         ids = [(row[0], 1) for row in c.exec_driver_sql("SELECT id FROM jobs ORDER BY created_at LIMIT 3")]
@@ -93,10 +93,10 @@ def plan() -> None:
         print("\n".join("    " + row[0] for row in rows))
     db.dispose()
     for mode in ("as loaded", "ANALYZE after the enqueue"):
-        run.reset_ledger()
+        harness.reset_ledger()
         with bench_connect() as c:
             c.execute("SELECT pg_stat_reset()")
-        original = run.enqueue
+        original = drain.enqueue
 
         def enqueue(*args: object, original=original, mode=mode) -> float:  # type: ignore[no-untyped-def]
             rate = original(*args)
@@ -105,9 +105,9 @@ def plan() -> None:
                     c.execute("ANALYZE jobs")
             return rate
 
-        run.enqueue = enqueue
-        out = run.drain("exp-plan", 10000, "log", "bench-user")
-        run.enqueue = original
+        drain.enqueue = enqueue
+        out = drain.drain("exp-plan", 10000, "log", "bench-user")
+        drain.enqueue = original
         with bench_connect() as c:
             read = dict(c.execute("SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes "
                                   "WHERE relname = 'jobs'").fetchall())  # fmt: skip
@@ -162,8 +162,8 @@ def idle() -> None:
         # Dramatiq's own lower-case variable, read at import in each worker process.
         os.environ["dramatiq_worker_timeout"] = timeout  # noqa: SIM112
         for rate in (2, 20):
-            run.E2E_SECONDS = 20 if rate == 2 else 10
-            out = run.phase_e2e(rate * 2)
+            e2e.E2E_SECONDS = 20 if rate == 2 else 10
+            out = e2e.phase_e2e(rate * 2)
             print(f"dramatiq_worker_timeout={timeout} rate={rate}/s: e2e p50 {out['p50_ms']} ms "
                   f"p99 {out['p99_ms']} ms; "
                   f"created→claimed p50 {out['split_ms']['created_to_claimed_p50']} ms "
@@ -173,10 +173,10 @@ def idle() -> None:
 
 def _wjp_serve(name: str, tree: Path, **env: str) -> tuple[common.Service, int]:
     """`wjp serve` of the checkout `tree` (with its own .venv). Up to 2 minutes to start: on a machine shared with
-    other benches, four workers importing at once took more than `run.api_server`'s 20 s."""
+    other benches, four workers importing at once took more than `harness.api_server`'s 20 s."""
     port = common.free_port()
     argv = [str(tree / ".venv" / "bin" / "wjp"), "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(run.API_WORKERS)]  # fmt: skip
+            "--workers", str(intake.API_WORKERS)]  # fmt: skip
     service = common.start(name, argv, env=common.bench_env(PYTHONPATH=str(tree), **env), cwd=tree)
     common.wait_http(port, "/healthz", timeout=120)
     return service, port
@@ -202,11 +202,11 @@ def servers() -> None:
         for name, factory in factories.items():
             service, port = factory(f"exp-{name}-{rep}")
             with common.running(service):
-                run.wrk(port, 2, f"warm-{name}-{rep}")
-                run.reset_ledger()
+                intake.wrk(port, 2, f"warm-{name}-{rep}")
+                harness.reset_ledger()
                 meter = common.CpuMeter({"gunicorn": service.tree()}, common.backends_of_bench())
                 with meter:
-                    figures, _ = run.wrk(port, 8, f"{name}-{rep}")
+                    figures, _ = intake.wrk(port, 8, f"{name}-{rep}")
                 rss = sorted(round(common.rss_mb(pid), 1) for pid in service.children())
             cores = meter.cores()
             per_request = cores["gunicorn"] * meter.wall / figures["requests"] * 1e6
@@ -228,17 +228,16 @@ SERVER_MODELS = {
 def models() -> None:
     """Ours, (a) and (b) of the intake phase on each server model of SERVER_MODELS (BENCH_MODELS=<names>: only
     those), like with like: the three in turn on one model, then the next model; BENCH_INTAKE_REPS rounds."""
-    from bench import intake
 
     chosen = [m for m in os.environ.get("BENCH_MODELS", ",".join(SERVER_MODELS)).split(",") if m]
-    harness = intake.Harness(run.reset_ledger, run.api_server, run.r)
+    lent = intake.Harness(harness.reset_ledger, harness.api_server, harness.r)
     apps = {"baseline_insert": intake.BASELINES["baseline_insert"][0],
             "baseline_naive": intake.BASELINES["baseline_naive"][0]}  # fmt: skip
     for rep in range(intake.INTAKE_REPS):
         for model in chosen:
             options = SERVER_MODELS[model]
             servers = {
-                "intake": lambda o=options: run.api_server("exp-intake", GUNICORN_CMD_ARGS=" ".join(o)),
+                "intake": lambda o=options: harness.api_server("exp-intake", GUNICORN_CMD_ARGS=" ".join(o)),
                 **{name: lambda app=app, o=options: intake.baseline_server("exp-baseline", app, "asyncio", options=o)
                    for name, app in apps.items()},
             }  # fmt: skip
@@ -248,7 +247,7 @@ def models() -> None:
             for name in order:
                 service, port = servers[name]()
                 with common.running(service):
-                    figures, rss = intake.measure(harness, name, rep, service, port)
+                    figures, rss = intake.measure(lent, name, rep, service, port)
                 rps[name] = figures["rps"]
                 print(f"{model:26s} rep {rep + 1} {name:16s} {figures['rps']:7.0f} req/s  "
                       f"gunicorn {figures['gunicorn_cpu_us_per_req']:5d} µs/req  p99 {figures['p99_ms']:.1f} ms  "
@@ -267,7 +266,7 @@ def main() -> None:
     if what not in experiments:
         raise SystemExit(__doc__)
     log(f"experiment {what}; loadavg {common.loadavg()}")
-    run.setup_database()
+    harness.setup_database()
     started = time.time()
     try:
         experiments[what]()

@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench import common, run
+from bench import common, drain, harness, intake
 from bench.common import LOGS, PYTHON, RESULTS, bench_connect, log
 
 #: Raw collapsed stacks (large; git-ignored) and their summaries (small; kept with the results).
@@ -137,13 +137,13 @@ def stop_spies(procs: list[subprocess.Popen], name: str) -> Path:
 
 
 def profile_intake(seconds: int) -> Path:
-    run.setup_database()
-    run.reset_ledger()
-    api, port = run.api_server("profile-api")
+    harness.setup_database()
+    harness.reset_ledger()
+    api, port = harness.api_server("profile-api")
     try:
-        run.wrk(port, 2, "warm")
+        intake.wrk(port, 2, "warm")
         spies = spy(api.children(), "intake")
-        figures, _ = run.wrk(port, seconds, "prof")
+        figures, _ = intake.wrk(port, seconds, "prof")
         path = stop_spies(spies, "intake")
         log(f"intake under py-spy: {figures['rps']:.0f} req/s")
     finally:
@@ -153,8 +153,8 @@ def profile_intake(seconds: int) -> Path:
 
 
 def profile_drain(jobs: int, channel: str, *, callbacks: bool = False) -> Path:
-    run.setup_database()
-    run.reset_ledger()
+    harness.setup_database()
+    harness.reset_ledger()
     sink = None
     env: dict[str, str] = {}
     recipient = "bench-user"
@@ -170,17 +170,17 @@ def profile_drain(jobs: int, channel: str, *, callbacks: bool = False) -> Path:
         sink = common.start("profile-sink", [PYTHON, "-m", "bench.sink", str(port), "2"])
         common.wait_http(port, "/")
         callback_url, env = f"http://127.0.0.1:{port}/status", {"WJP_WEBHOOK_ALLOW_PRIVATE": "true"}
-    run.enqueue(jobs, channel, recipient, "prof", callback_url=callback_url)
-    service = run.worker("profile-worker", **env)
+    drain.enqueue(jobs, channel, recipient, "prof", callback_url=callback_url)
+    service = harness.worker("profile-worker", **env)
     name = f"drain-{channel}" + ("-callbacks" if callbacks else "")
     try:
         with bench_connect() as conn:
-            while not run.worker_processes(service):
+            while not harness.worker_processes(service):
                 time.sleep(0.05)
             time.sleep(1.5)  # imports done; the processes are consuming
-            spies = spy(run.worker_processes(service), name)
-            t0, d0 = time.perf_counter(), sum(run.finished_count(conn))
-            while sum(run.finished_count(conn)) < jobs or (callbacks and run.callbacks_undelivered(conn)):
+            spies = spy(harness.worker_processes(service), name)
+            t0, d0 = time.perf_counter(), sum(drain.finished_count(conn))
+            while sum(drain.finished_count(conn)) < jobs or (callbacks and drain.callbacks_undelivered(conn)):
                 time.sleep(0.05)
             rate = (jobs - d0) / (time.perf_counter() - t0)
             path = stop_spies(spies, name)
@@ -194,18 +194,18 @@ def profile_drain(jobs: int, channel: str, *, callbacks: bool = False) -> Path:
 
 
 def profile_e2e(rate: float, seconds: float) -> list[Path]:
-    run.setup_database()
-    run.reset_ledger()
-    api, port = run.api_server("profile-e2e-api")
-    work = run.worker("profile-e2e-worker")
+    harness.setup_database()
+    harness.reset_ledger()
+    api, port = harness.api_server("profile-e2e-api")
+    work = harness.worker("profile-e2e-worker")
     argv = [PYTHON, "-m", "bench.openloop", str(port), str(rate), str(seconds + 4), "prof", "2"]
     try:
-        while not run.worker_processes(work):
+        while not harness.worker_processes(work):
             time.sleep(0.05)
         time.sleep(2)  # the worker's processes are up and polling
         load = subprocess.Popen(argv, cwd=common.ROOT, env=common.bench_env(), stdout=subprocess.PIPE, text=True)
         time.sleep(3)  # past the generator's warm-up
-        spies = spy(api.children(), "e2e-api") + spy(run.worker_processes(work), "e2e-worker")
+        spies = spy(api.children(), "e2e-api") + spy(harness.worker_processes(work), "e2e-worker")
         time.sleep(seconds)
         paths = [stop_spies(spies[: len(api.children())], "e2e-api"), stop_spies(spies[-2:], "e2e-worker")]
         out = load.communicate()[0]

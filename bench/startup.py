@@ -14,7 +14,7 @@ import sys
 import time
 from statistics import median
 
-from bench import common, run
+from bench import common, drain, harness
 
 JOBS = 200
 #: What `wjp worker` imports before Dramatiq forks its processes (service/cli.py, `cmd_worker`).
@@ -24,25 +24,26 @@ _IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+\d+ \|\s+(\S+)")
 
 def first_job(kind: str) -> tuple[float, float]:
     """Seconds from spawning `kind`'s worker to its first job done, and the CPU seconds its tree used meanwhile."""
-    from bench import peer_dramatiq  # after `run`, which puts the bench's REDIS_URL in the environment
+    from bench import peer_dramatiq  # after `harness`, which puts the bench's REDIS_URL in the environment
 
     if kind == "wjp":
-        run.reset_ledger(checkpoint=False)
-        run.enqueue(JOBS, "log", "bench-user", f"startup-{time.monotonic_ns()}", processes=1)
-        argv = [run.WJP, "worker", "--processes", str(run.WORKER_PROCESSES), "--threads", str(run.WORKER_THREADS)]
+        harness.reset_ledger(checkpoint=False)
+        drain.enqueue(JOBS, "log", "bench-user", f"startup-{time.monotonic_ns()}", processes=1)
+        argv = [harness.WJP, "worker", "--processes", str(harness.WORKER_PROCESSES),
+                "--threads", str(harness.WORKER_THREADS)]  # fmt: skip
     else:
-        run.r.flushdb()
+        harness.r.flushdb()
         for i in range(JOBS):
             peer_dramatiq.noop.send(i)
-        argv = [common.PYTHON, "-m", "dramatiq", "bench.peer_dramatiq", "--processes", str(run.WORKER_PROCESSES),
-                "--threads", str(run.WORKER_THREADS), "--queues", peer_dramatiq.QUEUE]  # fmt: skip
+        argv = [common.PYTHON, "-m", "dramatiq", "bench.peer_dramatiq", "--processes", str(harness.WORKER_PROCESSES),
+                "--threads", str(harness.WORKER_THREADS), "--queues", peer_dramatiq.QUEUE]  # fmt: skip
     queued = f"dramatiq:{peer_dramatiq.QUEUE}.msgs"
     with common.bench_connect() as conn:
         started = time.perf_counter()
         service = common.start(f"startup-{kind}", argv)
         with common.running(service):
             while True:
-                done = sum(run.finished_count(conn)) if kind == "wjp" else JOBS - run.r.hlen(queued)
+                done = sum(drain.finished_count(conn)) if kind == "wjp" else JOBS - harness.r.hlen(queued)
                 if done > 0 or time.perf_counter() - started > 60:
                     return time.perf_counter() - started, common.tree_cpu_seconds(service.pid)
                 time.sleep(0.005)
@@ -63,7 +64,7 @@ def import_profile() -> dict:
 
 def main() -> int:
     repetitions = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    run.setup_database()
+    harness.setup_database()
     runs: dict[str, list[tuple[float, float]]] = {"wjp": [], "dramatiq": []}
     try:
         for _ in range(repetitions):
@@ -72,7 +73,7 @@ def main() -> int:
                 common.log(f"{kind}: first job after {runs[kind][-1][0]:.2f} s, {runs[kind][-1][1]:.2f} s of CPU")
     finally:
         common.drop_database()
-        run.r.flushdb()
+        harness.r.flushdb()
     result = {
         kind: {"first_job_s": round(median(w for w, _ in values), 3), "cpu_s": round(median(c for _, c in values), 3),
                "runs": [(round(w, 3), round(c, 3)) for w, c in values]}
