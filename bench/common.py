@@ -365,3 +365,18 @@ def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 def write_json(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def run_open_loop(argv: list[str], groups: dict[str, list[int]]) -> tuple[dict, dict[str, float]]:
+    """Run the open-loop generator `argv` (bench/openloop.py) to its end, metering `groups` and the bench's
+    PostgreSQL backends: its summary (the JSON of its last line) and the cores each group used, the generator's own
+    as `load_generator`."""
+    meter = CpuMeter(groups, backends_of_bench())
+    with meter:
+        gen = subprocess.Popen(argv, cwd=ROOT, env=bench_env(), stdout=subprocess.PIPE, text=True)
+        out_text = gen.stdout.read() if gen.stdout else ""
+        _, _, usage = os.wait4(gen.pid, 0)
+        gen.returncode = 0
+    cores = meter.cores()
+    cores["load_generator"] = round((usage.ru_utime + usage.ru_stime) / meter.wall, 3)
+    return json.loads(out_text.strip().splitlines()[-1]), cores

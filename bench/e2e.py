@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Callable
 
 from bench import common
-from bench.common import PYTHON, QUICK, ROOT, CpuMeter, Service, bench_connect, bench_env, log, pct, running
+from bench.common import PYTHON, QUICK, Service, bench_connect, log, pct, running
 from bench.harness import api_server, reset_ledger, worker, worker_processes
 
 E2E_SECONDS = float(os.environ.get("BENCH_E2E_SECONDS", "6" if QUICK else "15"))
@@ -26,15 +25,7 @@ def phase_e2e(max_rps: float, server: Callable[[str], tuple[Service, int]] = api
         time.sleep(3)  # the worker's processes are up and polling
         sent_file = common.LOGS / "e2e-sent.json"
         gen_argv = [PYTHON, "-m", "bench.openloop", str(port), str(rate), str(E2E_SECONDS), "e2e", "2", str(sent_file)]
-        meter = CpuMeter({"gunicorn": api.tree(), "worker": work.tree()}, common.backends_of_bench())
-        with meter:
-            gen = subprocess.Popen(gen_argv, cwd=ROOT, env=bench_env(), stdout=subprocess.PIPE, text=True)
-            out_text = gen.stdout.read() if gen.stdout else ""
-            _, _, usage = os.wait4(gen.pid, 0)
-            gen.returncode = 0
-        client = json.loads(out_text.strip().splitlines()[-1])
-        cores = meter.cores()
-        cores["load_generator"] = round((usage.ru_utime + usage.ru_stime) / meter.wall, 3)
+        client, cores = common.run_open_loop(gen_argv, {"gunicorn": api.tree(), "worker": work.tree()})
         accepted = int(client["statuses"].get("202", 0))
         deadline = time.monotonic() + 60
         with bench_connect() as conn:

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import redis
 
 from actors.flow.gate import DEFAULT_PREFIX
 from bench import common
-from bench.common import PYTHON, QUICK, REDIS_URL, ROOT, CpuMeter, Service, bench_connect, log, median, pct, target
+from bench.common import PYTHON, QUICK, REDIS_URL, Service, bench_connect, log, median, pct, target
 
 #: The healthy rate as a share of the webhook drain rate of this run (bench/README.md says why 30 %).
 NOISY_SHARE_OF_DRAIN = 0.3
@@ -177,15 +176,7 @@ def noisy_run(h: Harness, rate: float, *, with_noise: bool) -> dict:
             argv = [PYTHON, "-m", "bench.openloop", str(api_port), str(rate), str(NOISY_SECONDS), "noisy",
                     str(NOISY_WARMUP), str(common.LOGS / f"noisy-{label}-sent.json"), json.dumps(streams)]  # fmt: skip
             groups = {"gunicorn": api.tree(), "worker": work.tree()} | {f"sink_{m}": s.tree() for m, s in sinks.items()}
-            meter = CpuMeter(groups, common.backends_of_bench())
-            with meter:
-                gen = subprocess.Popen(argv, cwd=ROOT, env=common.bench_env(), stdout=subprocess.PIPE, text=True)
-                out_text = gen.stdout.read() if gen.stdout else ""
-                _, _, usage = os.wait4(gen.pid, 0)
-                gen.returncode = 0
-            client = json.loads(out_text.strip().splitlines()[-1])
-            cores = meter.cores()
-            cores["load_generator"] = round((usage.ru_utime + usage.ru_stime) / meter.wall, 3)
+            client, cores = common.run_open_loop(argv, groups)
             with bench_connect() as conn:
                 waited = wait_for_healthy(conn)
                 healthy = healthy_figures(conn)
