@@ -16,9 +16,10 @@ from tests.actors.test_destinations import black_hole, deferral_reason, webhook_
 from tests.webhook_sink import webhook_sink
 
 
-def blocked_on_locks(database) -> int:
-    """Statements waiting for a lock."""
-    return database.run(lambda conn: conn.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar_one())
+def blocked_by(database, holder_pid: int) -> int:
+    """Sessions waiting for a lock that backend `holder_pid` holds."""
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))")
+    return database.run(lambda conn: conn.execute(query, {"holder": holder_pid}).scalar_one())
 
 
 def test_a_deferral_whose_record_waits_on_its_row_holds_back_no_other_destination(
@@ -41,9 +42,10 @@ def test_a_deferral_whose_record_waits_on_its_row_holds_back_no_other_destinatio
         # Its row held by a transaction of ours, as a busy ledger might hold it: its deferral's record must wait.
         with postgres_db.engine.connect() as holder, holder.begin():
             seq = holder.execute(select(jobs.c.dispatch_seq).where(jobs.c.id == waiting).with_for_update()).scalar_one()
+            holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
             now = utcnow()
             dispatcher.send([Dispatch(waiting, seq, now, destination)], now=now)
-            wait_until(lambda: blocked_on_locks(postgres_db) > 0, "the deferral's record waits for the row")
+            wait_until(lambda: blocked_by(postgres_db, holder_pid) > 0, "the deferral's record waits for the row")
             flowing = [webhook_job(postgres_db, dispatcher, settings, healthy.server.server_address[1])
                        for _ in range(3)]  # fmt: skip
             done = [wait_for_status(postgres_db, job_id) for job_id in flowing]
