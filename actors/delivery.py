@@ -87,8 +87,10 @@ class Delivery:
         self.batch.flow = self.flow
 
     def flush(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for the successes not yet written and their callbacks sent; whether done."""
-        return self.ledger.flush(timeout) and self.armed.flush(timeout)
+        """Wait up to `timeout` seconds for the successes and deferrals not yet written and the callbacks not yet
+        sent; whether done."""
+        deferrals = self.flow is None or self.flow.deferrals.flush(timeout)
+        return self.ledger.flush(timeout) and self.armed.flush(timeout) and deferrals
 
     def close_channels(self) -> None:
         """Let every channel close what it keeps between deliveries (SMTP sessions say QUIT)."""

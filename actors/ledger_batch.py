@@ -28,7 +28,7 @@ from actors.callbacks import (
 )
 from actors.claims_coming import ClaimsComing
 from actors.flow import Admission
-from actors.flow.control import Deferred, FlowControl, Released
+from actors.flow.control import FlowControl, Released
 from actors.settings import Settings
 from ledger import claims
 from ledger.callbacks import ClaimedCallback
@@ -269,7 +269,7 @@ class LedgerBatch:
                 pause = min(pause * 2, 5.0)
 
 
-Request = JobClaim | Delivered | CallbackClaim | CallbackAdmissions | CallbackSucceeded | Released | Deferred
+Request = JobClaim | Delivered | CallbackClaim | CallbackAdmissions | CallbackSucceeded | Released
 #: A claim's answer: the job or callback claimed, None (not claimed) or the gate's deferral; an admission's: the
 #: gate's; a success's: whether it was written.
 Result = ClaimedJob | ClaimedCallback | Admission | list[Admission] | bool | None

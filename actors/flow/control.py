@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import redis
 
 from actors import metrics
+from actors.batching import Batcher
 from actors.broker import BrokerUnavailable, Dispatcher
 from actors.channels.base import DeliveryError, PermanentError
 from actors.flow.gate import (
@@ -42,6 +43,10 @@ OVERRIDES_TTL = 2.0
 #: than make one of its own: at moderate rates that was nearly a gate call per job (bench/README.md, 2026-12-04).
 #: Its slot is held that much longer, which only ever keeps the destination further below its limit.
 RELEASE_RIDES = 0.02
+#: Most seconds a deferral's record waits to share its transaction with the deferrals after it. The records are written
+#: by a thread of their own, never in the claims' batch: a claim that waited for one waited a transaction for nothing
+#: (bench/README.md, 2026-12-04 "noisy neighbour").
+DEFERRALS_GATHER = 0.1
 #: Seconds after this process saw a destination at its limit during which its releases go at once: they wake the
 #: messages waiting for room.
 PRESSED_FOR = 2.0
@@ -84,8 +89,8 @@ def effective_limits(defaults: Limits, override: destinations.Limits | None) -> 
 
 
 class FlowControl:
-    """Shared by the threads of one worker process; `admit` and `record_deferrals` run in its ledger batcher's
-    thread, `post` queues a request for that batcher."""
+    """Shared by the threads of one worker process; `admit` runs in its ledger batcher's thread, `post` queues a
+    request for that batcher; the deferrals' records go together from a thread of their own (`deferrals`)."""
 
     def __init__(
         self,
@@ -124,6 +129,7 @@ class FlowControl:
         self._outage = False
         #: When this process last saw each destination defer a message for 'limit'.
         self._pressed: dict[str, float] = {}
+        self.deferrals: Batcher[Deferred, None] = Batcher(self._write_deferrals, "wjp-deferrals")
 
     def finished(self, key: str, rid: str, error: DeliveryError | None) -> None:
         """The attempt admitted for message `rid` of `key` ended with `error` (None: success): its share is free,
@@ -154,14 +160,12 @@ class FlowControl:
 
     def admit(self, asking: Sequence[tuple[int, str, str]], requests: Sequence[object]) -> dict[int, Admission]:
         """The gate's answer to each claim `(index, destination, rid)` of a ledger batch, by index; the batch's
-        `Released` done in the same round trip, and its `Deferred` recorded. A granted one holds a share of this
-        process until `finished` or `unclaimed`.
+        `Released` done in the same round trip. A granted one holds a share of this process until `finished` or
+        `unclaimed`.
 
         The share is counted from the admission on, in the batcher's one thread: a thread waiting for its claim
         holds none."""
-        admissions = self._admit(asking, [r for r in requests if isinstance(r, Released)])
-        self.record_deferrals([r for r in requests if isinstance(r, Deferred)])
-        return admissions
+        return self._admit(asking, [r for r in requests if isinstance(r, Released)])
 
     def _admit(self, asking: Sequence[tuple[int, str, str]], releases: Sequence[Released]) -> dict[int, Admission]:
         if not asking and not releases:
@@ -206,6 +210,10 @@ class FlowControl:
             log.warning("flow control reaches Redis again")
         return admissions
 
+    def _write_deferrals(self, deferred: list[Deferred]) -> list[None]:
+        self.record_deferrals(deferred)
+        return [None] * len(deferred)
+
     def record_deferrals(self, deferred: list[Deferred]) -> None:
         """Record since when and why each deferred job waits; fail those that waited past WJP_MAX_DEFERRAL."""
         if not deferred:
@@ -236,7 +244,7 @@ class FlowControl:
         if admission.parked:
             # Its lease left this process with the gate's script: an ack now would drop it once it comes back.
             self.dispatcher.broker.processing.acked = True
-            self.post(deferral)
+            self.deferrals.post(deferral, wait=DEFERRALS_GATHER)
             return
         now = self.clock()
         # Spread over a second, so that a destination's deferred jobs do not all come back at one instant.
@@ -248,7 +256,7 @@ class FlowControl:
                 )
             )
             return
-        self.post(deferral)
+        self.deferrals.post(deferral, wait=DEFERRALS_GATHER)
         try:
             self.dispatcher.send([Dispatch(dispatch.job_id, dispatch.seq, due_at, dispatch.destination)], now=now)
         except BrokerUnavailable as exc:

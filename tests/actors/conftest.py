@@ -136,6 +136,14 @@ def wait_for_status(
     raise AssertionError(f"job {job_id} did not reach {sorted(statuses)} in {timeout}s; last seen: {job}")
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Poll `condition` until it holds; fail saying `what` did not happen otherwise."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
 def gaps(attempts: list[queries.AttemptView]) -> list[timedelta]:
     """Time from the end of each attempt to the start of the next."""
     return [b.started_at - a.finished_at for a, b in itertools.pairwise(attempts)]

@@ -16,7 +16,7 @@ from actors.channels.webhook import WebhookChannel
 from actors.flow.shares import SLOW_ATTEMPT
 from ledger.schema import jobs
 from ledger.states import Status
-from tests.actors.conftest import running_worker, submit, wait_for_status
+from tests.actors.conftest import running_worker, submit, wait_for_status, wait_until
 from tests.actors.test_destinations import black_hole, webhook_job, webhook_settings
 from tests.webhook_sink import webhook_sink
 
@@ -64,13 +64,6 @@ class PacedChannel(Channel):
 def deferred_on(database, destination: str, reason: str) -> int:
     query = select(func.count()).where(jobs.c.destination == destination, jobs.c.deferred_reason == reason)
     return database.run(lambda conn: conn.execute(query).scalar_one())
-
-
-def wait_until(condition, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.02)
 
 
 def test_a_black_hole_holds_one_thread_from_its_first_attempt(

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import redis
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from actors.broker import Dispatcher, make_broker, parse_redis_message_id
 from actors.channels.webhook import WebhookChannel
@@ -21,7 +21,7 @@ from ledger import queries
 from ledger.schema import jobs
 from ledger.states import Status
 from tests.actors.channels.slow_peers import peer_closed
-from tests.actors.conftest import running_worker, submit, wait_for_status
+from tests.actors.conftest import running_worker, submit, wait_for_status, wait_until
 from tests.actors.test_flow_circuit import reset_by_command
 from tests.flow_checks import gate_of
 from tests.holding_receiver import holding_receiver
@@ -78,6 +78,11 @@ def deferral_reason(database, job_id: uuid.UUID) -> str | None:
     return database.run(lambda conn: conn.execute(select(jobs.c.deferred_reason).where(jobs.c.id == job_id)).scalar())
 
 
+def deferred_count(database, job_ids: list[uuid.UUID]) -> int:
+    query = select(func.count()).where(jobs.c.id.in_(job_ids), jobs.c.deferred_reason.is_not(None))
+    return database.run(lambda conn: conn.execute(query).scalar_one())
+
+
 def webhook_settings(make_settings, **env: str):
     env.setdefault("WJP_WEBHOOK_ALLOW_PRIVATE", "true")
     return make_settings(**env)
@@ -108,6 +113,8 @@ def test_a_receiver_that_turns_into_a_black_hole_holds_only_its_limit_while_anot
 
         done = [wait_for_status(database, job_id) for job_id in flowing]
         held, most = hole.in_flight, hole.most_in_flight()
+        # The deferrals are recorded apart from the claims (`DEFERRALS_GATHER`): by now, or moments later.
+        wait_until(lambda: deferred_count(database, stuck) == 4, "the 4 jobs beyond the limit are recorded deferred")
         rows = database.run(lambda conn: conn.execute(select(jobs).where(jobs.c.id.in_(stuck))).all())
 
     assert {job.status for job in done} == {Status.SUCCESS}
