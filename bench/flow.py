@@ -22,10 +22,15 @@ from actors.flow.gate import DEFAULT_PREFIX
 from bench import common
 from bench.common import PYTHON, QUICK, REDIS_URL, Service, bench_connect, log, median, pct, target
 
-#: The healthy rate as a share of the webhook drain rate of this run (bench/README.md says why 30 %).
-NOISY_SHARE_OF_DRAIN = 0.3
-#: Used when this run measured no webhook drain (BENCH_ONLY=noisy) and BENCH_NOISY_RATE is not set.
-NOISY_FALLBACK_RATE = 200.0
+#: The share of the machine's cores the healthy stream keeps busy alone (bench/README.md says why half).
+NOISY_MACHINE_SHARE = 0.5
+#: The calibration run that measures what a healthy job costs the machine: a rate inside any machine's capacity.
+CALIBRATION_RATE = 100.0
+CALIBRATION_SECONDS = 6.0
+#: What a healthy job costs the machine: every process of the run, the load generator's too (not PostgreSQL's other
+#: processes, where the machine's other users' backends count).
+MACHINE_GROUPS = ("gunicorn", "worker", "sink_ok", "sink_blackhole", "sink_throttle", "postgres_bench_backends",
+                  "redis", "load_generator")  # fmt: skip
 #: Extra traffic of each bad receiver, as a share of the healthy rate.
 NOISE_SHARE = 0.1
 NOISY_SECONDS = float(os.environ.get("BENCH_NOISY_SECONDS", "8" if QUICK else "20"))
@@ -50,12 +55,12 @@ class Harness:
     drain_jobs: int
 
 
-def run_phases(phases: list[str], results: dict, harness: Harness) -> dict:
+def run_phases(phases: list[str], harness: Harness) -> dict:
     out: dict = {}
     if "flow_cost" in phases:
         out["flow_cost"] = phase_flow_cost(harness)
     if "noisy" in phases:
-        out["noisy"] = phase_noisy(harness, *noisy_rate({**results, **out}))
+        out["noisy"] = phase_noisy(harness, *noisy_rate(harness))
     return out
 
 
@@ -106,17 +111,18 @@ def _ratio(a: float | None, b: float | None) -> float:
 # ---------------------------------------------------------------------------------------------------- noisy
 
 
-def noisy_rate(results: dict) -> tuple[float, str]:
-    """The healthy rate and where it comes from: BENCH_NOISY_RATE, else 30 % of this run's webhook drain."""
+def noisy_rate(h: Harness) -> tuple[float, str]:
+    """The healthy rate and where it comes from: BENCH_NOISY_RATE, else the rate that keeps NOISY_MACHINE_SHARE of
+    the machine's cores busy, by what a healthy job cost the machine in a calibration run."""
     if os.environ.get("BENCH_NOISY_RATE"):
         return float(os.environ["BENCH_NOISY_RATE"]), "BENCH_NOISY_RATE"
-    drained = (results.get("drain") or {}).get("webhook", {}).get("jobs_per_s")
-    if drained:
-        return round(drained * NOISY_SHARE_OF_DRAIN, 1), f"{NOISY_SHARE_OF_DRAIN:g} × webhook drain {drained:g}/s"
-    off = (results.get("flow_cost") or {}).get("webhook", {}).get("jobs_per_s_off")
-    if off:
-        return round(median(off) * NOISY_SHARE_OF_DRAIN, 1), f"{NOISY_SHARE_OF_DRAIN:g} × webhook drain, flow off"
-    return NOISY_FALLBACK_RATE, "fallback (no webhook drain in this run)"
+    run = noisy_run(h, CALIBRATION_RATE, with_noise=False, seconds=CALIBRATION_SECONDS, label="calibration")
+    cores = sum(run["cores"].get(group, 0.0) for group in MACHINE_GROUPS)
+    cpu_s_per_job = cores / (run["healthy"]["throughput_per_s"] or CALIBRATION_RATE)
+    machine = os.cpu_count() or 1
+    rate = round(NOISY_MACHINE_SHARE * machine / cpu_s_per_job, 1)
+    return rate, (f"{NOISY_MACHINE_SHARE:g} of {machine} cores at {cpu_s_per_job * 1e3:.2f} ms of CPU per healthy job, "
+                  f"calibrated at {CALIBRATION_RATE:g}/s")  # fmt: skip
 
 
 def phase_noisy(h: Harness, rate: float, basis: str) -> dict:
@@ -154,8 +160,10 @@ def wait_listening(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on port {port} within {timeout:g}s")
 
 
-def noisy_run(h: Harness, rate: float, *, with_noise: bool) -> dict:
-    label = "with_noise" if with_noise else "alone"
+def noisy_run(
+    h: Harness, rate: float, *, with_noise: bool, seconds: float = NOISY_SECONDS, label: str | None = None
+) -> dict:
+    label = label or ("with_noise" if with_noise else "alone")
     h.reset_ledger()
     ports = {mode: common.free_port() for mode in RECEIVERS}
     sinks = {mode: common.start(f"noisy-sink-{mode}", [PYTHON, "-m", "bench.sink", str(port), "1", mode])
@@ -173,7 +181,7 @@ def noisy_run(h: Harness, rate: float, *, with_noise: bool) -> dict:
             mix = [("h", "ok", 1.0), *noise]
             streams = [{"tag": tag, "share": share, "channel": "webhook", "recipient": f"http://127.0.0.1:{ports[mode]}/h"}
                        for tag, mode, share in mix]  # fmt: skip
-            argv = [PYTHON, "-m", "bench.openloop", str(api_port), str(rate), str(NOISY_SECONDS), "noisy",
+            argv = [PYTHON, "-m", "bench.openloop", str(api_port), str(rate), str(seconds), "noisy",
                     str(NOISY_WARMUP), str(common.LOGS / f"noisy-{label}-sent.json"), json.dumps(streams)]  # fmt: skip
             groups = {"gunicorn": api.tree(), "worker": work.tree()} | {f"sink_{m}": s.tree() for m, s in sinks.items()}
             client, cores = common.run_open_loop(argv, groups)

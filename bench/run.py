@@ -59,7 +59,7 @@ def main() -> int:
             s_harness = sustainable.Harness(reset_ledger, api_server, worker)
             results["sustainable"] = sustainable.phase_sustainable(s_harness)
         harness = flow.Harness(reset_ledger, api_server, worker, drain.drain, drain.webhook_drain, drain.DRAIN_JOBS)
-        results.update(flow.run_phases(PHASES, results, harness))
+        results.update(flow.run_phases(PHASES, harness))
         if "callback_cost" in PHASES:
             results["callback_cost"] = callbacks.phase_callback_cost(harness, start, running)
         if "maintenance" in PHASES:
