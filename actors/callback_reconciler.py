@@ -3,12 +3,13 @@ message was never sent, was lost with Redis or waits parked are (re-)dispatched,
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+import msgspec
 
 from actors.broker import Dispatcher
 from actors.callbacks import CALLBACK_MESSAGES
@@ -106,7 +107,7 @@ class CallbackReconciler:
             # A callback armed for the worker that finished its job goes by a message naming the armed dispatch
             # (`ARMED_SEQ`): that one counts too. (Left behind by a callback claimed through a newer message, it only
             # delays that callback's next dispatch until it is consumed and dropped as stale.)
-            armed = [dataclasses.replace(d, seq=ARMED_SEQ) for d in missing]
+            armed = [msgspec.structs.replace(d, seq=ARMED_SEQ) for d in missing]
             gone = {d.job_id for d in self.dispatcher.missing(armed, CALLBACK_MESSAGES)}
             lost = [(d.job_id, d.seq) for d in missing if d.job_id in gone] + unsent
             dispatches = self.database.run(lambda conn, lost=lost: callback_recovery.redispatch(conn, lost, now=now))

@@ -229,8 +229,10 @@ def accept_batch(conn: Connection, batch: list[Accepting]) -> list[IntakeResult]
     for index, item in enumerate(batch):
         firsts.setdefault(item.request.idempotency_key, index)
     results: list[IntakeResult | None] = [None] * len(batch)
-    new = [batch[i] for i in firsts.values()]
+    new = [batch[i] for i in firsts.values()] if len(firsts) < len(batch) else batch
     answered = accept_many(conn, new)
+    if new is batch and all(result is not None and result.outcome is Intake.CREATED for result in answered):
+        return answered  # type: ignore[return-value]  # every key new and free: the common batch, as answered
     for index, result in zip(firsts.values(), answered, strict=True):
         # On SQLite `accept_many` answers taken keys too, but only the recorded row tells what later ones compare to.
         results[index] = result if result is not None and result.outcome is Intake.CREATED else None

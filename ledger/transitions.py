@@ -9,10 +9,10 @@ drops its stale intent instead of overwriting newer state.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
     Connection,
     Integer,
@@ -41,9 +41,10 @@ def transition_guard(name: str, *, found_by_key: bool = False) -> tuple[Any, Sta
     return (status_in_rows_found_by_key(sources) if found_by_key else status_in(sources)), target
 
 
-@dataclass(frozen=True)
-class Dispatch:
-    """A message to send to Redis for a job: its Redis id is derived from `seq`."""
+class Dispatch(msgspec.Struct, frozen=True, gc=False):
+    """A message to send to Redis for a job: its Redis id is derived from `seq`.
+
+    A Struct, not a frozen dataclass: a batch builds one per item, in a tenth of the time (bench/README.md)."""
 
     job_id: uuid.UUID
     seq: int

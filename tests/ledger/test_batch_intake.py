@@ -13,6 +13,7 @@ from ledger import batch_insert, intake
 from ledger.intake import Accepting, Intake
 from ledger.schema import jobs
 from ledger.states import Status
+from ledger.transitions import Dispatch
 from tests.ledger.conftest import SECOND, T0, claim, notification
 
 
@@ -131,7 +132,8 @@ def test_a_batchs_per_item_objects_are_left_out_of_the_garbage_collectors_passes
     results = database.run(lambda conn: intake.accept_batch(conn, items))
 
     rows = [batch_insert._sent_row(item, "", T0) for item in items]
-    objects = [*items, *(item.request for item in items), *rows, *results]
+    dispatches = [Dispatch(r.job_id, r.dispatch_seq, T0, r.destination) for r in results]
+    objects = [*items, *(item.request for item in items), *rows, *results, *dispatches]
     assert not any(gc.is_tracked(o) for o in objects)
 
 

@@ -70,6 +70,20 @@ def test_intake_counters_move_for_created_replayed_mismatch_and_invalid(client):
     assert moved == {"created": 1, "replayed": 2, "mismatch": 1, "invalid": 2}
 
 
+def test_a_batchs_items_move_the_intake_counters_each_by_its_outcome(client):
+    body = notification()
+    post(client, body)
+    before = metrics(client)
+    items = [body, body, {**body, "message": "another"}, notification(), notification(), notification(channel="pigeon")]
+
+    result = client.simulate_post("/api/notifications/batch", json={"notifications": items})
+
+    assert [r["status"] for r in result.json["results"]] == [200, 200, 422, 202, 202, 400]
+    after = metrics(client)
+    moved = {o: intake(after, o) - intake(before, o) for o in ("created", "replayed", "mismatch", "invalid")}
+    assert moved == {"created": 2, "replayed": 2, "mismatch": 1, "invalid": 1}
+
+
 def test_status_gauges_follow_the_jobs_through_their_lifecycle(client, database):
     worker = Worker(database)
     first, second, third = (post(client, notification()).json["job_id"] for _ in range(3))

@@ -11,15 +11,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 from falcon import testing
 
 from actors.broker import NAMESPACE, Dispatcher, make_broker
+from actors.channels import ChannelConfig, build_channels
 from ledger.database import Database
 from ledger.migrate import upgrade
 from service.app import create_app
 from service.settings import ServiceSettings
+from service.validation import parse_notification
 from tests.asgi_server import AsgiServer
 from tests.conftest import reset_ledger, settings_env
 from tests.service.conftest import ABSENT, assert_error, job_count, notification, post
@@ -433,3 +436,25 @@ def test_a_content_length_over_64_kib_is_413_before_any_of_the_body_is_waited_fo
 
     assert answer.status == 413, body
     assert body["error"] == "payload_too_large"
+
+
+def test_every_field_of_a_checked_notification_lands_where_the_ledger_reads_it():
+    """The request is built positionally (a batch builds one per item): each value must reach its own field."""
+    channels = build_channels(ChannelConfig(webhook_allow_private=True))
+    body = {
+        "idempotency_key": "key-1", "recipient": "https://hooks.example.com/in", "channel": "webhook",
+        "message": "hello", "subject": "a subject", "metadata": {"tag": "x"}, "send_at": "2026-12-31T03:04:05Z",
+        "callback_url": "https://callbacks.example.com/done",
+    }  # fmt: skip
+
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    request = parse_notification(body, header_key=None, channels=channels, max_attempts=7, scope="producer-1", now=now)
+
+    assert msgspec.structs.asdict(request) == {
+        "idempotency_key": "key-1", "recipient": "https://hooks.example.com/in", "channel": "webhook",
+        "message": "hello", "max_attempts": 7, "subject": "a subject", "metadata": {"tag": "x"},
+        "send_at": datetime(2026, 12, 31, 3, 4, 5, tzinfo=UTC), "scope": "producer-1",
+        "destination": channels["webhook"].destination("https://hooks.example.com/in"),
+        "callback_url": "https://callbacks.example.com/done",
+        "callback_destination": channels["webhook"].destination("https://callbacks.example.com/done"),
+    }  # fmt: skip
