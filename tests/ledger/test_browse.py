@@ -31,10 +31,10 @@ def fail(database, job_id: uuid.UUID, error: str, *, now=T0) -> None:
     )
 
 
-@pytest.mark.parametrize("branches", [browse.MAX_SCOPE_BRANCHES, 1], ids=["a-branch-per-scope", "one-statement"])
+@pytest.mark.parametrize("branches", [browse.MAX_BRANCHES, 1], ids=["a-branch-per-scope", "one-statement"])
 def test_operators_page_through_every_producers_jobs_newest_first(database, monkeypatch, branches):
-    # Past MAX_SCOPE_BRANCHES scopes, one plain statement lists them: the same pages either way.
-    monkeypatch.setattr(browse, "MAX_SCOPE_BRANCHES", branches)
+    # Past MAX_BRANCHES branches, one plain statement lists them: the same pages either way.
+    monkeypatch.setattr(browse, "MAX_BRANCHES", branches)
     key, _ = database.run(lambda conn: api_keys.create(conn, "shop", now=T0), transaction=True)
     # Alternating producers, one second apart; two share a created_at, so the id breaks the tie.
     created = [
