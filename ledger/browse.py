@@ -58,6 +58,8 @@ def browse_jobs(conn: Connection, filters: JobFilters, *, limit: int, after: Pos
     order = (jobs.c.created_at.desc(), jobs.c.id.desc())
     base = select(*JOB_COLUMNS).where(*_conditions(filters, after)).order_by(*order)
     branches = _branches(conn, filters, api_keys.scopes(conn))
+    if not branches:
+        return JobsPage([], None)  # no scope has a job
     # One more than asked: whether it comes back tells whether another page follows.
     if len(branches) > MAX_BRANCHES:
         statement: Any = base.limit(limit + 1)
@@ -66,7 +68,7 @@ def browse_jobs(conn: Connection, filters: JobFilters, *, limit: int, after: Pos
         members = [select(base.where(*branch).limit(limit + 1).subquery()) for branch in branches]
         merged = union_all(*members).subquery("page")
         statement = select(merged).order_by(merged.c.created_at.desc(), merged.c.id.desc()).limit(limit + 1)
-    found = [job_view(row) for row in conn.execute(statement)] if branches else []
+    found = [job_view(row) for row in conn.execute(statement)]
     if len(found) <= limit:
         return JobsPage(found, None)
     last = found[limit - 1]

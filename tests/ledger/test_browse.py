@@ -49,6 +49,14 @@ def test_operators_page_through_every_producers_jobs_newest_first(database, monk
     assert listed == [*tied, *reversed(created[:5])]
 
 
+def test_a_ledger_without_jobs_lists_an_empty_page(database):
+    """No scope has a channel to make a branch of: no statement, and no error."""
+    database.run(lambda conn: api_keys.create(conn, "shop", now=T0), transaction=True)
+
+    assert walk(database, JobFilters(), limit=3) == [[]]
+    assert walk(database, JobFilters(status=Status.FAILED), limit=3) == [[]]
+
+
 def test_each_filter_narrows_the_listing(database):
     email = submit(database, "a", now=T0, destination="email:relay:25")
     webhook = submit(
