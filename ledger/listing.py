@@ -208,6 +208,10 @@ def _page(
 ) -> tuple[Any, dict[str, Any]]:
     statuses = _walk_statuses(filters)
     named = [channel for channel in channels if channel is not None]
+    if after is not None and filters.created_before is not None and filters.created_before <= after.created_at:
+        # Every job before created_before is past the position: the index is read from created_before down, where
+        # with both bounds PostgreSQL starts at the position and reads each entry in between.
+        after = None
     optional = {
         "destination": filters.destination,
         "created_after": filters.created_after,

@@ -294,6 +294,21 @@ def explain_on_postgresql(conn, sql: str) -> str:
     return "\n".join(rows)
 
 
+def test_a_position_after_created_before_leaves_the_range_to_created_before(database):
+    """Both bounds would make PostgreSQL read the index from the position down to created_before, entry by entry;
+    the position adds nothing when created_before is below it. The walk is the same."""
+    ids = [submit(database, f"k{i}", now=T0 + i * SECOND) for i in range(4)]
+    filters = Filters(scope="", created_before=T0 + 2 * SECOND)
+    above = Position(T0 + 3 * SECOND, ids[3])
+
+    horizon = database.run(lambda conn: listing.list_jobs(conn, filters, limit=1).horizon)
+    statement = database.run(lambda conn: listing.page_statement(conn, filters, horizon, above, 51))
+    page = database.run(lambda conn: listing.list_jobs(conn, filters, limit=5, horizon=horizon, after=above))
+
+    assert "after_created_at" not in statement.compile().params
+    assert [job.id for job in page.jobs] == [ids[1], ids[0]]
+
+
 def test_the_limit_is_held_to_its_bounds(database):
     for limit in (0, listing.MAX_LIMIT + 1):
         with pytest.raises(ValueError):
