@@ -2,12 +2,12 @@
 destination and error (its Failures page).
 
 The listing is keyset-paginated on (created_at, id) descending, like a producer's `GET /api/notifications`
-(ledger/listing.py), but over every scope: one ordered, limited branch per scope, merged, so that each branch
-can walk a (scope, [filter], created_at, id) index from the cursor down instead of sorting every match; with no
-status, channel or destination filter, one branch per scope and status, on the status index (there is no plain
-(scope, created_at, id) index). Scopes are few (one per API key); past `MAX_SCOPE_BRANCHES` one plain statement
-serves instead. An operator's walk is not pinned to a snapshot: a job committed late may show on a page already
-passed, which a person browsing can live with.
+(ledger/listing.py), but over every scope: ordered, limited branches merged, so that each branch walks an index
+from the cursor down instead of sorting every match: per scope, one on the destination index with a destination
+filter, else one per status and channel of the scope's jobs on the (scope, status, channel, created_at, id) index.
+Scopes are few (one per API key); past `MAX_BRANCHES` one plain statement serves instead. An operator's walk is
+not pinned to a snapshot: a job committed late may show on a page already passed, which a person browsing can live
+with.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sqlalchemy import Connection, func, literal, select, tuple_, union_all
 from sqlalchemy.types import Uuid
 
 from ledger import api_keys
-from ledger.listing import Position
+from ledger.listing import Position, channels_in_scope
 from ledger.queries import JOB_COLUMNS, JobView, job_view
 from ledger.schema import jobs, status_in
 from ledger.states import Status
@@ -28,8 +28,9 @@ from ledger.timestamps import UTCDateTime
 
 #: Largest page.
 MAX_LIMIT = 200
-#: Most scopes listed by a branch each.
-MAX_SCOPE_BRANCHES = 64
+#: Most branches of a merged page (64 scopes with a branch per status each, as before the channel joined the status
+#: index).
+MAX_BRANCHES = 384
 
 
 @dataclass(frozen=True)
@@ -56,18 +57,16 @@ def browse_jobs(conn: Connection, filters: JobFilters, *, limit: int, after: Pos
         raise ValueError(f"limit {limit} is not within 1..{MAX_LIMIT}")
     order = (jobs.c.created_at.desc(), jobs.c.id.desc())
     base = select(*JOB_COLUMNS).where(*_conditions(filters, after)).order_by(*order)
-    scopes = api_keys.scopes(conn)
+    branches = _branches(conn, filters, api_keys.scopes(conn))
+    if not branches:
+        return JobsPage([], None)  # no scope has a job
     # One more than asked: whether it comes back tells whether another page follows.
-    if len(scopes) > MAX_SCOPE_BRANCHES:
+    if len(branches) > MAX_BRANCHES:
         statement: Any = base.limit(limit + 1)
     else:
         # Subqueries, since SQLite takes no ORDER BY or LIMIT on the members of a UNION ALL themselves.
-        branches = [
-            select(base.where(jobs.c.scope == scope, *status).limit(limit + 1).subquery())
-            for scope in scopes
-            for status in _status_branches(filters)
-        ]
-        merged = union_all(*branches).subquery("page")
+        members = [select(base.where(*branch).limit(limit + 1).subquery()) for branch in branches]
+        merged = union_all(*members).subquery("page")
         statement = select(merged).order_by(merged.c.created_at.desc(), merged.c.id.desc()).limit(limit + 1)
     found = [job_view(row) for row in conn.execute(statement)]
     if len(found) <= limit:
@@ -76,12 +75,22 @@ def browse_jobs(conn: Connection, filters: JobFilters, *, limit: int, after: Pos
     return JobsPage(found[:limit], Position(last.created_at, last.id))
 
 
-def _status_branches(filters: JobFilters) -> list[tuple[Any, ...]]:
-    """The status condition of each branch of a scope: none when a filter has an index of its own, else one per
-    status (the status index then serves every branch in order)."""
-    if filters.status is not None or filters.channel is not None or filters.destination is not None:
-        return [()]
-    return [(jobs.c.status == status.value,) for status in sorted(Status)]
+def _branches(conn: Connection, filters: JobFilters, scopes: list[str]) -> list[tuple[Any, ...]]:
+    """The conditions of each branch: the scope, and unless the destination index serves it, a status and a
+    channel (the status index is in (created_at, id) order only within both). Past `MAX_BRANCHES` scopes, none
+    is looked for: the plain statement serves."""
+    if filters.destination is not None or len(scopes) > MAX_BRANCHES:
+        return [(jobs.c.scope == scope,) for scope in scopes]
+    statuses = [filters.status] if filters.status is not None else sorted(Status)
+    branches = []
+    for scope in scopes:
+        channels = [filters.channel] if filters.channel is not None else channels_in_scope(conn, scope, statuses)
+        branches += [
+            (jobs.c.scope == scope, jobs.c.status == status.value, jobs.c.channel == channel)
+            for status in statuses
+            for channel in channels
+        ]
+    return branches
 
 
 def _conditions(filters: JobFilters, after: Position | None) -> list[Any]:

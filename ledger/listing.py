@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -101,8 +102,11 @@ def list_jobs(
         raise ValueError(f"limit {limit} is not within 1..{MAX_LIMIT}")
     if horizon is None:
         horizon = _current_horizon(conn)
+    channels = _branch_channels(conn, filters)
+    if channels == []:
+        return Page([], horizon, None)  # no job of the scope at all
     # One more than asked: whether it comes back tells whether another page follows.
-    statement, parameters = _page(conn.dialect.name, filters, horizon, after, limit + 1)
+    statement, parameters = _page(conn.dialect.name, filters, channels, horizon, after, limit + 1)
     found = [job_view(row) for row in conn.execute(statement, parameters)]
     if len(found) <= limit:
         return Page(found, horizon, None)
@@ -110,10 +114,70 @@ def list_jobs(
     return Page(found[:limit], horizon, Position(last.created_at, last.id))
 
 
-def page_statement(dialect: str, filters: Filters, horizon: str, after: Position | None, limit: int) -> Any:
+def page_statement(conn: Connection, filters: Filters, horizon: str, after: Position | None, limit: int) -> Any:
     """The statement of a page with its values bound, as `list_jobs` sends it (for EXPLAIN)."""
-    statement, parameters = _page(dialect, filters, horizon, after, limit)
+    channels = _branch_channels(conn, filters)
+    if not channels:
+        raise ValueError(f"scope {filters.scope!r} has no job: its pages need no statement")
+    statement, parameters = _page(conn.dialect.name, filters, channels, horizon, after, limit)
     return statement.params(parameters)
+
+
+def channels_in_scope(conn: Connection, scope: str, statuses: Sequence[Status]) -> list[str]:
+    """Every channel of a job of `scope` in one of `statuses`, in order: a few probes of the listing's status index
+    for each, however many jobs there are."""
+    return list(conn.execute(channels_statement(scope, statuses)).scalars())
+
+
+def channels_statement(scope: str, statuses: Sequence[Status]) -> Any:
+    """The statement of `channels_in_scope` with its values bound (for EXPLAIN)."""
+    parameters = {"scope": scope, **{f"status_{i}": status.value for i, status in enumerate(statuses)}}
+    return _channels_statement(len(statuses)).bindparams(**parameters)
+
+
+@functools.cache
+def _channels_statement(statuses: int) -> Any:
+    """A loose index scan: each step finds the least channel past the last one found, the least of each status's
+    (one probe of the (scope, status, channel, …) index each), until there is none."""
+
+    def least_channel_after(previous: str | None) -> str:
+        above = "" if previous is None else f" AND channel > {previous}"
+        per_status = " UNION ALL ".join(
+            f"SELECT min(channel) AS channel FROM jobs WHERE scope = :scope AND status = :status_{i}{above}"
+            for i in range(statuses)
+        )
+        return f"(SELECT min(channel) FROM ({per_status}) AS least_of_each_status)"
+
+    return text(
+        "WITH RECURSIVE found(channel) AS ("
+        f"SELECT {least_channel_after(None)} "
+        f"UNION ALL SELECT {least_channel_after('found.channel')} FROM found WHERE found.channel IS NOT NULL"
+        ") SELECT channel FROM found WHERE channel IS NOT NULL"
+    ).bindparams(
+        bindparam("scope", type_=String()), *(bindparam(f"status_{i}", type_=String()) for i in range(statuses))
+    )
+
+
+def _walk_statuses(filters: Filters) -> list[Status]:
+    """The status of each branch of the page's statement (none: no status condition). The status index has no
+    (scope, [channel,] created_at, id) order: a walk with no status filter is every status's, merged, unless the
+    destination index serves it."""
+    if filters.statuses or filters.destination is not None:
+        return sorted(filters.statuses)
+    return sorted(Status)
+
+
+def _branch_channels(conn: Connection, filters: Filters) -> list[str | None]:
+    """The channel of each branch of the page's statement (None: no channel condition). The status index serves
+    a walk in (created_at, id) order only within one status and one channel: a walk with no destination and no
+    channel filter has a branch for each channel of the scope's jobs in the statuses it reads. (A job that comes
+    into a status asked for during the walk, in a channel no other job of that status had, may then be missed:
+    a status filter is judged as each page is read, and such a job appears at most once.)"""
+    if filters.channel is not None:
+        return [filters.channel]
+    if filters.destination is not None:
+        return [None]
+    return list(channels_in_scope(conn, filters.scope, _walk_statuses(filters)))
 
 
 def _current_horizon(conn: Connection) -> str:
@@ -127,34 +191,40 @@ class _Shape:
     """What a page's statement is made of, apart from its values: a statement is built once per shape."""
 
     dialect: str
+    #: How many statuses, and how many channels, the branches take in turn (0: no condition on it).
     statuses: int
-    channel: bool
+    channels: int
     destination: bool
     created_after: bool
     created_before: bool
     after: bool
+    #: Written into the statement: PostgreSQL prices a generic plan with an unknown LIMIT as if it read a tenth of
+    #: the rows, so a page with a bound one was planned anew at every execution (bench/README.md, issue 20).
+    limit: int
 
 
 def _page(
-    dialect: str, filters: Filters, horizon: str, after: Position | None, limit: int
+    dialect: str, filters: Filters, channels: list[str | None], horizon: str, after: Position | None, limit: int
 ) -> tuple[Any, dict[str, Any]]:
-    statuses = sorted(filters.statuses)
-    if not statuses and filters.channel is None and filters.destination is None:
-        # No index has the plain (scope, created_at, id) order: the walk is every status's, merged (`_statement`).
-        statuses = sorted(Status)
+    statuses = _walk_statuses(filters)
+    named = [channel for channel in channels if channel is not None]
+    if after is not None and filters.created_before is not None and filters.created_before <= after.created_at:
+        # Every job before created_before is past the position: the index is read from created_before down, where
+        # with both bounds PostgreSQL starts at the position and reads each entry in between.
+        after = None
     optional = {
-        "channel": filters.channel,
         "destination": filters.destination,
         "created_after": filters.created_after,
         "created_before": filters.created_before,
     }
-    shape = _Shape(dialect, len(statuses), *(value is not None for value in optional.values()), after is not None)
+    filtered = (value is not None for value in optional.values())
+    shape = _Shape(dialect, len(statuses), len(named), *filtered, after is not None, limit)
     parameters: dict[str, Any] = {
         "scope": filters.scope,
         "horizon": horizon if dialect == "postgresql" else int(horizon),
-        "limit": limit,
         **{name: value for name, value in optional.items() if value is not None},
         **{f"status_{i}": status.value for i, status in enumerate(statuses)},
+        **{f"channel_{i}": channel for i, channel in enumerate(named)},
     }
     if after is not None:
         parameters.update(after_created_at=after.created_at, after_id=after.job_id)
@@ -163,18 +233,21 @@ def _page(
 
 @functools.cache
 def _statement(shape: _Shape) -> Any:
-    """One ordered, limited select when at most one status is asked for; else one per status, merged. A status
-    each keeps every branch on the (scope, status, created_at, id) index in order, where `status IN (…)` would
-    make the database sort every matching row to find the newest few. A walk with no filter on an indexed column
-    is one with every status: each job is in one status, so each is read once, by its status's branch."""
+    """One ordered, limited select for one status and channel; else one for each pair of them, merged. A pair
+    each keeps every branch on the (scope, status, channel, created_at, id) index in order, where `status IN (…)`
+    would make the database sort every matching row to find the newest few. Each job has one status and one
+    channel, so each is read once, by its pair's branch. With a destination filter, the destination index serves
+    every branch, which then needs no channel of its own."""
     order = (jobs.c.created_at.desc(), jobs.c.id.desc())
-    limit = bindparam("limit", type_=Integer())
+    limit = literal_column(str(shape.limit), Integer())
     base = select(*JOB_COLUMNS).where(*_conditions(shape)).order_by(*order)
-    statuses = [jobs.c.status == bindparam(f"status_{i}", type_=String()) for i in range(shape.statuses)]
-    if len(statuses) <= 1:
-        return base.where(*statuses).limit(limit)
+    statuses = [(jobs.c.status == bindparam(f"status_{i}", type_=String()),) for i in range(shape.statuses)]
+    channels = [(jobs.c.channel == bindparam(f"channel_{i}", type_=String()),) for i in range(shape.channels)]
+    pairs = [status + channel for status in statuses or [()] for channel in channels or [()]]
+    if len(pairs) == 1:
+        return base.where(*pairs[0]).limit(limit)
     # Each branch a subquery, since SQLite takes no ORDER BY or LIMIT on the members of a UNION ALL themselves.
-    branches = [select(base.where(status).limit(limit).subquery()) for status in statuses]
+    branches = [select(base.where(*pair).limit(limit).subquery()) for pair in pairs]
     merged = union_all(*branches).subquery("page")
     return select(merged).order_by(merged.c.created_at.desc(), merged.c.id.desc()).limit(limit)
 
@@ -185,8 +258,6 @@ def _conditions(shape: _Shape) -> list[Any]:
         conditions.append(_VISIBLE_IN_SNAPSHOT)
     else:
         conditions.append(bindparam("horizon", type_=Integer()) >= _ROWID_COLUMN)
-    if shape.channel:
-        conditions.append(jobs.c.channel == bindparam("channel", type_=String()))
     if shape.destination:
         conditions.append(jobs.c.destination == bindparam("destination", type_=String()))
     if shape.created_after:

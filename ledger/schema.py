@@ -38,11 +38,12 @@ metadata = MetaData(
 )
 
 #: The listing's indexes, by name: the columns between the scope and the keyset. No plain (scope, created_at, id)
-#: index: a walk with no status, channel or destination filter merges one branch per status of the status index
-#: (ledger/listing.py), which spares every new row and every status change an index entry (migration 0011).
+#: index and no channel one: the status index, with the channel after the status, serves a walk with a status and a
+#: channel as one range, and every other walk with no destination filter as one branch per status and channel,
+#: merged (ledger/listing.py); each index fewer spares every new row and every status change an entry (migrations
+#: 0011, 0012).
 LISTING_INDEXES: dict[str, tuple[str, ...]] = {
-    "ix_jobs_listing_status": ("status",),
-    "ix_jobs_listing_channel": ("channel",),
+    "ix_jobs_listing_status_channel": ("status", "channel"),
     "ix_jobs_listing_destination": ("destination",),
 }
 
@@ -153,10 +154,10 @@ jobs = Table(
         postgresql_where=text("status = 'FAILED'"),
         sqlite_where=text("status = 'FAILED'"),
     ),
-    # The listing (ledger/listing.py): a producer's jobs newest first, with or without one filter of each kind;
-    # the keyset (created_at, id) last, so that each walks a page in order from the cursor down. With the id in
+    # The listing (ledger/listing.py): a producer's jobs newest first, with or without each filter; the keyset
+    # (created_at, id) last, so that each walks a page in order from the cursor down. With the id in
     # them no two entries are equal: PostgreSQL's deduplication, tried on every full page, could never merge any
-    # and is off (migration 0011, bench/README.md 2026-12-04 07:08).
+    # and is off (migrations 0011 and 0012, bench/README.md 2026-12-04 07:08).
     *(
         Index(name, "scope", *columns, "created_at", "id", postgresql_with={"deduplicate_items": "off"})
         for name, columns in LISTING_INDEXES.items()

@@ -31,10 +31,10 @@ def fail(database, job_id: uuid.UUID, error: str, *, now=T0) -> None:
     )
 
 
-@pytest.mark.parametrize("branches", [browse.MAX_SCOPE_BRANCHES, 1], ids=["a-branch-per-scope", "one-statement"])
+@pytest.mark.parametrize("branches", [browse.MAX_BRANCHES, 1], ids=["a-branch-per-scope", "one-statement"])
 def test_operators_page_through_every_producers_jobs_newest_first(database, monkeypatch, branches):
-    # Past MAX_SCOPE_BRANCHES scopes, one plain statement lists them: the same pages either way.
-    monkeypatch.setattr(browse, "MAX_SCOPE_BRANCHES", branches)
+    # Past MAX_BRANCHES branches, one plain statement lists them: the same pages either way.
+    monkeypatch.setattr(browse, "MAX_BRANCHES", branches)
     key, _ = database.run(lambda conn: api_keys.create(conn, "shop", now=T0), transaction=True)
     # Alternating producers, one second apart; two share a created_at, so the id breaks the tie.
     created = [
@@ -47,6 +47,14 @@ def test_operators_page_through_every_producers_jobs_newest_first(database, monk
     listed = [job for page in pages for job in page]
     tied = sorted(created[5:], reverse=True)
     assert listed == [*tied, *reversed(created[:5])]
+
+
+def test_a_ledger_without_jobs_lists_an_empty_page(database):
+    """No scope has a channel to make a branch of: no statement, and no error."""
+    database.run(lambda conn: api_keys.create(conn, "shop", now=T0), transaction=True)
+
+    assert walk(database, JobFilters(), limit=3) == [[]]
+    assert walk(database, JobFilters(status=Status.FAILED), limit=3) == [[]]
 
 
 def test_each_filter_narrows_the_listing(database):
