@@ -2,8 +2,9 @@
 
 A process that submits much for one key takes a few tokens ahead with each round trip, sized by its own demand
 (what it spent of that key in the last ALLOWANCE_SECONDS), and spends them without asking Redis; what it has not
-spent goes back with its next round trip. A key submitting little costs one EVALSHA per request, as exactly as
-before; one submitting a lot costs about one per ALLOWANCE_SECONDS per process.
+spent goes back with its next round trip, one at a time per key: the requests that run out while it is under way
+wait for it. A key submitting little costs one EVALSHA per request, as exactly as before; one submitting a lot costs
+about one per ALLOWANCE_SECONDS per process.
 
 It fails open: intake answers while Redis is down (the ledger holds the jobs), so a limit Redis cannot check
 admits the request; the outage is logged once, and its end once.
@@ -11,11 +12,13 @@ admits the request; the outage is logged once, and its end once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -31,26 +34,38 @@ DEFAULT_PREFIX = "wjp:ratelimit:"
 #: A process takes ahead at most this long's worth of its own demand (and of the rate); what it took and did not
 #: spend within it goes back.
 ALLOWANCE_SECONDS = 0.05
+#: What a round trip that Redis did not answer tells the requests that waited for it: admit (fail open).
+_OPEN = 0.0
 #: The shortest time a demand is measured over: two requests closer than this count as this far apart.
 DEMAND_RESOLUTION = 0.001
 
 
 @dataclass
 class _Allowance:
-    """One key's tokens taken ahead by this process."""
+    """One key's tokens taken ahead by one event loop (an API process's)."""
 
     tokens: int = 0
     #: Monotonic time after which the tokens are not spent but given back.
     until: float = -math.inf
-    #: What this process spent of the key since `since` (its last round trip): its demand.
+    #: What this loop spent of the key since `since` (its last round trip): its demand.
     spent: int = 0
     since: float = -math.inf
+    #: Done when this loop's round trip for the key under way ends; None while there is none.
+    asking: asyncio.Future[float | None] | None = None
+
+    def spend(self, cost: int, now: float) -> bool:
+        """Whether the tokens held cover `cost` now; if so they are spent."""
+        if self.tokens < cost or now >= self.until:
+            return False
+        self.tokens -= cost
+        self.spent += cost
+        return True
 
 
 class RateLimiter:
     """Admits a producer's requests at `rate` per second, bursts up to one second's worth, for every API process
     sharing the Redis at once. Its round trips go through redis.asyncio, on the caller's event loop (any number of
-    loops, on any threads)."""
+    loops, on any threads); each loop takes ahead for itself, as a process does."""
 
     def __init__(
         self, redis_: AsyncRedis, prefix: str = DEFAULT_PREFIX, *, monotonic: Callable[[], float] = time.monotonic
@@ -60,7 +75,10 @@ class RateLimiter:
         self.redis = redis_
         self.prefix = prefix
         self._monotonic = monotonic
-        self._allowances: dict[str, _Allowance] = {}
+        # By loop: a loop's allowances are touched only from its own thread, so they need no lock.
+        self._allowances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Allowance]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
         self._down = False
 
@@ -69,31 +87,61 @@ class RateLimiter:
         number of notifications of the request: one for a single POST, each item of a batch."""
         if not rate > 0 or cost < 1:
             raise ValueError("rate must be positive and cost at least 1")
+        allowance = self._allowance(scope)
+        while not allowance.spend(cost, self._monotonic()):
+            if allowance.asking is None:
+                return await self._ask(scope, allowance, rate, cost)
+            # One round trip at a time per key and loop: the requests that run out while it is under way take from
+            # what it brings back (sized for this loop's demand) instead of asking Redis each.
+            answer = await asyncio.shield(allowance.asking)
+            if answer == _OPEN:
+                return 0.0  # Redis did not answer it: fail open without waiting for it once more
+            if answer is not None:
+                return await self._ask(scope, allowance, rate, cost)  # refused: this request is asked on its own
+        return 0.0
+
+    async def _ask(self, scope: str, allowance: _Allowance, rate: float, cost: int) -> float:
+        """One round trip: spends `cost`, gives back what `allowance` holds, takes ahead for its demand."""
         now = self._monotonic()
-        with self._lock:
-            allowance = self._allowances.setdefault(scope, _Allowance(since=now))
-            if allowance.tokens >= cost and now < allowance.until:
-                allowance.tokens -= cost
-                allowance.spent += cost
-                return 0.0
-            # Taken out under the lock: a caller racing this one gives back none of them a second time.
-            unspent, allowance.tokens = allowance.tokens, 0
-            demand = allowance.spent / max(now - allowance.since, DEMAND_RESOLUTION)
-            allowance.spent, allowance.since = 0, now
+        unspent, allowance.tokens = allowance.tokens, 0
+        demand = allowance.spent / max(now - allowance.since, DEMAND_RESOLUTION)
+        allowance.spent, allowance.since = 0, now
         ahead = math.floor(min(demand, rate) * ALLOWANCE_SECONDS)
+        asking = None
+        if allowance.asking is None:
+            asking = allowance.asking = asyncio.get_running_loop().create_future()
+        answer: float | None = None  # what the requests waiting for this trip learn from it (see `wait`)
         try:
             wait_ms, granted = await self._bucket(self.prefix + scope, repr(float(rate)), cost, ahead, unspent)
-        except (redis.RedisError, OSError) as exc:
-            self._note_outage(exc)
-            return 0.0
-        if self._down:
-            self._note_recovery()
-        with self._lock:
+            if self._down:
+                self._note_recovery()
             if wait_ms == 0:
                 allowance.spent += cost
                 allowance.tokens += int(granted)
                 allowance.until = now + ALLOWANCE_SECONDS
-        return int(wait_ms) / 1000
+                answer = None
+                return 0.0
+            answer = int(wait_ms) / 1000
+            return answer
+        except (redis.RedisError, OSError) as exc:
+            self._note_outage(exc)
+            answer = _OPEN
+            return 0.0
+        finally:
+            if asking is not None:
+                allowance.asking = None
+                asking.set_result(answer)
+
+    def _allowance(self, scope: str) -> _Allowance:
+        loop = asyncio.get_running_loop()
+        allowances = self._allowances.get(loop)
+        if allowances is None:
+            with self._lock:  # loops on other threads may add theirs at the same time
+                allowances = self._allowances.setdefault(loop, {})
+        allowance = allowances.get(scope)
+        if allowance is None:
+            allowance = allowances[scope] = _Allowance(since=self._monotonic())
+        return allowance
 
     async def _bucket(self, key: str, *args: object) -> list[int]:
         """ratelimit.lua on `key`: EVALSHA, loading the script once when Redis has lost it (a restart), as redis-py's

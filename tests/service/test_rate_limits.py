@@ -152,6 +152,34 @@ def test_a_busy_key_takes_tokens_ahead_and_asks_redis_once_for_many_requests(pri
     client.close()
 
 
+def test_requests_arriving_while_a_round_trip_is_under_way_wait_for_it_instead_of_asking_redis_each(
+    private_redis,
+):
+    client = redis.Redis.from_url(private_redis.url)
+    clock = FakeClock()
+    limiter = RateLimiter(AsyncRedis(private_redis.url), monotonic=clock)
+
+    async def producer() -> list[float]:
+        waits = []
+        for _ in range(250):
+            waits.append(await limiter.wait("concurrent", rate=1_000_000))
+            clock.now += 0.000125  # eight of them: 8,000 submissions per second from this process
+        return waits
+
+    async def submit() -> tuple[int, list[float]]:
+        assert await limiter.wait("warm-up", rate=1) == 0.0
+        before = evalsha_calls(client)
+        waits = await asyncio.gather(*(producer() for _ in range(8)))  # eight connections of one API process
+        return before, [w for ws in waits for w in ws]
+
+    before, waits = asyncio.run(submit())
+    assert waits == [0.0] * 2000
+    # About one round trip per ALLOWANCE_SECONDS of the process's demand (400 requests here), however many
+    # requests wait on it.
+    assert evalsha_calls(client) - before <= 2000 // 400 + 4
+    client.close()
+
+
 def test_a_key_that_submits_slowly_asks_redis_for_each_request_and_takes_nothing_ahead(private_redis):
     client = redis.Redis.from_url(private_redis.url)
     clock = FakeClock()
