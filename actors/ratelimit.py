@@ -119,7 +119,6 @@ class RateLimiter:
                 allowance.spent += cost
                 allowance.tokens += int(granted)
                 allowance.until = now + ALLOWANCE_SECONDS
-                answer = None
                 return 0.0
             answer = int(wait_ms) / 1000
             return answer
