@@ -1,10 +1,10 @@
 """Producer rate limits: a token bucket per API key in Redis (ratelimit.lua), shared by every API process.
 
 A process that submits much for one key takes a few tokens ahead with each round trip, sized by its own demand
-(what it spent of that key in the last ALLOWANCE_SECONDS), and spends them without asking Redis; what it has not
-spent goes back with its next round trip, one at a time per key: the requests that run out while it is under way
-wait for it. A key submitting little costs one EVALSHA per request, as exactly as before; one submitting a lot costs
-about one per ALLOWANCE_SECONDS per process.
+(what its requests asked of that key lately), and spends them without asking Redis; what it has not
+spent goes back with its next round trip. One round trip at a time per key, started when half of what the last one
+brought is spent; the requests that run out while it is under way wait for it. A key submitting little costs one
+EVALSHA per request, as exactly as before; one submitting a lot costs about one per ALLOWANCE_SECONDS per process.
 
 It fails open: intake answers while Redis is down (the ledger holds the jobs), so a limit Redis cannot check
 admits the request; the outage is logged once, and its end once.
@@ -47,18 +47,20 @@ class _Allowance:
     tokens: int = 0
     #: Monotonic time after which the tokens are not spent but given back.
     until: float = -math.inf
-    #: What this loop spent of the key since `since` (its last round trip): its demand.
-    spent: int = 0
+    #: What this loop's requests asked of the key since `since` (its last round trip), whether they found tokens
+    #: or waited for a round trip: its demand.
+    wanted: int = 0
     since: float = -math.inf
-    #: Done when this loop's round trip for the key under way ends; None while there is none.
-    asking: asyncio.Future[float | None] | None = None
+    #: Below this many tokens the next are asked for ahead of time: half of what the last round trip brought.
+    low: int = 0
+    #: This loop's round trip for the key under way (see `RateLimiter._ask`); None while there is none.
+    asking: asyncio.Task[float | None] | None = None
 
     def spend(self, cost: int, now: float) -> bool:
         """Whether the tokens held cover `cost` now; if so they are spent."""
         if self.tokens < cost or now >= self.until:
             return False
         self.tokens -= cost
-        self.spent += cost
         return True
 
 
@@ -88,48 +90,58 @@ class RateLimiter:
         if not rate > 0 or cost < 1:
             raise ValueError("rate must be positive and cost at least 1")
         allowance = self._allowance(scope)
+        allowance.wanted += cost
         while not allowance.spend(cost, self._monotonic()):
             if allowance.asking is None:
-                return await self._ask(scope, allowance, rate, cost)
+                answer = await asyncio.shield(self._start_asking(scope, allowance, rate, cost))
+                return answer or 0.0  # None: admitted; _OPEN: Redis did not answer
             # One round trip at a time per key and loop: the requests that run out while it is under way take from
             # what it brings back (sized for this loop's demand) instead of asking Redis each.
             answer = await asyncio.shield(allowance.asking)
             if answer == _OPEN:
                 return 0.0  # Redis did not answer it: fail open without waiting for it once more
-            if answer is not None:
-                return await self._ask(scope, allowance, rate, cost)  # refused: this request is asked on its own
+            if answer is not None:  # refused: this request is asked on its own
+                return await self._ask(scope, allowance, rate, cost) or 0.0
+        if allowance.asking is None and allowance.tokens < allowance.low:
+            # Running low: the next tokens are asked for while these are spent, so requests do not wait for them.
+            self._start_asking(scope, allowance, rate, 0)
         return 0.0
 
-    async def _ask(self, scope: str, allowance: _Allowance, rate: float, cost: int) -> float:
-        """One round trip: spends `cost`, gives back what `allowance` holds, takes ahead for its demand."""
+    def _start_asking(self, scope: str, allowance: _Allowance, rate: float, cost: int) -> asyncio.Task[float | None]:
+        """`_ask` as the loop's round trip for `scope` that others wait for (a task: it ends even when the request
+        that started it goes away)."""
+        task = asyncio.get_running_loop().create_task(self._ask(scope, allowance, rate, cost))
+        allowance.asking = task
+        return task
+
+    async def _ask(self, scope: str, allowance: _Allowance, rate: float, cost: int) -> float | None:
+        """One round trip: spends `cost` (0: only takes ahead), gives back the tokens held past their time, takes
+        ahead for the loop's demand. None when admitted, _OPEN when Redis did not answer, else the seconds until
+        `cost` may be spent."""
         now = self._monotonic()
-        unspent, allowance.tokens = allowance.tokens, 0
-        demand = allowance.spent / max(now - allowance.since, DEMAND_RESOLUTION)
-        allowance.spent, allowance.since = 0, now
+        unspent = 0
+        if now >= allowance.until:
+            unspent, allowance.tokens = allowance.tokens, 0
+        demand = allowance.wanted / max(now - allowance.since, DEMAND_RESOLUTION)
+        allowance.wanted, allowance.since = 0, now
         ahead = math.floor(min(demand, rate) * ALLOWANCE_SECONDS)
-        asking = None
-        if allowance.asking is None:
-            asking = allowance.asking = asyncio.get_running_loop().create_future()
-        answer: float | None = None  # what the requests waiting for this trip learn from it (see `wait`)
         try:
             wait_ms, granted = await self._bucket(self.prefix + scope, repr(float(rate)), cost, ahead, unspent)
-            if self._down:
-                self._note_recovery()
-            if wait_ms == 0:
-                allowance.spent += cost
-                allowance.tokens += int(granted)
-                allowance.until = now + ALLOWANCE_SECONDS
-                return 0.0
-            answer = int(wait_ms) / 1000
-            return answer
         except (redis.RedisError, OSError) as exc:
             self._note_outage(exc)
-            answer = _OPEN
-            return 0.0
+            return _OPEN
         finally:
-            if asking is not None:
+            if allowance.asking is asyncio.current_task():
                 allowance.asking = None
-                asking.set_result(answer)
+        if self._down:
+            self._note_recovery()
+        if wait_ms != 0:
+            return int(wait_ms) / 1000
+        allowance.tokens += int(granted)
+        allowance.low = int(granted) // 2
+        # From when they arrived: a round trip slower than the allowance (a starved process) still brings tokens.
+        allowance.until = self._monotonic() + ALLOWANCE_SECONDS
+        return None
 
     def _allowance(self, scope: str) -> _Allowance:
         loop = asyncio.get_running_loop()

@@ -196,6 +196,43 @@ def test_a_request_that_goes_away_while_asking_redis_leaves_the_ones_waiting_for
     assert asyncio.run(submit()) == 0.0
 
 
+def test_tokens_a_round_trip_slower_than_the_allowance_brings_are_spent_not_given_back(private_redis):
+    client = redis.Redis.from_url(private_redis.url)
+    clock = FakeClock()
+    limiter = RateLimiter(AsyncRedis(private_redis.url), monotonic=clock)
+    round_trip = limiter._bucket
+
+    async def slow_round_trip(key: str, *args: object) -> list[int]:
+        answer = await round_trip(key, *args)
+        asked = clock.now
+        while clock.now < asked + 0.06:  # a starved process reads the answer 60 ms later; its requests go on
+            clock.now += 0.001
+            await asyncio.sleep(0)
+        return answer
+
+    limiter._bucket = slow_round_trip  # type: ignore[method-assign]
+
+    async def producer() -> list[float]:
+        waits = []
+        for _ in range(250):
+            waits.append(await limiter.wait("starved", rate=1_000_000))
+            clock.now += 0.000125
+            await asyncio.sleep(0)
+        return waits
+
+    async def submit() -> tuple[int, list[float]]:
+        assert await limiter.wait("warm-up", rate=1) == 0.0
+        before = evalsha_calls(client)
+        waits = await asyncio.gather(*(producer() for _ in range(8)))
+        return before, [w for ws in waits for w in ws]
+
+    before, waits = asyncio.run(submit())
+    assert waits == [0.0] * 2000
+    # Given back on arrival, every request would need a round trip of its own.
+    assert evalsha_calls(client) - before <= 2000 // 3, "what a round trip brought back was spent, not given back"
+    client.close()
+
+
 def test_a_key_that_submits_slowly_asks_redis_for_each_request_and_takes_nothing_ahead(private_redis):
     client = redis.Redis.from_url(private_redis.url)
     clock = FakeClock()
@@ -222,9 +259,9 @@ def test_tokens_taken_ahead_and_not_spent_go_back_to_the_shared_bucket(private_r
     bucket = "wjp:ratelimit:returning"
 
     async def submit() -> float:
-        # 50 submissions 0.1 ms apart at 100/s: the round trips take 5 tokens ahead each (0.05 s of the rate), the
-        # last of them at the 50th submission, so this process holds 5 unspent.
-        for _ in range(50):
+        # 47 submissions 0.1 ms apart at 100/s: the round trips take 5 tokens ahead each (0.05 s of the rate), one
+        # every 5 submissions, the last for the 47th, so this process holds 4 unspent.
+        for _ in range(47):
             assert await limiter.wait("returning", rate=100) == 0.0
             clock.now += 0.0001
         held_back = float(client.hget(bucket, "tokens"))
@@ -234,7 +271,7 @@ def test_tokens_taken_ahead_and_not_spent_go_back_to_the_shared_bucket(private_r
 
     held_back = asyncio.run(submit())
 
-    assert float(client.hget(bucket, "tokens")) >= held_back + 5 - 1
+    assert float(client.hget(bucket, "tokens")) >= held_back + 4 - 1
     client.close()
 
 
