@@ -24,8 +24,10 @@ from bench.common import PYTHON, QUICK, REDIS_URL, Service, bench_connect, log, 
 
 #: The share of the machine's cores the healthy stream keeps busy alone (bench/README.md says why half).
 NOISY_MACHINE_SHARE = 0.5
-#: The calibration run that measures what a healthy job costs the machine: a rate inside any machine's capacity.
-CALIBRATION_RATE = 100.0
+#: The calibration: the alone mix at two rates inside any machine's capacity, then at the rate their line says keeps
+#: the share busy, and the rate of the line through the last two (a secant step: a run's cores are not proportional
+#: to its rate, an idle API and worker cost some).
+CALIBRATION_RATES = (100.0, 200.0)
 CALIBRATION_SECONDS = 6.0
 #: What a healthy job costs the machine: every process of the run, the load generator's too (not PostgreSQL's other
 #: processes, where the machine's other users' backends count).
@@ -112,17 +114,32 @@ def _ratio(a: float | None, b: float | None) -> float:
 
 
 def noisy_rate(h: Harness) -> tuple[float, str]:
-    """The healthy rate and where it comes from: BENCH_NOISY_RATE, else the rate that keeps NOISY_MACHINE_SHARE of
-    the machine's cores busy, by what a healthy job cost the machine in a calibration run."""
+    """The healthy rate and where it comes from: BENCH_NOISY_RATE, else the rate at which the alone mix keeps
+    NOISY_MACHINE_SHARE of the machine's cores busy, found by calibration runs (CALIBRATION_RATES)."""
     if os.environ.get("BENCH_NOISY_RATE"):
         return float(os.environ["BENCH_NOISY_RATE"]), "BENCH_NOISY_RATE"
-    run = noisy_run(h, CALIBRATION_RATE, with_noise=False, seconds=CALIBRATION_SECONDS, label="calibration")
-    cores = sum(run["cores"].get(group, 0.0) for group in MACHINE_GROUPS)
-    cpu_s_per_job = cores / (run["healthy"]["throughput_per_s"] or CALIBRATION_RATE)
     machine = os.cpu_count() or 1
-    rate = round(NOISY_MACHINE_SHARE * machine / cpu_s_per_job, 1)
-    return rate, (f"{NOISY_MACHINE_SHARE:g} of {machine} cores at {cpu_s_per_job * 1e3:.2f} ms of CPU per healthy job, "
-                  f"calibrated at {CALIBRATION_RATE:g}/s")  # fmt: skip
+    wanted = NOISY_MACHINE_SHARE * machine
+    points = [(rate, _machine_cores(h, rate)) for rate in CALIBRATION_RATES]
+    estimate = _secant(points, wanted)
+    points.append((estimate, _machine_cores(h, estimate)))
+    rate = round(_secant(points, wanted), 1)
+    measured = ", ".join(f"{cores:.2f} at {r:g}/s" for r, cores in points)
+    return rate, f"{wanted:g} of {machine} cores busy; calibration: {measured}"
+
+
+def _machine_cores(h: Harness, rate: float) -> float:
+    run = noisy_run(h, rate, with_noise=False, seconds=CALIBRATION_SECONDS, label=f"calibration-{rate:g}")
+    return sum(run["cores"].get(group, 0.0) for group in MACHINE_GROUPS)
+
+
+def _secant(points: list[tuple[float, float]], wanted: float) -> float:
+    """The rate at which the line through the last two (rate, cores) points reaches `wanted` cores, kept within
+    half and three times the last rate (a flat or falling line: three times)."""
+    (r0, c0), (r1, c1) = points[-2:]
+    slope = (c1 - c0) / (r1 - r0)
+    rate = r1 + (wanted - c1) / slope if slope > 0 else 3 * r1
+    return round(min(max(rate, r1 / 2), 3 * r1), 1)
 
 
 def phase_noisy(h: Harness, rate: float, basis: str) -> dict:
