@@ -211,13 +211,9 @@ class FlowControl:
         return admissions
 
     def _write_deferrals(self, deferred: list[Deferred]) -> list[None]:
-        self.record_deferrals(deferred)
-        return [None] * len(deferred)
-
-    def record_deferrals(self, deferred: list[Deferred]) -> None:
-        """Record since when and why each deferred job waits; fail those that waited past WJP_MAX_DEFERRAL."""
-        if not deferred:
-            return
+        """Record since when and why each deferred job waits; fail those that waited past WJP_MAX_DEFERRAL (the
+        `deferrals` batcher's function: nobody waits for an answer)."""
+        answers: list[None] = [None] * len(deferred)
         now, max_deferral = self.clock(), self.settings.flow.max_deferral
 
         def record(conn: Any) -> list[uuid.UUID]:
@@ -229,9 +225,10 @@ class FlowControl:
             failed = self.database.run(record, transaction=True)
         except Exception as exc:  # a record missed is made at the job's next deferral
             log.warning("could not record %d deferrals: %s", len(deferred), exc)
-            return
+            return answers
         for job_id in failed:
             log.warning("⚠️ Job %s marked as FAILED: deferred on its destination for over %gs", job_id, max_deferral)
+        return answers
 
     def defer(self, dispatch: Dispatch, admission: Admission) -> None:
         """No attempt and no claim: the message waits on its destination's waiting list (parked by the gate), or

@@ -152,6 +152,27 @@ def test_a_busy_key_takes_tokens_ahead_and_asks_redis_once_for_many_requests(pri
     client.close()
 
 
+async def eight_producers(
+    limiter: RateLimiter, clock: FakeClock, client: redis.Redis, key: str, *, yield_between: bool = False
+) -> tuple[int, list[float]]:
+    """Eight connections of one API process submitting 250 times each for `key`, 8,000 a second in all: the EVALSHA
+    count before them, and every wait they were answered."""
+
+    async def producer() -> list[float]:
+        waits = []
+        for _ in range(250):
+            waits.append(await limiter.wait(key, rate=1_000_000))
+            clock.now += 0.000125
+            if yield_between:
+                await asyncio.sleep(0)
+        return waits
+
+    assert await limiter.wait("warm-up", rate=1) == 0.0  # the script loaded (a first EVALSHA fails and counts)
+    before = evalsha_calls(client)
+    waits = await asyncio.gather(*(producer() for _ in range(8)))
+    return before, [w for ws in waits for w in ws]
+
+
 def test_requests_arriving_while_a_round_trip_is_under_way_wait_for_it_instead_of_asking_redis_each(
     private_redis,
 ):
@@ -159,20 +180,7 @@ def test_requests_arriving_while_a_round_trip_is_under_way_wait_for_it_instead_o
     clock = FakeClock()
     limiter = RateLimiter(AsyncRedis(private_redis.url), monotonic=clock)
 
-    async def producer() -> list[float]:
-        waits = []
-        for _ in range(250):
-            waits.append(await limiter.wait("concurrent", rate=1_000_000))
-            clock.now += 0.000125  # eight of them: 8,000 submissions per second from this process
-        return waits
-
-    async def submit() -> tuple[int, list[float]]:
-        assert await limiter.wait("warm-up", rate=1) == 0.0
-        before = evalsha_calls(client)
-        waits = await asyncio.gather(*(producer() for _ in range(8)))  # eight connections of one API process
-        return before, [w for ws in waits for w in ws]
-
-    before, waits = asyncio.run(submit())
+    before, waits = asyncio.run(eight_producers(limiter, clock, client, "concurrent"))
     assert waits == [0.0] * 2000
     # About one round trip per ALLOWANCE_SECONDS of the process's demand (400 requests here), however many
     # requests wait on it.
@@ -212,21 +220,7 @@ def test_tokens_a_round_trip_slower_than_the_allowance_brings_are_spent_not_give
 
     limiter._bucket = slow_round_trip  # type: ignore[method-assign]
 
-    async def producer() -> list[float]:
-        waits = []
-        for _ in range(250):
-            waits.append(await limiter.wait("starved", rate=1_000_000))
-            clock.now += 0.000125
-            await asyncio.sleep(0)
-        return waits
-
-    async def submit() -> tuple[int, list[float]]:
-        assert await limiter.wait("warm-up", rate=1) == 0.0
-        before = evalsha_calls(client)
-        waits = await asyncio.gather(*(producer() for _ in range(8)))
-        return before, [w for ws in waits for w in ws]
-
-    before, waits = asyncio.run(submit())
+    before, waits = asyncio.run(eight_producers(limiter, clock, client, "starved", yield_between=True))
     assert waits == [0.0] * 2000
     # Given back on arrival, every request would need a round trip of its own.
     assert evalsha_calls(client) - before <= 2000 // 3, "what a round trip brought back was spent, not given back"
