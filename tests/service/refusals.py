@@ -10,15 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import redis
 from falcon import testing
 
-from actors.broker import NAMESPACE, Dispatcher, make_broker
+from actors.broker import Dispatcher, make_broker
 from ledger.database import Database
 from ledger.migrate import upgrade
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.conftest import reset_ledger, settings_env
+from tests.conftest import delete_queue_keys, reset_ledger, settings_env
 from tests.service.conftest import assert_error, job_count, notification, post
 
 
@@ -96,11 +95,7 @@ def shared_client_for(ledger: Database, redis_server_url: str, tmp_path_factory)
         return apps[key]
 
     yield build
-    client = redis.Redis.from_url(redis_server_url)
-    keys = list(client.scan_iter(match=f"{NAMESPACE}:*{queue}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_queue_keys(redis_server_url, queue)
 
 
 @pytest.fixture
