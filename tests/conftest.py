@@ -132,8 +132,13 @@ def queue_name(redis_server_url: str) -> Iterator[str]:
     """A queue no other test uses; its keys are deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
-    client = redis.Redis.from_url(redis_server_url)
-    keys = list(client.scan_iter(match=f"{NAMESPACE}:*{name}*", count=1000))
+    delete_queue_keys(redis_server_url, name)
+
+
+def delete_queue_keys(redis_url: str, queue: str) -> None:
+    """Delete every Redis key of `queue` (its list, bodies, delay queue, acks)."""
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{NAMESPACE}:*{queue}*", count=1000))
     if keys:
         client.delete(*keys)
     client.close()

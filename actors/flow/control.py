@@ -18,18 +18,18 @@ from actors import metrics
 from actors.batching import Batcher
 from actors.broker import BrokerUnavailable, Dispatcher
 from actors.channels.base import DeliveryError, PermanentError
-from actors.flow.gate import (
+from actors.flow.gate import Gate
+from actors.flow.shares import Shares
+from actors.flow.terms import (
     Admission,
     AdmitRequest,
     BreakerPolicy,
-    Gate,
     Limits,
     Outcome,
     QueueKeys,
     Reason,
     ReleaseRequest,
 )
-from actors.flow.shares import Shares
 from actors.settings import Settings
 from ledger import destinations, transitions
 from ledger.database import Database

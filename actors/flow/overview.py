@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import redis
 
 from actors.broker import BrokerUnavailable, Dispatcher
-from actors.flow.gate import Circuit, DestinationState, Gate
+from actors.flow.gate import Gate
+from actors.flow.terms import Circuit, DestinationState
 from actors.settings import FlowSettings
 from ledger import destinations, transitions
 from ledger.database import Database

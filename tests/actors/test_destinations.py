@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from actors.broker import Dispatcher, make_broker, parse_redis_message_id
 from actors.channels.webhook import WebhookChannel
-from actors.flow.gate import QueueKeys
+from actors.flow.terms import QueueKeys
 from ledger import queries
 from ledger.schema import jobs
 from ledger.states import Status

@@ -17,7 +17,7 @@ import pytest
 from actors.broker import Dispatcher, make_broker
 from actors.channels.webhook import WebhookChannel
 from actors.flow import Gate
-from actors.flow.gate import DestinationState
+from actors.flow.terms import DestinationState
 from ledger.states import Status
 from tests.actors.conftest import running_worker, settings_builder, submit, wait_for_status
 from tests.conftest import settings_env

@@ -1,31 +1,22 @@
-"""Every bad request of the contract, table-driven: the status, the one JSON error shape and, for a
-validation error, every bad field named in `details`. None of them records anything or answers 5xx."""
+"""Each field's rules, table-driven: a request that breaks them gets a 400 with the one JSON error shape and every
+bad field named in `details`, and records nothing; one at the edge of the rules is accepted and stored as sent."""
 
 from __future__ import annotations
 
-import http.client
-import json
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import pytest
-import redis
-from falcon import testing
 
-from actors.broker import NAMESPACE, Dispatcher, make_broker
 from actors.channels import ChannelConfig, build_channels
-from ledger.database import Database
-from ledger.migrate import upgrade
-from service.app import create_app
-from service.settings import ServiceSettings
 from service.validation import parse_notification
-from tests.asgi_server import AsgiServer
-from tests.conftest import reset_ledger, settings_env
+from tests.service import refusals
 from tests.service.conftest import ABSENT, assert_error, job_count, notification, post
+from tests.service.refusals import Bad, assert_refused, with_raw_value
+
+# The module's ledger and apps (tests/service/refusals.py), offered to its tests by their names.
+ledger, shared_client_for, client = refusals.ledger, refusals.shared_client_for, refusals.client
 
 #: Settings that enable the sms channel (the gateway is never called at intake).
 SMS = {
@@ -36,37 +27,13 @@ SMS = {
 }
 
 
-@dataclass(frozen=True)
-class Bad:
-    """A request to POST and what the answer must be."""
-
-    body: Any
-    status: int = 400
-    code: str = "validation_error"
-    #: For validation errors: exactly the fields `details` must name.
-    fields: tuple[str | None, ...] = ()
-    headers: dict[str, str] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)
-
-
-def raw(**fields: Any) -> str:
-    """A body as JSON text, for cases where the exact characters matter."""
-    return json.dumps(notification(**fields))
-
-
 def ahead(**delta: float) -> str:
     """An RFC 3339 time this far from now. The table is built at import, which in a whole run may be many minutes
     before a case is used: each case keeps a margin of an hour or more from its limit."""
     return (datetime.now(UTC) + timedelta(**delta)).isoformat().replace("+00:00", "Z")
 
 
-def with_raw_value(name: str, literal: str) -> str:
-    """A valid body whose field `name` is the JSON literal text `literal`, spliced in verbatim."""
-    body = notification(**{name: "PLACEHOLDER"})
-    return json.dumps(body).replace('"PLACEHOLDER"', literal)
-
-
-BAD_REQUESTS: dict[str, Bad] = {
+BAD_FIELDS: dict[str, Bad] = {
     # Missing or non-string fields
     "missing recipient": Bad(notification(recipient=ABSENT), fields=("recipient",)),
     "missing channel": Bad(notification(channel=ABSENT), fields=("channel",)),
@@ -151,107 +118,19 @@ BAD_REQUESTS: dict[str, Bad] = {
     "lone surrogate in idempotency_key": Bad(
         with_raw_value("idempotency_key", '"\\ud800"'), fields=("idempotency_key",)
     ),
-    # Bodies that are not a JSON object
-    "malformed JSON": Bad('{"recipient": "user@example.com", ', code="invalid_json"),
-    "trailing garbage": Bad(raw() + " x", code="invalid_json"),
-    "single quotes": Bad("{'recipient': 'user@example.com'}", code="invalid_json"),
-    "NaN literal": Bad(with_raw_value("metadata", '{"n": NaN}'), code="invalid_json"),
-    "Infinity literal": Bad(with_raw_value("metadata", '{"n": -Infinity}'), code="invalid_json"),
-    "invalid UTF-8": Bad(
-        b'{"recipient": "user@example.com", "message": "\xff\xfe", "channel": "email"}', code="invalid_json"
-    ),
-    "Latin-1 bytes": Bad(
-        raw(message="café").replace("é", "\\u00e9").encode().replace(b"\\u00e9", b"\xe9"), code="invalid_json"
-    ),
-    "empty body": Bad(b"", code="invalid_json"),
-    "nesting deeper than the parser allows": Bad(
-        '{"metadata": ' + "[" * 10_000 + "]" * 10_000 + "}", code="invalid_json"
-    ),
-    "a JSON array": Bad([notification()], fields=(None,)),
-    "a JSON string": Bad('"hello"', fields=(None,)),
-    "a JSON number": Bad("42", fields=(None,)),
-    "JSON null": Bad("null", fields=(None,)),
-    # Content type and size
-    "text/plain": Bad(raw(), 415, "unsupported_media_type", headers={"Content-Type": "text/plain"}),
-    "form encoded": Bad(
-        raw(), 415, "unsupported_media_type", headers={"Content-Type": "application/x-www-form-urlencoded"}
-    ),
-    "no content type": Bad(raw(), 415, "unsupported_media_type", headers={"Content-Type": ""}),
-    "body over 64 KiB": Bad(notification(message="m" * (64 * 1024)), 413, "payload_too_large"),
 }
 
 
+@pytest.fixture(scope="module")
 def app_settings() -> set[frozenset[tuple[str, str]]]:
     """The settings of every app this module's tables build."""
-    envs = [case.env for case in BAD_REQUESTS.values()] + [env for _, env in GOOD_EDGES.values()]
+    envs = [case.env for case in BAD_FIELDS.values()] + [env for _, env in GOOD_EDGES.values()]
     return {frozenset(env.items()) for env in envs}
 
 
-@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
-def ledger(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Database]:
-    """One ledger per database for the whole module: the bad requests below must leave it untouched, and
-    sharing it keeps a table of a hundred cases fast."""
-    if request.param == "postgresql":
-        # Each app `shared_client_for` builds keeps a connection for its intake batching thread while the module
-        # runs: with fewer kept connections than apps, the last app's first POST waits out the pool's timeout.
-        database = Database(request.getfixturevalue("postgres_server_url"), pool_size=2, kept=len(app_settings()))
-        reset_ledger(database)
-    else:
-        database = Database(f"sqlite:///{tmp_path_factory.mktemp('validation') / 'ledger.sqlite3'}")
-        upgrade(database)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture(scope="module")
-def shared_client_for(ledger: Database, redis_server_url: str, tmp_path_factory) -> Iterator[Callable[..., Any]]:
-    """Like `shared_client_for`, on the module's ledger and a queue of its own."""
-    queue = f"test-{uuid.uuid4().hex[:12]}"
-    dispatcher = Dispatcher(make_broker(redis_server_url), queue)
-    outbox = str(tmp_path_factory.mktemp("outbox"))
-
-    apps: dict[frozenset[tuple[str, str]], testing.TestClient] = {}
-
-    def build(**env: str) -> testing.TestClient:
-        # Building an app builds its channels (HTTP clients, TLS contexts): once per configuration is enough.
-        key = frozenset(env.items())
-        if key not in apps:
-            settings = ServiceSettings.from_env(
-                settings_env(ledger, redis_server_url, queue, WJP_OUTBOX_DIR=outbox, **env)
-            )
-            apps[key] = testing.TestClient(create_app(settings, database=ledger, dispatcher=dispatcher))
-        return apps[key]
-
-    yield build
-    client = redis.Redis.from_url(redis_server_url)
-    keys = list(client.scan_iter(match=f"{NAMESPACE}:*{queue}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-def client(shared_client_for) -> testing.TestClient:
-    """This module's `client`: on the shared ledger."""
-    return shared_client_for()
-
-
-@pytest.mark.parametrize("case", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+@pytest.mark.parametrize("case", BAD_FIELDS.values(), ids=BAD_FIELDS.keys())
 def test_a_bad_request_gets_its_status_and_one_json_error_naming_what_is_wrong(shared_client_for, ledger, case: Bad):
-    client = shared_client_for(**case.env)
-    jobs_before = job_count(ledger)
-
-    result = post(client, case.body, **case.headers)
-
-    error = assert_error(result, case.status, case.code)
-    if case.code == "validation_error":
-        assert [d.get("field") for d in error["details"]] == list(case.fields), error
-        assert all(isinstance(d.get("message"), str) and d["message"] for d in error["details"]), error
-        for name in case.fields:
-            if name is not None:
-                assert name in error["message"], error
-    # Nothing is half-written
-    assert job_count(ledger) == jobs_before
+    assert_refused(shared_client_for(**case.env), ledger, case)
 
 
 def test_an_unknown_channel_is_answered_with_the_list_of_enabled_channels(client):
@@ -321,121 +200,6 @@ def test_several_bad_fields_are_all_named_in_one_answer(client, ledger):
     for name in ("recipient", "message", "subject", "metadata", "send_at"):
         assert name in error["message"]
     assert job_count(ledger) == jobs_before
-
-
-def test_the_json_content_type_is_accepted_with_a_charset_and_in_any_case(client):
-    assert post(client, notification(), **{"Content-Type": "application/json; charset=utf-8"}).status_code == 202
-    assert post(client, notification(), **{"Content-Type": "Application/JSON"}).status_code == 202
-
-
-def test_deeply_nested_metadata_within_the_size_limit_is_refused_or_stored_but_never_a_5xx(client):
-    # Python's JSON parser accepts nesting up to its recursion limit; every later step (validation, the
-    # ledger's JSON column, the GET's serialiser) must cope with what it accepted.
-    for depth in range(850, 1000, 5):
-        nested = "[" * depth + "]" * depth
-        body = json.dumps(notification(metadata={"a": "PLACEHOLDER"}))
-        result = post(client, body.replace('"PLACEHOLDER"', nested))
-        assert result.status_code in (202, 400), f"depth {depth}: {result.status_code} {result.text}"
-        if result.status_code == 202:
-            got = client.simulate_get(f"/api/notifications/{result.json['job_id']}")
-            assert got.status_code == 200, f"depth {depth}: GET {got.status_code} {got.text}"
-
-
-@pytest.mark.parametrize("number", ["1e400", "-1e400", "1.5e309"])
-def test_a_metadata_number_too_large_for_a_double_is_a_400_and_never_stored_as_infinity(client, ledger, number):
-    # Valid JSON syntax, but Python reads it as infinity, which is not JSON: PostgreSQL refuses it, and
-    # SQLite would store it and serve `Infinity`, which no JSON parser reads.
-    jobs_before = job_count(ledger)
-
-    result = post(client, with_raw_value("metadata", f'{{"x": {number}}}'))
-
-    assert result.status_code == 400, result.text
-    assert_error(result, 400, result.json["error"])
-    assert result.json["error"] in ("invalid_json", "validation_error")
-    assert job_count(ledger) == jobs_before
-
-
-@pytest.mark.parametrize(
-    "method, path, allowed",
-    [
-        ("PUT", "/api/notifications", {"GET", "POST"}),
-        ("PATCH", "/api/notifications", {"GET", "POST"}),
-        ("DELETE", "/api/notifications", {"GET", "POST"}),
-        ("POST", "/api/notifications/{id}", {"GET", "DELETE"}),
-        ("PUT", "/api/notifications/{id}", {"GET", "DELETE"}),
-        ("POST", "/api/notifications/{id}/attempts", {"GET"}),
-        ("GET", "/internal/notifications/{id}/retry", {"POST"}),
-        ("POST", "/internal/queue/stats", {"GET"}),
-        ("POST", "/healthz", {"GET"}),
-    ],
-)
-def test_a_wrong_method_gets_405_with_an_allow_header(client, method, path, allowed):
-    result = client.simulate_request(method, path.replace("{id}", str(uuid.uuid4())))
-
-    assert_error(result, 405, "method_not_allowed")
-    offered = {name.strip() for name in result.headers["allow"].split(",")}
-    assert allowed <= offered <= allowed | {"OPTIONS"}
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/",
-        "/api",
-        "/api/notification",
-        "/api/notifications/x/y/z",
-        "/internal/unknown",
-        "/healthz/extra",
-        "/static/x.css",
-    ],
-)
-def test_an_unknown_path_gets_404_not_found(client, path):
-    assert_error(client.simulate_get(path), 404, "not_found")
-
-
-@pytest.mark.parametrize(
-    "job_id",
-    [str(uuid.uuid4()), "not-a-uuid", "12345", "00000000-0000-0000-0000-00000000000g", "%00", "'; DROP TABLE jobs;--"],
-    ids=["unknown uuid", "word", "number", "almost a uuid", "nul", "sql"],
-)
-@pytest.mark.parametrize("method, suffix", [("GET", ""), ("DELETE", ""), ("GET", "/attempts")])
-def test_an_unknown_or_malformed_job_id_gets_404_not_found(client, job_id, method, suffix):
-    result = client.simulate_request(method, f"/api/notifications/{job_id}{suffix}")
-
-    assert_error(result, 404, "not_found")
-
-
-def test_a_client_asking_for_html_still_gets_json_errors(client):
-    html = {"Accept": "text/html"}
-
-    assert_error(client.simulate_get("/nowhere", headers=html), 404, "not_found")
-    assert_error(client.simulate_put("/api/notifications", headers=html), 405, "method_not_allowed")
-    result = client.simulate_post("/api/notifications", body="{", headers={**html, "Content-Type": "application/json"})
-    assert_error(result, 400, "invalid_json")
-    assert_error(post(client, notification(channel="pigeon"), Accept="text/html"), 400, "validation_error")
-
-
-def test_a_client_asking_for_xml_still_gets_json_errors(client):
-    assert_error(client.simulate_get("/nowhere", headers={"Accept": "application/xml"}), 404, "not_found")
-
-
-def test_a_content_length_over_64_kib_is_413_before_any_of_the_body_is_waited_for(shared_client_for, ledger):
-    # Over a real connection: Falcon's ASGI test client sends the length of the body it has, whatever the header says.
-    server = AsgiServer(shared_client_for().app)
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        conn.putrequest("POST", "/api/notifications")
-        conn.putheader("Content-Type", "application/json")
-        conn.putheader("Content-Length", str(10**9))
-        conn.endheaders(raw().encode())
-        answer = conn.getresponse()
-        body = json.loads(answer.read())
-        conn.close()
-    finally:
-        server.stop()
-
-    assert answer.status == 413, body
-    assert body["error"] == "payload_too_large"
 
 
 def test_every_field_of_a_checked_notification_lands_where_the_ledger_reads_it():
