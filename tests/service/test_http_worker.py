@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.http_worker import HttptoolsWorker
+from service.http_worker import FirstRequestServedProtocol, HttptoolsWorker
 from tests.conftest import free_port
 from tests.e2e.conftest import ROOT, Process, process_env, wait_for_http
 from tests.service.conftest import notification
@@ -83,13 +83,13 @@ def test_a_stopping_worker_serves_the_request_of_a_connection_it_had_just_accept
         api.kill()
 
 
-def test_the_server_runs_the_uvicorn_its_connection_protocol_was_tested_with():
-    # FirstRequestServedProtocol overrides uvicorn's protocol internals; constraints.txt pins the uvicorn it was
-    # tested with, and this fails when an install drifts from that pin.
+def test_the_installed_uvicorn_is_the_one_its_connection_protocol_was_tested_with():
+    # FirstRequestServedProtocol overrides uvicorn's connection internals, tested above on the uvicorn that
+    # constraints.txt pins; an install that drifts from that pin fails here.
     pins = dict(
         line.split("==", 1)
         for line in (Path(ROOT) / "constraints.txt").read_text().splitlines()
         if "==" in line and not line.startswith("#")
     )
     assert importlib.metadata.version("uvicorn") == pins["uvicorn"]
-    assert HttptoolsWorker.CONFIG_KWARGS["http"].__mro__[1].__name__ == "HttpToolsProtocol"
+    assert HttptoolsWorker.CONFIG_KWARGS["http"] is FirstRequestServedProtocol
