@@ -64,9 +64,12 @@ def summarise(res: dict) -> dict:
                   "startup_s": g(d, key, "startup_s"), "startup_cpu_s": g(d, key, "startup_cpu_s")}
            for name, d, key in (("drain", drain_, "log"), ("drain_webhook", drain_, "webhook"),
                                 ("peer_dramatiq", peers, "dramatiq"), ("peer_celery", peers, "celery"))},
-        "e2e": {"p50_ms": g(e2e, "p50_ms"), "p99_ms": g(e2e, "p99_ms"), "rate": g(e2e, "rate"),
-                "from_post_start_p50_ms": g(e2e, "producer_view_ms", "p50"),
-                "from_post_start_p99_ms": g(e2e, "producer_view_ms", "p99"), "api_saturated": g(e2e, "api_saturated")},
+        # Since issue 22 the end-to-end figures are taken at half the sustainable rate (sustainable.summary); half
+        # the API's own maximum is kept for information: on shared cores it can be above what API and workers carry.
+        "e2e_at_half_intake": {"p50_ms": g(e2e, "p50_ms"), "p99_ms": g(e2e, "p99_ms"), "rate": g(e2e, "rate"),
+                               "from_post_start_p50_ms": g(e2e, "producer_view_ms", "p50"),
+                               "from_post_start_p99_ms": g(e2e, "producer_view_ms", "p99"),
+                               "api_saturated": g(e2e, "api_saturated")},
         "stats_1m_ms": g(maint, "1m", "stats_http_ms_p50"),
         "reconcile_empty_1m_ms": g(maint, "1m", "reconcile_empty_ms_p50"),
         "reconcile_1000_1m_ms": g(maint, "1m", "reconcile_1000_ms_p50"),
@@ -101,7 +104,6 @@ def summarise(res: dict) -> dict:
         "drain_vs_celery": target(drain_ratio("celery"), ">=", 1.5),
         "drain_from_start_vs_dramatiq": target(dig(drain_, ("log", "from_start_ratio_vs_dramatiq")), ">=", 0.5),
         "worker_first_job_s": target(out["drain"]["startup_s"], "<", 1.0),
-        "e2e_p99_ms": target(out["e2e"]["p99_ms"], "<", 50, at_rate=out["e2e"]["rate"]),
         "stats_ms": target(out[stats_key], "<", 10, scale=scale_note),
         "reconcile_empty_ms": target(out[empty_key], "<", 20, scale=scale_note),
         "listing_p99_ms": target(out[f"listing_{'5m' if big else '1m'}_p99_ms"], "<", 20, scale=scale_note),
@@ -184,10 +186,10 @@ def render_table(res: dict) -> str:
         f"{fmt(res['info_ratios']['drain_webhook_vs_dramatiq'], 2)} / "
         f"{fmt(res['info_ratios']['drain_webhook_vs_celery'], 2)} | – | – |"
     )
-    e = res["e2e"]
+    e = res["e2e_at_half_intake"]
     lines.append(
-        f"| end-to-end POST → SUCCESS at {fmt(e['rate'])} req/s, p50 / p99 ms | {fmt(e['p50_ms'], 1)} / "
-        f"{fmt(e['p99_ms'], 1)} | | | p99 < 50 | {t['e2e_p99_ms']['pass']} |"
+        f"| end-to-end POST → SUCCESS at half the intake rate ({fmt(e['rate'])} req/s; the target is at half the "
+        f"sustainable rate, below), p50 / p99 ms | {fmt(e['p50_ms'], 1)} / {fmt(e['p99_ms'], 1)} | | | – | – |"
     )
     for scale in ("1m", "5m"):
         # The targets are judged on 5 M rows, or on 1 M when a quick run skipped 5 M.
@@ -223,7 +225,7 @@ def render_table(res: dict) -> str:
         seen = e2e_details["producer_view_ms"]
         lines += [
             "",
-            f"End-to-end: at this rate the API was saturated while the worker ran on the same cores "
+            f"End-to-end at half the intake rate: the API was saturated while the worker ran on the same cores "
             f"(client-side HTTP p50 {fmt(client['http_p50_ms'])} ms, p99 {fmt(client['http_p99_ms'])} ms): "
             f"requests waited in the listen backlog, which created_at → completed_at does not include. "
             f"From the start of each POST to SUCCESS: p50 {fmt(seen['p50'])} ms, p99 {fmt(seen['p99'])} ms.",

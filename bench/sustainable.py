@@ -295,8 +295,11 @@ def summary(res: dict) -> dict:
     vs_today = rate / today if rate else None
     return {
         "sustainable": figures,
+        # The SPEC's end-to-end fields: POST → SUCCESS at half the sustainable rate (issue 22 item 4).
+        "e2e": {"p50_ms": half.get("p50_ms"), "p99_ms": half.get("p99_ms"), "rate": half.get("rate"),
+                "from_post_start_p99_ms": half.get("producer_view_p99_ms")},
         "targets": {
-            "sustainable_p99_ms": target(half.get("p99_ms"), "<", TARGET_P99_MS, at_rate=half.get("rate")),
+            "e2e_p99_ms": target(half.get("p99_ms"), "<", TARGET_P99_MS, at_rate=half.get("rate")),
             "sustainable_vs_today": target(vs_today, ">=", TARGET_VS_TODAY, today=today),
         },
     }
@@ -307,7 +310,7 @@ def table(res: dict) -> list[str]:
     if s.get("rate") is None and s.get("p99_ms") is None:
         return []
     fmt = lambda v, nd=0: "–" if v is None else f"{v:,.{nd}f}"  # noqa: E731
-    tp, tr = t["sustainable_p99_ms"], t["sustainable_vs_today"]
+    tp, tr = t["e2e_p99_ms"], t["sustainable_vs_today"]
     sp = s.get("split_ms") or {}
     return [
         "",

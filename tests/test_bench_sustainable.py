@@ -112,3 +112,12 @@ def test_the_rate_is_judged_against_the_reference_measured_in_the_same_run_when_
     assert with_reference["sustainable"]["today_measured"] is True
     assert without["targets"]["sustainable_vs_today"]["today"] == sustainable.TODAY_RATE
     assert without["sustainable"]["today_measured"] is False
+
+
+def test_the_end_to_end_figures_and_their_target_are_those_at_half_the_sustainable_rate() -> None:
+    half = {"rate": 700.0, "p50_ms": 10.0, "p99_ms": 60.0, "producer_view_p99_ms": 64.0}
+    figures = sustainable.summary({"sustainable": {"sustainable_rate": 1400.0, "at_half": half, "today": None}})
+
+    assert figures["e2e"] == {"p50_ms": 10.0, "p99_ms": 60.0, "rate": 700.0, "from_post_start_p99_ms": 64.0}
+    assert figures["targets"]["e2e_p99_ms"]["measured"] == 60.0
+    assert figures["targets"]["e2e_p99_ms"]["pass"] is False
