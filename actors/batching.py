@@ -25,10 +25,12 @@ class _Waiter(Generic[Request, Result]):
     A posted request has no `done`: nobody waits for it. A flush marker has no request: it is released once
     everything queued before it has run."""
 
-    __slots__ = ("done", "error", "request", "result")
+    __slots__ = ("answered", "done", "error", "request", "result")
 
     def __init__(self, request: Request, *, waited: bool = True) -> None:
         self.request = request
+        #: Answered by `Batcher.answer_now` while its batch still ran: the batch's outcome is no longer its own.
+        self.answered = False
         self.done: threading.Lock | None = None
         if waited:
             self.done = threading.Lock()
@@ -56,6 +58,8 @@ class Batcher(Generic[Request, Result]):
 
     A request posted with `wait` is a rider: it wakes nobody, and goes with the next batch that someone waits for,
     or once it has waited `wait` seconds, with whatever batch runs then (alone if none).
+
+    `run_batch` may answer a request before the rest of its batch is done (`answer_now`): its thread goes on at once.
     """
 
     def __init__(
@@ -77,6 +81,8 @@ class Batcher(Generic[Request, Result]):
         self._sleeping = False
         self._starting = threading.Lock()
         self._thread: threading.Thread | None = None
+        #: The batch `run_batch` is running (batch thread only), for `answer_now`.
+        self._running: list[_Waiter[Request, Result]] = []
 
     def submit(self, request: Request) -> Result:
         """Wait for the batch holding `request` and return its result, or raise what the batch raised."""
@@ -105,6 +111,20 @@ class Batcher(Generic[Request, Result]):
             return True
         marker = self._enqueue(_FLUSH, waited=True)
         return marker.done.acquire(timeout=timeout)  # type: ignore[union-attr]
+
+    def answer_now(self, index: int, result: Result) -> None:
+        """From `run_batch`: answer request `index` of its batch at once, not when the whole batch is done (its
+        entry in what `run_batch` returns, or the batch's exception, is then not its answer). Called from any other
+        thread (`run_batch` run directly), it does nothing: the returned list answers."""
+        if threading.current_thread() is not self._thread:
+            return
+        waiter = self._running[index]
+        if waiter.answered:
+            return
+        waiter.answered = True
+        waiter.result = result
+        if waiter.done is not None:
+            waiter.done.release()
 
     def _enqueue(self, request: Request, *, waited: bool) -> _Waiter[Request, Result]:
         if self._thread is None or not self._thread.is_alive():
@@ -183,6 +203,7 @@ class Batcher(Generic[Request, Result]):
                 return
 
     def _run(self, batch: list[_Waiter[Request, Result]]) -> None:
+        self._running = batch
         try:
             results = self._run_batch([waiter.request for waiter in batch])
             if len(results) != len(batch):
@@ -190,6 +211,8 @@ class Batcher(Generic[Request, Result]):
         except BaseException as exc:  # every waiter must hear of it, whatever it is
             posted = 0
             for waiter in batch:
+                if waiter.answered:
+                    continue
                 waiter.error = exc
                 if waiter.done is None:
                     posted += 1
@@ -198,7 +221,11 @@ class Batcher(Generic[Request, Result]):
             if posted:
                 log.error("%s: a batch failed with %d posted requests in it", self._name, posted, exc_info=exc)
             return
+        finally:
+            self._running = []
         for waiter, result in zip(batch, results, strict=True):
+            if waiter.answered:
+                continue
             if isinstance(result, BaseException):
                 waiter.error = result
                 if waiter.done is None:

@@ -99,6 +99,11 @@ class LedgerBatch:
         groups: dict[int, list[Admission]] = {}
         if self.flow is not None:
             admissions, groups = self._admit(requests)
+            # A deferred claim's answer is the gate's: its thread need not wait for the others' ledger statement
+            # (bench/README.md, 2026-12-04 "noisy neighbour": deferred messages held threads through whole batches).
+            for n, admission in admissions.items():
+                if not admission.granted:
+                    self.batcher.answer_now(n, admission)
         granted = [r for n, r in enumerate(requests) if admissions.get(n, GRANTED).granted]
         delivered = [r for r in requests if isinstance(r, Delivered)]
         dispatches = [(r.job_id, r.seq) for r in granted if isinstance(r, JobClaim)]

@@ -56,6 +56,24 @@ def test_a_failing_batch_raises_its_error_in_every_waiting_thread_and_the_next_b
     assert batcher.submit(2) == 2
 
 
+def test_a_request_answered_now_goes_on_while_its_batch_runs_and_a_failure_after_does_not_touch_it():
+    release = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        if 1 in items:
+            batcher.answer_now(items.index(1), -1)
+            release.wait(30)
+            raise ConnectionError("ledger down")
+        return [item * 2 for item in items]
+
+    batcher: Batcher[int, int] = Batcher(run, "test")
+    try:
+        assert batcher.submit(1) == -1  # answered while its batch is still held
+    finally:
+        release.set()
+    assert batcher.submit(2) == 4
+
+
 def test_posted_requests_run_without_their_sender_waiting_and_flush_waits_for_them():
     release = threading.Event()
     ran: list[int] = []

@@ -7,6 +7,8 @@ from sqlalchemy import select, text
 
 from actors.broker import Dispatcher, make_broker
 from actors.channels.webhook import WebhookChannel
+from actors.flow.shares import KNOWN_AFTER
+from ledger import queries
 from ledger.schema import jobs
 from ledger.states import Status
 from ledger.timestamps import utcnow
@@ -52,3 +54,64 @@ def test_a_deferral_whose_record_waits_on_its_row_holds_back_no_other_destinatio
         wait_until(lambda: deferral_reason(postgres_db, waiting) == "limit", "the deferral is recorded once free")
 
     assert {job.status for job in done} == {Status.SUCCESS}, "the other destination's jobs are claimed meanwhile"
+
+
+def lock_row(conn, job_id) -> int:  # type: ignore[no-untyped-def]
+    """Hold `job_id`'s row in `conn`'s open transaction, as a busy ledger might; the backend's pid."""
+    conn.execute(select(jobs.c.id).where(jobs.c.id == job_id).with_for_update())
+    return conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def test_a_deferred_claim_is_answered_without_waiting_for_its_batch_s_ledger_statement(
+    postgres_db, redis_server_url, queue_name, tmp_path
+):
+    settings = settings_builder(postgres_db, redis_server_url, queue_name, tmp_path)(
+        WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_WEBHOOK_TIMEOUT="20", WJP_VISIBILITY_TIMEOUT="30"
+    )
+    dispatcher = Dispatcher(make_broker(redis_server_url), queue_name)
+    channels = {"webhook": WebhookChannel(settings.channels)}
+    worker = running_worker(settings, postgres_db, channels=channels, threads=4)
+    with worker as delivery, webhook_sink() as healthy, black_hole() as hole:
+        webhook_job(postgres_db, dispatcher, settings, hole.port)
+        wait_until(lambda: hole.open == 1, "the hole holds its one attempt (never seen to answer: one at a time)")
+        port = healthy.server.server_address[1]
+        # The healthy receiver seen to answer fast, so that its attempts are no longer taken one at a time.
+        for _ in range(KNOWN_AFTER):
+            wait_for_status(postgres_db, webhook_job(postgres_db, dispatcher, settings, port))
+        first, held = (
+            submit(postgres_db, None, settings, channel="webhook", recipient=f"http://127.0.0.1:{port}/hook",
+                   destination=f"webhook:127.0.0.1:{port}")
+            for _ in range(2)
+        )  # fmt: skip
+        deferred = submit(
+            postgres_db, None, settings, channel="webhook", recipient=f"http://127.0.0.1:{hole.port}/hook",
+            destination=f"webhook:127.0.0.1:{hole.port}",
+        )  # fmt: skip
+        dispatches = {job_id: postgres_db.run(lambda conn, j=job_id: queries.dispatch_state(conn, j))
+                      for job_id in (first, held, deferred)}  # fmt: skip
+
+        def send(*job_ids) -> None:  # type: ignore[no-untyped-def]
+            now = utcnow()
+            dispatcher.send([Dispatch(j, dispatches[j].dispatch_seq, now, webhook_key(j)) for j in job_ids], now=now)
+
+        def webhook_key(job_id) -> str:  # type: ignore[no-untyped-def]
+            return f"webhook:127.0.0.1:{hole.port if job_id == deferred else port}"
+
+        with postgres_db.engine.connect() as a, postgres_db.engine.connect() as b:
+            a.begin()
+            b.begin()
+            a_pid, b_pid = lock_row(a, first), lock_row(b, held)
+            send(first)
+            wait_until(lambda: blocked_by(postgres_db, a_pid) > 0, "the first batch's statement waits for its row")
+            send(deferred, held)
+            # Both claims queued behind the first batch, so that the next one carries them together.
+            wait_until(lambda: delivery.ledger._waiting.qsize() == 2, "both claims wait for the next batch")
+            a.commit()
+            wait_until(lambda: blocked_by(postgres_db, b_pid) > 0, "the second batch's statement waits for its row")
+            # The gate deferred the hole's message (its one attempt at a time is taken): its thread records the
+            # deferral while the batch's statement still waits, instead of being held by it.
+            wait_until(lambda: deferral_reason(postgres_db, deferred) == "limit", "the deferral is recorded meanwhile")
+            b.commit()
+        done = [wait_for_status(postgres_db, job_id) for job_id in (first, held)]
+
+    assert {job.status for job in done} == {Status.SUCCESS}
