@@ -1,19 +1,24 @@
 """What the two fault drills (`tests/chaos`, `tests/failover`) share: the system under test as `wjp` processes with
-their logs, the drain and the checks of the ledger and the sink against what the producers were answered."""
+their logs, the drain, the checks of the ledger and the sink against what the producers were answered, and the end
+of their command line."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import select
 
 from ledger.database import Database
 from ledger.schema import jobs
 from ledger.states import Status
+from tests.chaos.servers import missing_servers
 from tests.chaos.sink import ChaosSink, Delivered
 from tests.conftest import free_port
 from tests.e2e.conftest import Process, process_env, run_wjp, wait_for_http
@@ -149,3 +154,28 @@ def check_outcomes(report: Findings, accepted: set[str], status: dict[str, str],
             f"webhook-ids delivered {len(ids)} vs accepted {len(accepted)}: "
             f"{len(accepted - ids)} never delivered, {len(ids - accepted)} unknown"
         )
+
+
+class Drill(Protocol):
+    directory: Path
+
+    def run(self) -> Findings: ...
+
+
+def run_drill(name: str, directory: Path | None, build: Callable[[Path | None], Drill], held: str) -> int:
+    """A drill's command line once its arguments are read: exit status 2 if a server is missing; otherwise run the
+    drill, print its report as JSON and say whether its invariants `held` (0) or not (1)."""
+    reason = missing_servers()
+    if reason:
+        print(f"{name}: cannot run: {reason}", file=sys.stderr)
+        return 2
+    if directory:
+        directory.mkdir(parents=True, exist_ok=True)
+    drill = build(directory)
+    report = drill.run()
+    print(report.to_json())
+    if not report.ok:
+        print(f"{name}: {len(report.failures)} invariants broken; logs in {drill.directory}", file=sys.stderr)
+        return 1
+    print(f"{name}: {held}; logs in {drill.directory}", file=sys.stderr)
+    return 0
