@@ -157,6 +157,8 @@ def check_outcomes(report: Findings, accepted: set[str], status: dict[str, str],
 
 
 class Drill(Protocol):
+    """A chaos run or a failover drill, as `run_drill` uses it."""
+
     directory: Path
 
     def run(self) -> Findings: ...
