@@ -167,6 +167,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_redis(port: int, timeout: float = 10.0) -> None:
+    """Return once the redis-server on `port` answers PING; raise its last error after `timeout` seconds."""
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
 class RedisProcess:
     """A redis-server of the test's own on a free port, so that it can be flushed, stopped and started."""
 
@@ -186,16 +203,7 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_for_redis(self.port)
 
     def stop(self) -> None:
         if self.process is not None:

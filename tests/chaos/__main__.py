@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.chaos.report import ChaosConfig
 from tests.chaos.scenario import ChaosRun
-from tests.chaos.servers import missing_servers
+from tests.drills import run_drill
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,10 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-down", type=float, default=defaults.redis_down, help="seconds redis-server stays down")
     parser.add_argument("--dir", type=Path, help="where the processes' logs go (default: a new temporary directory)")
     args = parser.parse_args(argv)
-    reason = missing_servers()
-    if reason:
-        print(f"chaos: cannot run: {reason}", file=sys.stderr)
-        return 2
     config = ChaosConfig(
         jobs=args.jobs,
         producer_threads=args.producers,
@@ -42,16 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         postgres_down=args.postgres_down,
         redis_down=args.redis_down,
     )
-    if args.dir:
-        args.dir.mkdir(parents=True, exist_ok=True)
-    run = ChaosRun(config, args.dir)
-    report = run.run()
-    print(report.to_json())
-    if not report.ok:
-        print(f"chaos: {len(report.failures)} invariants broken; logs in {run.directory}", file=sys.stderr)
-        return 1
-    print(f"chaos: every invariant held; logs in {run.directory}", file=sys.stderr)
-    return 0
+    return run_drill("chaos", args.dir, lambda directory: ChaosRun(config, directory), "every invariant held")
 
 
 if __name__ == "__main__":

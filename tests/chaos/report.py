@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from tests.drills import Findings
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Flush:
 
 
 @dataclass
-class Report:
+class Report(Findings):
     jobs_requested: int = 0
     accepted: int = 0
     success: int = 0
@@ -79,10 +80,3 @@ class Report:
     drain_seconds: float = 0.0
     wall_seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "ok": self.ok}, indent=2)

@@ -29,8 +29,9 @@ from tests.chaos.producers import Producers
 from tests.chaos.report import ChaosConfig, Flush, Kill, Report
 from tests.chaos.servers import PostgresCluster
 from tests.chaos.sink import Delivered, running_sink
-from tests.conftest import RedisProcess, free_port
-from tests.e2e.conftest import Process, descendants, process_env, run_wjp, wait_for_http
+from tests.conftest import RedisProcess
+from tests.drills import DrillSystem, check_outcomes, drain, drill_env, statuses
+from tests.e2e.conftest import descendants
 
 #: The run's Dramatiq queue, whose messages FLUSHALL deletes.
 QUEUE = "chaos"
@@ -51,14 +52,14 @@ class ChaosRun:
         self.flush: Flush | None = None
         self.pg_down: list[tuple[float, float]] = []
         self._started = time.monotonic()
-        self._names = 0
 
     # -- the run ------------------------------------------------------------------------------------------------
     def run(self) -> Report:
         self._started = time.monotonic()
         self.postgres = PostgresCluster()
         self.redis = RedisProcess(self.directory)
-        self.processes: dict[str, Process] = {}
+        env = drill_env(self.postgres.url, self.redis.url, QUEUE, WJP_OUTBOX_DIR=str(self.directory / "outbox"))
+        self.system = DrillSystem(self.directory, env)
         try:
             self.postgres.init()
             self.postgres.start()
@@ -67,14 +68,15 @@ class ChaosRun:
             self.ledger = Database(self.postgres.url, pool_size=4)
             with running_sink(self.config.sink_think) as sink:
                 self.sink = sink
-                self._start_system()
+                self.system.start_all(api_workers=self.config.api_workers, worker_threads=self.config.worker_threads)
                 self._produce_under_faults()
-                self._drain()
+                self.report.drain_seconds = drain(
+                    self.ledger, sink, self.producers.tally.accepted(), self.config.drain_timeout
+                )
                 self._check()
                 self._stop_system()
         finally:
-            for process in self.processes.values():
-                process.kill()
+            self.system.kill()
             if hasattr(self, "ledger"):
                 self.ledger.dispose()
             self.redis.stop()
@@ -82,46 +84,9 @@ class ChaosRun:
         self.report.wall_seconds = round(time.monotonic() - self._started, 1)
         return self.report
 
-    def _env(self) -> dict[str, str]:
-        return process_env(
-            DATABASE_URL=self.postgres.url,
-            REDIS_URL=self.redis.url,
-            WJP_QUEUE=QUEUE,
-            WJP_OUTBOX_DIR=str(self.directory / "outbox"),
-            WJP_WEBHOOK_ALLOW_PRIVATE="true",
-            WJP_WEBHOOK_TIMEOUT="3",
-            WJP_VISIBILITY_TIMEOUT="5",
-            WJP_RECONCILE_INTERVAL="1",
-            WJP_RECONCILE_GRACE="2",
-            WJP_BACKOFF_INITIAL="0.2",
-            WJP_BACKOFF_JITTER="0.2",
-            WJP_BACKOFF_MAX="2",
-        )
-
-    def _start(self, name: str, args: list[str]) -> Process:
-        self._names += 1
-        process = Process(args, self._env(), self.directory / f"{self._names:02d}-{name}.log")
-        self.processes[name] = process
-        return process
-
-    def _start_system(self) -> None:
-        migrated = run_wjp(["migrate"], self._env())
-        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-        port = free_port()
-        self.api_url = f"http://127.0.0.1:{port}"
-        api = self._start("api", ["serve", "--port", str(port), "--workers", str(self.config.api_workers)])
-        for slot in (1, 2):
-            self._start_worker(slot)
-        self._start("reconciler", ["reconcile", "--loop"])
-        wait_for_http(f"{self.api_url}/healthz", api)
-
-    def _start_worker(self, slot: int) -> Process:
-        args = ["worker", "--processes", "1", "--threads", str(self.config.worker_threads)]
-        return self._start(f"worker{slot}", args)
-
     def _produce_under_faults(self) -> None:
         producers = Producers(
-            self.api_url,
+            self.system.api_url,
             self.sink.url,
             jobs=self.config.jobs,
             threads=self.config.producer_threads,
@@ -155,7 +120,7 @@ class ChaosRun:
         """kill -9 the worker's process group while the sink holds at least one of its deliveries unanswered, so
         that the kill certainly cuts a delivery short; then the sink answers them (to nobody) and a new worker
         takes the slot."""
-        worker = self.processes[f"worker{slot}"]
+        worker = self.system.processes[f"worker{slot}"]
         pids = sorted({worker.pid} | descendants(worker.pid))
         names = {worker_name(pid) for pid in pids}
 
@@ -175,7 +140,7 @@ class ChaosRun:
         worker.kill()
         held = self.sink.release()
         self.kills.append(Kill(f"worker{slot}", pids, time.monotonic(), [(d.job_id, d.attempt) for d in held]))
-        self._start_worker(slot)
+        self.system.start_worker(slot, self.config.worker_threads)
 
     def _flushall(self) -> None:
         """FLUSHALL, reading in the same transaction which Dramatiq messages it deletes."""
@@ -184,10 +149,10 @@ class ChaosRun:
         pipe.hkeys(f"{NAMESPACE}:{QUEUE}.msgs").hkeys(f"{NAMESPACE}:{QUEUE}.DQ.msgs").flushall()
         queued, delayed, _ = pipe.execute()
         client.close()
-        offset = self.processes["reconciler"].log.stat().st_size
+        offset = self.system.processes["reconciler"].log.stat().st_size
         deleted = {parse_redis_message_id(rid.decode()) for rid in queued + delayed}
-        statuses = self._statuses()
-        waiting = {(job_id, seq) for job_id, seq in deleted if statuses.get(str(job_id)) in WAITING_NAMES}
+        status = statuses(self.ledger)
+        waiting = {(job_id, seq) for job_id, seq in deleted if status.get(str(job_id)) in WAITING_NAMES}
         self.flush = Flush(deleted, waiting, offset)
 
     def _restart_redis(self) -> None:
@@ -213,59 +178,21 @@ class ChaosRun:
         )
         return {str(row.id): (row.attempts, row.worker) for row in rows}
 
-    def _statuses(self) -> dict[str, str]:
-        rows = self.ledger.run(lambda conn: conn.execute(select(jobs.c.id, jobs.c.status)).all())
-        return {str(row.id): row.status for row in rows}
-
     # -- after the faults ---------------------------------------------------------------------------------------
-    def _drain(self) -> None:
-        started = time.monotonic()
-        accepted = self.producers.tally.accepted()
-        deadline = started + self.config.drain_timeout
-        while True:
-            statuses = self._statuses()
-            waiting = [job_id for job_id in accepted if statuses.get(job_id) != Status.SUCCESS.value]
-            if not waiting or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        # Every delivery that was sent has been answered (or its sender is dead) before the sink is counted.
-        quiet_by = time.monotonic() + 10
-        while self.sink.in_flight() and time.monotonic() < quiet_by:
-            time.sleep(0.05)
-        self.report.drain_seconds = round(time.monotonic() - started, 1)
-
     def _check(self) -> None:
         report, tally = self.report, self.producers.tally
         failures = report.failures
         failures.extend(tally.failures)
-        accepted = tally.accepted()
-        statuses = self._statuses()
-        report.accepted = len(accepted)
-        report.success = sum(1 for job_id in accepted if statuses.get(job_id) == Status.SUCCESS.value)
-        report.lost = report.accepted - report.success
-        if report.lost:
-            stuck = Counter(statuses.get(job_id, "absent from the ledger") for job_id in accepted) - Counter(
-                {Status.SUCCESS.value: report.success}
-            )
-            failures.append(f"{report.lost} accepted jobs did not reach SUCCESS: {dict(stuck)}")
-        if unknown := set(statuses) - accepted:
-            failures.append(f"{len(unknown)} jobs in the ledger were never answered to a producer")
+        status = statuses(self.ledger)
+        deliveries = self.sink.deliveries()
+        check_outcomes(report, tally.accepted(), status, deliveries)
+        report.distinct_webhook_ids = report.deliveries - report.duplicates
 
-        with urllib.request.urlopen(f"{self.api_url}/internal/queue/stats", timeout=10) as answer:
+        with urllib.request.urlopen(f"{self.system.api_url}/internal/queue/stats", timeout=10) as answer:
             report.stats = json.loads(answer.read())
         if report.stats.get("success") != report.accepted:
             failures.append(f"stats say success={report.stats.get('success')}, accepted={report.accepted}")
 
-        deliveries = self.sink.deliveries()
-        ids = {d.webhook_id for d in deliveries}
-        report.deliveries = len(deliveries)
-        report.distinct_webhook_ids = len(ids)
-        report.duplicates = report.deliveries - report.distinct_webhook_ids
-        if ids != accepted:
-            failures.append(
-                f"webhook-ids delivered {len(ids)} vs accepted {len(accepted)}: "
-                f"{len(accepted - ids)} never delivered, {len(ids - accepted)} unknown"
-            )
         if any(d.webhook_id != d.job_id for d in deliveries):
             failures.append("a delivery's webhook-id differs from the job id in its body")
         early = [
@@ -284,8 +211,8 @@ class ChaosRun:
         if self.flush is None:
             failures.append("FLUSHALL never ran")
         else:
-            reconciler_log = self.processes["reconciler"].log.read_text(errors="replace")
-            check_flush(report, self.flush, self.ledger, reconciler_log, statuses)
+            reconciler_log = self.system.processes["reconciler"].log.read_text(errors="replace")
+            check_flush(report, self.flush, self.ledger, reconciler_log, status)
         check_answers(report, tally, self.pg_down, started=self._started)
 
     def _check_duplicates_against_kills(self, deliveries: list) -> None:
@@ -332,19 +259,10 @@ class ChaosRun:
 
     def _stop_system(self) -> None:
         """SIGTERM everything, as a deployment does: each exits 0 and nothing is left PROCESSING."""
-        for name, process in list(self.processes.items()):
-            code = process.terminate(timeout=60)
-            if code != 0:
-                self.report.failures.append(f"{name} exited {code} on SIGTERM: see {process.log}")
-        processing = sum(1 for status in self._statuses().values() if status == Status.PROCESSING.value)
+        self.system.terminate(self.report.failures)
+        processing = sum(1 for status in statuses(self.ledger).values() if status == Status.PROCESSING.value)
         if processing:
             self.report.failures.append(f"{processing} jobs left PROCESSING after the shutdown")
-
-    def logs(self, tail: int = 4000) -> str:
-        parts = []
-        for path in sorted(self.directory.glob("*.log")):
-            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}")
-        return "\n".join(parts)
 
 
 def worker_name(pid: int) -> str:

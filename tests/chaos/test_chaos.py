@@ -22,7 +22,7 @@ def test_no_accepted_notification_is_lost_or_delivered_twice_by_the_system_throu
 
     report = run.run()
 
-    assert report.ok, f"{report.to_json()}\n{run.logs()}"
+    assert report.ok, f"{report.to_json()}\n{run.system.logs()}"
     assert report.accepted == report.success == report.distinct_webhook_ids == 300
     assert report.stats["success"] == 300
     assert report.lost == 0 and report.unexpected_5xx == 0 and report.attempts_delivered_twice == 0

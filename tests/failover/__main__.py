@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tests.chaos.servers import missing_servers
+from tests.drills import run_drill
 from tests.failover.drill import FailoverDrill
 from tests.failover.report import DrillConfig
 
@@ -21,21 +21,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds from the PostgreSQL primary's kill to its standby's promotion")  # fmt: skip
     parser.add_argument("--dir", type=Path, help="where the processes' logs go (default: a new temporary directory)")
     args = parser.parse_args(argv)
-    reason = missing_servers()
-    if reason:
-        print(f"failover: cannot run: {reason}", file=sys.stderr)
-        return 2
-    if args.dir:
-        args.dir.mkdir(parents=True, exist_ok=True)
     config = DrillConfig(seconds=args.seconds, rate=args.rate, promote_after=args.promote_after)
-    drill = FailoverDrill(config, args.dir)
-    report = drill.run()
-    print(report.to_json())
-    if not report.ok:
-        print(f"failover: {len(report.failures)} invariants broken; logs in {drill.directory}", file=sys.stderr)
-        return 1
-    print(f"failover: nothing accepted was lost; logs in {drill.directory}", file=sys.stderr)
-    return 0
+    return run_drill(
+        "failover", args.dir, lambda directory: FailoverDrill(config, directory), "nothing accepted was lost"
+    )
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ from sqlalchemy import select
 
 from ledger.database import Database
 from ledger.schema import jobs
-from ledger.states import Status
 from tests.chaos.producers import Answer, Producers
 from tests.chaos.sink import running_sink
-from tests.conftest import free_port
-from tests.e2e.conftest import Process, process_env, run_wjp, wait_for_http
+from tests.drills import DrillSystem, check_outcomes, drain, drill_env, statuses
 from tests.failover.report import DrillConfig, DrillReport, Failover
 from tests.failover.servers import ReplicatedCluster, SentinelGroup
 
@@ -33,7 +31,6 @@ class FailoverDrill:
         self.config = config
         self.directory = directory or Path(tempfile.mkdtemp(prefix="wjp-failover-"))
         self.report = DrillReport()
-        self.processes: dict[str, Process] = {}
         self._started = time.monotonic()
         #: (monotonic, wall) of each kill.
         self._kills: dict[str, tuple[float, float]] = {}
@@ -49,6 +46,7 @@ class FailoverDrill:
         self._started = time.monotonic()
         self.primary, self.standby = ReplicatedCluster(), ReplicatedCluster()
         self.redis = SentinelGroup(self.directory / "redis")
+        self.system = DrillSystem(self.directory, drill_env(self.database_url, self.redis.url, QUEUE))
         try:
             self.primary.init_primary(synchronous=True)
             self.primary.start()
@@ -59,14 +57,15 @@ class FailoverDrill:
             self.ledger = Database(self.database_url, pool_size=2)
             with running_sink(0.01) as sink:
                 self.sink = sink
-                self._start_system()
+                self.system.start_all(api_workers=self.config.api_workers, worker_threads=self.config.worker_threads)
                 self._produce_through_failovers()
-                self._drain()
+                self.report.drain_seconds = drain(
+                    self.ledger, sink, self.producers.tally.accepted(), self.config.drain_timeout
+                )
                 self._check()
-                self._stop_system()
+                self.system.terminate(self.report.failures)
         finally:
-            for process in self.processes.values():
-                process.kill()
+            self.system.kill()
             if hasattr(self, "ledger"):
                 self.ledger.dispose()
             self.redis.stop()
@@ -75,41 +74,10 @@ class FailoverDrill:
         self.report.wall_seconds = round(time.monotonic() - self._started, 1)
         return self.report
 
-    def _env(self) -> dict[str, str]:
-        return process_env(
-            DATABASE_URL=self.database_url,
-            REDIS_URL=self.redis.url,
-            WJP_QUEUE=QUEUE,
-            WJP_WEBHOOK_ALLOW_PRIVATE="true",
-            WJP_WEBHOOK_TIMEOUT="3",
-            WJP_VISIBILITY_TIMEOUT="5",
-            WJP_RECONCILE_INTERVAL="1",
-            WJP_RECONCILE_GRACE="2",
-            WJP_BACKOFF_INITIAL="0.2",
-            WJP_BACKOFF_JITTER="0.2",
-            WJP_BACKOFF_MAX="2",
-        )
-
-    def _start(self, name: str, args: list[str]) -> Process:
-        process = Process(args, self._env(), self.directory / f"{len(self.processes) + 1:02d}-{name}.log")
-        self.processes[name] = process
-        return process
-
-    def _start_system(self) -> None:
-        migrated = run_wjp(["migrate"], self._env())
-        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-        port = free_port()
-        self.api_url = f"http://127.0.0.1:{port}"
-        api = self._start("api", ["serve", "--port", str(port), "--workers", str(self.config.api_workers)])
-        for slot in (1, 2):
-            self._start(f"worker{slot}", ["worker", "--processes", "1", "--threads", str(self.config.worker_threads)])
-        self._start("reconciler", ["reconcile", "--loop"])
-        wait_for_http(f"{self.api_url}/healthz", api)
-
     def _produce_through_failovers(self) -> None:
         seconds = self.config.seconds
         self.producers = Producers(
-            self.api_url,
+            self.system.api_url,
             self.sink.url,
             jobs=int(self.config.rate * seconds / 2),  # each posted twice
             threads=self.config.producer_threads,
@@ -146,41 +114,10 @@ class FailoverDrill:
         self._promoted["postgres"] = time.time()
         self.report.postgres.promoted_s = round(time.monotonic() - self._kills["postgres"][0], 2)
 
-    def _statuses(self) -> dict[str, str]:
-        rows = self.ledger.run(lambda conn: conn.execute(select(jobs.c.id, jobs.c.status)).all())
-        return {str(row.id): row.status for row in rows}
-
-    def _drain(self) -> None:
-        started = time.monotonic()
-        accepted = self.producers.tally.accepted()
-        deadline = started + self.config.drain_timeout
-        while time.monotonic() < deadline:
-            statuses = self._statuses()
-            if all(statuses.get(job_id) == Status.SUCCESS.value for job_id in accepted):
-                break
-            time.sleep(0.5)
-        quiet_by = time.monotonic() + 10
-        while self.sink.in_flight() and time.monotonic() < quiet_by:
-            time.sleep(0.05)
-        self.report.drain_seconds = round(time.monotonic() - started, 1)
-
     def _check(self) -> None:
         report, tally = self.report, self.producers.tally
         report.failures.extend(tally.failures)
-        accepted = tally.accepted()
-        statuses = self._statuses()
-        report.accepted = len(accepted)
-        report.success = sum(1 for job_id in accepted if statuses.get(job_id) == Status.SUCCESS.value)
-        report.lost = report.accepted - report.success
-        if report.lost:
-            report.failures.append(f"{report.lost} accepted notifications did not reach SUCCESS")
-        if unknown := set(statuses) - accepted:
-            report.failures.append(f"{len(unknown)} jobs in the ledger were never answered to a producer")
-        deliveries = self.sink.deliveries()
-        report.deliveries = len(deliveries)
-        report.duplicates = report.deliveries - len({d.webhook_id for d in deliveries})
-        if {d.webhook_id for d in deliveries} != accepted:
-            report.failures.append("the notifications delivered are not those accepted")
+        check_outcomes(report, tally.accepted(), statuses(self.ledger), self.sink.deliveries())
 
         report.status_codes = tally.histogram()
         with tally.lock:
@@ -218,18 +155,6 @@ class FailoverDrill:
             failover.deliveries_resumed_s = round(min(arrivals) - killed_wall, 2)
         else:
             self.report.failures.append(f"no delivery of a notification accepted after the {name} failover")
-
-    def _stop_system(self) -> None:
-        for name, process in list(self.processes.items()):
-            code = process.terminate(timeout=60)
-            if code != 0:
-                self.report.failures.append(f"{name} exited {code} on SIGTERM: see {process.log}")
-
-    def logs(self, tail: int = 4000) -> str:
-        parts = []
-        for path in sorted(self.directory.glob("*.log")):
-            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}")
-        return "\n".join(parts)
 
 
 def _span(answers: list[Answer]) -> float:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+from tests.drills import Findings
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Failover:
 
 
 @dataclass
-class DrillReport:
+class DrillReport(Findings):
     accepted: int = 0
     success: int = 0
     lost: int = 0
@@ -59,10 +60,3 @@ class DrillReport:
     drain_seconds: float = 0.0
     wall_seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "ok": self.ok}, indent=2)

@@ -14,7 +14,7 @@ import psycopg
 import redis
 
 from tests.chaos.servers import PostgresCluster
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for_redis
 
 #: The Sentinels' name for the master they watch.
 SERVICE = "wjp"
@@ -110,18 +110,7 @@ class RedisNode:
     def start(self) -> None:
         args = ["redis-server", str(self.config), *(["--sentinel"] if self.sentinel else [])]
         self.process = subprocess.Popen(args, cwd=self.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-            finally:
-                client.close()
+        wait_for_redis(self.port)
 
     def kill(self) -> None:
         """kill -9."""

@@ -22,7 +22,7 @@ def test_nothing_accepted_is_lost_when_the_redis_master_and_the_postgresql_prima
 
     report = drill.run()
 
-    assert report.ok, f"{report.to_json()}\n{drill.logs()}"
+    assert report.ok, f"{report.to_json()}\n{drill.system.logs()}"
     assert report.accepted == report.success > 0 and report.lost == 0 and report.transport_errors == 0
     # Each failover happened, and the system followed it without a restart: new notifications delivered after it.
     assert report.redis.promoted_s is not None and report.redis.deliveries_resumed_s is not None

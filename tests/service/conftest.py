@@ -15,6 +15,7 @@ import redis
 from falcon import testing
 
 from actors.broker import NAMESPACE, Dispatcher, make_broker
+from actors.flow import Gate
 from ledger import claims, queries, transitions
 from ledger.database import Database
 from ledger.states import Outcome, Status
@@ -117,6 +118,18 @@ class RedisMessages:
 def redis_messages(redis_server_url: str, queue_name: str) -> Iterator[RedisMessages]:
     client = redis.Redis.from_url(redis_server_url)
     yield RedisMessages(client, queue_name)
+    client.close()
+
+
+@pytest.fixture
+def gate(redis_server_url: str) -> Iterator[Gate]:
+    """The destinations' gate under a prefix of the test's own, deleted afterwards."""
+    client = redis.Redis.from_url(redis_server_url)
+    gate = Gate(client, prefix=f"wjp:test-flow-{uuid.uuid4().hex[:10]}:")
+    yield gate
+    keys = list(client.scan_iter(match=f"{gate.prefix}*"))
+    if keys:
+        client.delete(*keys)
     client.close()
 
 

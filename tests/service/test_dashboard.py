@@ -62,18 +62,6 @@ def browser_without_javascript(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 
 
 @pytest.fixture
-def gate(redis_server_url: str) -> Iterator[Gate]:
-    """The destinations' gate under a prefix of the test's own, deleted afterwards."""
-    client = redis.Redis.from_url(redis_server_url)
-    gate = Gate(client, prefix=f"wjp:test-flow-{uuid.uuid4().hex[:10]}:")
-    yield gate
-    keys = list(client.scan_iter(match=f"{gate.prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
 def base_url(database: Database, dispatcher, redis_server_url: str, queue_name: str, tmp_path, gate) -> Iterator[str]:
     """The app, with an admin token, served over HTTP by a real WSGI server on a free port."""
     env = settings_env(database, redis_server_url, queue_name, WJP_ADMIN_TOKEN=TOKEN, WJP_OUTBOX_DIR=str(tmp_path))

@@ -8,15 +8,13 @@ import html
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-import redis
 from falcon import testing
 
 from actors.broker import Dispatcher, make_broker
-from actors.flow import BreakerPolicy, Gate
+from actors.flow import BreakerPolicy
 from actors.flow import Outcome as GateOutcome
 from ledger import destinations, intake, queries
 from ledger.intake import NewNotification
@@ -36,17 +34,6 @@ ACTIONS = [f"/jobs/{uuid.uuid4()}/retry", "/failures/retry/run", "/destinations/
 RELAY, HOOK = "email:relay.example.com:25", "webhook:hooks.example.com:443"
 #: An error as a hostile receiver might word it: shown as text, never run.
 HOSTILE = '550 <script>document.title="pwned"</script>'
-
-
-@pytest.fixture
-def gate(redis_server_url: str) -> Iterator[Gate]:
-    client = redis.Redis.from_url(redis_server_url)
-    gate = Gate(client, prefix=f"wjp:test-flow-{uuid.uuid4().hex[:10]}:")
-    yield gate
-    keys = list(client.scan_iter(match=f"{gate.prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture

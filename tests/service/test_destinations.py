@@ -4,12 +4,9 @@ ledger and the gate's state in a real Redis (under a key prefix of the test's ow
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
-import redis
 from falcon import testing
 
 from actors.broker import make_broker
@@ -27,17 +24,6 @@ FIELDS = {
     "waiting",
 }  # fmt: skip
 HOOK = "webhook:hooks.example.com:443"
-
-
-@pytest.fixture
-def gate(redis_server_url: str) -> Iterator[Gate]:
-    client = redis.Redis.from_url(redis_server_url)
-    gate = Gate(client, prefix=f"wjp:test-flow-{uuid.uuid4().hex[:10]}:")
-    yield gate
-    keys = list(client.scan_iter(match=f"{gate.prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture
