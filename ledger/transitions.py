@@ -360,14 +360,30 @@ def redispatch(conn: Connection, lost: list[tuple[uuid.UUID, int]], *, now: date
     return [Dispatch(r.id, r.dispatch_seq, r.next_attempt_at, r.destination) for r in rows]
 
 
-def release_deferred(conn: Connection, destination: str, reasons: list[str], *, now: datetime) -> list[Dispatch]:
-    """Waiting jobs of `destination` deferred for one of `reasons` (an operator closed its circuit, lifted its
-    pause) → due now, with a new dispatch each: the delayed messages they were waiting on become stale. Found
-    through the partial index of waiting jobs by destination."""
+def _release(conn: Connection, *where: Any, now: datetime) -> list[Dispatch]:
+    """Jobs matching `where` → due now, with a new dispatch each: the messages they wait on become stale."""
     rows = conn.execute(
         update(jobs)
-        .where(status_in(WAITING), jobs.c.destination == destination, jobs.c.deferred_reason.in_(reasons))
+        .where(*where)
         .values(dispatch_seq=func.abs(jobs.c.dispatch_seq) + 1, next_attempt_at=now, updated_at=now)
         .returning(jobs.c.id, jobs.c.dispatch_seq, jobs.c.next_attempt_at, jobs.c.destination)
     ).all()
     return [Dispatch(r.id, r.dispatch_seq, r.next_attempt_at, r.destination) for r in rows]
+
+
+def release_deferred(conn: Connection, destination: str, reasons: list[str], *, now: datetime) -> list[Dispatch]:
+    """Waiting jobs of `destination` deferred for one of `reasons` (an operator closed its circuit, lifted its
+    pause) → due now, with a new dispatch each. Found through the partial index of waiting jobs by destination."""
+    where = (status_in(WAITING), jobs.c.destination == destination, jobs.c.deferred_reason.in_(reasons))
+    return _release(conn, *where, now=now)
+
+
+def release_deferrals(conn: Connection, deferred: list[tuple[uuid.UUID, int, str]], *, now: datetime) -> list[Dispatch]:
+    """Waiting jobs `(job_id, seq, reason)` still on that dispatch (parked: its negated seq) and recorded deferred
+    for that reason → due now, with a new dispatch each: a worker found that reason gone once it had recorded it
+    (`FlowControl._release_lifted`). Found by key."""
+    if not deferred:
+        return []
+    chosen = tuple_(jobs.c.id, jobs.c.dispatch_seq, jobs.c.deferred_reason).in_(deferred)
+    return _release(conn, jobs.c.id.in_([job_id for job_id, *_ in deferred]), chosen,
+                    status_in_rows_found_by_key(WAITING), now=now)  # fmt: skip

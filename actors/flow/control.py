@@ -24,6 +24,7 @@ from actors.flow.terms import (
     Admission,
     AdmitRequest,
     BreakerPolicy,
+    DestinationState,
     Limits,
     Outcome,
     QueueKeys,
@@ -67,6 +68,17 @@ class Deferred(NamedTuple):
     job_id: uuid.UUID
     seq: int
     reason: str
+    destination: str
+
+
+def reason_holds(reason: str, state: DestinationState) -> bool:
+    """Whether the gate's `state` of a destination still defers for `reason`; 'limit' and 'rate' are never lifted
+    early (a release wakes those)."""
+    if reason == Reason.CIRCUIT:
+        return state.circuit != "closed"
+    if reason == Reason.THROTTLED:
+        return state.paused_until is not None
+    return True
 
 
 def gate_outcome(error: DeliveryError | None) -> Outcome:
@@ -228,7 +240,38 @@ class FlowControl:
             return answers
         for job_id in failed:
             log.warning("⚠️ Job %s marked as FAILED: deferred on its destination for over %gs", job_id, max_deferral)
+        self._release_lifted(deferred)
         return answers
+
+    def _release_lifted(self, deferred: Sequence[Deferred]) -> None:
+        """Send at once the jobs of `deferred`, just recorded, whose reason the gate no longer holds: an operator's
+        reset (or a probe's success, a pause's end) that landed between the gate's answer and the record's commit
+        released the jobs recorded by then, not these. One gate round trip, only for 'circuit' and 'throttled'.
+
+        A reset lifts in Redis, then releases in the ledger; here the record commits, then the gate is read. So either
+        this read sees the reset, or the record committed before the reset's UPDATE began, whose READ COMMITTED
+        snapshot then holds it (a record still uncommitted, that UPDATE skips: the row's visible version does not
+        match)."""
+        liftable = [d for d in deferred if d.reason in (Reason.CIRCUIT, Reason.THROTTLED)]
+        if not liftable:
+            return
+        try:
+            states = {state.key: state for state in self.gate.inspect(sorted({d.destination for d in liftable}))}
+            lifted = [(d.job_id, d.seq, d.reason) for d in liftable
+                      if not reason_holds(d.reason, states[d.destination])]  # fmt: skip
+            if not lifted:
+                return
+            now = self.clock()
+
+            def release(conn: Any) -> list[Dispatch]:
+                # Guarded on each job's seq: one the reset released too is not sent twice.
+                dispatches = transitions.release_deferrals(conn, lifted, now=now)
+                self.dispatcher.send(dispatches, now=now)
+                return dispatches
+
+            self.database.run(release, transaction=True)
+        except Exception as exc:  # they come back when the gate said
+            log.warning("could not check whether %d deferrals still hold: %s", len(liftable), exc)
 
     def defer(self, dispatch: Dispatch, admission: Admission) -> None:
         """No attempt and no claim: the message waits on its destination's waiting list (parked by the gate), or
@@ -237,7 +280,7 @@ class FlowControl:
         reason = admission.reason
         assert reason is not None
         metrics.observe_deferral(reason.value)
-        deferral = Deferred(dispatch.job_id, dispatch.seq, reason.value)
+        deferral = Deferred(dispatch.job_id, dispatch.seq, reason.value, dispatch.destination)
         if admission.parked:
             # Its lease left this process with the gate's script: an ack now would drop it once it comes back.
             self.dispatcher.broker.processing.acked = True
@@ -247,11 +290,13 @@ class FlowControl:
         # Spread over a second, so that a destination's deferred jobs do not all come back at one instant.
         due_at = max(admission.until or now, now) + timedelta(seconds=self.rand())
         if (due_at - now).total_seconds() > self.settings.schedule_horizon:
-            self.database.run(
+            parked = self.database.run(
                 lambda conn: transitions.park_deferred(
                     conn, dispatch.job_id, dispatch.seq, now=now, due_at=due_at, reason=reason.value
                 )
             )
+            if parked:  # recorded as it parked, with its seq negated: the same check as a batch of records
+                self._release_lifted([deferral._replace(seq=-dispatch.seq)])
             return
         self.deferrals.post(deferral, wait=DEFERRALS_GATHER)
         try:

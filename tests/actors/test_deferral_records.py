@@ -3,6 +3,9 @@ written apart from the claims, so that a slow one never holds back another desti
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from sqlalchemy import select, text
 
 from actors.broker import Dispatcher, make_broker
@@ -15,7 +18,9 @@ from ledger.timestamps import utcnow
 from ledger.transitions import Dispatch
 from tests.actors.conftest import running_worker, settings_builder, submit, wait_for_status, wait_until
 from tests.actors.test_destinations import black_hole, deferral_reason, webhook_job
-from tests.webhook_sink import webhook_sink
+from tests.actors.test_flow_circuit import reset_by_command, tripped_circuit
+from tests.flow_checks import gate_of
+from tests.webhook_sink import Reply, webhook_sink
 
 
 def blocked_by(database, holder_pid: int) -> int:
@@ -115,3 +120,57 @@ def test_a_deferred_claim_is_answered_without_waiting_for_its_batch_s_ledger_sta
         done = [wait_for_status(postgres_db, job_id) for job_id in (first, held)]
 
     assert {job.status for job in done} == {Status.SUCCESS}
+
+
+
+def reset_while_its_record_waits(postgres_db, redis_server_url, queue_name, job_id, key: str) -> None:
+    """Send `job_id`'s message to a destination that defers it, and have an operator reset the destination after
+    the gate's answer and before the ledger's record of it commits (held back by a lock on the job's row)."""
+    with postgres_db.engine.connect() as holder, holder.begin():
+        holder_pid = lock_row(holder, job_id)
+        seq = postgres_db.run(lambda conn: queries.dispatch_state(conn, job_id)).dispatch_seq
+        now = utcnow()
+        Dispatcher(make_broker(redis_server_url), queue_name).send([Dispatch(job_id, seq, now, key)], now=now)
+        wait_until(lambda: blocked_by(postgres_db, holder_pid) > 0, "the deferral's record waits for the row")
+        reset_by_command(postgres_db, redis_server_url, queue_name, key)
+
+
+@pytest.mark.parametrize(
+    ("cooldown", "path"),
+    [("30", "its delayed message comes back at the cooldown's end"), ("60", "parked in the ledger, past the horizon")],
+)
+def test_a_reset_landing_between_the_gates_deferral_and_its_record_still_sends_the_job_at_once(
+    postgres_db, redis_server_url, queue_name, tmp_path, cooldown, path
+):
+    build = settings_builder(postgres_db, redis_server_url, queue_name, tmp_path)
+    with tripped_circuit(build, postgres_db, redis_server_url, queue_name, cooldown=cooldown) as tripped:
+        # Far enough into the cooldown that a 30 s one defers into the delay queue (within the schedule horizon).
+        wait_until(lambda: time.time() > tripped.opened_until - float(cooldown) + 1.5, "a second into the cooldown")
+        late = submit(postgres_db, None, build(), channel="webhook", recipient=tripped.sink.url,
+                      destination=tripped.key)  # fmt: skip
+        reset_while_its_record_waits(postgres_db, redis_server_url, queue_name, late, tripped.key)
+        done = wait_for_status(postgres_db, late, timeout=max(0.0, tripped.opened_until - time.time()))
+
+    assert (done.status, done.attempts) == (Status.SUCCESS, 1), f"sent once the circuit was reset ({path})"
+
+
+def test_a_reset_landing_between_a_pauses_deferral_and_its_record_still_sends_the_job_at_once(
+    postgres_db, redis_server_url, queue_name, tmp_path
+):
+    settings = settings_builder(postgres_db, redis_server_url, queue_name, tmp_path)(WJP_WEBHOOK_ALLOW_PRIVATE="true")
+    dispatcher = Dispatcher(make_broker(redis_server_url), queue_name)
+    channels = {"webhook": WebhookChannel(settings.channels)}
+    with webhook_sink([Reply(429, {"Retry-After": "60"}), Reply(200)]) as sink, running_worker(
+        settings, postgres_db, channels=channels
+    ), gate_of(redis_server_url, queue_name) as (gate, used):
+        port = sink.server.server_address[1]
+        key = f"webhook:127.0.0.1:{port}"
+        used.append(key)
+        webhook_job(postgres_db, dispatcher, settings, port)
+        wait_until(lambda: gate.inspect([key])[0].paused_until is not None, "the 429 paused the destination")
+        paused_until = gate.inspect([key])[0].paused_until.timestamp()
+        late = submit(postgres_db, None, settings, channel="webhook", recipient=sink.url, destination=key)
+        reset_while_its_record_waits(postgres_db, redis_server_url, queue_name, late, key)
+        done = wait_for_status(postgres_db, late, timeout=max(0.0, paused_until - time.time()))
+
+    assert (done.status, done.attempts) == (Status.SUCCESS, 1), "sent once the pause was lifted"

@@ -134,3 +134,25 @@ def test_a_deferral_already_recorded_with_the_same_reason_is_not_written_again(d
     assert written == 1, "only the job whose reason changed is written"
     assert (job_row(database, same).deferred_since, job_row(database, same).deferred_reason) == (T0, "limit")
     assert (job_row(database, changed).deferred_since, job_row(database, changed).deferred_reason) == (T0, "rate")
+
+
+
+def test_a_worker_releases_only_the_jobs_still_on_the_dispatch_and_reason_it_recorded(database):
+    stale, recorded, parked, other = (submit(database, name, destination=DESTINATION) for name in "abcd")
+    seq = {job_id: job_row(database, job_id).dispatch_seq for job_id in (stale, recorded, parked, other)}
+    defer(database, stale, "circuit", now=T0)
+    # An operator's reset released that one: the dispatch its worker recorded is stale.
+    database.run(lambda conn: transitions.release_deferred(conn, DESTINATION, ["circuit"], now=T0), transaction=True)
+    defer(database, recorded, "circuit", now=T0)
+    database.run(lambda conn: transitions.park_deferred(
+        conn, parked, seq[parked], now=T0, due_at=T0 + 60 * SECOND, reason="circuit"))  # fmt: skip
+    defer(database, other, "limit", now=T0)
+    deferred = [(stale, seq[stale], "circuit"), (recorded, seq[recorded], "circuit"),
+                (parked, -seq[parked], "circuit"), (other, seq[other], "circuit")]  # fmt: skip
+    later = T0 + SECOND
+
+    dispatches = database.run(lambda conn: transitions.release_deferrals(conn, deferred, now=later), transaction=True)
+
+    assert {(d.job_id, d.seq, d.due_at) for d in dispatches} == {(recorded, seq[recorded] + 1, later),
+                                                                  (parked, seq[parked] + 1, later)}  # fmt: skip
+    assert job_row(database, stale).dispatch_seq == seq[stale] + 1, "released once, by the reset"
