@@ -29,15 +29,21 @@ def blocked_by(database, holder_pid: int) -> int:
     return database.run(lambda conn: conn.execute(query, {"holder": holder_pid}).scalar_one())
 
 
-def test_a_deferral_whose_record_waits_on_its_row_holds_back_no_other_destination(
-    postgres_db, redis_server_url, queue_name, tmp_path
-):
+def black_hole_worker(postgres_db, redis_server_url, queue_name, tmp_path):  # type: ignore[no-untyped-def]
+    """Settings, a dispatcher and a 4-thread webhook worker (not started) whose attempts to a black hole outlast
+    the test."""
     settings = settings_builder(postgres_db, redis_server_url, queue_name, tmp_path)(
         WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_WEBHOOK_TIMEOUT="20", WJP_VISIBILITY_TIMEOUT="30"
     )
     dispatcher = Dispatcher(make_broker(redis_server_url), queue_name)
-    channels = {"webhook": WebhookChannel(settings.channels)}
-    worker = running_worker(settings, postgres_db, channels=channels, threads=4)
+    worker = running_worker(settings, postgres_db, channels={"webhook": WebhookChannel(settings.channels)}, threads=4)
+    return settings, dispatcher, worker
+
+
+def test_a_deferral_whose_record_waits_on_its_row_holds_back_no_other_destination(
+    postgres_db, redis_server_url, queue_name, tmp_path
+):
+    settings, dispatcher, worker = black_hole_worker(postgres_db, redis_server_url, queue_name, tmp_path)
     with worker, webhook_sink() as healthy, black_hole() as hole:
         destination = f"webhook:127.0.0.1:{hole.port}"
         webhook_job(postgres_db, dispatcher, settings, hole.port)
@@ -70,12 +76,7 @@ def lock_row(conn, job_id) -> int:  # type: ignore[no-untyped-def]
 def test_a_deferred_claim_is_answered_without_waiting_for_its_batch_s_ledger_statement(
     postgres_db, redis_server_url, queue_name, tmp_path
 ):
-    settings = settings_builder(postgres_db, redis_server_url, queue_name, tmp_path)(
-        WJP_WEBHOOK_ALLOW_PRIVATE="true", WJP_WEBHOOK_TIMEOUT="20", WJP_VISIBILITY_TIMEOUT="30"
-    )
-    dispatcher = Dispatcher(make_broker(redis_server_url), queue_name)
-    channels = {"webhook": WebhookChannel(settings.channels)}
-    worker = running_worker(settings, postgres_db, channels=channels, threads=4)
+    settings, dispatcher, worker = black_hole_worker(postgres_db, redis_server_url, queue_name, tmp_path)
     with worker as delivery, webhook_sink() as healthy, black_hole() as hole:
         webhook_job(postgres_db, dispatcher, settings, hole.port)
         wait_until(lambda: hole.open == 1, "the hole holds its one attempt (never seen to answer: one at a time)")
