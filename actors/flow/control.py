@@ -69,6 +69,12 @@ class Deferred(NamedTuple):
     seq: int
     reason: str
     destination: str
+    #: Until when the gate deferred it (the cooldown's or the pause's end), if it said.
+    until: datetime | None = None
+
+
+#: The reasons `wjp destinations reset` lifts (it closes the circuit and ends the pause).
+LIFTED_BY_RESET = frozenset({Reason.CIRCUIT, Reason.THROTTLED})
 
 
 def reason_holds(reason: str, state: DestinationState) -> bool:
@@ -79,6 +85,13 @@ def reason_holds(reason: str, state: DestinationState) -> bool:
     if reason == Reason.THROTTLED:
         return state.paused_until is not None
     return True
+
+
+def awaiting_lift(deferred: Sequence[Deferred], now: datetime) -> list[Deferred]:
+    """The deferrals for a circuit or a pause that was to last beyond `now`: the ones an operator's reset can have
+    lifted early. One that ended by itself is left to its message, due about now and spread over a second, so that a
+    paused destination's jobs do not all come back together (and spend attempts on its 429s)."""
+    return [d for d in deferred if d.reason in LIFTED_BY_RESET and d.until is not None and d.until > now]
 
 
 def gate_outcome(error: DeliveryError | None) -> Outcome:
@@ -245,14 +258,15 @@ class FlowControl:
 
     def _release_lifted(self, deferred: Sequence[Deferred]) -> None:
         """Send at once the jobs of `deferred`, just recorded, whose reason the gate no longer holds: an operator's
-        reset (or a probe's success, a pause's end) that landed between the gate's answer and the record's commit
-        released the jobs recorded by then, not these. One gate round trip, only for 'circuit' and 'throttled'.
+        reset that landed between the gate's answer and the record's commit released the jobs recorded by then, not
+        these. One gate round trip, only for the deferrals `awaiting_lift`.
 
         A reset lifts in Redis, then releases in the ledger; here the record commits, then the gate is read. So either
         this read sees the reset, or the record committed before the reset's UPDATE began, whose READ COMMITTED
         snapshot then holds it (a record still uncommitted, that UPDATE skips: the row's visible version does not
         match)."""
-        liftable = [d for d in deferred if d.reason in (Reason.CIRCUIT, Reason.THROTTLED)]
+        now = self.clock()
+        liftable = awaiting_lift(deferred, now)
         if not liftable:
             return
         try:
@@ -261,7 +275,6 @@ class FlowControl:
                       if not reason_holds(d.reason, states[d.destination])]  # fmt: skip
             if not lifted:
                 return
-            now = self.clock()
 
             def release(conn: Any) -> list[Dispatch]:
                 # Guarded on each job's seq: one the reset released too is not sent twice.
@@ -280,7 +293,7 @@ class FlowControl:
         reason = admission.reason
         assert reason is not None
         metrics.observe_deferral(reason.value)
-        deferral = Deferred(dispatch.job_id, dispatch.seq, reason.value, dispatch.destination)
+        deferral = Deferred(dispatch.job_id, dispatch.seq, reason.value, dispatch.destination, admission.until)
         if admission.parked:
             # Its lease left this process with the gate's script: an ack now would drop it once it comes back.
             self.dispatcher.broker.processing.acked = True

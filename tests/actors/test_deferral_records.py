@@ -4,12 +4,15 @@ written apart from the claims, so that a slow one never holds back another desti
 from __future__ import annotations
 
 import time
+import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, text
 
 from actors.broker import Dispatcher, make_broker
 from actors.channels.webhook import WebhookChannel
+from actors.flow.control import Deferred, awaiting_lift
 from actors.flow.shares import KNOWN_AFTER
 from ledger import queries
 from ledger.schema import jobs
@@ -175,3 +178,22 @@ def test_a_reset_landing_between_a_pauses_deferral_and_its_record_still_sends_th
         done = wait_for_status(postgres_db, late, timeout=max(0.0, paused_until - time.time()))
 
     assert (done.status, done.attempts) == (Status.SUCCESS, 1), "sent once the pause was lifted"
+
+
+def test_only_a_circuit_or_pause_that_was_to_last_beyond_now_is_checked_for_a_reset():
+    now = utcnow()
+    later, ended = now + timedelta(seconds=30), now - timedelta(milliseconds=50)
+    job = uuid.uuid4
+
+    def deferred(reason: str, until) -> Deferred:  # type: ignore[no-untyped-def]
+        return Deferred(job(), 1, reason, "webhook:example.com", until)
+
+    resettable = [deferred("circuit", later), deferred("throttled", later)]
+    left_to_their_message = [
+        deferred("throttled", ended),  # the pause ended by itself: its jobs come back spread over a second
+        deferred("circuit", ended),
+        deferred("throttled", None),
+        deferred("limit", later),  # a reset lifts no limit
+    ]
+
+    assert awaiting_lift([*resettable, *left_to_their_message], now) == resettable
